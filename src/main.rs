@@ -1,0 +1,17 @@
+#![forbid(unsafe_code)]
+//! The `snapgate` binary: parse the command line and run it.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = snapgate::cli::Cli::parse();
+    snapgate::telemetry::init_logging("info");
+    match snapgate::cli::run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("snapgate: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

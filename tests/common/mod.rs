@@ -1,0 +1,83 @@
+//! Helpers shared by the integration tests: AWS SDK clients pointed at a local endpoint, and
+//! raw HTTP for requests an SDK would never send.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use aws_sdk_rds::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
+use snapgate::emulator::{self, EmulatorConfig, EmulatorHandle, Faults};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const ACCOUNT: &str = "123456789012";
+
+/// An RDS client for `endpoint` in `region`, signing with `access_key`, with retries off so
+/// every fault reaches the test.
+pub fn rds_client(endpoint: &str, region: &str, access_key: &str) -> aws_sdk_rds::Client {
+    let config = aws_sdk_rds::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .credentials_provider(Credentials::new(
+            access_key,
+            "test-secret-key",
+            None,
+            None,
+            "tests",
+        ))
+        .endpoint_url(endpoint)
+        .retry_config(RetryConfig::disabled())
+        .build();
+    aws_sdk_rds::Client::from_conf(config)
+}
+
+/// An emulator on a free loopback port with no throttling, unless the test sets faults.
+pub async fn emulator_with(config: EmulatorConfig) -> EmulatorHandle {
+    emulator::spawn(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("emulator starts")
+}
+
+pub fn quiet_config() -> EmulatorConfig {
+    EmulatorConfig {
+        faults: Faults {
+            throttle: None,
+            ..Faults::default()
+        },
+        ..EmulatorConfig::default()
+    }
+}
+
+/// Sends raw bytes as one HTTP/1.1 request and returns (status, body).
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    stream.write_all(request).await.expect("writes");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    read.expect("server answers within 10 s").expect("reads");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A signed-looking query-protocol POST with `body` (the emulator reads the credential scope,
+/// it does not check the signature of ordinary calls).
+pub fn query_post(body: &str) -> Vec<u8> {
+    format!(
+        "POST / HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+         authorization: AWS4-HMAC-SHA256 Credential=AKIDTEST/20261121/us-east-1/rds/aws4_request, SignedHeaders=host, Signature=00\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{}",
+        body.len(),
+        body
+    )
+    .into_bytes()
+}
