@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::aws;
+use crate::config::{AwsSettings, Settings};
 use crate::emulator::{self, EmulatorConfig};
+use crate::startup::Application;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,8 +25,32 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gateway against AWS (or any RDS endpoint), configured as AWS users expect.
+    Serve(ServeArgs),
+    /// Run the gateway on the embedded RDS emulator with seed data: no AWS account needed.
+    Dev(DevArgs),
     /// Run the local RDS query-API emulator on its own.
     Emulator(EmulatorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC server [default: 127.0.0.1:50051, or `listen` in the config].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// TOML configuration file; `SNAPGATE_`-prefixed variables override it.
+    #[arg(long, env = "SNAPGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address of the gRPC server.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Simulated copy throughput of the embedded emulator, in GiB per second.
+    #[arg(long, default_value_t = 2.0)]
+    pub copy_gib_per_sec: f64,
 }
 
 #[derive(Debug, Args)]
@@ -48,8 +75,66 @@ pub struct EmulatorArgs {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => run_serve(args).await,
+        Command::Dev(args) => run_dev(args).await,
         Command::Emulator(args) => run_emulator(args).await,
     }
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut settings =
+        Settings::load(args.config.as_deref(), std::env::vars()).map_err(anyhow::Error::msg)?;
+    if let Some(listen) = args.listen {
+        settings.listen = listen;
+    }
+    let sdk = aws::load_sdk_config(&settings.aws).await;
+    let app = Application::build(settings, sdk).await?;
+    tracing::info!(addr = %app.local_addr(), "snapgate listening");
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+/// The access key `dev` signs with; the emulator maps it to its default account.
+const DEV_ACCESS_KEY: &str = "AKIASNAPGATEDEV00001";
+
+async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let emulator_config = EmulatorConfig {
+        seed: true,
+        copy_gib_per_sec: args.copy_gib_per_sec,
+        ..EmulatorConfig::default()
+    };
+    let emulator = emulator::spawn(emulator_config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let settings = Settings {
+        listen: args.listen,
+        aws: AwsSettings {
+            region: Some("us-east-1".into()),
+            ..AwsSettings::default()
+        },
+        ..Settings::default()
+    };
+    let sdk = aws::fixed_sdk_config(
+        &settings.aws,
+        &emulator.endpoint_url(),
+        DEV_ACCESS_KEY,
+        "dev-secret-key",
+    )
+    .await;
+    let app = Application::build(settings, sdk).await?;
+    let addr = app.local_addr();
+    println!(
+        "snapgate dev: gateway on {addr}, RDS emulator on {} (seed data, region us-east-1)",
+        emulator.endpoint_url()
+    );
+    println!("try:");
+    println!("  grpcurl -plaintext {addr} list snapgate.v1.SnapshotCopyService");
+    println!(
+        "  grpcurl -plaintext -d '{{\"source_snapshot\": \"billing-pg-daily\", \"target_snapshot_id\": \"billing-pg-copy\"}}' {addr} snapgate.v1.SnapshotCopyService/CopyClusterSnapshot"
+    );
+    println!(
+        "  grpcurl -plaintext -d '{{\"name\": \"billing-pg-copy\"}}' {addr} snapgate.v1.SnapshotCopyService/GetCopy"
+    );
+    app.run_until_stopped(shutdown_signal()).await?;
+    emulator.stop().await;
+    Ok(())
 }
 
 async fn run_emulator(args: EmulatorArgs) -> anyhow::Result<()> {

@@ -1,7 +1,14 @@
 #![forbid(unsafe_code)]
 //! snapgate: a gRPC gateway for copying AWS DB cluster snapshots and watching the copies finish.
 
+pub mod api;
+pub mod aws;
 pub mod cli;
+pub mod config;
+pub mod copy;
 pub mod emulator;
+pub mod error;
+pub mod pb;
 pub mod rds;
+pub mod startup;
 pub mod telemetry;

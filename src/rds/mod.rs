@@ -6,6 +6,8 @@
 pub mod arn;
 pub mod engine;
 pub mod rules;
+pub mod snapshot;
 
 pub use arn::{Arn, partition_for_region};
 pub use engine::{Engine, EngineFamily};
+pub use snapshot::{ClusterSnapshot, CopyState};

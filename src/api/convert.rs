@@ -1,0 +1,59 @@
+//! Between the proto messages and the gateway's own types.
+
+use crate::copy::CopyRequest;
+use crate::pb;
+use crate::rds::{ClusterSnapshot, CopyState};
+
+pub fn copy_request(req: pb::CopyClusterSnapshotRequest) -> CopyRequest {
+    CopyRequest {
+        source_snapshot: req.source_snapshot,
+        target_snapshot_id: req.target_snapshot_id,
+        kms_key_id: req.kms_key_id,
+        copy_tags: req.copy_tags,
+        tags: req.tags.into_iter().map(|t| (t.key, t.value)).collect(),
+        source_region: req.source_region,
+        destination_region: req.destination_region,
+        destination_account: req.destination_account,
+    }
+}
+
+pub fn state(state: CopyState) -> pb::copy::State {
+    match state {
+        CopyState::Unknown => pb::copy::State::Unspecified,
+        CopyState::Copying => pb::copy::State::Copying,
+        CopyState::Available => pb::copy::State::Available,
+        CopyState::Failed => pb::copy::State::Failed,
+        CopyState::Cancelled => pb::copy::State::Cancelled,
+        CopyState::Deleted => pb::copy::State::Deleted,
+    }
+}
+
+pub fn copy(s: &ClusterSnapshot) -> pb::Copy {
+    pb::Copy {
+        name: s.arn.clone(),
+        snapshot_id: s.id.clone(),
+        region: s.region.clone(),
+        account_id: s.account.clone(),
+        state: state(s.state()) as i32,
+        aws_status: s.status.clone(),
+        percent_progress: s.percent_progress,
+        source_snapshot_arn: s.source_arn.clone().unwrap_or_default(),
+        cluster_id: s.cluster_id.clone(),
+        engine: s.engine.clone(),
+        engine_version: s.engine_version.clone(),
+        allocated_storage_gib: s.allocated_storage_gib,
+        storage_encrypted: s.encrypted,
+        kms_key_id: s.kms_key_id.clone().unwrap_or_default(),
+        create_time: s.create_time.map(prost_types::Timestamp::from),
+        tags: s
+            .tags
+            .iter()
+            .map(|(k, v)| pb::Tag {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        snapshot_type: s.snapshot_type.clone(),
+        cluster_create_time: s.cluster_create_time.map(prost_types::Timestamp::from),
+    }
+}

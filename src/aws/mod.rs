@@ -1,0 +1,233 @@
+//! The only module that knows aws-sdk-rds: it builds clients per region from one SDK
+//! configuration, makes the RDS calls, and turns SDK types and errors into snapgate's own.
+
+mod error;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_rds::config::{Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig};
+use aws_sdk_rds::types::{DbClusterSnapshot, Tag};
+
+pub use error::{AwsError, AwsErrorKind, classify};
+
+use crate::config::AwsSettings;
+use crate::rds::ClusterSnapshot;
+
+/// Loads the SDK configuration the way AWS users expect: the standard credential chain and
+/// variables (`AWS_REGION`, `AWS_PROFILE`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_RDS`), with the
+/// gateway's settings winning where they are set.
+pub async fn load_sdk_config(settings: &AwsSettings) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(retry_config(settings))
+        .timeout_config(timeout_config());
+    if let Some(region) = &settings.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(url) = &settings.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
+/// An SDK configuration with fixed credentials and endpoint, for `dev` and tests: nothing is
+/// read from the environment or the user's AWS profile.
+pub async fn fixed_sdk_config(
+    settings: &AwsSettings,
+    endpoint: &str,
+    access_key: &str,
+    secret_key: &str,
+) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(retry_config(settings))
+        .timeout_config(timeout_config())
+        .region(Region::new(
+            settings
+                .region
+                .clone()
+                .unwrap_or_else(|| "us-east-1".into()),
+        ))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(
+            access_key,
+            secret_key,
+            None,
+            None,
+            "snapgate-fixed",
+        ))
+        .load()
+        .await
+}
+
+fn retry_config(settings: &AwsSettings) -> RetryConfig {
+    // Standard mode: exponential backoff with full jitter on throttling, 5xx and transient
+    // network errors; the caller's deadline bounds the whole sequence.
+    RetryConfig::standard()
+        .with_max_attempts(settings.max_attempts())
+        .with_initial_backoff(Duration::from_millis(200))
+        .with_max_backoff(Duration::from_secs(5))
+}
+
+fn timeout_config() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(Duration::from_secs(20))
+        .build()
+}
+
+/// What `CopyDBClusterSnapshot` is sent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CopyInput {
+    pub source: String,
+    pub target: String,
+    pub kms_key_id: Option<String>,
+    pub copy_tags: bool,
+    pub tags: Vec<(String, String)>,
+    pub presigned_url: Option<String>,
+}
+
+/// RDS clients, one per region, sharing one configuration (and so one HTTP connection pool).
+pub struct Rds {
+    base: SdkConfig,
+    default_region: String,
+    clients: Mutex<HashMap<String, aws_sdk_rds::Client>>,
+}
+
+impl Rds {
+    pub fn new(base: SdkConfig) -> Result<Rds, String> {
+        let default_region = base
+            .region()
+            .map(|r| r.to_string())
+            .ok_or("no AWS region: set AWS_REGION, a profile region, or aws.region")?;
+        Ok(Rds {
+            base,
+            default_region,
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn default_region(&self) -> &str {
+        &self.default_region
+    }
+
+    fn client(&self, region: &str) -> aws_sdk_rds::Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(region.to_owned())
+            .or_insert_with(|| {
+                let config = self
+                    .base
+                    .to_builder()
+                    .region(Region::new(region.to_owned()))
+                    .build();
+                aws_sdk_rds::Client::new(&config)
+            })
+            .clone()
+    }
+
+    pub async fn copy_cluster_snapshot(
+        &self,
+        region: &str,
+        input: &CopyInput,
+    ) -> Result<ClusterSnapshot, AwsError> {
+        const ACTION: &str = "CopyDBClusterSnapshot";
+        let tags: Vec<Tag> = input
+            .tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        let out = self
+            .client(region)
+            .copy_db_cluster_snapshot()
+            .source_db_cluster_snapshot_identifier(&input.source)
+            .target_db_cluster_snapshot_identifier(&input.target)
+            .set_kms_key_id(input.kms_key_id.clone())
+            .set_pre_signed_url(input.presigned_url.clone())
+            .copy_tags(input.copy_tags)
+            .set_tags((!tags.is_empty()).then_some(tags))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(ACTION, e))?;
+        out.db_cluster_snapshot()
+            .map(convert)
+            .ok_or_else(|| missing_snapshot(ACTION))
+    }
+
+    /// Describes one snapshot by identifier (or ARN) in `region`.
+    pub async fn describe_cluster_snapshot(
+        &self,
+        region: &str,
+        id: &str,
+    ) -> Result<ClusterSnapshot, AwsError> {
+        const ACTION: &str = "DescribeDBClusterSnapshots";
+        let out = self
+            .client(region)
+            .describe_db_cluster_snapshots()
+            .db_cluster_snapshot_identifier(id)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(ACTION, e))?;
+        out.db_cluster_snapshots()
+            .first()
+            .map(convert)
+            .ok_or_else(|| AwsError {
+                kind: AwsErrorKind::NotFound,
+                action: ACTION,
+                code: Some("DBClusterSnapshotNotFoundFault".into()),
+                message: format!("DBClusterSnapshot {id} not found."),
+                request_id: None,
+            })
+    }
+}
+
+fn missing_snapshot(action: &'static str) -> AwsError {
+    AwsError {
+        kind: AwsErrorKind::Other,
+        action,
+        code: None,
+        message: "the response carried no DBClusterSnapshot".into(),
+        request_id: None,
+    }
+}
+
+fn time(t: Option<&aws_smithy_types::DateTime>) -> Option<SystemTime> {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+}
+
+fn convert(s: &DbClusterSnapshot) -> ClusterSnapshot {
+    let mut snapshot = ClusterSnapshot {
+        arn: s.db_cluster_snapshot_arn().unwrap_or_default().to_owned(),
+        id: s
+            .db_cluster_snapshot_identifier()
+            .unwrap_or_default()
+            .to_owned(),
+        region: String::new(),
+        account: String::new(),
+        status: s.status().unwrap_or_default().to_owned(),
+        percent_progress: s.percent_progress().unwrap_or_default(),
+        source_arn: s.source_db_cluster_snapshot_arn().map(str::to_owned),
+        cluster_id: s.db_cluster_identifier().unwrap_or_default().to_owned(),
+        engine: s.engine().unwrap_or_default().to_owned(),
+        engine_version: s.engine_version().unwrap_or_default().to_owned(),
+        allocated_storage_gib: s.allocated_storage().unwrap_or_default(),
+        encrypted: s.storage_encrypted().unwrap_or_default(),
+        kms_key_id: s.kms_key_id().map(str::to_owned),
+        create_time: time(s.snapshot_create_time()),
+        cluster_create_time: time(s.cluster_create_time()),
+        tags: s
+            .tag_list()
+            .iter()
+            .map(|t| {
+                (
+                    t.key().unwrap_or_default().to_owned(),
+                    t.value().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect(),
+        snapshot_type: s.snapshot_type().unwrap_or_default().to_owned(),
+    };
+    snapshot.fill_location_from_arn();
+    snapshot
+}

@@ -1,0 +1,122 @@
+//! Builds the gateway from its settings and runs it: binds the listener (port 0 works, so
+//! tests and benchmarks start the real server), wires the services, and shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_config::SdkConfig;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::api::Api;
+use crate::aws::Rds;
+use crate::config::Settings;
+use crate::copy::CopyService;
+use crate::pb;
+use crate::pb::snapshot_copy_service_server::SnapshotCopyServiceServer;
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    settings: Settings,
+    api: Api,
+}
+
+impl Application {
+    /// Binds `settings.listen` and prepares the services; `sdk` is the AWS side.
+    pub async fn build(settings: Settings, sdk: SdkConfig) -> anyhow::Result<Application> {
+        settings.validate().map_err(anyhow::Error::msg)?;
+        let rds = Arc::new(Rds::new(sdk).map_err(anyhow::Error::msg)?);
+        let copies = Arc::new(CopyService::new(rds));
+        let api = Api::new(copies, settings.server.request_timeout());
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("listen: cannot bind {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        Ok(Application {
+            listener,
+            addr,
+            settings,
+            api,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops accepting and lets
+    /// calls in flight finish for at most `server.shutdown_grace_secs`.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let limits = &self.settings.server;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<SnapshotCopyServiceServer<Api>>()
+            .await;
+
+        // grpcurl 1.8 and older speak only v1alpha reflection, newer clients v1: serve both.
+        // tonic-types' descriptors let clients print google.rpc error details.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let copy_service = SnapshotCopyServiceServer::new(self.api)
+            .max_decoding_message_size(limits.max_request_bytes)
+            .max_encoding_message_size(limits.max_response_bytes);
+
+        let grace = Duration::from_secs(limits.shutdown_grace_secs);
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let reporter = health_reporter.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: reporting NOT_SERVING and draining calls");
+            reporter
+                .set_not_serving::<SnapshotCopyServiceServer<Api>>()
+                .await;
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            let _ = stopping_tx.send(());
+        };
+
+        let server = Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(copy_service)
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), signal);
+        tokio::pin!(server);
+        let grace_over = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = &mut server => served.context("gRPC server failed")?,
+            () = grace_over => tracing::warn!(?grace, "grace period over; stopping with calls still in flight"),
+        }
+        Ok(())
+    }
+}
