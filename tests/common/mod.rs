@@ -81,3 +81,117 @@ pub fn query_post(body: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+pub mod gateway {
+    //! The real gateway on a free port, with a tonic client.
+
+    use super::*;
+    use snapgate::config::{AwsSettings, Settings};
+    use snapgate::pb::snapshot_copy_service_client::SnapshotCopyServiceClient;
+    use snapgate::startup::Application;
+    use tonic::transport::Channel;
+
+    pub struct Gateway {
+        pub addr: SocketAddr,
+        pub client: SnapshotCopyServiceClient<Channel>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+    }
+
+    impl Drop for Gateway {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+
+    pub fn settings() -> Settings {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            aws: AwsSettings {
+                region: Some("us-east-1".into()),
+                max_attempts: Some(2),
+                ..AwsSettings::default()
+            },
+            ..Settings::default()
+        }
+    }
+
+    /// Starts the gateway against `endpoint` with `settings`, signing as `access_key`.
+    pub async fn start(settings: Settings, endpoint: &str, access_key: &str) -> Gateway {
+        let sdk =
+            snapgate::aws::fixed_sdk_config(&settings.aws, endpoint, access_key, "test-secret-key")
+                .await;
+        let app = Application::build(settings, sdk)
+            .await
+            .expect("gateway builds");
+        let addr = app.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        let client = SnapshotCopyServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("gateway accepts");
+        Gateway {
+            addr,
+            client,
+            stop: Some(tx),
+        }
+    }
+}
+
+pub mod moto {
+    //! moto's server, from the project's .venv, on a free loopback port.
+
+    use std::path::PathBuf;
+    use std::process::Stdio;
+
+    pub struct Moto {
+        pub endpoint: String,
+        _child: tokio::process::Child,
+    }
+
+    fn moto_server_path() -> PathBuf {
+        let venv = std::env::var_os("SNAPGATE_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+        let path = venv.join("bin").join("moto_server");
+        assert!(
+            path.exists(),
+            "{} is missing: run scripts/test, which creates .venv with moto[server]",
+            path.display()
+        );
+        path
+    }
+
+    pub async fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(moto_server_path())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("moto_server starts");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "moto_server did not listen within 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Moto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _child: child,
+        }
+    }
+}
