@@ -56,11 +56,7 @@ pub struct DevArgs {
 #[derive(Debug, Args)]
 pub struct EmulatorArgs {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(
-        long,
-        default_value = "127.0.0.1:4566",
-        env = "SNAPGATE_EMULATOR_LISTEN"
-    )]
+    #[arg(long, default_value = "127.0.0.1:4566", env = "SNAPGATE_EMULATOR_LISTEN")]
     pub listen: SocketAddr,
     /// TOML file with emulator settings (accounts, throughput, quota, faults).
     #[arg(long)]
@@ -82,8 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut settings =
-        Settings::load(args.config.as_deref(), std::env::vars()).map_err(anyhow::Error::msg)?;
+    let mut settings = Settings::load(args.config.as_deref(), std::env::vars()).map_err(anyhow::Error::msg)?;
     if let Some(listen) = args.listen {
         settings.listen = listen;
     }
@@ -97,27 +92,15 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 const DEV_ACCESS_KEY: &str = "AKIASNAPGATEDEV00001";
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    let emulator_config = EmulatorConfig {
-        seed: true,
-        copy_gib_per_sec: args.copy_gib_per_sec,
-        ..EmulatorConfig::default()
-    };
+    let emulator_config =
+        EmulatorConfig { seed: true, copy_gib_per_sec: args.copy_gib_per_sec, ..EmulatorConfig::default() };
     let emulator = emulator::spawn(emulator_config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let settings = Settings {
         listen: args.listen,
-        aws: AwsSettings {
-            region: Some("us-east-1".into()),
-            ..AwsSettings::default()
-        },
+        aws: AwsSettings { region: Some("us-east-1".into()), ..AwsSettings::default() },
         ..Settings::default()
     };
-    let sdk = aws::fixed_sdk_config(
-        &settings.aws,
-        &emulator.endpoint_url(),
-        DEV_ACCESS_KEY,
-        "dev-secret-key",
-    )
-    .await;
+    let sdk = aws::fixed_sdk_config(&settings.aws, &emulator.endpoint_url(), DEV_ACCESS_KEY, "dev-secret-key").await;
     let app = Application::build(settings, sdk).await?;
     let addr = app.local_addr();
     println!(
@@ -140,15 +123,10 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 async fn run_emulator(args: EmulatorArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str::<EmulatorConfig>(&text)
-                .with_context(|| format!("parsing {}", path.display()))?
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<EmulatorConfig>(&text).with_context(|| format!("parsing {}", path.display()))?
         }
-        None => EmulatorConfig {
-            seed: true,
-            ..EmulatorConfig::default()
-        },
+        None => EmulatorConfig { seed: true, ..EmulatorConfig::default() },
     };
     if args.no_seed {
         config.seed = false;
@@ -158,11 +136,7 @@ async fn run_emulator(args: EmulatorArgs) -> anyhow::Result<()> {
     }
     let handle = emulator::spawn(config, args.listen).await?;
     println!("RDS emulator listening on {}", handle.endpoint_url());
-    println!(
-        "admin: {}/_emulator/calls, {}/_emulator/faults",
-        handle.endpoint_url(),
-        handle.endpoint_url()
-    );
+    println!("admin: {}/_emulator/calls, {}/_emulator/faults", handle.endpoint_url(), handle.endpoint_url());
     shutdown_signal().await;
     handle.stop().await;
     Ok(())

@@ -17,6 +17,35 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub server: ServerSettings,
     pub aws: AwsSettings,
+    pub watch: WatchSettings,
+}
+
+/// Progress streaming: how the coalesced pollers pace themselves and how streams are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchSettings {
+    /// Poll interval right after a change or a new watcher.
+    pub min_poll_interval_ms: u64,
+    /// Poll interval reached while nothing moves (each quiet round waits 1.5 times longer).
+    pub max_poll_interval_ms: u64,
+    /// An idle stream gets a HEARTBEAT event this often, to keep proxies from closing it.
+    pub heartbeat_secs: u64,
+    /// Open WatchCopy streams at most; more are RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// How long AWS errors may persist before open streams end with UNAVAILABLE.
+    pub error_budget_secs: u64,
+}
+
+impl Default for WatchSettings {
+    fn default() -> WatchSettings {
+        WatchSettings {
+            min_poll_interval_ms: 2_000,
+            max_poll_interval_ms: 20_000,
+            heartbeat_secs: 15,
+            max_streams: 10_000,
+            error_budget_secs: 60,
+        }
+    }
 }
 
 /// Limits of the gRPC server, set deliberately rather than left to tonic's defaults.
@@ -58,6 +87,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             server: ServerSettings::default(),
             aws: AwsSettings::default(),
+            watch: WatchSettings::default(),
         }
     }
 }
@@ -91,10 +121,7 @@ impl AwsSettings {
 impl Settings {
     /// Loads defaults, then `file`, then the environment `env` (pass `std::env::vars()` in
     /// production and a fixed list in tests).
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Settings, String> {
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Settings, String> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -111,9 +138,7 @@ impl Settings {
             let value: figment::value::Value = raw.parse().unwrap_or_else(|_| raw.clone().into());
             figment = figment.merge(Serialized::default(&path, value));
         }
-        let settings: Settings = figment
-            .extract()
-            .map_err(|e| format!("configuration: {e}"))?;
+        let settings: Settings = figment.extract().map_err(|e| format!("configuration: {e}"))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -131,10 +156,7 @@ impl Settings {
             return Err("server.max_concurrent_streams must be at least 1".into());
         }
         if s.keepalive_interval_secs == 0 || s.keepalive_timeout_secs == 0 {
-            return Err(
-                "server.keepalive_interval_secs and server.keepalive_timeout_secs must be positive"
-                    .into(),
-            );
+            return Err("server.keepalive_interval_secs and server.keepalive_timeout_secs must be positive".into());
         }
         if s.request_timeout_secs == 0 {
             return Err("server.request_timeout_secs must be positive".into());
@@ -142,16 +164,19 @@ impl Settings {
         if let Some(region) = &self.aws.region
             && !crate::rds::arn::is_region_name(region)
         {
-            return Err(format!(
-                "aws.region: '{region}' is not a region name (like us-east-1)"
-            ));
+            return Err(format!("aws.region: '{region}' is not a region name (like us-east-1)"));
         }
         if let Some(url) = &self.aws.endpoint_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err(format!(
-                "aws.endpoint_url: '{url}' must start with http:// or https://"
-            ));
+            return Err(format!("aws.endpoint_url: '{url}' must start with http:// or https://"));
+        }
+        let w = &self.watch;
+        if w.min_poll_interval_ms < 50 || w.max_poll_interval_ms < w.min_poll_interval_ms {
+            return Err("watch.min_poll_interval_ms must be at least 50 and at most watch.max_poll_interval_ms".into());
+        }
+        if w.heartbeat_secs == 0 || w.max_streams == 0 || w.error_budget_secs == 0 {
+            return Err("watch.heartbeat_secs, watch.max_streams and watch.error_budget_secs must be positive".into());
         }
         if self.aws.max_attempts == Some(0) || self.aws.max_attempts.is_some_and(|n| n > 20) {
             return Err("aws.max_attempts must be between 1 and 20".into());
@@ -165,10 +190,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -192,16 +214,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("snapgate-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
-        std::fs::write(
-            &path,
-            "listen = \"127.0.0.1:6000\"\n[aws]\nregion = \"us-west-2\"\n",
-        )
-        .unwrap();
-        let s = Settings::load(
-            Some(&path),
-            env(&[("SNAPGATE_AWS__REGION", "eu-central-1")]),
-        )
-        .unwrap();
+        std::fs::write(&path, "listen = \"127.0.0.1:6000\"\n[aws]\nregion = \"us-west-2\"\n").unwrap();
+        let s = Settings::load(Some(&path), env(&[("SNAPGATE_AWS__REGION", "eu-central-1")])).unwrap();
         assert_eq!(s.listen.port(), 6000);
         assert_eq!(s.aws.region.as_deref(), Some("eu-central-1"));
     }
@@ -210,11 +224,7 @@ mod tests {
     fn bad_settings_are_named() {
         let err = Settings::load(None, env(&[("SNAPGATE_AWS__REGION", "mars")])).unwrap_err();
         assert!(err.contains("aws.region"), "{err}");
-        let err = Settings::load(
-            None,
-            env(&[("SNAPGATE_SERVER__MAX_CONCURRENT_STREAMS", "0")]),
-        )
-        .unwrap_err();
+        let err = Settings::load(None, env(&[("SNAPGATE_SERVER__MAX_CONCURRENT_STREAMS", "0")])).unwrap_err();
         assert!(err.contains("server.max_concurrent_streams"), "{err}");
         let err = Settings::load(None, env(&[("SNAPGATE_SERVER__BOGUS", "1")])).unwrap_err();
         assert!(err.contains("bogus"), "{err}");

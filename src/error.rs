@@ -18,10 +18,7 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> FieldViolation {
-        FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        }
+        FieldViolation { field: field.into(), description: description.into() }
     }
 }
 
@@ -39,26 +36,24 @@ pub enum Error {
     DeadlineExceeded,
     #[error("{0}")]
     Unimplemented(&'static str),
+    #[error("too many open WatchCopy streams (at most {0}); retry later")]
+    TooManyStreams(usize),
+    #[error("the server is shutting down; reconnect to resume watching")]
+    ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 fn summary(violations: &[FieldViolation]) -> String {
-    violations
-        .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ")
+    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
 }
 
 /// The `google.rpc.ErrorInfo` domain of errors that come from AWS.
 pub const AWS_DOMAIN: &str = "rds.amazonaws.com";
 
 fn bad_request(violations: &[FieldViolation]) -> ErrorDetails {
-    let violations: Vec<tonic_types::FieldViolation> = violations
-        .iter()
-        .map(|v| tonic_types::FieldViolation::new(v.field.clone(), v.description.clone()))
-        .collect();
+    let violations: Vec<tonic_types::FieldViolation> =
+        violations.iter().map(|v| tonic_types::FieldViolation::new(v.field.clone(), v.description.clone())).collect();
     ErrorDetails::with_bad_request(violations)
 }
 
@@ -85,10 +80,7 @@ fn aws_status(err: &AwsError) -> Status {
     if let Some(id) = &err.request_id {
         metadata.insert("aws_request_id".to_owned(), id.clone());
     }
-    let reason = err
-        .code
-        .clone()
-        .unwrap_or_else(|| format!("{:?}", err.kind).to_ascii_uppercase());
+    let reason = err.code.clone().unwrap_or_else(|| format!("{:?}", err.kind).to_ascii_uppercase());
     let mut details = ErrorDetails::with_error_info(reason, AWS_DOMAIN, metadata);
     match err.kind {
         AwsErrorKind::Throttled => {
@@ -108,11 +100,9 @@ impl From<Error> for Status {
             Error::InvalidArgument(v) => {
                 Status::with_error_details(Code::InvalidArgument, err.to_string(), bad_request(v))
             }
-            Error::FailedPrecondition(v) => Status::with_error_details(
-                Code::FailedPrecondition,
-                err.to_string(),
-                bad_request(v),
-            ),
+            Error::FailedPrecondition(v) => {
+                Status::with_error_details(Code::FailedPrecondition, err.to_string(), bad_request(v))
+            }
             Error::Aws(aws) => {
                 match aws.kind {
                     AwsErrorKind::AccessDenied | AwsErrorKind::Other => {
@@ -127,6 +117,12 @@ impl From<Error> for Status {
             }
             Error::DeadlineExceeded => Status::deadline_exceeded(err.to_string()),
             Error::Unimplemented(what) => Status::unimplemented(*what),
+            Error::TooManyStreams(_) => Status::resource_exhausted(err.to_string()),
+            Error::ShuttingDown => Status::with_error_details(
+                Code::Unavailable,
+                err.to_string(),
+                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+            ),
             Error::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 Status::internal("internal error; the gateway's log has the cause")
@@ -151,61 +147,30 @@ mod tests {
 
     #[test]
     fn invalid_arguments_carry_field_violations() {
-        let status = Status::from(Error::InvalidArgument(vec![FieldViolation::new(
-            "target_snapshot_id",
-            "is required",
-        )]));
+        let status =
+            Status::from(Error::InvalidArgument(vec![FieldViolation::new("target_snapshot_id", "is required")]));
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_error_details();
         let v = &details.bad_request().unwrap().field_violations[0];
-        assert_eq!(
-            (v.field.as_str(), v.description.as_str()),
-            ("target_snapshot_id", "is required")
-        );
+        assert_eq!((v.field.as_str(), v.description.as_str()), ("target_snapshot_id", "is required"));
     }
 
     #[test]
     fn aws_faults_map_to_codes_with_error_info() {
         let cases = [
-            (
-                AwsErrorKind::AlreadyExists,
-                "DBClusterSnapshotAlreadyExistsFault",
-                Code::AlreadyExists,
-            ),
-            (
-                AwsErrorKind::NotFound,
-                "DBClusterSnapshotNotFoundFault",
-                Code::NotFound,
-            ),
-            (
-                AwsErrorKind::FailedPrecondition,
-                "KMSKeyNotAccessibleFault",
-                Code::FailedPrecondition,
-            ),
-            (
-                AwsErrorKind::QuotaExceeded,
-                "SnapshotQuotaExceeded",
-                Code::ResourceExhausted,
-            ),
-            (
-                AwsErrorKind::Throttled,
-                "ThrottlingException",
-                Code::Unavailable,
-            ),
+            (AwsErrorKind::AlreadyExists, "DBClusterSnapshotAlreadyExistsFault", Code::AlreadyExists),
+            (AwsErrorKind::NotFound, "DBClusterSnapshotNotFoundFault", Code::NotFound),
+            (AwsErrorKind::FailedPrecondition, "KMSKeyNotAccessibleFault", Code::FailedPrecondition),
+            (AwsErrorKind::QuotaExceeded, "SnapshotQuotaExceeded", Code::ResourceExhausted),
+            (AwsErrorKind::Throttled, "ThrottlingException", Code::Unavailable),
             (AwsErrorKind::Other, "Weird", Code::Internal),
         ];
         for (kind, code, expected) in cases {
             let status = Status::from(aws(kind, code));
             assert_eq!(status.code(), expected, "{code}");
             let info = status.get_error_details().error_info().cloned().unwrap();
-            assert_eq!(
-                (info.reason.as_str(), info.domain.as_str()),
-                (code, AWS_DOMAIN)
-            );
-            assert_eq!(
-                info.metadata.get("aws_request_id").map(String::as_str),
-                Some("req-1")
-            );
+            assert_eq!((info.reason.as_str(), info.domain.as_str()), (code, AWS_DOMAIN));
+            assert_eq!(info.metadata.get("aws_request_id").map(String::as_str), Some("req-1"));
         }
         let throttled = Status::from(aws(AwsErrorKind::Throttled, "ThrottlingException"));
         assert!(throttled.get_error_details().retry_info().is_some());

@@ -12,3 +12,4 @@ pub mod pb;
 pub mod rds;
 pub mod startup;
 pub mod telemetry;
+pub mod watch;

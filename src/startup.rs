@@ -18,12 +18,15 @@ use crate::config::Settings;
 use crate::copy::CopyService;
 use crate::pb;
 use crate::pb::snapshot_copy_service_server::SnapshotCopyServiceServer;
+use crate::watch::WatchHub;
+use tokio_util::sync::CancellationToken;
 
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     settings: Settings,
     api: Api,
+    hub: Arc<WatchHub>,
 }
 
 impl Application {
@@ -31,18 +34,14 @@ impl Application {
     pub async fn build(settings: Settings, sdk: SdkConfig) -> anyhow::Result<Application> {
         settings.validate().map_err(anyhow::Error::msg)?;
         let rds = Arc::new(Rds::new(sdk).map_err(anyhow::Error::msg)?);
-        let copies = Arc::new(CopyService::new(rds));
-        let api = Api::new(copies, settings.server.request_timeout());
+        let copies = Arc::new(CopyService::new(rds.clone()));
+        let hub = Arc::new(WatchHub::new(rds, settings.watch.clone(), CancellationToken::new()));
+        let api = Api::new(copies, hub.clone(), settings.server.request_timeout());
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listen: cannot bind {}", settings.listen))?;
         let addr = listener.local_addr()?;
-        Ok(Application {
-            listener,
-            addr,
-            settings,
-            api,
-        })
+        Ok(Application { listener, addr, settings, api, hub })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -53,17 +52,17 @@ impl Application {
         self.addr.port()
     }
 
+    /// The progress hub, for its counters.
+    pub fn watch_hub(&self) -> Arc<WatchHub> {
+        self.hub.clone()
+    }
+
     /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops accepting and lets
     /// calls in flight finish for at most `server.shutdown_grace_secs`.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let limits = &self.settings.server;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<SnapshotCopyServiceServer<Api>>()
-            .await;
+        health_reporter.set_serving::<SnapshotCopyServiceServer<Api>>().await;
 
         // grpcurl 1.8 and older speak only v1alpha reflection, newer clients v1: serve both.
         // tonic-types' descriptors let clients print google.rpc error details.
@@ -83,15 +82,15 @@ impl Application {
         let grace = Duration::from_secs(limits.shutdown_grace_secs);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let reporter = health_reporter.clone();
+        let streams = self.hub.shutdown_token().clone();
         let signal = async move {
             shutdown.await;
-            tracing::info!("shutting down: reporting NOT_SERVING and draining calls");
-            reporter
-                .set_not_serving::<SnapshotCopyServiceServer<Api>>()
-                .await;
-            reporter
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
+            tracing::info!("shutting down: reporting NOT_SERVING, ending streams, draining calls");
+            // tonic's graceful shutdown waits for every open stream: end them first, each with
+            // UNAVAILABLE and a hint to reconnect.
+            streams.cancel();
+            reporter.set_not_serving::<SnapshotCopyServiceServer<Api>>().await;
+            reporter.set_service_status("", ServingStatus::NotServing).await;
             let _ = stopping_tx.send(());
         };
 

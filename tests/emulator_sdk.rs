@@ -8,17 +8,9 @@ use std::time::Duration;
 use aws_sdk_rds::error::ProvideErrorMetadata;
 use aws_sdk_rds::types::{Filter, Tag};
 use common::*;
-use snapgate::emulator::{
-    EmulatorConfig, FailCopies, Faults, SEED_PARTNER_ACCESS_KEY, SEED_PARTNER_ACCOUNT, Throttle,
-};
+use snapgate::emulator::{EmulatorConfig, FailCopies, Faults, SEED_PARTNER_ACCESS_KEY, SEED_PARTNER_ACCOUNT, Throttle};
 
-async fn seed_cluster(
-    rds: &aws_sdk_rds::Client,
-    cluster: &str,
-    engine: &str,
-    gib: i32,
-    encrypted: bool,
-) {
+async fn seed_cluster(rds: &aws_sdk_rds::Client, cluster: &str, engine: &str, gib: i32, encrypted: bool) {
     rds.create_db_cluster()
         .db_cluster_identifier(cluster)
         .engine(engine)
@@ -50,11 +42,7 @@ fn fault<E: ProvideErrorMetadata>(
 
 #[tokio::test]
 async fn copy_climbs_from_copying_to_available_with_rising_percentages() {
-    let emu = emulator_with(EmulatorConfig {
-        copy_gib_per_sec: 40.0,
-        ..quiet_config()
-    })
-    .await;
+    let emu = emulator_with(EmulatorConfig { copy_gib_per_sec: 40.0, ..quiet_config() }).await;
     let rds = rds_client(&emu.endpoint_url(), "us-east-1", "AKIDTEST");
     seed_cluster(&rds, "src", "aurora-postgresql", 100, false).await;
     seed_snapshot(&rds, "src", "src-snap").await;
@@ -68,11 +56,7 @@ async fn copy_climbs_from_copying_to_available_with_rising_percentages() {
         .expect("copy accepted");
     let copy = out.db_cluster_snapshot().expect("snapshot in response");
     assert_eq!(copy.status(), Some("copying"));
-    assert_eq!(
-        copy.db_cluster_snapshot_identifier(),
-        Some("copy-1"),
-        "identifiers are stored lowercased"
-    );
+    assert_eq!(copy.db_cluster_snapshot_identifier(), Some("copy-1"), "identifiers are stored lowercased");
     assert_eq!(
         copy.source_db_cluster_snapshot_arn(),
         Some("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:src-snap")
@@ -82,37 +66,18 @@ async fn copy_climbs_from_copying_to_available_with_rising_percentages() {
     let mut seen = vec![];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let out = rds
-            .describe_db_cluster_snapshots()
-            .db_cluster_snapshot_identifier("copy-1")
-            .send()
-            .await
-            .unwrap();
+        let out = rds.describe_db_cluster_snapshots().db_cluster_snapshot_identifier("copy-1").send().await.unwrap();
         let s = &out.db_cluster_snapshots()[0];
-        seen.push((
-            s.status().unwrap().to_owned(),
-            s.percent_progress().unwrap(),
-        ));
+        seen.push((s.status().unwrap().to_owned(), s.percent_progress().unwrap()));
         if s.status() == Some("available") || tokio::time::Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (last_status, last_percent) = seen.last().unwrap().clone();
-    assert_eq!(
-        (last_status.as_str(), last_percent),
-        ("available", 100),
-        "{seen:?}"
-    );
-    assert!(
-        seen.windows(2).all(|w| w[0].1 <= w[1].1),
-        "percent never goes down: {seen:?}"
-    );
-    assert!(
-        seen.iter()
-            .any(|(s, p)| s == "copying" && *p > 0 && *p < 100),
-        "progress observed mid-copy: {seen:?}"
-    );
+    assert_eq!((last_status.as_str(), last_percent), ("available", 100), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].1 <= w[1].1), "percent never goes down: {seen:?}");
+    assert!(seen.iter().any(|(s, p)| s == "copying" && *p > 0 && *p < 100), "progress observed mid-copy: {seen:?}");
 }
 
 #[tokio::test]
@@ -139,84 +104,38 @@ async fn describe_filters_by_several_values_and_pages_with_markers() {
             .await
             .unwrap();
         pages += 1;
-        ids.extend(
-            out.db_cluster_snapshots()
-                .iter()
-                .map(|s| s.db_cluster_snapshot_identifier().unwrap().to_owned()),
-        );
+        ids.extend(out.db_cluster_snapshots().iter().map(|s| s.db_cluster_snapshot_identifier().unwrap().to_owned()));
         marker = out.marker().map(str::to_owned);
         if marker.is_none() {
             break;
         }
     }
     assert_eq!(pages, 3);
-    assert_eq!(
-        ids.len(),
-        46,
-        "45 manual snapshots and the automated one of the new cluster"
-    );
+    assert_eq!(ids.len(), 46, "45 manual snapshots and the automated one of the new cluster");
 
-    let by_id = Filter::builder()
-        .name("db-cluster-snapshot-id")
-        .values("alpha-01")
-        .values("graph-1")
-        .values("nope")
-        .build();
-    let out = rds
-        .describe_db_cluster_snapshots()
-        .filters(by_id)
-        .send()
-        .await
-        .unwrap();
+    let by_id =
+        Filter::builder().name("db-cluster-snapshot-id").values("alpha-01").values("graph-1").values("nope").build();
+    let out = rds.describe_db_cluster_snapshots().filters(by_id).send().await.unwrap();
     assert_eq!(out.db_cluster_snapshots().len(), 2);
 
     let neptune = Filter::builder().name("engine").values("neptune").build();
-    let manual = Filter::builder()
-        .name("snapshot-type")
-        .values("manual")
-        .build();
-    let out = rds
-        .describe_db_cluster_snapshots()
-        .filters(neptune)
-        .filters(manual)
-        .send()
-        .await
-        .unwrap();
+    let manual = Filter::builder().name("snapshot-type").values("manual").build();
+    let out = rds.describe_db_cluster_snapshots().filters(neptune).filters(manual).send().await.unwrap();
     assert_eq!(out.db_cluster_snapshots().len(), 1);
     assert_eq!(out.db_cluster_snapshots()[0].engine(), Some("neptune"));
 
-    let err = rds
-        .describe_db_cluster_snapshots()
-        .max_records(10)
-        .send()
-        .await
-        .unwrap_err();
+    let err = rds.describe_db_cluster_snapshots().max_records(10).send().await.unwrap_err();
     assert_eq!(fault(err), ("InvalidParameterValue".into(), 400));
     let bogus = Filter::builder().name("bogus").values("x").build();
-    let err = rds
-        .describe_db_cluster_snapshots()
-        .filters(bogus)
-        .send()
-        .await
-        .unwrap_err();
+    let err = rds.describe_db_cluster_snapshots().filters(bogus).send().await.unwrap_err();
     assert_eq!(fault(err).0, "InvalidParameterValue");
-    let err = rds
-        .describe_db_cluster_snapshots()
-        .db_cluster_snapshot_identifier("missing")
-        .send()
-        .await
-        .unwrap_err();
+    let err = rds.describe_db_cluster_snapshots().db_cluster_snapshot_identifier("missing").send().await.unwrap_err();
     assert_eq!(fault(err), ("DBClusterSnapshotNotFoundFault".into(), 404));
 }
 
 #[tokio::test]
 async fn every_documented_copy_fault_comes_back_with_its_code_and_status() {
-    let emu = emulator_with(EmulatorConfig {
-        snapshot_quota: 4,
-        copy_gib_per_sec: 0.001,
-        ..quiet_config()
-    })
-    .await;
+    let emu = emulator_with(EmulatorConfig { snapshot_quota: 4, copy_gib_per_sec: 0.001, ..quiet_config() }).await;
     let rds = rds_client(&emu.endpoint_url(), "us-east-1", "AKIDTEST");
     seed_cluster(&rds, "plain", "aurora-mysql", 10, false).await;
     seed_cluster(&rds, "graph", "neptune", 10, false).await;
@@ -228,47 +147,14 @@ async fn every_documented_copy_fault_comes_back_with_its_code_and_status() {
             .target_db_cluster_snapshot_identifier(target)
     };
 
-    copy("plain-snap", "in-progress")
-        .send()
-        .await
-        .expect("first copy");
+    copy("plain-snap", "in-progress").send().await.expect("first copy");
     let cases = vec![
-        (
-            "target exists",
-            copy("plain-snap", "in-progress"),
-            "DBClusterSnapshotAlreadyExistsFault",
-            400,
-        ),
-        (
-            "target exists, other case",
-            copy("plain-snap", "IN-PROGRESS"),
-            "DBClusterSnapshotAlreadyExistsFault",
-            400,
-        ),
-        (
-            "source missing",
-            copy("nope", "t1"),
-            "DBClusterSnapshotNotFoundFault",
-            404,
-        ),
-        (
-            "source still copying",
-            copy("in-progress", "t2"),
-            "InvalidDBClusterSnapshotStateFault",
-            400,
-        ),
-        (
-            "unknown KMS key",
-            copy("plain-snap", "t3").kms_key_id("alias/nope"),
-            "InvalidParameterCombination",
-            400,
-        ),
-        (
-            "bad target identifier",
-            copy("plain-snap", "1-bad"),
-            "InvalidParameterValue",
-            400,
-        ),
+        ("target exists", copy("plain-snap", "in-progress"), "DBClusterSnapshotAlreadyExistsFault", 400),
+        ("target exists, other case", copy("plain-snap", "IN-PROGRESS"), "DBClusterSnapshotAlreadyExistsFault", 400),
+        ("source missing", copy("nope", "t1"), "DBClusterSnapshotNotFoundFault", 404),
+        ("source still copying", copy("in-progress", "t2"), "InvalidDBClusterSnapshotStateFault", 400),
+        ("unknown KMS key", copy("plain-snap", "t3").kms_key_id("alias/nope"), "InvalidParameterCombination", 400),
+        ("bad target identifier", copy("plain-snap", "1-bad"), "InvalidParameterValue", 400),
         (
             "Neptune PreSignedUrl",
             copy("graph-snap", "t4").pre_signed_url("https://example/"),
@@ -287,12 +173,7 @@ async fn every_documented_copy_fault_comes_back_with_its_code_and_status() {
             "InvalidParameterValue",
             400,
         ),
-        (
-            "other region by plain id",
-            copy("orders-aurora-west-snap", "t7"),
-            "DBClusterSnapshotNotFoundFault",
-            404,
-        ),
+        ("other region by plain id", copy("orders-aurora-west-snap", "t7"), "DBClusterSnapshotNotFoundFault", 404),
     ];
     for (name, request, code, status) in cases {
         let err = request.send().await.expect_err(name);
@@ -302,19 +183,10 @@ async fn every_documented_copy_fault_comes_back_with_its_code_and_status() {
     // The unencrypted source refuses any KmsKeyId, so the KMS lookup needs an encrypted one.
     seed_cluster(&rds, "secret", "aurora-mysql", 10, true).await;
     seed_snapshot(&rds, "secret", "secret-snap").await;
-    let err = copy("secret-snap", "t8")
-        .kms_key_id("alias/nope")
-        .send()
-        .await
-        .unwrap_err();
+    let err = copy("secret-snap", "t8").kms_key_id("alias/nope").send().await.unwrap_err();
     assert_eq!(fault(err), ("KMSKeyNotAccessibleFault".into(), 400));
 
-    emu.emulator.set_cluster_status(
-        ACCOUNT,
-        "us-east-1",
-        "secret",
-        "inaccessible-encryption-credentials",
-    );
+    emu.emulator.set_cluster_status(ACCOUNT, "us-east-1", "secret", "inaccessible-encryption-credentials");
     let err = copy("secret-snap", "t9").send().await.unwrap_err();
     assert_eq!(fault(err), ("InvalidDBClusterStateFault".into(), 400));
 
@@ -325,11 +197,7 @@ async fn every_documented_copy_fault_comes_back_with_its_code_and_status() {
 
 #[tokio::test]
 async fn deleting_a_copy_in_progress_cancels_it() {
-    let emu = emulator_with(EmulatorConfig {
-        copy_gib_per_sec: 0.01,
-        ..quiet_config()
-    })
-    .await;
+    let emu = emulator_with(EmulatorConfig { copy_gib_per_sec: 0.01, ..quiet_config() }).await;
     let rds = rds_client(&emu.endpoint_url(), "us-east-1", "AKIDTEST");
     seed_cluster(&rds, "src", "docdb", 50, false).await;
     seed_snapshot(&rds, "src", "src-snap").await;
@@ -339,24 +207,9 @@ async fn deleting_a_copy_in_progress_cancels_it() {
         .send()
         .await
         .unwrap();
-    let out = rds
-        .delete_db_cluster_snapshot()
-        .db_cluster_snapshot_identifier("doomed")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        out.db_cluster_snapshot()
-            .unwrap()
-            .db_cluster_snapshot_identifier(),
-        Some("doomed")
-    );
-    let err = rds
-        .describe_db_cluster_snapshots()
-        .db_cluster_snapshot_identifier("doomed")
-        .send()
-        .await
-        .unwrap_err();
+    let out = rds.delete_db_cluster_snapshot().db_cluster_snapshot_identifier("doomed").send().await.unwrap();
+    assert_eq!(out.db_cluster_snapshot().unwrap().db_cluster_snapshot_identifier(), Some("doomed"));
+    let err = rds.describe_db_cluster_snapshots().db_cluster_snapshot_identifier("doomed").send().await.unwrap_err();
     assert_eq!(fault(err).0, "DBClusterSnapshotNotFoundFault");
 }
 
@@ -364,18 +217,10 @@ async fn deleting_a_copy_in_progress_cancels_it() {
 async fn a_copy_set_to_fail_ends_in_failed() {
     let faults = Faults {
         throttle: None,
-        fail_copies: vec![FailCopies {
-            target_prefix: "fail-".into(),
-            at_percent: 30,
-        }],
+        fail_copies: vec![FailCopies { target_prefix: "fail-".into(), at_percent: 30 }],
         ..Faults::default()
     };
-    let emu = emulator_with(EmulatorConfig {
-        copy_gib_per_sec: 100.0,
-        faults,
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emu = emulator_with(EmulatorConfig { copy_gib_per_sec: 100.0, faults, ..EmulatorConfig::default() }).await;
     let rds = rds_client(&emu.endpoint_url(), "us-east-1", "AKIDTEST");
     seed_cluster(&rds, "src", "mysql", 100, false).await;
     seed_snapshot(&rds, "src", "src-snap").await;
@@ -387,18 +232,10 @@ async fn a_copy_set_to_fail_ends_in_failed() {
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let (status, percent) = loop {
-        let out = rds
-            .describe_db_cluster_snapshots()
-            .db_cluster_snapshot_identifier("fail-copy")
-            .send()
-            .await
-            .unwrap();
+        let out = rds.describe_db_cluster_snapshots().db_cluster_snapshot_identifier("fail-copy").send().await.unwrap();
         let s = &out.db_cluster_snapshots()[0];
         if s.status() != Some("copying") || tokio::time::Instant::now() > deadline {
-            break (
-                s.status().unwrap().to_owned(),
-                s.percent_progress().unwrap(),
-            );
+            break (s.status().unwrap().to_owned(), s.percent_progress().unwrap());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -407,46 +244,18 @@ async fn a_copy_set_to_fail_ends_in_failed() {
 
 #[tokio::test]
 async fn throttling_and_injected_failures_look_like_rds() {
-    let faults = Faults {
-        throttle: Some(Throttle {
-            burst: 2,
-            per_second: 0.01,
-        }),
-        ..Faults::default()
-    };
-    let emu = emulator_with(EmulatorConfig {
-        faults,
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let faults = Faults { throttle: Some(Throttle { burst: 2, per_second: 0.01 }), ..Faults::default() };
+    let emu = emulator_with(EmulatorConfig { faults, ..EmulatorConfig::default() }).await;
     let rds = rds_client(&emu.endpoint_url(), "us-east-1", "AKIDTEST");
     rds.describe_db_cluster_snapshots().send().await.unwrap();
     rds.describe_db_cluster_snapshots().send().await.unwrap();
-    let err = rds
-        .describe_db_cluster_snapshots()
-        .send()
-        .await
-        .unwrap_err();
+    let err = rds.describe_db_cluster_snapshots().send().await.unwrap_err();
     assert_eq!(fault(err), ("ThrottlingException".into(), 400));
     // Another region has its own bucket.
-    rds_client(&emu.endpoint_url(), "us-west-2", "AKIDTEST")
-        .describe_db_cluster_snapshots()
-        .send()
-        .await
-        .unwrap();
+    rds_client(&emu.endpoint_url(), "us-west-2", "AKIDTEST").describe_db_cluster_snapshots().send().await.unwrap();
 
-    emu.emulator
-        .set_faults(Faults {
-            throttle: None,
-            internal_failure_rate: 1.0,
-            ..Faults::default()
-        })
-        .unwrap();
-    let err = rds
-        .describe_db_cluster_snapshots()
-        .send()
-        .await
-        .unwrap_err();
+    emu.emulator.set_faults(Faults { throttle: None, internal_failure_rate: 1.0, ..Faults::default() }).unwrap();
+    let err = rds.describe_db_cluster_snapshots().send().await.unwrap_err();
     assert_eq!(fault(err), ("InternalFailure".into(), 500));
     let calls = emu.emulator.calls();
     assert_eq!(calls.get("DescribeDBClusterSnapshots"), 5);
@@ -455,11 +264,7 @@ async fn throttling_and_injected_failures_look_like_rds() {
 
 #[tokio::test]
 async fn cross_region_and_shared_snapshots_copy_by_arn() {
-    let emu = emulator_with(EmulatorConfig {
-        seed: true,
-        ..quiet_config()
-    })
-    .await;
+    let emu = emulator_with(EmulatorConfig { seed: true, ..quiet_config() }).await;
     let west = rds_client(&emu.endpoint_url(), "us-west-2", "AKIDTEST");
     let east_arn = "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:billing-pg-daily";
     let out = west
@@ -494,11 +299,7 @@ async fn cross_region_and_shared_snapshots_copy_by_arn() {
         .await
         .unwrap();
     assert!(
-        out.db_cluster_snapshot()
-            .unwrap()
-            .kms_key_id()
-            .unwrap()
-            .starts_with("arn:aws:kms:us-west-2:123456789012:key/")
+        out.db_cluster_snapshot().unwrap().kms_key_id().unwrap().starts_with("arn:aws:kms:us-west-2:123456789012:key/")
     );
 
     // A DocumentDB copy across regions needs a presigned URL.
@@ -514,18 +315,14 @@ async fn cross_region_and_shared_snapshots_copy_by_arn() {
     assert!(fault(err).0 == "InvalidParameterValue");
 
     let east = rds_client(&emu.endpoint_url(), "us-east-1", "AKIDTEST");
-    let shared = format!(
-        "arn:aws:rds:us-east-1:{SEED_PARTNER_ACCOUNT}:cluster-snapshot:partner-aurora-share"
-    );
+    let shared = format!("arn:aws:rds:us-east-1:{SEED_PARTNER_ACCOUNT}:cluster-snapshot:partner-aurora-share");
     east.copy_db_cluster_snapshot()
         .source_db_cluster_snapshot_identifier(&shared)
         .target_db_cluster_snapshot_identifier("from-partner")
         .send()
         .await
         .unwrap();
-    let shared_enc = format!(
-        "arn:aws:rds:us-east-1:{SEED_PARTNER_ACCOUNT}:cluster-snapshot:partner-vault-share"
-    );
+    let shared_enc = format!("arn:aws:rds:us-east-1:{SEED_PARTNER_ACCOUNT}:cluster-snapshot:partner-vault-share");
     let err = east
         .copy_db_cluster_snapshot()
         .source_db_cluster_snapshot_identifier(&shared_enc)
@@ -533,11 +330,7 @@ async fn cross_region_and_shared_snapshots_copy_by_arn() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(
-        fault(err).0,
-        "InvalidParameterCombination",
-        "a shared encrypted snapshot needs a KmsKeyId"
-    );
+    assert_eq!(fault(err).0, "InvalidParameterCombination", "a shared encrypted snapshot needs a KmsKeyId");
     let err = west
         .copy_db_cluster_snapshot()
         .source_db_cluster_snapshot_identifier(&shared_enc)
@@ -546,34 +339,19 @@ async fn cross_region_and_shared_snapshots_copy_by_arn() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(
-        fault(err).0,
-        "InvalidParameterCombination",
-        "a shared encrypted snapshot stays in its region"
-    );
+    assert_eq!(fault(err).0, "InvalidParameterCombination", "a shared encrypted snapshot stays in its region");
 
     // The partner sees its own snapshots; the default account sees them only as shared.
     let partner = rds_client(&emu.endpoint_url(), "us-east-1", SEED_PARTNER_ACCESS_KEY);
-    let own = partner
-        .describe_db_cluster_snapshots()
-        .send()
-        .await
-        .unwrap();
+    let own = partner.describe_db_cluster_snapshots().send().await.unwrap();
     assert_eq!(own.db_cluster_snapshots().len(), 2);
-    let visible = east
-        .describe_db_cluster_snapshots()
-        .include_shared(true)
-        .snapshot_type("shared")
-        .send()
-        .await
-        .unwrap();
+    let visible =
+        east.describe_db_cluster_snapshots().include_shared(true).snapshot_type("shared").send().await.unwrap();
     assert_eq!(visible.db_cluster_snapshots().len(), 2);
     // An unshared snapshot of another account is simply not found.
     let err = partner
         .copy_db_cluster_snapshot()
-        .source_db_cluster_snapshot_identifier(
-            "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:billing-pg-daily",
-        )
+        .source_db_cluster_snapshot_identifier("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:billing-pg-daily")
         .target_db_cluster_snapshot_identifier("steal")
         .send()
         .await
@@ -603,13 +381,8 @@ async fn tags_are_added_listed_and_copied() {
         .send()
         .await
         .unwrap();
-    let tags: Vec<_> = out
-        .db_cluster_snapshot()
-        .unwrap()
-        .tag_list()
-        .iter()
-        .map(|t| (t.key().unwrap(), t.value().unwrap()))
-        .collect();
+    let tags: Vec<_> =
+        out.db_cluster_snapshot().unwrap().tag_list().iter().map(|t| (t.key().unwrap(), t.value().unwrap())).collect();
     assert_eq!(tags, vec![("team", "db"), ("purpose", "dr")]);
     let listed = rds
         .list_tags_for_resource()
@@ -645,38 +418,26 @@ async fn malformed_requests_get_aws_errors_not_panics() {
     for (name, request, status, code) in cases {
         let (got_status, body) = raw_http(addr, &request).await;
         assert_eq!(got_status, status, "{name}: {body}");
-        assert!(
-            body.contains(&format!("<Code>{code}</Code>")),
-            "{name}: {body}"
-        );
+        assert!(body.contains(&format!("<Code>{code}</Code>")), "{name}: {body}");
         assert!(body.contains("<RequestId>"), "{name}: {body}");
     }
 
     let body = b"Action=DescribeDBClusterSnapshots&Version=2014-10-31&Marker=\xff\xfe";
     let mut request = String::from_utf8(query_post(""))
         .unwrap()
-        .replace(
-            "content-length: 0",
-            &format!("content-length: {}", body.len()),
-        )
+        .replace("content-length: 0", &format!("content-length: {}", body.len()))
         .into_bytes();
     request.extend_from_slice(body);
     let (status, text) = raw_http(addr, &request).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("MalformedQueryString"), "{text}");
 
-    let huge = format!(
-        "Action=DescribeDBClusterSnapshots&Version=2014-10-31&Marker={}",
-        "a".repeat(2 << 20)
-    );
+    let huge = format!("Action=DescribeDBClusterSnapshots&Version=2014-10-31&Marker={}", "a".repeat(2 << 20));
     let (status, text) = raw_http(addr, &query_post(&huge)).await;
     assert_eq!(status, 413, "{text}");
     assert!(text.contains("RequestEntityTooLarge"));
 
     // The emulator still answers after all of that.
     let rds = rds_client(&emu.endpoint_url(), "us-east-1", "AKIDTEST");
-    rds.describe_db_cluster_snapshots()
-        .send()
-        .await
-        .expect("still serving");
+    rds.describe_db_cluster_snapshots().send().await.expect("still serving");
 }

@@ -18,10 +18,7 @@ async fn setup(config: EmulatorConfig) -> (EmulatorHandle, Gateway) {
 }
 
 fn seeded() -> EmulatorConfig {
-    EmulatorConfig {
-        seed: true,
-        ..quiet_config()
-    }
+    EmulatorConfig { seed: true, ..quiet_config() }
 }
 
 fn copy_req(source: &str, target: &str) -> CopyClusterSnapshotRequest {
@@ -33,100 +30,39 @@ fn copy_req(source: &str, target: &str) -> CopyClusterSnapshotRequest {
 }
 
 fn error_reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
+    status.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
 }
 
 #[tokio::test]
 async fn a_copy_starts_and_get_copy_reports_it() {
     let (_emu, mut gw) = setup(seeded()).await;
     let mut req = copy_req("billing-pg-daily", "Billing-Copy");
-    req.tags = vec![pb::Tag {
-        key: "purpose".into(),
-        value: "dr".into(),
-    }];
-    let copy = gw
-        .client
-        .copy_cluster_snapshot(req)
-        .await
-        .expect("copy starts")
-        .into_inner();
-    assert_eq!(
-        copy.name,
-        "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:billing-copy"
-    );
+    req.tags = vec![pb::Tag { key: "purpose".into(), value: "dr".into() }];
+    let copy = gw.client.copy_cluster_snapshot(req).await.expect("copy starts").into_inner();
+    assert_eq!(copy.name, "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:billing-copy");
     assert_eq!(copy.state(), pb::copy::State::Copying);
     assert_eq!(copy.aws_status, "copying");
     assert_eq!(copy.engine, "aurora-postgresql");
-    assert_eq!(
-        copy.source_snapshot_arn,
-        "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:billing-pg-daily"
-    );
-    assert_eq!(
-        (copy.region.as_str(), copy.account_id.as_str()),
-        ("us-east-1", ACCOUNT)
-    );
-    assert_eq!(
-        copy.tags,
-        vec![pb::Tag {
-            key: "purpose".into(),
-            value: "dr".into()
-        }]
-    );
+    assert_eq!(copy.source_snapshot_arn, "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:billing-pg-daily");
+    assert_eq!((copy.region.as_str(), copy.account_id.as_str()), ("us-east-1", ACCOUNT));
+    assert_eq!(copy.tags, vec![pb::Tag { key: "purpose".into(), value: "dr".into() }]);
     assert!(copy.create_time.is_some());
 
-    let by_name = gw
-        .client
-        .get_copy(GetCopyRequest {
-            name: copy.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let by_name = gw.client.get_copy(GetCopyRequest { name: copy.name.clone() }).await.unwrap().into_inner();
     assert_eq!(by_name.name, copy.name);
-    let by_id = gw
-        .client
-        .get_copy(GetCopyRequest {
-            name: "billing-copy".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let by_id = gw.client.get_copy(GetCopyRequest { name: "billing-copy".into() }).await.unwrap().into_inner();
     assert_eq!(by_id.name, copy.name);
 }
 
 #[tokio::test]
 async fn aws_faults_map_to_grpc_codes_with_error_info() {
-    let (emu, mut gw) = setup(EmulatorConfig {
-        snapshot_quota: 8,
-        copy_gib_per_sec: 0.001,
-        ..seeded()
-    })
-    .await;
-    gw.client
-        .copy_cluster_snapshot(copy_req("billing-pg-daily", "first"))
-        .await
-        .unwrap();
+    let (emu, mut gw) = setup(EmulatorConfig { snapshot_quota: 8, copy_gib_per_sec: 0.001, ..seeded() }).await;
+    gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "first")).await.unwrap();
 
     let cases = [
-        (
-            copy_req("billing-pg-daily", "first"),
-            Code::AlreadyExists,
-            "DBClusterSnapshotAlreadyExistsFault",
-        ),
-        (
-            copy_req("no-such-snapshot", "t1"),
-            Code::NotFound,
-            "DBClusterSnapshotNotFoundFault",
-        ),
-        (
-            copy_req("first", "t2"),
-            Code::FailedPrecondition,
-            "InvalidDBClusterSnapshotStateFault",
-        ),
+        (copy_req("billing-pg-daily", "first"), Code::AlreadyExists, "DBClusterSnapshotAlreadyExistsFault"),
+        (copy_req("no-such-snapshot", "t1"), Code::NotFound, "DBClusterSnapshotNotFoundFault"),
+        (copy_req("first", "t2"), Code::FailedPrecondition, "InvalidDBClusterSnapshotStateFault"),
         (
             CopyClusterSnapshotRequest {
                 kms_key_id: "alias/missing".into(),
@@ -139,60 +75,26 @@ async fn aws_faults_map_to_grpc_codes_with_error_info() {
     for (req, code, reason) in cases {
         let status = gw.client.copy_cluster_snapshot(req).await.unwrap_err();
         assert_eq!(status.code(), code, "{status:?}");
-        let info = status
-            .get_error_details()
-            .error_info()
-            .cloned()
-            .expect("ErrorInfo");
+        let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
         assert_eq!(info.reason, reason);
         assert_eq!(info.domain, "rds.amazonaws.com");
-        assert!(
-            info.metadata
-                .get("aws_request_id")
-                .is_some_and(|id| !id.is_empty()),
-            "{info:?}"
-        );
+        assert!(info.metadata.get("aws_request_id").is_some_and(|id| !id.is_empty()), "{info:?}");
     }
 
     // The seed has 6 manual snapshots of the default account in us-east-1 and one copy was
     // made: the quota of 8 allows one more.
-    gw.client
-        .copy_cluster_snapshot(copy_req("billing-pg-daily", "second"))
-        .await
-        .unwrap();
-    let status = gw
-        .client
-        .copy_cluster_snapshot(copy_req("billing-pg-daily", "third"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (status.code(), error_reason(&status).as_str()),
-        (Code::ResourceExhausted, "SnapshotQuotaExceeded")
-    );
+    gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "second")).await.unwrap();
+    let status = gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "third")).await.unwrap_err();
+    assert_eq!((status.code(), error_reason(&status).as_str()), (Code::ResourceExhausted, "SnapshotQuotaExceeded"));
 
-    emu.emulator.set_cluster_status(
-        ACCOUNT,
-        "us-east-1",
-        "ledger-mysql",
-        "inaccessible-encryption-credentials",
-    );
-    let status = gw
-        .client
-        .copy_cluster_snapshot(copy_req("ledger-mysql-snap", "t4"))
-        .await
-        .unwrap_err();
+    emu.emulator.set_cluster_status(ACCOUNT, "us-east-1", "ledger-mysql", "inaccessible-encryption-credentials");
+    let status = gw.client.copy_cluster_snapshot(copy_req("ledger-mysql-snap", "t4")).await.unwrap_err();
     assert_eq!(
         (status.code(), error_reason(&status).as_str()),
         (Code::FailedPrecondition, "InvalidDBClusterStateFault")
     );
 
-    let status = gw
-        .client
-        .get_copy(GetCopyRequest {
-            name: "never-made".into(),
-        })
-        .await
-        .unwrap_err();
+    let status = gw.client.get_copy(GetCopyRequest { name: "never-made".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
 
@@ -202,175 +104,68 @@ async fn invalid_requests_are_refused_before_any_aws_call() {
     let cases = [
         (copy_req("", "target"), vec!["source_snapshot"]),
         (copy_req("billing-pg-daily", ""), vec!["target_snapshot_id"]),
+        (copy_req("billing-pg-daily", "1-starts-with-digit"), vec!["target_snapshot_id"]),
+        (copy_req("billing-pg-daily", "double--hyphen"), vec!["target_snapshot_id"]),
+        (copy_req("billing-pg-daily", &"a".repeat(64)), vec!["target_snapshot_id"]),
+        (copy_req("arn:aws:rds:us-east-1:123456789012:cluster:not-a-snapshot", "t"), vec!["source_snapshot"]),
         (
-            copy_req("billing-pg-daily", "1-starts-with-digit"),
-            vec!["target_snapshot_id"],
-        ),
-        (
-            copy_req("billing-pg-daily", "double--hyphen"),
-            vec!["target_snapshot_id"],
-        ),
-        (
-            copy_req("billing-pg-daily", &"a".repeat(64)),
-            vec!["target_snapshot_id"],
-        ),
-        (
-            copy_req(
-                "arn:aws:rds:us-east-1:123456789012:cluster:not-a-snapshot",
-                "t",
-            ),
-            vec!["source_snapshot"],
-        ),
-        (
-            CopyClusterSnapshotRequest {
-                destination_region: "moon-1".into(),
-                ..copy_req("s", "t")
-            },
+            CopyClusterSnapshotRequest { destination_region: "moon-1".into(), ..copy_req("s", "t") },
             vec!["destination_region"],
         ),
+        (CopyClusterSnapshotRequest { kms_key_id: "not a key".into(), ..copy_req("s", "t") }, vec!["kms_key_id"]),
         (
-            CopyClusterSnapshotRequest {
-                kms_key_id: "not a key".into(),
-                ..copy_req("s", "t")
-            },
-            vec!["kms_key_id"],
-        ),
-        (
-            CopyClusterSnapshotRequest {
-                destination_account: "12".into(),
-                ..copy_req("s", "t")
-            },
+            CopyClusterSnapshotRequest { destination_account: "12".into(), ..copy_req("s", "t") },
             vec!["destination_account"],
         ),
         (
-            CopyClusterSnapshotRequest {
-                destination_account: "999999999999".into(),
-                ..copy_req("s", "t")
-            },
+            CopyClusterSnapshotRequest { destination_account: "999999999999".into(), ..copy_req("s", "t") },
             vec!["destination_account"],
         ),
     ];
     for (req, fields) in cases {
-        let status = gw
-            .client
-            .copy_cluster_snapshot(req.clone())
-            .await
-            .unwrap_err();
+        let status = gw.client.copy_cluster_snapshot(req.clone()).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{req:?}");
         let details = status.get_error_details();
-        let got: Vec<&str> = details
-            .bad_request()
-            .expect("BadRequest")
-            .field_violations
-            .iter()
-            .map(|v| v.field.as_str())
-            .collect();
+        let got: Vec<&str> =
+            details.bad_request().expect("BadRequest").field_violations.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(got, fields, "{req:?}");
     }
-    let status = gw
-        .client
-        .get_copy(GetCopyRequest {
-            name: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let status = gw.client.get_copy(GetCopyRequest { name: String::new() }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(
-        emu.emulator.calls().calls.values().sum::<u64>(),
-        0,
-        "no AWS call was made"
-    );
+    assert_eq!(emu.emulator.calls().calls.values().sum::<u64>(), 0, "no AWS call was made");
 }
 
 #[tokio::test]
 async fn the_callers_deadline_bounds_the_aws_call() {
-    let faults = Faults {
-        throttle: None,
-        latency_ms: 3000,
-        ..Faults::default()
-    };
+    let faults = Faults { throttle: None, latency_ms: 3000, ..Faults::default() };
     let (_emu, mut gw) = setup(EmulatorConfig { faults, ..seeded() }).await;
-    let mut request = tonic::Request::new(GetCopyRequest {
-        name: "billing-pg-daily".into(),
-    });
+    let mut request = tonic::Request::new(GetCopyRequest { name: "billing-pg-daily".into() });
     // Sent as the header alone: a client-side timer would fire first and hide the server's answer.
-    request
-        .metadata_mut()
-        .insert("grpc-timeout", "300m".parse().unwrap());
+    request.metadata_mut().insert("grpc-timeout", "300m".parse().unwrap());
     let started = std::time::Instant::now();
     let status = gw.client.get_copy(request).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "answered before the AWS call would have"
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "answered before the AWS call would have");
 }
 
 #[tokio::test]
 async fn throttling_that_outlives_the_retries_is_unavailable_with_retry_info() {
-    let faults = Faults {
-        throttle: Some(Throttle {
-            burst: 1,
-            per_second: 0.001,
-        }),
-        ..Faults::default()
-    };
+    let faults = Faults { throttle: Some(Throttle { burst: 1, per_second: 0.001 }), ..Faults::default() };
     let (emu, mut gw) = setup(EmulatorConfig { faults, ..seeded() }).await;
-    gw.client
-        .get_copy(GetCopyRequest {
-            name: "billing-pg-daily".into(),
-        })
-        .await
-        .expect("first call fits the burst");
-    let status = gw
-        .client
-        .get_copy(GetCopyRequest {
-            name: "billing-pg-daily".into(),
-        })
-        .await
-        .unwrap_err();
+    gw.client.get_copy(GetCopyRequest { name: "billing-pg-daily".into() }).await.expect("first call fits the burst");
+    let status = gw.client.get_copy(GetCopyRequest { name: "billing-pg-daily".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(error_reason(&status), "ThrottlingException");
     assert!(status.get_error_details().retry_info().is_some());
-    assert_eq!(
-        emu.emulator.calls().get("DescribeDBClusterSnapshots"),
-        3,
-        "one call, then two attempts"
-    );
+    assert_eq!(emu.emulator.calls().get("DescribeDBClusterSnapshots"), 3, "one call, then two attempts");
 }
 
 #[tokio::test]
 async fn unreachable_aws_is_unavailable() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut gw = gateway::start(gateway::settings(), &format!("http://{closed}"), "AKIDTEST").await;
-    let status = gw
-        .client
-        .get_copy(GetCopyRequest {
-            name: "anything".into(),
-        })
-        .await
-        .unwrap_err();
+    let status = gw.client.get_copy(GetCopyRequest { name: "anything".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-}
-
-#[tokio::test]
-async fn watch_and_cancel_say_they_are_not_built_yet() {
-    let (_emu, mut gw) = setup(seeded()).await;
-    let status = gw
-        .client
-        .watch_copy(pb::WatchCopyRequest { name: "x".into() })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    let status = gw
-        .client
-        .cancel_copy(pb::CancelCopyRequest { name: "x".into() })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
 }
 
 #[tokio::test]
@@ -393,41 +188,18 @@ async fn the_gateway_copies_through_motos_rds_api() {
         .unwrap();
 
     let mut gw = gateway::start(gateway::settings(), &moto.endpoint, "AKIDTEST").await;
-    let copy = gw
-        .client
-        .copy_cluster_snapshot(copy_req("moto-snap", "moto-copy"))
-        .await
-        .unwrap()
-        .into_inner();
+    let copy = gw.client.copy_cluster_snapshot(copy_req("moto-snap", "moto-copy")).await.unwrap().into_inner();
     assert_eq!(copy.snapshot_id, "moto-copy");
     assert_eq!(copy.engine, "neptune");
     // moto finishes copies at once.
-    let got = gw
-        .client
-        .get_copy(GetCopyRequest {
-            name: copy.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = gw.client.get_copy(GetCopyRequest { name: copy.name.clone() }).await.unwrap().into_inner();
     assert_eq!(got.state(), pb::copy::State::Available);
 
-    let status = gw
-        .client
-        .copy_cluster_snapshot(copy_req("moto-snap", "moto-copy"))
-        .await
-        .unwrap_err();
+    let status = gw.client.copy_cluster_snapshot(copy_req("moto-snap", "moto-copy")).await.unwrap_err();
     assert_eq!(
         (status.code(), error_reason(&status).as_str()),
         (Code::AlreadyExists, "DBClusterSnapshotAlreadyExistsFault")
     );
-    let status = gw
-        .client
-        .copy_cluster_snapshot(copy_req("missing", "x"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (status.code(), error_reason(&status).as_str()),
-        (Code::NotFound, "DBClusterSnapshotNotFoundFault")
-    );
+    let status = gw.client.copy_cluster_snapshot(copy_req("missing", "x")).await.unwrap_err();
+    assert_eq!((status.code(), error_reason(&status).as_str()), (Code::NotFound, "DBClusterSnapshotNotFoundFault"));
 }

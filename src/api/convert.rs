@@ -3,6 +3,7 @@
 use crate::copy::CopyRequest;
 use crate::pb;
 use crate::rds::{ClusterSnapshot, CopyState};
+use crate::watch::{Change, WatchEvent};
 
 pub fn copy_request(req: pb::CopyClusterSnapshotRequest) -> CopyRequest {
     CopyRequest {
@@ -29,12 +30,16 @@ pub fn state(state: CopyState) -> pb::copy::State {
 }
 
 pub fn copy(s: &ClusterSnapshot) -> pb::Copy {
+    copy_in_state(s, s.state())
+}
+
+pub fn copy_in_state(s: &ClusterSnapshot, state: CopyState) -> pb::Copy {
     pb::Copy {
         name: s.arn.clone(),
         snapshot_id: s.id.clone(),
         region: s.region.clone(),
         account_id: s.account.clone(),
-        state: state(s.state()) as i32,
+        state: self::state(state) as i32,
         aws_status: s.status.clone(),
         percent_progress: s.percent_progress,
         source_snapshot_arn: s.source_arn.clone().unwrap_or_default(),
@@ -45,15 +50,25 @@ pub fn copy(s: &ClusterSnapshot) -> pb::Copy {
         storage_encrypted: s.encrypted,
         kms_key_id: s.kms_key_id.clone().unwrap_or_default(),
         create_time: s.create_time.map(prost_types::Timestamp::from),
-        tags: s
-            .tags
-            .iter()
-            .map(|(k, v)| pb::Tag {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect(),
+        tags: s.tags.iter().map(|(k, v)| pb::Tag { key: k.clone(), value: v.clone() }).collect(),
         snapshot_type: s.snapshot_type.clone(),
         cluster_create_time: s.cluster_create_time.map(prost_types::Timestamp::from),
+    }
+}
+
+pub fn event(e: WatchEvent) -> pb::CopyEvent {
+    let change = match e.change {
+        Change::Initial => pb::copy_event::Change::Initial,
+        Change::State => pb::copy_event::Change::State,
+        Change::Progress => pb::copy_event::Change::Progress,
+        Change::Heartbeat => pb::copy_event::Change::Heartbeat,
+        Change::Terminal => pb::copy_event::Change::Terminal,
+    };
+    pb::CopyEvent {
+        copy: Some(copy_in_state(&e.snapshot, e.state)),
+        observe_time: Some(prost_types::Timestamp::from(e.observed)),
+        change: change as i32,
+        terminal: e.terminal,
+        trace_id: String::new(),
     }
 }

@@ -25,20 +25,21 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// The caller's own deadline, if it set one.
+pub fn caller_deadline(metadata: &MetadataMap) -> Option<Duration> {
+    metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout)
+}
+
 /// How long a call may take: the caller's `grpc-timeout` when set and shorter, else `default`.
 ///
 /// The budget ends a little before the caller's deadline (a tenth of it, at most 100 ms) so
 /// the gateway answers DEADLINE_EXCEEDED itself rather than racing tonic's own timer, which
 /// would end the call as CANCELLED.
 pub fn call_budget(metadata: &MetadataMap, default: Duration) -> Duration {
-    metadata
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-        .map_or(default, |caller| {
-            let margin = (caller / 10).min(Duration::from_millis(100));
-            (caller - margin).min(default)
-        })
+    metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout).map_or(default, |caller| {
+        let margin = (caller / 10).min(Duration::from_millis(100));
+        (caller - margin).min(default)
+    })
 }
 
 #[cfg(test)]
@@ -59,19 +60,10 @@ mod tests {
     #[test]
     fn the_shorter_deadline_wins() {
         let mut md = MetadataMap::new();
-        assert_eq!(
-            call_budget(&md, Duration::from_secs(60)),
-            Duration::from_secs(60)
-        );
+        assert_eq!(call_budget(&md, Duration::from_secs(60)), Duration::from_secs(60));
         md.insert("grpc-timeout", "500m".parse().unwrap());
-        assert_eq!(
-            call_budget(&md, Duration::from_secs(60)),
-            Duration::from_millis(500)
-        );
+        assert_eq!(call_budget(&md, Duration::from_secs(60)), Duration::from_millis(500));
         md.insert("grpc-timeout", "2H".parse().unwrap());
-        assert_eq!(
-            call_budget(&md, Duration::from_secs(60)),
-            Duration::from_secs(60)
-        );
+        assert_eq!(call_budget(&md, Duration::from_secs(60)), Duration::from_secs(60));
     }
 }

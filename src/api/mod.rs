@@ -8,25 +8,26 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::copy::CopyService;
+use crate::aws::{AwsError, AwsErrorKind};
+use crate::copy::{CopyService, parse_copy_name};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::snapshot_copy_service_server::SnapshotCopyService;
+use crate::rds::CopyState;
+use crate::watch::{Observation, WatchHub};
 
 pub struct Api {
     copies: Arc<CopyService>,
+    hub: Arc<WatchHub>,
     request_timeout: Duration,
 }
 
 impl Api {
-    pub fn new(copies: Arc<CopyService>, request_timeout: Duration) -> Api {
-        Api {
-            copies,
-            request_timeout,
-        }
+    pub fn new(copies: Arc<CopyService>, hub: Arc<WatchHub>, request_timeout: Duration) -> Api {
+        Api { copies, hub, request_timeout }
     }
 
     /// Runs `work` within the call's budget; a call that outlives it is DEADLINE_EXCEEDED.
@@ -53,42 +54,64 @@ impl SnapshotCopyService for Api {
     ) -> Result<Response<pb::Copy>, Status> {
         let (metadata, _, message) = request.into_parts();
         let copy_request = convert::copy_request(message);
-        let snapshot = self
-            .within_deadline(&metadata, self.copies.copy(&copy_request))
-            .await?;
+        let snapshot = self.within_deadline(&metadata, self.copies.copy(&copy_request)).await?;
         Ok(Response::new(convert::copy(&snapshot)))
     }
 
-    async fn get_copy(
-        &self,
-        request: Request<pb::GetCopyRequest>,
-    ) -> Result<Response<pb::Copy>, Status> {
+    async fn get_copy(&self, request: Request<pb::GetCopyRequest>) -> Result<Response<pb::Copy>, Status> {
         let (metadata, _, message) = request.into_parts();
-        let snapshot = self
-            .within_deadline(&metadata, self.copies.get(&message.name))
-            .await?;
+        let (region, id, arn) =
+            parse_copy_name(&message.name, self.copies.default_region()).map_err(Error::InvalidArgument)?;
+        // A poller watching this snapshot saw it within the shortest poll interval: no AWS call.
+        if let Some(snapshot) = self.hub.fresh(&region, &id)
+            && arn.as_ref().is_none_or(|a| *a == snapshot.arn)
+        {
+            return Ok(Response::new(convert::copy(&snapshot)));
+        }
+        let snapshot = self.within_deadline(&metadata, self.copies.get(&message.name)).await?;
         Ok(Response::new(convert::copy(&snapshot)))
     }
 
     type WatchCopyStream = EventStream;
 
-    async fn watch_copy(
-        &self,
-        _request: Request<pb::WatchCopyRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        Err(Error::Unimplemented(
-            "WatchCopy is not available in this version of snapgate yet; poll GetCopy meanwhile",
-        )
-        .into())
+    async fn watch_copy(&self, request: Request<pb::WatchCopyRequest>) -> Result<Response<EventStream>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let (region, id, arn) =
+            parse_copy_name(&message.name, self.copies.default_region()).map_err(Error::InvalidArgument)?;
+        let permit = self.hub.stream_permit()?;
+        // The gateway's request timeout does not bound a stream; the caller's deadline does.
+        let deadline = deadline::caller_deadline(&metadata).map(|d| tokio::time::Instant::now() + d);
+        let mut subscription = self.hub.subscribe(&region, &id);
+        let first =
+            self.within_deadline(&metadata, async { subscription.first().await.ok_or(Error::ShuttingDown) }).await?;
+        match &*first {
+            Observation::Gone { cancelled: false, .. } => return Err(not_found(&message.name).into()),
+            Observation::Present { snapshot, .. } if arn.as_ref().is_some_and(|a| *a != snapshot.arn) => {
+                return Err(not_found(&message.name).into());
+            }
+            _ => {}
+        }
+        let events = self.hub.stream(subscription, first, permit, deadline);
+        let stream = events.map(|item| item.map(convert::event).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn cancel_copy(
-        &self,
-        _request: Request<pb::CancelCopyRequest>,
-    ) -> Result<Response<pb::Copy>, Status> {
-        Err(
-            Error::Unimplemented("CancelCopy is not available in this version of snapgate yet")
-                .into(),
-        )
+    async fn cancel_copy(&self, request: Request<pb::CancelCopyRequest>) -> Result<Response<pb::Copy>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let (snapshot, state) = self.within_deadline(&metadata, self.copies.cancel(&message.name)).await?;
+        if state == CopyState::Cancelled {
+            self.hub.record_cancelled(&snapshot.region, &snapshot);
+        }
+        Ok(Response::new(convert::copy_in_state(&snapshot, state)))
     }
+}
+
+fn not_found(name: &str) -> Error {
+    Error::Aws(AwsError {
+        kind: AwsErrorKind::NotFound,
+        action: "DescribeDBClusterSnapshots",
+        code: Some("DBClusterSnapshotNotFoundFault".into()),
+        message: format!("DBClusterSnapshot {name} not found."),
+        request_id: None,
+    })
 }

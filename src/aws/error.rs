@@ -35,10 +35,7 @@ pub struct AwsError {
 }
 
 impl AwsError {
-    pub fn from_sdk<E>(
-        action: &'static str,
-        err: SdkError<E, aws_sdk_rds::config::http::HttpResponse>,
-    ) -> AwsError
+    pub fn from_sdk<E>(action: &'static str, err: SdkError<E, aws_sdk_rds::config::http::HttpResponse>) -> AwsError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
@@ -49,24 +46,13 @@ impl AwsError {
                 let code = service.err().code().map(str::to_owned);
                 let message = service.err().message().unwrap_or("no message").to_owned();
                 let kind = classify(code.as_deref(), status);
-                AwsError {
-                    kind,
-                    action,
-                    code,
-                    message,
-                    request_id,
-                }
+                AwsError { kind, action, code, message, request_id }
             }
-            SdkError::TimeoutError(_)
-            | SdkError::DispatchFailure(_)
-            | SdkError::ResponseError(_) => AwsError {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => AwsError {
                 kind: AwsErrorKind::Unavailable,
                 action,
                 code: None,
-                message: format!(
-                    "AWS did not answer: {}",
-                    aws_sdk_rds::error::DisplayErrorContext(&err)
-                ),
+                message: format!("AWS did not answer: {}", aws_sdk_rds::error::DisplayErrorContext(&err)),
                 request_id,
             },
             _ => AwsError {
@@ -85,17 +71,14 @@ pub fn classify(code: Option<&str>, http_status: u16) -> AwsErrorKind {
     match code.unwrap_or_default() {
         "DBClusterSnapshotAlreadyExistsFault" => AwsErrorKind::AlreadyExists,
         "DBClusterSnapshotNotFoundFault" | "DBClusterNotFoundFault" => AwsErrorKind::NotFound,
-        "InvalidDBClusterSnapshotStateFault"
-        | "InvalidDBClusterStateFault"
-        | "KMSKeyNotAccessibleFault" => AwsErrorKind::FailedPrecondition,
-        "SnapshotQuotaExceeded" => AwsErrorKind::QuotaExceeded,
-        "Throttling"
-        | "ThrottlingException"
-        | "RequestLimitExceeded"
-        | "TooManyRequestsException" => AwsErrorKind::Throttled,
-        "InvalidParameterValue" | "InvalidParameterCombination" | "MissingParameter" => {
-            AwsErrorKind::InvalidRequest
+        "InvalidDBClusterSnapshotStateFault" | "InvalidDBClusterStateFault" | "KMSKeyNotAccessibleFault" => {
+            AwsErrorKind::FailedPrecondition
         }
+        "SnapshotQuotaExceeded" => AwsErrorKind::QuotaExceeded,
+        "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException" => {
+            AwsErrorKind::Throttled
+        }
+        "InvalidParameterValue" | "InvalidParameterCombination" | "MissingParameter" => AwsErrorKind::InvalidRequest,
         "AccessDenied"
         | "AccessDeniedException"
         | "UnauthorizedOperation"
@@ -116,30 +99,12 @@ mod tests {
 
     #[test]
     fn documented_faults_are_classified() {
-        assert_eq!(
-            classify(Some("DBClusterSnapshotAlreadyExistsFault"), 400),
-            AwsErrorKind::AlreadyExists
-        );
-        assert_eq!(
-            classify(Some("DBClusterSnapshotNotFoundFault"), 404),
-            AwsErrorKind::NotFound
-        );
-        assert_eq!(
-            classify(Some("KMSKeyNotAccessibleFault"), 400),
-            AwsErrorKind::FailedPrecondition
-        );
-        assert_eq!(
-            classify(Some("SnapshotQuotaExceeded"), 400),
-            AwsErrorKind::QuotaExceeded
-        );
-        assert_eq!(
-            classify(Some("ThrottlingException"), 400),
-            AwsErrorKind::Throttled
-        );
-        assert_eq!(
-            classify(Some("SomethingNew"), 503),
-            AwsErrorKind::Unavailable
-        );
+        assert_eq!(classify(Some("DBClusterSnapshotAlreadyExistsFault"), 400), AwsErrorKind::AlreadyExists);
+        assert_eq!(classify(Some("DBClusterSnapshotNotFoundFault"), 404), AwsErrorKind::NotFound);
+        assert_eq!(classify(Some("KMSKeyNotAccessibleFault"), 400), AwsErrorKind::FailedPrecondition);
+        assert_eq!(classify(Some("SnapshotQuotaExceeded"), 400), AwsErrorKind::QuotaExceeded);
+        assert_eq!(classify(Some("ThrottlingException"), 400), AwsErrorKind::Throttled);
+        assert_eq!(classify(Some("SomethingNew"), 503), AwsErrorKind::Unavailable);
         assert_eq!(classify(None, 400), AwsErrorKind::Other);
     }
 }

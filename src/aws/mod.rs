@@ -34,29 +34,13 @@ pub async fn load_sdk_config(settings: &AwsSettings) -> SdkConfig {
 
 /// An SDK configuration with fixed credentials and endpoint, for `dev` and tests: nothing is
 /// read from the environment or the user's AWS profile.
-pub async fn fixed_sdk_config(
-    settings: &AwsSettings,
-    endpoint: &str,
-    access_key: &str,
-    secret_key: &str,
-) -> SdkConfig {
+pub async fn fixed_sdk_config(settings: &AwsSettings, endpoint: &str, access_key: &str, secret_key: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .retry_config(retry_config(settings))
         .timeout_config(timeout_config())
-        .region(Region::new(
-            settings
-                .region
-                .clone()
-                .unwrap_or_else(|| "us-east-1".into()),
-        ))
+        .region(Region::new(settings.region.clone().unwrap_or_else(|| "us-east-1".into())))
         .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            access_key,
-            secret_key,
-            None,
-            None,
-            "snapgate-fixed",
-        ))
+        .credentials_provider(Credentials::new(access_key, secret_key, None, None, "snapgate-fixed"))
         .load()
         .await
 }
@@ -101,11 +85,7 @@ impl Rds {
             .region()
             .map(|r| r.to_string())
             .ok_or("no AWS region: set AWS_REGION, a profile region, or aws.region")?;
-        Ok(Rds {
-            base,
-            default_region,
-            clients: Mutex::new(HashMap::new()),
-        })
+        Ok(Rds { base, default_region, clients: Mutex::new(HashMap::new()) })
     }
 
     pub fn default_region(&self) -> &str {
@@ -117,27 +97,15 @@ impl Rds {
         clients
             .entry(region.to_owned())
             .or_insert_with(|| {
-                let config = self
-                    .base
-                    .to_builder()
-                    .region(Region::new(region.to_owned()))
-                    .build();
+                let config = self.base.to_builder().region(Region::new(region.to_owned())).build();
                 aws_sdk_rds::Client::new(&config)
             })
             .clone()
     }
 
-    pub async fn copy_cluster_snapshot(
-        &self,
-        region: &str,
-        input: &CopyInput,
-    ) -> Result<ClusterSnapshot, AwsError> {
+    pub async fn copy_cluster_snapshot(&self, region: &str, input: &CopyInput) -> Result<ClusterSnapshot, AwsError> {
         const ACTION: &str = "CopyDBClusterSnapshot";
-        let tags: Vec<Tag> = input
-            .tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
+        let tags: Vec<Tag> = input.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
         let out = self
             .client(region)
             .copy_db_cluster_snapshot()
@@ -150,17 +118,11 @@ impl Rds {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk(ACTION, e))?;
-        out.db_cluster_snapshot()
-            .map(convert)
-            .ok_or_else(|| missing_snapshot(ACTION))
+        out.db_cluster_snapshot().map(convert).ok_or_else(|| missing_snapshot(ACTION))
     }
 
     /// Describes one snapshot by identifier (or ARN) in `region`.
-    pub async fn describe_cluster_snapshot(
-        &self,
-        region: &str,
-        id: &str,
-    ) -> Result<ClusterSnapshot, AwsError> {
+    pub async fn describe_cluster_snapshot(&self, region: &str, id: &str) -> Result<ClusterSnapshot, AwsError> {
         const ACTION: &str = "DescribeDBClusterSnapshots";
         let out = self
             .client(region)
@@ -169,18 +131,68 @@ impl Rds {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk(ACTION, e))?;
-        out.db_cluster_snapshots()
-            .first()
-            .map(convert)
-            .ok_or_else(|| AwsError {
-                kind: AwsErrorKind::NotFound,
-                action: ACTION,
-                code: Some("DBClusterSnapshotNotFoundFault".into()),
-                message: format!("DBClusterSnapshot {id} not found."),
-                request_id: None,
-            })
+        out.db_cluster_snapshots().first().map(convert).ok_or_else(|| AwsError {
+            kind: AwsErrorKind::NotFound,
+            action: ACTION,
+            code: Some("DBClusterSnapshotNotFoundFault".into()),
+            message: format!("DBClusterSnapshot {id} not found."),
+            request_id: None,
+        })
     }
 }
+
+impl Rds {
+    /// Describes many snapshots in one call per 100 identifiers, with the
+    /// `db-cluster-snapshot-id` filter; snapshots that do not exist are simply absent.
+    pub async fn describe_cluster_snapshots_by_ids(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<Vec<ClusterSnapshot>, AwsError> {
+        const ACTION: &str = "DescribeDBClusterSnapshots";
+        let client = self.client(region);
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_FILTER_VALUES) {
+            let filter = aws_sdk_rds::types::Filter::builder()
+                .name("db-cluster-snapshot-id")
+                .set_values(Some(chunk.to_vec()))
+                .build();
+            let mut marker = None;
+            loop {
+                let out = client
+                    .describe_db_cluster_snapshots()
+                    .filters(filter.clone())
+                    .max_records(100)
+                    .set_marker(marker)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk(ACTION, e))?;
+                found.extend(out.db_cluster_snapshots().iter().map(convert));
+                marker = out.marker().map(str::to_owned);
+                if marker.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes a snapshot; returns it as it was when deleted.
+    pub async fn delete_cluster_snapshot(&self, region: &str, id: &str) -> Result<ClusterSnapshot, AwsError> {
+        const ACTION: &str = "DeleteDBClusterSnapshot";
+        let out = self
+            .client(region)
+            .delete_db_cluster_snapshot()
+            .db_cluster_snapshot_identifier(id)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(ACTION, e))?;
+        out.db_cluster_snapshot().map(convert).ok_or_else(|| missing_snapshot(ACTION))
+    }
+}
+
+/// Identifiers per `DescribeDBClusterSnapshots` call: one page of the API's largest size.
+pub const MAX_FILTER_VALUES: usize = 100;
 
 fn missing_snapshot(action: &'static str) -> AwsError {
     AwsError {
@@ -199,10 +211,7 @@ fn time(t: Option<&aws_smithy_types::DateTime>) -> Option<SystemTime> {
 fn convert(s: &DbClusterSnapshot) -> ClusterSnapshot {
     let mut snapshot = ClusterSnapshot {
         arn: s.db_cluster_snapshot_arn().unwrap_or_default().to_owned(),
-        id: s
-            .db_cluster_snapshot_identifier()
-            .unwrap_or_default()
-            .to_owned(),
+        id: s.db_cluster_snapshot_identifier().unwrap_or_default().to_owned(),
         region: String::new(),
         account: String::new(),
         status: s.status().unwrap_or_default().to_owned(),
@@ -219,12 +228,7 @@ fn convert(s: &DbClusterSnapshot) -> ClusterSnapshot {
         tags: s
             .tag_list()
             .iter()
-            .map(|t| {
-                (
-                    t.key().unwrap_or_default().to_owned(),
-                    t.value().unwrap_or_default().to_owned(),
-                )
-            })
+            .map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned()))
             .collect(),
         snapshot_type: s.snapshot_type().unwrap_or_default().to_owned(),
     };

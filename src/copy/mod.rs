@@ -8,7 +8,7 @@ pub use validate::{CopyRequest, ValidCopy, parse_copy_name, validate};
 
 use crate::aws::{CopyInput, Rds};
 use crate::error::{Error, FieldViolation};
-use crate::rds::ClusterSnapshot;
+use crate::rds::{ClusterSnapshot, CopyState};
 
 pub struct CopyService {
     rds: Arc<Rds>,
@@ -45,16 +45,12 @@ impl CopyService {
             tags: valid.tags.clone(),
             presigned_url: None,
         };
-        Ok(self
-            .rds
-            .copy_cluster_snapshot(&valid.destination_region, &input)
-            .await?)
+        Ok(self.rds.copy_cluster_snapshot(&valid.destination_region, &input).await?)
     }
 
     /// The current state of a copy, by name.
     pub async fn get(&self, name: &str) -> Result<ClusterSnapshot, Error> {
-        let (region, id, arn) =
-            parse_copy_name(name, self.rds.default_region()).map_err(Error::InvalidArgument)?;
+        let (region, id, arn) = parse_copy_name(name, self.rds.default_region()).map_err(Error::InvalidArgument)?;
         let snapshot = self.rds.describe_cluster_snapshot(&region, &id).await?;
         if let Some(arn) = arn
             && snapshot.arn != arn
@@ -69,5 +65,32 @@ impl CopyService {
             }));
         }
         Ok(snapshot)
+    }
+
+    /// Cancels a copy in progress the way the AWS documentation prescribes: by deleting the
+    /// target snapshot while it is `copying`.
+    ///
+    /// AWS offers no conditional delete, so the check and the delete are two calls. The
+    /// window between them is kept to one round trip: the check is a fresh describe (never a
+    /// cached observation) and the delete follows at once. Should the copy finish inside that
+    /// window, the delete's own answer shows it, and the result says DELETED, not CANCELLED.
+    pub async fn cancel(&self, name: &str) -> Result<(ClusterSnapshot, CopyState), Error> {
+        let current = self.get(name).await?;
+        if current.status != "copying" {
+            return Err(Error::FailedPrecondition(vec![FieldViolation::new(
+                "name",
+                format!(
+                    "the snapshot is {}; only a copy in progress can be cancelled, and a finished snapshot is never deleted",
+                    current.status
+                ),
+            )]));
+        }
+        let deleted = self.rds.delete_cluster_snapshot(&current.region, &current.id).await?;
+        if deleted.status == "copying" {
+            Ok((deleted, CopyState::Cancelled))
+        } else {
+            tracing::warn!(snapshot = %deleted.arn, status = %deleted.status, "the copy finished between the check and the delete");
+            Ok((deleted, CopyState::Deleted))
+        }
     }
 }

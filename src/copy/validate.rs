@@ -54,28 +54,19 @@ pub fn validate(req: &CopyRequest, default_region: &str) -> Result<ValidCopy, Ve
         default_region.to_owned()
     } else {
         if !is_region_name(&req.destination_region) {
-            v.push(FieldViolation::new(
-                "destination_region",
-                "must be a region name such as us-east-1",
-            ));
+            v.push(FieldViolation::new("destination_region", "must be a region name such as us-east-1"));
         }
         req.destination_region.clone()
     };
     if !req.source_region.is_empty() && !is_region_name(&req.source_region) {
-        v.push(FieldViolation::new(
-            "source_region",
-            "must be a region name such as us-east-1",
-        ));
+        v.push(FieldViolation::new("source_region", "must be a region name such as us-east-1"));
     }
     let source_region = match &source {
         Some(SnapshotRef::Arn(arn)) => {
             if !req.source_region.is_empty() && req.source_region != arn.region {
                 v.push(FieldViolation::new(
                     "source_region",
-                    format!(
-                        "names {} but the source ARN is in {}",
-                        req.source_region, arn.region
-                    ),
+                    format!("names {} but the source ARN is in {}", req.source_region, arn.region),
                 ));
             }
             arn.region.clone()
@@ -118,15 +109,11 @@ pub fn validate(req: &CopyRequest, default_region: &str) -> Result<ValidCopy, Ve
         };
         v.push(FieldViolation::new(field, tv.rule));
     }
-    let destination_account =
-        (!req.destination_account.is_empty()).then(|| req.destination_account.clone());
+    let destination_account = (!req.destination_account.is_empty()).then(|| req.destination_account.clone());
     if let Some(account) = &destination_account
         && !(account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
     {
-        v.push(FieldViolation::new(
-            "destination_account",
-            "must be a 12-digit AWS account id",
-        ));
+        v.push(FieldViolation::new("destination_account", "must be a 12-digit AWS account id"));
     }
     match source {
         Some(source) if v.is_empty() => Ok(ValidCopy {
@@ -167,11 +154,7 @@ mod tests {
     use super::*;
 
     fn req(source: &str, target: &str) -> CopyRequest {
-        CopyRequest {
-            source_snapshot: source.into(),
-            target_snapshot_id: target.into(),
-            ..CopyRequest::default()
-        }
+        CopyRequest { source_snapshot: source.into(), target_snapshot_id: target.into(), ..CopyRequest::default() }
     }
 
     fn fields(r: Result<ValidCopy, Vec<FieldViolation>>) -> Vec<String> {
@@ -182,18 +165,12 @@ mod tests {
     fn a_plain_same_region_copy_is_valid_and_lowercased() {
         let ok = validate(&req("snap-1", "Copy-1"), "us-east-1").unwrap();
         assert_eq!(ok.target, "copy-1");
-        assert_eq!(
-            (ok.source_region.as_str(), ok.destination_region.as_str()),
-            ("us-east-1", "us-east-1")
-        );
+        assert_eq!((ok.source_region.as_str(), ok.destination_region.as_str()), ("us-east-1", "us-east-1"));
     }
 
     #[test]
     fn required_fields_are_named() {
-        assert_eq!(
-            fields(validate(&req("", ""), "us-east-1")),
-            ["source_snapshot", "target_snapshot_id"]
-        );
+        assert_eq!(fields(validate(&req("", ""), "us-east-1")), ["source_snapshot", "target_snapshot_id"]);
     }
 
     #[test]
@@ -205,17 +182,13 @@ mod tests {
         r.source_region = "eu-west-1".into();
         assert_eq!(fields(validate(&r, "us-east-1")), ["source_region"]);
         r.source_region = "us-west-2".into();
-        assert_eq!(
-            validate(&r, "us-east-1").unwrap().source_region,
-            "us-west-2"
-        );
+        assert_eq!(validate(&r, "us-east-1").unwrap().source_region, "us-west-2");
     }
 
     #[test]
     fn kms_key_arns_must_name_the_destination_region() {
         let mut r = req("s", "c");
-        r.kms_key_id =
-            "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab".into();
+        r.kms_key_id = "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab".into();
         assert_eq!(fields(validate(&r, "us-east-1")), ["kms_key_id"]);
         r.destination_region = "us-west-2".into();
         assert!(validate(&r, "us-east-1").is_ok());
@@ -230,17 +203,11 @@ mod tests {
 
     #[test]
     fn copy_names_are_arns_or_identifiers() {
-        let (region, id, arn) = parse_copy_name(
-            "arn:aws:rds:eu-west-1:123456789012:cluster-snapshot:c1",
-            "us-east-1",
-        )
-        .unwrap();
+        let (region, id, arn) =
+            parse_copy_name("arn:aws:rds:eu-west-1:123456789012:cluster-snapshot:c1", "us-east-1").unwrap();
         assert_eq!((region.as_str(), id.as_str()), ("eu-west-1", "c1"));
         assert!(arn.is_some());
         assert_eq!(parse_copy_name("c1", "us-east-1").unwrap().0, "us-east-1");
-        assert_eq!(
-            parse_copy_name("", "us-east-1").unwrap_err()[0].field,
-            "name"
-        );
+        assert_eq!(parse_copy_name("", "us-east-1").unwrap_err()[0].field, "name");
     }
 }

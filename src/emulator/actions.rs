@@ -42,12 +42,7 @@ pub const ACTIONS: &[&str] = &[
     "ModifyDBClusterSnapshotAttribute",
 ];
 
-pub fn dispatch(
-    world: &mut World,
-    ctx: &Ctx<'_>,
-    action: &str,
-    mut params: Params,
-) -> Result<String, AwsError> {
+pub fn dispatch(world: &mut World, ctx: &Ctx<'_>, action: &str, mut params: Params) -> Result<String, AwsError> {
     world.advance(ctx.now);
     let body = match action {
         "CopyDBClusterSnapshot" => copy_db_cluster_snapshot(world, ctx, &mut params),
@@ -57,23 +52,17 @@ pub fn dispatch(
         "CreateDBClusterSnapshot" => create_db_cluster_snapshot(world, ctx, &mut params),
         "AddTagsToResource" => add_tags_to_resource(world, ctx, &mut params),
         "ListTagsForResource" => list_tags_for_resource(world, ctx, &mut params),
-        "ModifyDBClusterSnapshotAttribute" => {
-            modify_db_cluster_snapshot_attribute(world, ctx, &mut params)
+        "ModifyDBClusterSnapshotAttribute" => modify_db_cluster_snapshot_attribute(world, ctx, &mut params),
+        other => {
+            Err(AwsError::client("InvalidAction", format!("The action {other} is not valid for this web service.")))
         }
-        other => Err(AwsError::client(
-            "InvalidAction",
-            format!("The action {other} is not valid for this web service."),
-        )),
     }?;
     params.finish()?;
     Ok(body)
 }
 
 fn snapshot_not_found(id: &str) -> AwsError {
-    AwsError::not_found(
-        "DBClusterSnapshotNotFoundFault",
-        format!("DBClusterSnapshot {id} not found."),
-    )
+    AwsError::not_found("DBClusterSnapshotNotFoundFault", format!("DBClusterSnapshot {id} not found."))
 }
 
 /// Finds the snapshot a reference names, as seen by the caller: its own snapshots by identifier,
@@ -97,28 +86,18 @@ fn check_tags(tags: &[(String, String)], family: EngineFamily) -> Result<(), Aws
     match rules::check_tags(tags, family).first() {
         None => Ok(()),
         Some(v) => {
-            let which = v
-                .index
-                .map(|i| format!("Tag {} {}", i + 1, v.part))
-                .unwrap_or_else(|| "Tags".into());
+            let which = v.index.map(|i| format!("Tag {} {}", i + 1, v.part)).unwrap_or_else(|| "Tags".into());
             Err(AwsError::invalid_value(format!("{which}: {}", v.rule)))
         }
     }
 }
 
 fn check_identifier(name: &str, id: &str) -> Result<(), AwsError> {
-    rules::check_snapshot_identifier(id).map_err(|rule| {
-        AwsError::invalid_value(format!(
-            "The parameter {name} is not a valid identifier: it {rule}."
-        ))
-    })
+    rules::check_snapshot_identifier(id)
+        .map_err(|rule| AwsError::invalid_value(format!("The parameter {name} is not a valid identifier: it {rule}.")))
 }
 
-fn copy_db_cluster_snapshot(
-    world: &mut World,
-    ctx: &Ctx<'_>,
-    p: &mut Params,
-) -> Result<String, AwsError> {
+fn copy_db_cluster_snapshot(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result<String, AwsError> {
     let source_ref = p.require("SourceDBClusterSnapshotIdentifier")?;
     let target = p.require("TargetDBClusterSnapshotIdentifier")?;
     let kms_key_id = p.take("KmsKeyId").filter(|k| !k.is_empty());
@@ -136,31 +115,20 @@ fn copy_db_cluster_snapshot(
     if source.status != "available" {
         return Err(AwsError::client(
             "InvalidDBClusterSnapshotStateFault",
-            format!(
-                "Snapshot {} is not in available state (it is {}).",
-                source.key.id, source.status
-            ),
+            format!("Snapshot {} is not in available state (it is {}).", source.key.id, source.status),
         ));
     }
     let cluster_key = Key::new(&source.key.account, &source.key.region, &source.cluster_id);
     if let Some(cluster) = world.clusters.get(&cluster_key)
-        && matches!(
-            cluster.status.as_str(),
-            "inaccessible-encryption-credentials" | "incompatible-restore"
-        )
+        && matches!(cluster.status.as_str(), "inaccessible-encryption-credentials" | "incompatible-restore")
     {
         return Err(AwsError::client(
             "InvalidDBClusterStateFault",
-            format!(
-                "DB cluster {} is in state {}.",
-                cluster.key.id, cluster.status
-            ),
+            format!("DB cluster {} is in state {}.", cluster.key.id, cluster.status),
         ));
     }
     if presigned_url.is_some() && !family.supports_presigned_url() {
-        return Err(AwsError::invalid_value(
-            "PreSignedUrl is not supported by Neptune.",
-        ));
+        return Err(AwsError::invalid_value("PreSignedUrl is not supported by Neptune."));
     }
     if !source.encrypted && kms_key_id.is_some() {
         return Err(AwsError::invalid_combination(
@@ -195,7 +163,10 @@ fn copy_db_cluster_snapshot(
     }
     let kms_key_arn = match &kms_key_id {
         Some(reference) => Some(world.resolve_kms_key(ctx.account, ctx.region, reference).ok_or_else(|| {
-            AwsError::client("KMSKeyNotAccessibleFault", format!("The specified KMS key {reference} does not exist or is not accessible in {}.", ctx.region))
+            AwsError::client(
+                "KMSKeyNotAccessibleFault",
+                format!("The specified KMS key {reference} does not exist or is not accessible in {}.", ctx.region),
+            )
         })?),
         None => source.kms_key_arn.clone(),
     };
@@ -217,11 +188,7 @@ fn copy_db_cluster_snapshot(
             "Cannot create more than the allowed number of DB cluster snapshots.",
         ));
     }
-    let mut all_tags = if copy_tags {
-        source.tags.clone()
-    } else {
-        Vec::new()
-    };
+    let mut all_tags = if copy_tags { source.tags.clone() } else { Vec::new() };
     for (k, v) in tags {
         all_tags.retain(|(existing, _)| *existing != k);
         all_tags.push((k, v));
@@ -245,23 +212,13 @@ fn copy_db_cluster_snapshot(
         ..source
     };
     world.snapshots.insert(target_key, copy.clone());
-    Ok(xml::response(
-        "CopyDBClusterSnapshot",
-        ctx.request_id,
-        Some(&|w| xml::snapshot(w, &copy)),
-    ))
+    Ok(xml::response("CopyDBClusterSnapshot", ctx.request_id, Some(&|w| xml::snapshot(w, &copy))))
 }
 
 const SNAPSHOT_TYPES: &[&str] = &["automated", "manual", "shared", "public", "awsbackup"];
 
-fn describe_db_cluster_snapshots(
-    world: &mut World,
-    ctx: &Ctx<'_>,
-    p: &mut Params,
-) -> Result<String, AwsError> {
-    let id = p
-        .take("DBClusterSnapshotIdentifier")
-        .filter(|v| !v.is_empty());
+fn describe_db_cluster_snapshots(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result<String, AwsError> {
+    let id = p.take("DBClusterSnapshotIdentifier").filter(|v| !v.is_empty());
     let cluster_id = p.take("DBClusterIdentifier").filter(|v| !v.is_empty());
     let snapshot_type = p.take("SnapshotType").filter(|v| !v.is_empty());
     let include_shared = p.take_bool("IncludeShared")?.unwrap_or(false);
@@ -277,9 +234,7 @@ fn describe_db_cluster_snapshots(
     if let Some(t) = &snapshot_type
         && !SNAPSHOT_TYPES.contains(&t.as_str())
     {
-        return Err(AwsError::invalid_value(format!(
-            "Invalid snapshot type: {t}"
-        )));
+        return Err(AwsError::invalid_value(format!("Invalid snapshot type: {t}")));
     }
     let filters = parse_filters(p)?;
 
@@ -311,9 +266,7 @@ fn describe_db_cluster_snapshots(
     selected.retain(|s| {
         cluster_id.as_deref().is_none_or(|c| matches_cluster(s, c))
             && resource_id.as_deref().is_none_or(|r| s.resource_id == r)
-            && filters
-                .iter()
-                .all(|(name, values)| values.iter().any(|v| filter_matches(s, name, v)))
+            && filters.iter().all(|(name, values)| values.iter().any(|v| filter_matches(s, name, v)))
     });
     let start = match &marker {
         None => 0,
@@ -322,14 +275,8 @@ fn describe_db_cluster_snapshots(
             selected.partition_point(|s| s.key <= after)
         }
     };
-    let page: Vec<&Snapshot> = selected
-        .iter()
-        .skip(start)
-        .take(max_records as usize)
-        .copied()
-        .collect();
-    let next_marker =
-        (start + page.len() < selected.len()).then(|| encode_marker(&page[page.len() - 1].key));
+    let page: Vec<&Snapshot> = selected.iter().skip(start).take(max_records as usize).copied().collect();
+    let next_marker = (start + page.len() < selected.len()).then(|| encode_marker(&page[page.len() - 1].key));
     Ok(xml::response(
         "DescribeDBClusterSnapshots",
         ctx.request_id,
@@ -349,8 +296,7 @@ fn describe_db_cluster_snapshots(
 fn matches_cluster(s: &Snapshot, cluster: &str) -> bool {
     match Arn::parse(cluster) {
         Some(arn) => {
-            arn.cluster_id()
-                .is_some_and(|c| c.eq_ignore_ascii_case(&s.cluster_id))
+            arn.cluster_id().is_some_and(|c| c.eq_ignore_ascii_case(&s.cluster_id))
                 && arn.account == s.key.account
                 && arn.region == s.key.region
         }
@@ -371,39 +317,22 @@ fn filter_matches(s: &Snapshot, name: &str, value: &str) -> bool {
 fn parse_filters(p: &mut Params) -> Result<Vec<(String, Vec<String>)>, AwsError> {
     let mut out = Vec::new();
     for mut filter in p.take_struct_list("Filters.Filter")? {
-        let name = filter
-            .remove("Name")
-            .ok_or_else(|| AwsError::missing("Filters.Filter.N.Name"))?;
-        if ![
-            "db-cluster-id",
-            "db-cluster-snapshot-id",
-            "snapshot-type",
-            "engine",
-        ]
-        .contains(&name.as_str())
-        {
-            return Err(AwsError::invalid_value(format!(
-                "Unrecognized filter name: {name}"
-            )));
+        let name = filter.remove("Name").ok_or_else(|| AwsError::missing("Filters.Filter.N.Name"))?;
+        if !["db-cluster-id", "db-cluster-snapshot-id", "snapshot-type", "engine"].contains(&name.as_str()) {
+            return Err(AwsError::invalid_value(format!("Unrecognized filter name: {name}")));
         }
         let mut values = Vec::new();
         for (field, value) in filter {
-            let index = field
-                .strip_prefix("Values.Value.")
-                .and_then(|i| i.parse::<usize>().ok());
+            let index = field.strip_prefix("Values.Value.").and_then(|i| i.parse::<usize>().ok());
             match index {
                 Some(_) => values.push(value),
                 None => {
-                    return Err(AwsError::invalid_value(format!(
-                        "Unknown filter field {field}"
-                    )));
+                    return Err(AwsError::invalid_value(format!("Unknown filter field {field}")));
                 }
             }
         }
         if values.is_empty() {
-            return Err(AwsError::invalid_value(format!(
-                "Filter {name} needs at least one value"
-            )));
+            return Err(AwsError::invalid_value(format!("Filter {name} needs at least one value")));
         }
         out.push((name, values));
     }
@@ -422,17 +351,10 @@ fn decode_marker(marker: &str) -> Result<Key, AwsError> {
     }
 }
 
-fn delete_db_cluster_snapshot(
-    world: &mut World,
-    ctx: &Ctx<'_>,
-    p: &mut Params,
-) -> Result<String, AwsError> {
+fn delete_db_cluster_snapshot(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result<String, AwsError> {
     let id = p.require("DBClusterSnapshotIdentifier")?;
     let key = Key::new(ctx.account, ctx.region, &id);
-    let snapshot = world
-        .snapshots
-        .get(&key)
-        .ok_or_else(|| snapshot_not_found(&id))?;
+    let snapshot = world.snapshots.get(&key).ok_or_else(|| snapshot_not_found(&id))?;
     if snapshot.snapshot_type == "automated" {
         return Err(AwsError::client(
             "InvalidDBClusterSnapshotStateFault",
@@ -440,16 +362,9 @@ fn delete_db_cluster_snapshot(
         ));
     }
     // Deleting a target while it is `copying` cancels the copy (CopyDBClusterSnapshot docs).
-    let mut removed = world
-        .snapshots
-        .remove(&key)
-        .unwrap_or_else(|| unreachable!("checked above"));
+    let mut removed = world.snapshots.remove(&key).unwrap_or_else(|| unreachable!("checked above"));
     removed.copy = None;
-    Ok(xml::response(
-        "DeleteDBClusterSnapshot",
-        ctx.request_id,
-        Some(&|w| xml::snapshot(w, &removed)),
-    ))
+    Ok(xml::response("DeleteDBClusterSnapshot", ctx.request_id, Some(&|w| xml::snapshot(w, &removed))))
 }
 
 fn default_port(engine: &Engine) -> i32 {
@@ -474,10 +389,7 @@ fn default_version(engine: &Engine) -> &'static str {
 }
 
 fn resource_id(kind: &str) -> String {
-    let id = uuid::Uuid::new_v4()
-        .simple()
-        .to_string()
-        .to_ascii_uppercase();
+    let id = uuid::Uuid::new_v4().simple().to_string().to_ascii_uppercase();
     match kind {
         "cluster" => format!("cluster-{}", &id[..26]),
         _ => format!("cluster-snapshot-{}", &id[..26]),
@@ -513,22 +425,16 @@ fn create_db_cluster(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result
     p.take_string_list("VpcSecurityGroupIds.VpcSecurityGroupId")?;
     p.take_string_list("AvailabilityZones.AvailabilityZone")?;
     rules::check_snapshot_identifier(&id).map_err(|rule| {
-        AwsError::invalid_value(format!(
-            "The parameter DBClusterIdentifier is not a valid identifier: it {rule}."
-        ))
+        AwsError::invalid_value(format!("The parameter DBClusterIdentifier is not a valid identifier: it {rule}."))
     })?;
     let engine = Engine::parse(&engine_name);
     if !engine.is_known() {
-        return Err(AwsError::invalid_value(format!(
-            "Invalid DB engine: {engine_name}"
-        )));
+        return Err(AwsError::invalid_value(format!("Invalid DB engine: {engine_name}")));
     }
     check_tags(&tags, engine.family())?;
     let allocated = match allocated {
         Some(gib) if !(1..=65536).contains(&gib) => {
-            return Err(AwsError::invalid_value(
-                "AllocatedStorage must be between 1 and 65536 GiB.",
-            ));
+            return Err(AwsError::invalid_value("AllocatedStorage must be between 1 and 65536 GiB."));
         }
         Some(gib) => gib as i32,
         None => match engine {
@@ -538,22 +444,12 @@ fn create_db_cluster(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result
     };
     let key = Key::new(ctx.account, ctx.region, &id);
     if world.clusters.contains_key(&key) {
-        return Err(AwsError::client(
-            "DBClusterAlreadyExistsFault",
-            format!("DB Cluster {id} already exists"),
-        ));
+        return Err(AwsError::client("DBClusterAlreadyExistsFault", format!("DB Cluster {id} already exists")));
     }
     let kms_key_arn = match kms {
-        Some(reference) => Some(
-            world
-                .resolve_kms_key(ctx.account, ctx.region, &reference)
-                .ok_or_else(|| {
-                    AwsError::client(
-                        "KMSKeyNotAccessibleFault",
-                        format!("The specified KMS key {reference} does not exist."),
-                    )
-                })?,
-        ),
+        Some(reference) => Some(world.resolve_kms_key(ctx.account, ctx.region, &reference).ok_or_else(|| {
+            AwsError::client("KMSKeyNotAccessibleFault", format!("The specified KMS key {reference} does not exist."))
+        })?),
         None if encrypted => Some(world.default_kms_key(ctx.account, ctx.region)),
         None => None,
     };
@@ -565,9 +461,7 @@ fn create_db_cluster(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result
         encrypted: kms_key_arn.is_some(),
         kms_key_arn,
         master_username,
-        port: port
-            .map(|p| p as i32)
-            .unwrap_or_else(|| default_port(&engine)),
+        port: port.map(|p| p as i32).unwrap_or_else(|| default_port(&engine)),
         status: "available".into(),
         create_time: SystemTime::now(),
         resource_id: resource_id("cluster"),
@@ -577,27 +471,14 @@ fn create_db_cluster(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result
     let stamp = aws_smithy_types::DateTime::from(cluster.create_time)
         .fmt(aws_smithy_types::date_time::Format::DateTime)
         .unwrap_or_default();
-    let automated_id = format!(
-        "rds:{}-{}-{}",
-        cluster.key.id,
-        &stamp[..10],
-        stamp[11..16].replace(':', "-")
-    );
+    let automated_id = format!("rds:{}-{}-{}", cluster.key.id, &stamp[..10], stamp[11..16].replace(':', "-"));
     let automated = snapshot_of(&cluster, &automated_id, "automated", Vec::new());
     world.snapshots.insert(automated.key.clone(), automated);
     world.clusters.insert(key, cluster.clone());
-    Ok(xml::response(
-        "CreateDBCluster",
-        ctx.request_id,
-        Some(&|w| xml::cluster(w, &cluster)),
-    ))
+    Ok(xml::response("CreateDBCluster", ctx.request_id, Some(&|w| xml::cluster(w, &cluster))))
 }
 
-fn create_db_cluster_snapshot(
-    world: &mut World,
-    ctx: &Ctx<'_>,
-    p: &mut Params,
-) -> Result<String, AwsError> {
+fn create_db_cluster_snapshot(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result<String, AwsError> {
     let id = p.require("DBClusterSnapshotIdentifier")?;
     let cluster_id = p.require("DBClusterIdentifier")?;
     let tags = p.take_tags()?;
@@ -605,20 +486,12 @@ fn create_db_cluster_snapshot(
     let cluster = world
         .clusters
         .get(&Key::new(ctx.account, ctx.region, &cluster_id))
-        .ok_or_else(|| {
-            AwsError::not_found(
-                "DBClusterNotFoundFault",
-                format!("DBCluster {cluster_id} not found."),
-            )
-        })?
+        .ok_or_else(|| AwsError::not_found("DBClusterNotFoundFault", format!("DBCluster {cluster_id} not found.")))?
         .clone();
     if cluster.status != "available" {
         return Err(AwsError::client(
             "InvalidDBClusterStateFault",
-            format!(
-                "DB cluster {} is not in available state (it is {}).",
-                cluster.key.id, cluster.status
-            ),
+            format!("DB cluster {} is not in available state (it is {}).", cluster.key.id, cluster.status),
         ));
     }
     check_tags(&tags, cluster.engine.family())?;
@@ -626,10 +499,7 @@ fn create_db_cluster_snapshot(
     if world.snapshots.contains_key(&key) {
         return Err(AwsError::client(
             "DBClusterSnapshotAlreadyExistsFault",
-            format!(
-                "Cannot create the snapshot because a snapshot with the identifier {} already exists.",
-                key.id
-            ),
+            format!("Cannot create the snapshot because a snapshot with the identifier {} already exists.", key.id),
         ));
     }
     if world.manual_snapshot_count(ctx.account, ctx.region) >= ctx.snapshot_quota {
@@ -640,20 +510,11 @@ fn create_db_cluster_snapshot(
     }
     let snapshot = snapshot_of(&cluster, &id, "manual", tags);
     world.snapshots.insert(key, snapshot.clone());
-    Ok(xml::response(
-        "CreateDBClusterSnapshot",
-        ctx.request_id,
-        Some(&|w| xml::snapshot(w, &snapshot)),
-    ))
+    Ok(xml::response("CreateDBClusterSnapshot", ctx.request_id, Some(&|w| xml::snapshot(w, &snapshot))))
 }
 
 /// A finished snapshot of a cluster (snapshot creation is instant in the emulator).
-pub fn snapshot_of(
-    cluster: &Cluster,
-    id: &str,
-    snapshot_type: &str,
-    tags: Vec<(String, String)>,
-) -> Snapshot {
+pub fn snapshot_of(cluster: &Cluster, id: &str, snapshot_type: &str, tags: Vec<(String, String)>) -> Snapshot {
     Snapshot {
         key: Key::new(&cluster.key.account, &cluster.key.region, id),
         cluster_id: cluster.key.id.clone(),
@@ -685,22 +546,13 @@ fn tags_of<'w>(
     ctx: &Ctx<'_>,
     resource: &str,
 ) -> Result<(&'w mut TagList, EngineFamily), AwsError> {
-    let arn = Arn::parse(resource)
-        .ok_or_else(|| AwsError::invalid_value(format!("{resource} is not a valid ARN")))?;
-    let not_found = || {
-        AwsError::not_found(
-            "DBClusterSnapshotNotFoundFault",
-            format!("Resource {resource} not found."),
-        )
-    };
+    let arn = Arn::parse(resource).ok_or_else(|| AwsError::invalid_value(format!("{resource} is not a valid ARN")))?;
+    let not_found = || AwsError::not_found("DBClusterSnapshotNotFoundFault", format!("Resource {resource} not found."));
     if arn.account != ctx.account || arn.region != ctx.region {
         return Err(not_found());
     }
     if let Some(id) = arn.cluster_snapshot_id() {
-        let s = world
-            .snapshots
-            .get_mut(&Key::new(&arn.account, &arn.region, id))
-            .ok_or_else(not_found)?;
+        let s = world.snapshots.get_mut(&Key::new(&arn.account, &arn.region, id)).ok_or_else(not_found)?;
         let family = s.engine.family();
         return Ok((&mut s.tags, family));
     }
@@ -708,25 +560,14 @@ fn tags_of<'w>(
         let c = world
             .clusters
             .get_mut(&Key::new(&arn.account, &arn.region, id))
-            .ok_or_else(|| {
-                AwsError::not_found(
-                    "DBClusterNotFoundFault",
-                    format!("DBCluster {id} not found."),
-                )
-            })?;
+            .ok_or_else(|| AwsError::not_found("DBClusterNotFoundFault", format!("DBCluster {id} not found.")))?;
         let family = c.engine.family();
         return Ok((&mut c.tags, family));
     }
-    Err(AwsError::invalid_value(format!(
-        "Tagging is not supported for {resource} in this emulator"
-    )))
+    Err(AwsError::invalid_value(format!("Tagging is not supported for {resource} in this emulator")))
 }
 
-fn add_tags_to_resource(
-    world: &mut World,
-    ctx: &Ctx<'_>,
-    p: &mut Params,
-) -> Result<String, AwsError> {
+fn add_tags_to_resource(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result<String, AwsError> {
     let resource = p.require("ResourceName")?;
     let tags = p.take_tags()?;
     let (existing, family) = tags_of(world, ctx, &resource)?;
@@ -740,58 +581,33 @@ fn add_tags_to_resource(
     Ok(xml::response("AddTagsToResource", ctx.request_id, None))
 }
 
-fn list_tags_for_resource(
-    world: &mut World,
-    ctx: &Ctx<'_>,
-    p: &mut Params,
-) -> Result<String, AwsError> {
+fn list_tags_for_resource(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result<String, AwsError> {
     let resource = p.require("ResourceName")?;
     if !p.take_struct_list("Filters.Filter")?.is_empty() {
-        return Err(AwsError::invalid_value(
-            "ListTagsForResource filters are not supported.",
-        ));
+        return Err(AwsError::invalid_value("ListTagsForResource filters are not supported."));
     }
     let (tags, _) = tags_of(world, ctx, &resource)?;
     let tags = tags.clone();
-    Ok(xml::response(
-        "ListTagsForResource",
-        ctx.request_id,
-        Some(&|w| xml::tag_list(w, &tags)),
-    ))
+    Ok(xml::response("ListTagsForResource", ctx.request_id, Some(&|w| xml::tag_list(w, &tags))))
 }
 
-fn modify_db_cluster_snapshot_attribute(
-    world: &mut World,
-    ctx: &Ctx<'_>,
-    p: &mut Params,
-) -> Result<String, AwsError> {
+fn modify_db_cluster_snapshot_attribute(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result<String, AwsError> {
     let id = p.require("DBClusterSnapshotIdentifier")?;
     let attribute = p.require("AttributeName")?;
     let add = p.take_string_list("ValuesToAdd.AttributeValue")?;
     let remove = p.take_string_list("ValuesToRemove.AttributeValue")?;
     if attribute != "restore" {
-        return Err(AwsError::invalid_value(format!(
-            "Invalid attribute name: {attribute}"
-        )));
+        return Err(AwsError::invalid_value(format!("Invalid attribute name: {attribute}")));
     }
     for account in add.iter().chain(&remove) {
-        if account != "all" && !(account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err(AwsError::invalid_value(format!(
-                "Invalid account id: {account}"
-            )));
+        if account != "all" && !(account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(AwsError::invalid_value(format!("Invalid account id: {account}")));
         }
     }
     let key = Key::new(ctx.account, ctx.region, &id);
-    let snapshot = world
-        .snapshots
-        .get_mut(&key)
-        .ok_or_else(|| snapshot_not_found(&id))?;
+    let snapshot = world.snapshots.get_mut(&key).ok_or_else(|| snapshot_not_found(&id))?;
     if snapshot.snapshot_type != "manual" {
-        return Err(AwsError::client(
-            "InvalidDBClusterSnapshotStateFault",
-            "Only manual snapshots can be shared.",
-        ));
+        return Err(AwsError::client("InvalidDBClusterSnapshotStateFault", "Only manual snapshots can be shared."));
     }
     snapshot.shared_with.extend(add);
     for account in remove {

@@ -23,12 +23,7 @@ pub struct Faults {
 
 impl Default for Faults {
     fn default() -> Faults {
-        Faults {
-            throttle: Some(Throttle::default()),
-            internal_failure_rate: 0.0,
-            latency_ms: 0,
-            fail_copies: vec![],
-        }
+        Faults { throttle: Some(Throttle::default()), internal_failure_rate: 0.0, latency_ms: 0, fail_copies: vec![] }
     }
 }
 
@@ -42,10 +37,7 @@ pub struct Throttle {
 impl Default for Throttle {
     /// "Request throttling for the Amazon RDS API": 300 requests burst, 12 per second.
     fn default() -> Throttle {
-        Throttle {
-            burst: 300,
-            per_second: 12.0,
-        }
+        Throttle { burst: 300, per_second: 12.0 }
     }
 }
 
@@ -66,11 +58,7 @@ impl Faults {
         {
             return Err("throttle.burst and throttle.per_second must be positive".into());
         }
-        if self
-            .fail_copies
-            .iter()
-            .any(|f| !(0..=99).contains(&f.at_percent))
-        {
+        if self.fail_copies.iter().any(|f| !(0..=99).contains(&f.at_percent)) {
             return Err("fail_copies.at_percent must be between 0 and 99".into());
         }
         Ok(())
@@ -122,10 +110,7 @@ pub struct FaultState {
 
 impl FaultState {
     pub fn new(faults: Faults) -> FaultState {
-        FaultState {
-            faults,
-            ..FaultState::default()
-        }
+        FaultState { faults, ..FaultState::default() }
     }
 
     pub fn set_faults(&mut self, faults: Faults) {
@@ -134,25 +119,14 @@ impl FaultState {
     }
 
     /// Counts the call and decides whether it is throttled or fails.
-    pub fn admit(
-        &mut self,
-        action: &str,
-        account: &str,
-        region: &str,
-        now: Instant,
-        dice: f64,
-    ) -> Verdict {
+    pub fn admit(&mut self, action: &str, account: &str, region: &str, now: Instant, dice: f64) -> Verdict {
         *self.counts.calls.entry(action.to_owned()).or_default() += 1;
         if let Some(throttle) = &self.faults.throttle {
             let bucket = self
                 .buckets
                 .entry((account.to_owned(), region.to_owned()))
-                .or_insert(Bucket {
-                    tokens: f64::from(throttle.burst),
-                    updated: now,
-                });
-            let refill =
-                now.saturating_duration_since(bucket.updated).as_secs_f64() * throttle.per_second;
+                .or_insert(Bucket { tokens: f64::from(throttle.burst), updated: now });
+            let refill = now.saturating_duration_since(bucket.updated).as_secs_f64() * throttle.per_second;
             bucket.tokens = (bucket.tokens + refill).min(f64::from(throttle.burst));
             bucket.updated = now;
             if bucket.tokens < 1.0 {
@@ -179,13 +153,8 @@ mod tests {
 
     #[test]
     fn bucket_allows_its_burst_then_refills_at_its_rate() {
-        let mut state = FaultState::new(Faults {
-            throttle: Some(Throttle {
-                burst: 3,
-                per_second: 2.0,
-            }),
-            ..Faults::default()
-        });
+        let mut state =
+            FaultState::new(Faults { throttle: Some(Throttle { burst: 3, per_second: 2.0 }), ..Faults::default() });
         let t0 = Instant::now();
         for _ in 0..3 {
             assert_eq!(state.admit("A", "1", "r", t0, 1.0), Verdict::Proceed);
@@ -193,46 +162,23 @@ mod tests {
         assert_eq!(state.admit("A", "1", "r", t0, 1.0), Verdict::Throttled);
         // Another account or region has its own bucket.
         assert_eq!(state.admit("A", "2", "r", t0, 1.0), Verdict::Proceed);
-        assert_eq!(
-            state.admit("A", "1", "r", t0 + Duration::from_millis(500), 1.0),
-            Verdict::Proceed
-        );
+        assert_eq!(state.admit("A", "1", "r", t0 + Duration::from_millis(500), 1.0), Verdict::Proceed);
         assert_eq!(state.counts.get("A"), 6);
         assert_eq!(state.counts.throttled, 1);
     }
 
     #[test]
     fn failure_rate_uses_the_dice() {
-        let mut state = FaultState::new(Faults {
-            throttle: None,
-            internal_failure_rate: 0.5,
-            ..Faults::default()
-        });
-        assert_eq!(
-            state.admit("A", "1", "r", Instant::now(), 0.4),
-            Verdict::InternalFailure
-        );
-        assert_eq!(
-            state.admit("A", "1", "r", Instant::now(), 0.6),
-            Verdict::Proceed
-        );
+        let mut state = FaultState::new(Faults { throttle: None, internal_failure_rate: 0.5, ..Faults::default() });
+        assert_eq!(state.admit("A", "1", "r", Instant::now(), 0.4), Verdict::InternalFailure);
+        assert_eq!(state.admit("A", "1", "r", Instant::now(), 0.6), Verdict::Proceed);
     }
 
     #[test]
     fn fault_settings_are_validated() {
-        assert!(
-            Faults {
-                internal_failure_rate: 2.0,
-                ..Faults::default()
-            }
-            .validate()
-            .is_err()
-        );
+        assert!(Faults { internal_failure_rate: 2.0, ..Faults::default() }.validate().is_err());
         let f = Faults {
-            fail_copies: vec![FailCopies {
-                target_prefix: "Fail-".into(),
-                at_percent: 40,
-            }],
+            fail_copies: vec![FailCopies { target_prefix: "Fail-".into(), at_percent: 40 }],
             ..Faults::default()
         };
         assert!(f.validate().is_ok());

@@ -69,9 +69,7 @@ impl EmulatorConfig {
             return Err("default_account must be a 12-digit account id".into());
         }
         if let Some((key, _)) = self.access_keys.iter().find(|(_, a)| !is_account(a)) {
-            return Err(format!(
-                "access_keys.{key} must map to a 12-digit account id"
-            ));
+            return Err(format!("access_keys.{key} must map to a 12-digit account id"));
         }
         if !(self.copy_gib_per_sec > 0.0 && self.copy_gib_per_sec.is_finite()) {
             return Err("copy_gib_per_sec must be a positive number".into());
@@ -83,10 +81,7 @@ impl EmulatorConfig {
     }
 
     pub fn account_for(&self, access_key: &str) -> &str {
-        self.access_keys
-            .get(access_key)
-            .map(String::as_str)
-            .unwrap_or(&self.default_account)
+        self.access_keys.get(access_key).map(String::as_str).unwrap_or(&self.default_account)
     }
 }
 
@@ -111,13 +106,7 @@ impl Emulator {
             seed::load(&mut world, &mut config);
         }
         let faults = faults::FaultState::new(config.faults.clone());
-        Ok(Emulator {
-            inner: Arc::new(Inner {
-                config,
-                world: Mutex::new(world),
-                faults: Mutex::new(faults),
-            }),
-        })
+        Ok(Emulator { inner: Arc::new(Inner { config, world: Mutex::new(world), faults: Mutex::new(faults) }) })
     }
 
     pub fn config(&self) -> &EmulatorConfig {
@@ -127,17 +116,11 @@ impl Emulator {
     fn world(&self) -> MutexGuard<'_, model::World> {
         // A panic while holding the lock cannot leave the world half-changed in a way that
         // matters more than stopping the emulator would, so a poisoned lock is taken over.
-        self.inner
-            .world
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn fault_state(&self) -> MutexGuard<'_, faults::FaultState> {
-        self.inner
-            .faults
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.faults.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Calls received so far, per action.
@@ -165,18 +148,8 @@ impl Emulator {
     }
 
     /// Sets a cluster's status (to make `InvalidDBClusterStateFault` reachable).
-    pub fn set_cluster_status(
-        &self,
-        account: &str,
-        region: &str,
-        cluster: &str,
-        status: &str,
-    ) -> bool {
-        match self
-            .world()
-            .clusters
-            .get_mut(&model::Key::new(account, region, cluster))
-        {
+    pub fn set_cluster_status(&self, account: &str, region: &str, cluster: &str, status: &str) -> bool {
+        match self.world().clusters.get_mut(&model::Key::new(account, region, cluster)) {
             Some(c) => {
                 c.status = status.to_owned();
                 true
@@ -212,26 +185,18 @@ impl EmulatorHandle {
 
 /// Binds `addr` (port 0 picks a free port) and serves the emulator in the background.
 pub async fn spawn(config: EmulatorConfig, addr: SocketAddr) -> anyhow::Result<EmulatorHandle> {
-    let emulator =
-        Emulator::new(config).map_err(|e| anyhow::anyhow!("emulator configuration: {e}"))?;
+    let emulator = Emulator::new(config).map_err(|e| anyhow::anyhow!("emulator configuration: {e}"))?;
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let router = server::router(emulator.clone());
     let shutdown = stop.clone();
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
         if let Err(error) = served {
             tracing::error!(%error, "emulator server stopped");
         }
     });
     tracing::info!(%addr, "RDS emulator listening");
-    Ok(EmulatorHandle {
-        emulator,
-        addr,
-        stop,
-        task,
-    })
+    Ok(EmulatorHandle { emulator, addr, stop, task })
 }

@@ -17,11 +17,7 @@ pub struct Key {
 
 impl Key {
     pub fn new(account: &str, region: &str, id: &str) -> Key {
-        Key {
-            account: account.to_owned(),
-            region: region.to_owned(),
-            id: id.to_ascii_lowercase(),
-        }
+        Key { account: account.to_owned(), region: region.to_owned(), id: id.to_ascii_lowercase() }
     }
 }
 
@@ -94,9 +90,7 @@ impl Snapshot {
         let Some(job) = &self.copy else { return };
         let elapsed = now.saturating_duration_since(job.started).as_secs_f64();
         let size = f64::from(self.allocated_storage.max(1));
-        let percent = ((elapsed * job.gib_per_sec / size) * 100.0)
-            .floor()
-            .min(100.0) as i32;
+        let percent = ((elapsed * job.gib_per_sec / size) * 100.0).floor().min(100.0) as i32;
         match job.fail_at_percent {
             Some(fail_at) if percent >= fail_at => {
                 self.status = "failed".into();
@@ -175,19 +169,14 @@ impl World {
     }
 
     fn find_alias(&self, account: &str, region: &str, alias: &str) -> Option<&KmsKey> {
-        self.kms_keys.iter().find(|k| {
-            k.account == account && k.region == region && k.aliases.iter().any(|a| a == alias)
-        })
+        self.kms_keys
+            .iter()
+            .find(|k| k.account == account && k.region == region && k.aliases.iter().any(|a| a == alias))
     }
 
     /// Resolves any of the four forms of a KMS key reference, seen from `account` calling in
     /// `region`, to the key's ARN. Keys are regional: an ARN in another region is not usable.
-    pub fn resolve_kms_key(
-        &mut self,
-        account: &str,
-        region: &str,
-        reference: &str,
-    ) -> Option<String> {
+    pub fn resolve_kms_key(&mut self, account: &str, region: &str, reference: &str) -> Option<String> {
         use crate::rds::rules::KmsKeyRef;
         match KmsKeyRef::parse(reference).ok()? {
             KmsKeyRef::KeyId(id) => self
@@ -198,22 +187,17 @@ impl World {
             KmsKeyRef::AliasName(alias) if alias == AWS_MANAGED_RDS_ALIAS => {
                 Some(self.default_kms_key(account, region))
             }
-            KmsKeyRef::AliasName(alias) => {
-                self.find_alias(account, region, &alias).map(KmsKey::arn)
-            }
+            KmsKeyRef::AliasName(alias) => self.find_alias(account, region, &alias).map(KmsKey::arn),
             KmsKeyRef::Arn(arn) if arn.region != region => None,
             KmsKeyRef::Arn(arn) => {
                 if let Some(id) = arn.resource.strip_prefix("key/") {
                     self.kms_keys
                         .iter()
-                        .find(|k| {
-                            k.account == arn.account && k.region == arn.region && k.key_id == id
-                        })
+                        .find(|k| k.account == arn.account && k.region == arn.region && k.key_id == id)
                         .map(KmsKey::arn)
                 } else {
                     let alias = arn.resource.clone();
-                    self.find_alias(&arn.account, &arn.region, &alias)
-                        .map(KmsKey::arn)
+                    self.find_alias(&arn.account, &arn.region, &alias).map(KmsKey::arn)
                 }
             }
         }
@@ -222,9 +206,7 @@ impl World {
     pub fn manual_snapshot_count(&self, account: &str, region: &str) -> usize {
         self.snapshots
             .values()
-            .filter(|s| {
-                s.key.account == account && s.key.region == region && s.snapshot_type == "manual"
-            })
+            .filter(|s| s.key.account == account && s.key.region == region && s.snapshot_type == "manual")
             .count()
     }
 }
@@ -254,11 +236,7 @@ mod tests {
             resource_id: "r".into(),
             tags: vec![],
             shared_with: BTreeSet::new(),
-            copy: Some(CopyJob {
-                started,
-                gib_per_sec: 10.0,
-                fail_at_percent: fail_at,
-            }),
+            copy: Some(CopyJob { started, gib_per_sec: 10.0, fail_at_percent: fail_at }),
         }
     }
 
@@ -286,26 +264,12 @@ mod tests {
         let mut w = World::default();
         let arn = w.add_kms_key("123456789012", "us-east-1", Some("alias/backup"));
         let id = arn.rsplit('/').next().unwrap().to_owned();
-        assert_eq!(
-            w.resolve_kms_key("123456789012", "us-east-1", &id),
-            Some(arn.clone())
-        );
-        assert_eq!(
-            w.resolve_kms_key("123456789012", "us-east-1", "alias/backup"),
-            Some(arn.clone())
-        );
-        assert_eq!(
-            w.resolve_kms_key("123456789012", "us-east-1", &arn),
-            Some(arn.clone())
-        );
+        assert_eq!(w.resolve_kms_key("123456789012", "us-east-1", &id), Some(arn.clone()));
+        assert_eq!(w.resolve_kms_key("123456789012", "us-east-1", "alias/backup"), Some(arn.clone()));
+        assert_eq!(w.resolve_kms_key("123456789012", "us-east-1", &arn), Some(arn.clone()));
         assert_eq!(w.resolve_kms_key("123456789012", "us-west-2", &arn), None);
-        assert_eq!(
-            w.resolve_kms_key("123456789012", "us-west-2", "alias/backup"),
-            None
-        );
-        let managed = w
-            .resolve_kms_key("123456789012", "us-west-2", "alias/aws/rds")
-            .unwrap();
+        assert_eq!(w.resolve_kms_key("123456789012", "us-west-2", "alias/backup"), None);
+        let managed = w.resolve_kms_key("123456789012", "us-west-2", "alias/aws/rds").unwrap();
         assert_eq!(w.default_kms_key("123456789012", "us-west-2"), managed);
     }
 }

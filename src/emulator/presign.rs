@@ -15,16 +15,10 @@ use super::query::{CredentialScope, Params};
 const MAX_EXPIRES_SECS: i64 = 604_800;
 
 /// Parses the URL's query and checks what it says. Returns the parameters for a signature check.
-pub fn check(
-    url: &str,
-    expected: &PresignedExpectation,
-    now: SystemTime,
-) -> Result<BTreeMap<String, String>, String> {
+pub fn check(url: &str, expected: &PresignedExpectation, now: SystemTime) -> Result<BTreeMap<String, String>, String> {
     let (_, query) = url.split_once('?').ok_or("it has no query string")?;
     let mut params = Params::default();
-    params
-        .decode_into(query.as_bytes())
-        .map_err(|e| e.message)?;
+    params.decode_into(query.as_bytes()).map_err(|e| e.message)?;
     let mut get = |name: &str| params.take(name).ok_or(format!("it lacks {name}"));
     let mut seen = BTreeMap::new();
     for name in [
@@ -56,17 +50,14 @@ pub fn check(
     if seen["X-Amz-Algorithm"] != "AWS4-HMAC-SHA256" {
         return Err("it is not signed with AWS4-HMAC-SHA256".into());
     }
-    let scope = CredentialScope::parse(&seen["X-Amz-Credential"])
-        .ok_or("its credential scope is malformed")?;
+    let scope = CredentialScope::parse(&seen["X-Amz-Credential"]).ok_or("its credential scope is malformed")?;
     if scope.region != expected.source_region {
         return Err("it is not signed for the source region".into());
     }
     let signed_at = DateTime::from_str(&seen["X-Amz-Date"], Format::DateTime)
         .or_else(|_| parse_amz_date(&seen["X-Amz-Date"]))
         .map_err(|_| "its X-Amz-Date is malformed".to_string())?;
-    let expires: i64 = seen["X-Amz-Expires"]
-        .parse()
-        .map_err(|_| "its X-Amz-Expires is not a number")?;
+    let expires: i64 = seen["X-Amz-Expires"].parse().map_err(|_| "its X-Amz-Expires is not a number")?;
     if !(1..=MAX_EXPIRES_SECS).contains(&expires) {
         return Err("its X-Amz-Expires is out of range".into());
     }
@@ -77,10 +68,7 @@ pub fn check(
     if signed_at.secs() > now + 300 {
         return Err("it is signed in the future".into());
     }
-    for (k, v) in [
-        ("Version", params.take("Version")),
-        ("CopyTags", params.take("CopyTags")),
-    ] {
+    for (k, v) in [("Version", params.take("Version")), ("CopyTags", params.take("CopyTags"))] {
         if let Some(v) = v {
             seen.insert(k.into(), v);
         }
@@ -136,20 +124,8 @@ mod tests {
     fn a_well_formed_url_passes_and_an_expired_one_does_not() {
         let signed = DateTime::from_str("2026-11-21T10:00:00Z", Format::DateTime).unwrap();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(signed.secs() as u64);
-        assert!(
-            check(
-                &url("20261121T100000Z"),
-                &expectation(),
-                at + Duration::from_secs(60)
-            )
-            .is_ok()
-        );
-        let err = check(
-            &url("20261121T100000Z"),
-            &expectation(),
-            at + Duration::from_secs(7200),
-        )
-        .unwrap_err();
+        assert!(check(&url("20261121T100000Z"), &expectation(), at + Duration::from_secs(60)).is_ok());
+        let err = check(&url("20261121T100000Z"), &expectation(), at + Duration::from_secs(7200)).unwrap_err();
         assert_eq!(err, "it has expired");
     }
 
@@ -159,10 +135,6 @@ mod tests {
         e.destination_region = "eu-west-1".into();
         let signed = DateTime::from_str("2026-11-21T10:00:00Z", Format::DateTime).unwrap();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(signed.secs() as u64);
-        assert!(
-            check(&url("20261121T100000Z"), &e, at)
-                .unwrap_err()
-                .contains("DestinationRegion")
-        );
+        assert!(check(&url("20261121T100000Z"), &e, at).unwrap_err().contains("DestinationRegion"));
     }
 }

@@ -16,11 +16,7 @@ pub struct AwsError {
 
 impl AwsError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> AwsError {
-        AwsError {
-            status,
-            code: code.to_owned(),
-            message: message.into(),
-        }
+        AwsError { status, code: code.to_owned(), message: message.into() }
     }
     /// A 400 fault with the given code.
     pub fn client(code: &str, message: impl Into<String>) -> AwsError {
@@ -36,18 +32,11 @@ impl AwsError {
         AwsError::client("InvalidParameterCombination", message)
     }
     pub fn missing(name: &str) -> AwsError {
-        AwsError::client(
-            "MissingParameter",
-            format!("The request must contain the parameter {name}"),
-        )
+        AwsError::client("MissingParameter", format!("The request must contain the parameter {name}"))
     }
     /// `Sender` for faults of the caller, `Receiver` for the service's own.
     pub fn fault_type(&self) -> &'static str {
-        if self.status.is_server_error() {
-            "Receiver"
-        } else {
-            "Sender"
-        }
+        if self.status.is_server_error() { "Receiver" } else { "Sender" }
     }
 }
 
@@ -72,9 +61,7 @@ impl Params {
                 return Err(malformed("a parameter has an empty name"));
             }
             if self.values.insert(name.clone(), value).is_some() {
-                return Err(AwsError::invalid_value(format!(
-                    "The parameter {name} was given more than once"
-                )));
+                return Err(AwsError::invalid_value(format!("The parameter {name} was given more than once")));
             }
         }
         Ok(())
@@ -82,12 +69,7 @@ impl Params {
 
     #[cfg(test)]
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Params {
-        Params {
-            values: pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        }
+        Params { values: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect() }
     }
 
     pub fn peek(&self, name: &str) -> Option<&str> {
@@ -110,34 +92,25 @@ impl Params {
             None => Ok(None),
             Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
             Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
-            Some(v) => Err(AwsError::invalid_value(format!(
-                "Invalid boolean value for {name}: {v}"
-            ))),
+            Some(v) => Err(AwsError::invalid_value(format!("Invalid boolean value for {name}: {v}"))),
         }
     }
 
     pub fn take_int(&mut self, name: &str) -> Result<Option<i64>, AwsError> {
         match self.take(name) {
             None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| {
-                AwsError::invalid_value(format!("Invalid integer value for {name}: {v}"))
-            }),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| AwsError::invalid_value(format!("Invalid integer value for {name}: {v}"))),
         }
     }
 
     /// Takes an indexed list of structures, `PREFIX.N.FIELD...`, returning one map of
     /// `FIELD...` to value per index, ordered by index (which counts from 1).
-    pub fn take_struct_list(
-        &mut self,
-        prefix: &str,
-    ) -> Result<Vec<BTreeMap<String, String>>, AwsError> {
+    pub fn take_struct_list(&mut self, prefix: &str) -> Result<Vec<BTreeMap<String, String>>, AwsError> {
         let dotted = format!("{prefix}.");
-        let names: Vec<String> = self
-            .values
-            .keys()
-            .filter(|k| k.starts_with(&dotted))
-            .cloned()
-            .collect();
+        let names: Vec<String> = self.values.keys().filter(|k| k.starts_with(&dotted)).cloned().collect();
         let mut by_index: BTreeMap<usize, BTreeMap<String, String>> = BTreeMap::new();
         for name in names {
             let rest = &name[dotted.len()..];
@@ -146,14 +119,9 @@ impl Params {
                 .parse()
                 .ok()
                 .filter(|i| *i >= 1 && *i <= 1000)
-                .ok_or_else(|| {
-                    AwsError::invalid_value(format!("Invalid list index in parameter {name}"))
-                })?;
+                .ok_or_else(|| AwsError::invalid_value(format!("Invalid list index in parameter {name}")))?;
             let value = self.values.remove(&name).unwrap_or_default();
-            by_index
-                .entry(index)
-                .or_default()
-                .insert(field.to_owned(), value);
+            by_index.entry(index).or_default().insert(field.to_owned(), value);
         }
         Ok(by_index.into_values().collect())
     }
@@ -164,9 +132,9 @@ impl Params {
         items
             .into_iter()
             .map(|mut item| {
-                item.remove("").filter(|_| item.is_empty()).ok_or_else(|| {
-                    AwsError::invalid_value(format!("Malformed list parameter {prefix}"))
-                })
+                item.remove("")
+                    .filter(|_| item.is_empty())
+                    .ok_or_else(|| AwsError::invalid_value(format!("Malformed list parameter {prefix}")))
             })
             .collect()
     }
@@ -176,14 +144,10 @@ impl Params {
         self.take_struct_list("Tags.Tag")?
             .into_iter()
             .map(|mut tag| {
-                let key = tag
-                    .remove("Key")
-                    .ok_or_else(|| AwsError::missing("Tags.Tag.N.Key"))?;
+                let key = tag.remove("Key").ok_or_else(|| AwsError::missing("Tags.Tag.N.Key"))?;
                 let value = tag.remove("Value").unwrap_or_default();
                 match tag.keys().next() {
-                    Some(other) => Err(AwsError::invalid_value(format!(
-                        "Unknown tag field {other}"
-                    ))),
+                    Some(other) => Err(AwsError::invalid_value(format!("Unknown tag field {other}"))),
                     None => Ok((key, value)),
                 }
             })
@@ -194,9 +158,7 @@ impl Params {
     pub fn finish(self) -> Result<(), AwsError> {
         match self.values.keys().next() {
             None => Ok(()),
-            Some(name) => Err(AwsError::invalid_value(format!(
-                "Unknown parameter: {name}"
-            ))),
+            Some(name) => Err(AwsError::invalid_value(format!("Unknown parameter: {name}"))),
         }
     }
 }
@@ -212,9 +174,7 @@ fn percent_decode(raw: &[u8]) -> Result<String, AwsError> {
         match raw[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = raw
-                    .get(i + 1..i + 3)
-                    .ok_or_else(|| malformed("truncated percent escape"))?;
+                let hex = raw.get(i + 1..i + 3).ok_or_else(|| malformed("truncated percent escape"))?;
                 let hex = std::str::from_utf8(hex).map_err(|_| malformed("bad percent escape"))?;
                 out.push(u8::from_str_radix(hex, 16).map_err(|_| malformed("bad percent escape"))?);
                 i += 2;
@@ -241,9 +201,7 @@ impl CredentialScope {
         let parts: Vec<&str> = credential.split('/').collect();
         match parts.as_slice() {
             [key, date, region, service, "aws4_request"]
-                if !key.is_empty()
-                    && date.len() == 8
-                    && crate::rds::arn::is_region_name(region) =>
+                if !key.is_empty() && date.len() == 8 && crate::rds::arn::is_region_name(region) =>
             {
                 Some(CredentialScope {
                     access_key: (*key).to_owned(),
@@ -273,15 +231,9 @@ mod tests {
     #[test]
     fn form_bodies_decode_with_plus_and_escapes() {
         let mut p = Params::default();
-        p.decode_into(
-            b"Action=CopyDBClusterSnapshot&Tags.Tag.1.Key=a%20b&Tags.Tag.1.Value=c+d&Empty=",
-        )
-        .unwrap();
+        p.decode_into(b"Action=CopyDBClusterSnapshot&Tags.Tag.1.Key=a%20b&Tags.Tag.1.Value=c+d&Empty=").unwrap();
         assert_eq!(p.peek("Action"), Some("CopyDBClusterSnapshot"));
-        assert_eq!(
-            p.take_tags().unwrap(),
-            vec![("a b".to_owned(), "c d".to_owned())]
-        );
+        assert_eq!(p.take_tags().unwrap(), vec![("a b".to_owned(), "c d".to_owned())]);
         assert_eq!(p.take("Empty").as_deref(), Some(""));
     }
 

@@ -27,10 +27,7 @@ struct Seed {
 
 pub fn load(world: &mut World, config: &mut EmulatorConfig) {
     let main = config.default_account.clone();
-    config
-        .access_keys
-        .entry(SEED_PARTNER_ACCESS_KEY.to_owned())
-        .or_insert_with(|| SEED_PARTNER_ACCOUNT.to_owned());
+    config.access_keys.entry(SEED_PARTNER_ACCESS_KEY.to_owned()).or_insert_with(|| SEED_PARTNER_ACCOUNT.to_owned());
     for region in ["us-east-1", "us-west-2"] {
         world.default_kms_key(&main, region);
         world.add_kms_key(&main, region, Some("alias/snapgate-backup"));
@@ -139,14 +136,8 @@ pub fn load(world: &mut World, config: &mut EmulatorConfig) {
     ];
     let day_ago = SystemTime::now() - Duration::from_secs(86_400);
     for seed in seeds {
-        let account = if seed.account.is_empty() {
-            main.as_str()
-        } else {
-            seed.account
-        };
-        let kms_key_arn = seed
-            .encrypted
-            .then(|| world.default_kms_key(account, seed.region));
+        let account = if seed.account.is_empty() { main.as_str() } else { seed.account };
+        let kms_key_arn = seed.encrypted.then(|| world.default_kms_key(account, seed.region));
         let cluster = Cluster {
             key: Key::new(account, seed.region, seed.cluster),
             engine: seed.engine.clone(),
@@ -170,35 +161,17 @@ pub fn load(world: &mut World, config: &mut EmulatorConfig) {
             },
             status: "available".into(),
             create_time: day_ago - Duration::from_secs(86_400 * 30),
-            resource_id: format!(
-                "cluster-SEED{}",
-                seed.cluster.to_ascii_uppercase().replace('-', "")
-            ),
-            tags: vec![
-                ("team".into(), "platform".into()),
-                ("env".into(), "dev".into()),
-            ],
+            resource_id: format!("cluster-SEED{}", seed.cluster.to_ascii_uppercase().replace('-', "")),
+            tags: vec![("team".into(), "platform".into()), ("env".into(), "dev".into())],
         };
-        let mut snapshot = snapshot_of(
-            &cluster,
-            seed.snapshot,
-            "manual",
-            vec![("team".into(), "platform".into())],
-        );
+        let mut snapshot = snapshot_of(&cluster, seed.snapshot, "manual", vec![("team".into(), "platform".into())]);
         snapshot.create_time = day_ago;
         if seed.shared {
             snapshot.shared_with = BTreeSet::from([main.clone()]);
         }
-        if seed.engine == Engine::AuroraMysql
-            && seed.account.is_empty()
-            && seed.region == "us-east-1"
-        {
-            let mut automated = snapshot_of(
-                &cluster,
-                &format!("rds:{}-2026-11-21-03-00", seed.cluster),
-                "automated",
-                vec![],
-            );
+        if seed.engine == Engine::AuroraMysql && seed.account.is_empty() && seed.region == "us-east-1" {
+            let mut automated =
+                snapshot_of(&cluster, &format!("rds:{}-2026-11-21-03-00", seed.cluster), "automated", vec![]);
             automated.create_time = day_ago;
             world.snapshots.insert(automated.key.clone(), automated);
         }

@@ -55,11 +55,7 @@ async fn query_endpoint(State(emulator): State<Emulator>, request: Request) -> R
     }
 }
 
-async fn handle(
-    emulator: &Emulator,
-    request: Request,
-    request_id: &str,
-) -> Result<String, AwsError> {
+async fn handle(emulator: &Emulator, request: Request, request_id: &str) -> Result<String, AwsError> {
     let (parts, body) = request.into_parts();
     let limit = emulator.config().max_body_bytes;
     let body: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -78,12 +74,7 @@ async fn handle(
     let action = params
         .take("Action")
         .filter(|a| !a.is_empty())
-        .ok_or_else(|| {
-            AwsError::client(
-                "MissingAction",
-                "The request must contain the parameter Action",
-            )
-        })?;
+        .ok_or_else(|| AwsError::client("MissingAction", "The request must contain the parameter Action"))?;
     match params.take("Version").as_deref() {
         None | Some("") => return Err(AwsError::missing("Version")),
         Some("2014-10-31") => {}
@@ -98,18 +89,8 @@ async fn handle(
     let (verdict, latency, fail_copies) = {
         let mut faults = emulator.fault_state();
         let known = actions::ACTIONS.contains(&action.as_str());
-        let counted = if known {
-            action.as_str()
-        } else {
-            "(unknown action)"
-        };
-        let verdict = faults.admit(
-            counted,
-            &account,
-            &scope.region,
-            Instant::now(),
-            rand::random::<f64>(),
-        );
+        let counted = if known { action.as_str() } else { "(unknown action)" };
+        let verdict = faults.admit(counted, &account, &scope.region, Instant::now(), rand::random::<f64>());
         (verdict, faults.latency(), faults.faults.clone())
     };
     if !latency.is_zero() {
@@ -148,11 +129,7 @@ async fn handle(
 /// presigned request (whose signing parameters are then consumed).
 fn credential_scope(headers: &HeaderMap, params: &mut Params) -> Result<CredentialScope, AwsError> {
     let missing = || {
-        AwsError::new(
-            StatusCode::FORBIDDEN,
-            "MissingAuthenticationToken",
-            "Request is missing Authentication Token",
-        )
+        AwsError::new(StatusCode::FORBIDDEN, "MissingAuthenticationToken", "Request is missing Authentication Token")
     };
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| missing())?;
@@ -164,10 +141,7 @@ fn credential_scope(headers: &HeaderMap, params: &mut Params) -> Result<Credenti
             )
         });
     }
-    let credential = params
-        .peek("X-Amz-Credential")
-        .map(str::to_owned)
-        .ok_or_else(missing)?;
+    let credential = params.peek("X-Amz-Credential").map(str::to_owned).ok_or_else(missing)?;
     for name in [
         "X-Amz-Algorithm",
         "X-Amz-Credential",
@@ -179,21 +153,12 @@ fn credential_scope(headers: &HeaderMap, params: &mut Params) -> Result<Credenti
     ] {
         params.take(name);
     }
-    CredentialScope::parse(&credential).ok_or_else(|| {
-        AwsError::new(
-            StatusCode::FORBIDDEN,
-            "IncompleteSignature",
-            "X-Amz-Credential is malformed",
-        )
-    })
+    CredentialScope::parse(&credential)
+        .ok_or_else(|| AwsError::new(StatusCode::FORBIDDEN, "IncompleteSignature", "X-Amz-Credential is malformed"))
 }
 
 fn bad_request(message: String) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(serde_json::json!({ "error": message })),
-    )
-        .into_response()
+    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 async fn get_calls(State(emulator): State<Emulator>) -> Response {
@@ -234,16 +199,11 @@ async fn post_kms_key(State(emulator): State<Emulator>, body: Body) -> Response 
         Err(e) => return bad_request(e),
     };
     if let Some(alias) = &key.alias
-        && !matches!(
-            crate::rds::rules::KmsKeyRef::parse(alias),
-            Ok(crate::rds::rules::KmsKeyRef::AliasName(_))
-        )
+        && !matches!(crate::rds::rules::KmsKeyRef::parse(alias), Ok(crate::rds::rules::KmsKeyRef::AliasName(_)))
     {
         return bad_request("alias must look like alias/NAME".into());
     }
-    let account = key
-        .account
-        .unwrap_or_else(|| emulator.config().default_account.clone());
+    let account = key.account.unwrap_or_else(|| emulator.config().default_account.clone());
     let arn = emulator.add_kms_key(&account, &key.region, key.alias.as_deref());
     (StatusCode::CREATED, Json(serde_json::json!({ "arn": arn }))).into_response()
 }
@@ -262,23 +222,15 @@ async fn put_cluster_status(State(emulator): State<Emulator>, body: Body) -> Res
         Ok(c) => c,
         Err(e) => return bad_request(e),
     };
-    let account = change
-        .account
-        .unwrap_or_else(|| emulator.config().default_account.clone());
+    let account = change.account.unwrap_or_else(|| emulator.config().default_account.clone());
     if emulator.set_cluster_status(&account, &change.region, &change.cluster, &change.status) {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": "no such cluster" })),
-        )
-            .into_response()
+        (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": "no such cluster" }))).into_response()
     }
 }
 
 async fn parse_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, String> {
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .map_err(|e| e.to_string())?;
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }

@@ -13,18 +13,11 @@ use super::query::AwsError;
 pub const RDS_NAMESPACE: &str = "http://rds.amazonaws.com/doc/2014-10-31/";
 
 /// Writes `<Action>Response` with an optional `<Action>Result` filled by `body`.
-pub fn response(
-    action: &str,
-    request_id: &str,
-    body: Option<&dyn Fn(&mut ScopeWriter<'_, '_>)>,
-) -> String {
+pub fn response(action: &str, request_id: &str, body: Option<&dyn Fn(&mut ScopeWriter<'_, '_>)>) -> String {
     let mut out = String::new();
     let mut doc = XmlWriter::new(&mut out);
     let response_tag = format!("{action}Response");
-    let mut root = doc
-        .start_el(&response_tag)
-        .write_ns(RDS_NAMESPACE, None)
-        .finish();
+    let mut root = doc.start_el(&response_tag).write_ns(RDS_NAMESPACE, None).finish();
     if let Some(body) = body {
         let result_tag = format!("{action}Result");
         let mut result = root.start_el(&result_tag).finish();
@@ -41,10 +34,7 @@ pub fn response(
 pub fn error(err: &AwsError, request_id: &str) -> String {
     let mut out = String::new();
     let mut doc = XmlWriter::new(&mut out);
-    let mut root = doc
-        .start_el("ErrorResponse")
-        .write_ns(RDS_NAMESPACE, None)
-        .finish();
+    let mut root = doc.start_el("ErrorResponse").write_ns(RDS_NAMESPACE, None).finish();
     let mut e = root.start_el("Error").finish();
     leaf(&mut e, "Type", err.fault_type());
     leaf(&mut e, "Code", &err.code);
@@ -91,17 +81,10 @@ pub fn snapshot(scope: &mut ScopeWriter<'_, '_>, s: &Snapshot) {
     leaf(&mut el, "DBClusterIdentifier", &s.cluster_id);
     leaf(&mut el, "SnapshotCreateTime", &time(s.create_time));
     leaf(&mut el, "Engine", s.engine.as_str());
-    if matches!(
-        s.engine,
-        crate::rds::Engine::AuroraMysql | crate::rds::Engine::AuroraPostgresql
-    ) {
+    if matches!(s.engine, crate::rds::Engine::AuroraMysql | crate::rds::Engine::AuroraPostgresql) {
         leaf(&mut el, "EngineMode", "provisioned");
     }
-    leaf(
-        &mut el,
-        "AllocatedStorage",
-        &s.allocated_storage.to_string(),
-    );
+    leaf(&mut el, "AllocatedStorage", &s.allocated_storage.to_string());
     leaf(&mut el, "Status", &s.status);
     leaf(&mut el, "Port", &s.port.to_string());
     leaf(&mut el, "VpcId", "vpc-0emulator0000000");
@@ -111,11 +94,7 @@ pub fn snapshot(scope: &mut ScopeWriter<'_, '_>, s: &Snapshot) {
     leaf(&mut el, "LicenseModel", license_model(&s.engine));
     leaf(&mut el, "SnapshotType", &s.snapshot_type);
     leaf(&mut el, "PercentProgress", &s.percent_progress.to_string());
-    leaf(
-        &mut el,
-        "StorageEncrypted",
-        if s.encrypted { "true" } else { "false" },
-    );
+    leaf(&mut el, "StorageEncrypted", if s.encrypted { "true" } else { "false" });
     if let Some(kms) = &s.kms_key_arn {
         leaf(&mut el, "KmsKeyId", kms);
     }
@@ -131,11 +110,7 @@ pub fn snapshot(scope: &mut ScopeWriter<'_, '_>, s: &Snapshot) {
 
 pub fn cluster(scope: &mut ScopeWriter<'_, '_>, c: &Cluster) {
     let mut el = scope.start_el("DBCluster").finish();
-    leaf(
-        &mut el,
-        "AllocatedStorage",
-        &c.allocated_storage.to_string(),
-    );
+    leaf(&mut el, "AllocatedStorage", &c.allocated_storage.to_string());
     availability_zones(&mut el, &c.key.region);
     leaf(&mut el, "DBClusterIdentifier", &c.key.id);
     leaf(&mut el, "Status", &c.status);
@@ -144,11 +119,7 @@ pub fn cluster(scope: &mut ScopeWriter<'_, '_>, c: &Cluster) {
     leaf(&mut el, "Port", &c.port.to_string());
     leaf(&mut el, "MasterUsername", &c.master_username);
     leaf(&mut el, "MultiAZ", "true");
-    leaf(
-        &mut el,
-        "StorageEncrypted",
-        if c.encrypted { "true" } else { "false" },
-    );
+    leaf(&mut el, "StorageEncrypted", if c.encrypted { "true" } else { "false" });
     if let Some(kms) = &c.kms_key_arn {
         leaf(&mut el, "KmsKeyId", kms);
     }
@@ -178,11 +149,7 @@ mod tests {
 
     #[test]
     fn errors_use_the_aws_envelope_and_escape_text() {
-        let err = AwsError::new(
-            StatusCode::NOT_FOUND,
-            "DBClusterSnapshotNotFoundFault",
-            "<missing> & gone",
-        );
+        let err = AwsError::new(StatusCode::NOT_FOUND, "DBClusterSnapshotNotFoundFault", "<missing> & gone");
         let xml = error(&err, "req-1");
         assert!(xml.starts_with(r#"<ErrorResponse xmlns="http://rds.amazonaws.com/doc/2014-10-31/"><Error><Type>Sender</Type><Code>DBClusterSnapshotNotFoundFault</Code>"#));
         assert!(xml.contains("&lt;missing&gt; &amp; gone"));

@@ -25,15 +25,11 @@ impl Arn {
         let region = parts.next()?;
         let account = parts.next()?;
         let resource = parts.next()?;
-        let valid_partition = matches!(
-            partition,
-            "aws" | "aws-us-gov" | "aws-cn" | "aws-iso" | "aws-iso-b"
-        );
+        let valid_partition = matches!(partition, "aws" | "aws-us-gov" | "aws-cn" | "aws-iso" | "aws-iso-b");
         if !valid_partition
             || service.is_empty()
             || resource.is_empty()
-            || !(account.is_empty()
-                || (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())))
+            || !(account.is_empty() || (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())))
         {
             return None;
         }
@@ -73,9 +69,7 @@ impl Arn {
         if self.service != "rds" {
             return None;
         }
-        self.resource
-            .strip_prefix("cluster-snapshot:")
-            .filter(|id| !id.is_empty())
+        self.resource.strip_prefix("cluster-snapshot:").filter(|id| !id.is_empty())
     }
 
     /// The cluster identifier when this is an RDS cluster ARN.
@@ -83,19 +77,13 @@ impl Arn {
         if self.service != "rds" {
             return None;
         }
-        self.resource
-            .strip_prefix("cluster:")
-            .filter(|id| !id.is_empty())
+        self.resource.strip_prefix("cluster:").filter(|id| !id.is_empty())
     }
 }
 
 impl fmt::Display for Arn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "arn:{}:{}:{}:{}:{}",
-            self.partition, self.service, self.region, self.account, self.resource
-        )
+        write!(f, "arn:{}:{}:{}:{}:{}", self.partition, self.service, self.region, self.account, self.resource)
     }
 }
 
@@ -118,14 +106,8 @@ pub fn partition_for_region(region: &str) -> &'static str {
 pub fn is_region_name(region: &str) -> bool {
     let parts: Vec<&str> = region.split('-').collect();
     parts.len() >= 3
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
-        && parts
-            .last()
-            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && parts.last().is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -134,15 +116,11 @@ mod tests {
 
     #[test]
     fn cluster_snapshot_arn_round_trips() {
-        let text =
-            "arn:aws:rds:us-west-2:123456789012:cluster-snapshot:aurora-cluster1-snapshot-20161115";
+        let text = "arn:aws:rds:us-west-2:123456789012:cluster-snapshot:aurora-cluster1-snapshot-20161115";
         let arn = Arn::parse(text).expect("parses");
         assert_eq!(arn.region, "us-west-2");
         assert_eq!(arn.account, "123456789012");
-        assert_eq!(
-            arn.cluster_snapshot_id(),
-            Some("aurora-cluster1-snapshot-20161115")
-        );
+        assert_eq!(arn.cluster_snapshot_id(), Some("aurora-cluster1-snapshot-20161115"));
         assert_eq!(arn.to_string(), text);
     }
 
@@ -162,10 +140,7 @@ mod tests {
     #[test]
     fn govcloud_regions_are_their_own_partition() {
         assert_eq!(partition_for_region("us-gov-west-1"), "aws-us-gov");
-        assert_eq!(
-            Arn::cluster_snapshot("us-gov-east-1", "123456789012", "s").partition,
-            "aws-us-gov"
-        );
+        assert_eq!(Arn::cluster_snapshot("us-gov-east-1", "123456789012", "s").partition, "aws-us-gov");
         assert_eq!(partition_for_region("eu-west-1"), "aws");
     }
 

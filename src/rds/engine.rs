@@ -92,9 +92,7 @@ impl EngineFamily {
         }
         match self {
             EngineFamily::Docdb => true,
-            EngineFamily::Rds => {
-                source_region.starts_with("us-gov-") && destination_region.starts_with("us-gov-")
-            }
+            EngineFamily::Rds => source_region.starts_with("us-gov-") && destination_region.starts_with("us-gov-"),
             EngineFamily::Neptune => false,
         }
     }

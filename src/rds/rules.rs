@@ -91,18 +91,10 @@ impl KmsKeyRef {
             let ok = arn.service == "kms"
                 && !arn.region.is_empty()
                 && !arn.account.is_empty()
-                && (arn
-                    .resource
-                    .strip_prefix("key/")
-                    .is_some_and(|k| !k.is_empty())
-                    || arn
-                        .resource
-                        .strip_prefix("alias/")
-                        .is_some_and(valid_alias_body));
+                && (arn.resource.strip_prefix("key/").is_some_and(|k| !k.is_empty())
+                    || arn.resource.strip_prefix("alias/").is_some_and(valid_alias_body));
             if !ok {
-                return Err(
-                    "must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID) or alias ARN".into(),
-                );
+                return Err("must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID) or alias ARN".into());
             }
             return Ok(KmsKeyRef::Arn(arn));
         }
@@ -113,9 +105,7 @@ impl KmsKeyRef {
             return Ok(KmsKeyRef::AliasName(text.to_owned()));
         }
         let key_id_ok = (text.len() == 36 && is_uuid(text))
-            || (text.starts_with("mrk-")
-                && text.len() == 36
-                && text[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+            || (text.starts_with("mrk-") && text.len() == 36 && text[4..].bytes().all(|b| b.is_ascii_hexdigit()));
         if !key_id_ok {
             return Err("must be a key ARN, key id, alias ARN or alias name (alias/NAME)".into());
         }
@@ -132,11 +122,7 @@ impl KmsKeyRef {
 }
 
 fn valid_alias_body(alias: &str) -> bool {
-    !alias.is_empty()
-        && alias.len() <= 250
-        && alias
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b))
+    !alias.is_empty() && alias.len() <= 250 && alias.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b))
 }
 
 fn is_uuid(text: &str) -> bool {
@@ -171,11 +157,7 @@ pub fn check_tags(tags: &[(String, String)], family: EngineFamily) -> Vec<TagVio
             rule: format!("at most {MAX_TAGS} tags are allowed, got {}", tags.len()),
         });
     }
-    let charset = if family.tags_allow_at_sign() {
-        &*RDS_TAG_CHARS
-    } else {
-        &*NEPTUNE_TAG_CHARS
-    };
+    let charset = if family.tags_allow_at_sign() { &*RDS_TAG_CHARS } else { &*NEPTUNE_TAG_CHARS };
     let allowed = if family.tags_allow_at_sign() {
         "letters, digits, white space and _ . : / = + - @"
     } else {
@@ -183,27 +165,15 @@ pub fn check_tags(tags: &[(String, String)], family: EngineFamily) -> Vec<TagVio
     };
     let mut seen = std::collections::HashSet::new();
     for (i, (key, value)) in tags.iter().enumerate() {
-        let mut push = |part, rule: String| {
-            out.push(TagViolation {
-                index: Some(i),
-                part,
-                rule,
-            })
-        };
+        let mut push = |part, rule: String| out.push(TagViolation { index: Some(i), part, rule });
         let key_chars = key.chars().count();
         if key_chars == 0 {
             push("key", "must not be empty".into());
         } else if key_chars > MAX_TAG_KEY_CHARS {
-            push(
-                "key",
-                format!("must be at most {MAX_TAG_KEY_CHARS} characters"),
-            );
+            push("key", format!("must be at most {MAX_TAG_KEY_CHARS} characters"));
         }
         if value.chars().count() > MAX_TAG_VALUE_CHARS {
-            push(
-                "value",
-                format!("must be at most {MAX_TAG_VALUE_CHARS} characters"),
-            );
+            push("value", format!("must be at most {MAX_TAG_VALUE_CHARS} characters"));
         }
         for (part, text) in [("key", key), ("value", value)] {
             let lower = text.to_ascii_lowercase();
@@ -230,9 +200,7 @@ mod tests {
         assert!(check_snapshot_identifier("my-cluster-snapshot2").is_ok());
         assert!(check_snapshot_identifier("a").is_ok());
         assert!(check_snapshot_identifier(&"a".repeat(63)).is_ok());
-        for bad in [
-            "", "1abc", "-abc", "abc-", "a--b", "a_b", "a.b", "ab c", "é",
-        ] {
+        for bad in ["", "1abc", "-abc", "abc-", "a--b", "a_b", "a.b", "ab c", "é"] {
             assert!(check_snapshot_identifier(bad).is_err(), "{bad:?}");
         }
         assert!(check_snapshot_identifier(&"a".repeat(64)).is_err());
@@ -240,10 +208,7 @@ mod tests {
 
     #[test]
     fn source_may_be_an_identifier_an_automated_name_or_a_snapshot_arn() {
-        assert_eq!(
-            SnapshotRef::parse("snap-1"),
-            Ok(SnapshotRef::Id("snap-1".into()))
-        );
+        assert_eq!(SnapshotRef::parse("snap-1"), Ok(SnapshotRef::Id("snap-1".into())));
         assert!(SnapshotRef::parse("rds:cluster-2024-01-01-00-00").is_ok());
         assert!(matches!(
             SnapshotRef::parse("arn:aws:rds:us-west-2:123456789012:cluster-snapshot:s1"),
@@ -256,36 +221,19 @@ mod tests {
 
     #[test]
     fn kms_key_forms_are_the_four_aws_accepts() {
-        assert!(matches!(
-            KmsKeyRef::parse("1234abcd-12ab-34cd-56ef-1234567890ab"),
-            Ok(KmsKeyRef::KeyId(_))
-        ));
-        assert!(matches!(
-            KmsKeyRef::parse("alias/backup"),
-            Ok(KmsKeyRef::AliasName(_))
-        ));
-        let arn = KmsKeyRef::parse(
-            "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
-        )
-        .unwrap();
+        assert!(matches!(KmsKeyRef::parse("1234abcd-12ab-34cd-56ef-1234567890ab"), Ok(KmsKeyRef::KeyId(_))));
+        assert!(matches!(KmsKeyRef::parse("alias/backup"), Ok(KmsKeyRef::AliasName(_))));
+        let arn =
+            KmsKeyRef::parse("arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab").unwrap();
         assert_eq!(arn.region(), Some("us-east-1"));
         assert!(KmsKeyRef::parse("arn:aws:kms:us-east-1:123456789012:alias/backup").is_ok());
-        for bad in [
-            "",
-            "not-a-key",
-            "alias/",
-            "arn:aws:s3:::bucket",
-            "arn:aws:kms:us-east-1:123456789012:thing/x",
-        ] {
+        for bad in ["", "not-a-key", "alias/", "arn:aws:s3:::bucket", "arn:aws:kms:us-east-1:123456789012:thing/x"] {
             assert!(KmsKeyRef::parse(bad).is_err(), "{bad:?}");
         }
     }
 
     fn tags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -299,33 +247,15 @@ mod tests {
 
     #[test]
     fn tag_rules_cover_prefixes_lengths_duplicates_and_count() {
-        assert_eq!(
-            check_tags(&tags(&[("aws:x", "1")]), EngineFamily::Rds)[0].part,
-            "key"
-        );
-        assert_eq!(
-            check_tags(&tags(&[("k", "rds:y")]), EngineFamily::Rds)[0].part,
-            "value"
-        );
+        assert_eq!(check_tags(&tags(&[("aws:x", "1")]), EngineFamily::Rds)[0].part, "key");
+        assert_eq!(check_tags(&tags(&[("k", "rds:y")]), EngineFamily::Rds)[0].part, "value");
         assert_eq!(check_tags(&tags(&[("", "v")]), EngineFamily::Rds).len(), 1);
-        assert_eq!(
-            check_tags(&[("k".repeat(129), String::new())], EngineFamily::Rds).len(),
-            1
-        );
-        assert_eq!(
-            check_tags(&[("k".into(), "v".repeat(257))], EngineFamily::Rds).len(),
-            1
-        );
-        assert_eq!(
-            check_tags(&tags(&[("a", "1"), ("a", "2")]), EngineFamily::Rds)[0].rule,
-            "duplicate tag key 'a'"
-        );
+        assert_eq!(check_tags(&[("k".repeat(129), String::new())], EngineFamily::Rds).len(), 1);
+        assert_eq!(check_tags(&[("k".into(), "v".repeat(257))], EngineFamily::Rds).len(), 1);
+        assert_eq!(check_tags(&tags(&[("a", "1"), ("a", "2")]), EngineFamily::Rds)[0].rule, "duplicate tag key 'a'");
         let many: Vec<_> = (0..51).map(|i| (format!("k{i}"), String::new())).collect();
         assert_eq!(check_tags(&many, EngineFamily::Rds)[0].index, None);
         assert!(check_tags(&tags(&[("Team Name", "Données 1")]), EngineFamily::Neptune).is_empty());
-        assert_eq!(
-            check_tags(&tags(&[("k", "tab\there")]), EngineFamily::Rds).len(),
-            1
-        );
+        assert_eq!(check_tags(&tags(&[("k", "tab\there")]), EngineFamily::Rds).len(), 1);
     }
 }

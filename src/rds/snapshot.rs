@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use super::Arn;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterSnapshot {
     pub arn: String,
     pub id: String,
@@ -50,10 +50,7 @@ impl CopyState {
 
     /// Whether nothing more will happen to the copy.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            CopyState::Available | CopyState::Failed | CopyState::Cancelled | CopyState::Deleted
-        )
+        matches!(self, CopyState::Available | CopyState::Failed | CopyState::Cancelled | CopyState::Deleted)
     }
 }
 
@@ -78,19 +75,10 @@ mod tests {
     #[test]
     fn aws_statuses_map_to_copy_states() {
         assert_eq!(CopyState::from_aws_status("copying"), CopyState::Copying);
-        assert_eq!(
-            CopyState::from_aws_status("available"),
-            CopyState::Available
-        );
-        assert_eq!(
-            CopyState::from_aws_status("incompatible-restore"),
-            CopyState::Failed
-        );
+        assert_eq!(CopyState::from_aws_status("available"), CopyState::Available);
+        assert_eq!(CopyState::from_aws_status("incompatible-restore"), CopyState::Failed);
         assert_eq!(CopyState::from_aws_status("deleting"), CopyState::Deleted);
-        assert_eq!(
-            CopyState::from_aws_status("something-new"),
-            CopyState::Unknown
-        );
+        assert_eq!(CopyState::from_aws_status("something-new"), CopyState::Unknown);
         assert!(CopyState::Failed.is_terminal());
         assert!(!CopyState::Copying.is_terminal());
     }

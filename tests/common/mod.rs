@@ -17,13 +17,7 @@ pub fn rds_client(endpoint: &str, region: &str, access_key: &str) -> aws_sdk_rds
     let config = aws_sdk_rds::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
-        .credentials_provider(Credentials::new(
-            access_key,
-            "test-secret-key",
-            None,
-            None,
-            "tests",
-        ))
+        .credentials_provider(Credentials::new(access_key, "test-secret-key", None, None, "tests"))
         .endpoint_url(endpoint)
         .retry_config(RetryConfig::disabled())
         .build();
@@ -32,40 +26,23 @@ pub fn rds_client(endpoint: &str, region: &str, access_key: &str) -> aws_sdk_rds
 
 /// An emulator on a free loopback port with no throttling, unless the test sets faults.
 pub async fn emulator_with(config: EmulatorConfig) -> EmulatorHandle {
-    emulator::spawn(config, SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("emulator starts")
+    emulator::spawn(config, SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("emulator starts")
 }
 
 pub fn quiet_config() -> EmulatorConfig {
-    EmulatorConfig {
-        faults: Faults {
-            throttle: None,
-            ..Faults::default()
-        },
-        ..EmulatorConfig::default()
-    }
+    EmulatorConfig { faults: Faults { throttle: None, ..Faults::default() }, ..EmulatorConfig::default() }
 }
 
 /// Sends raw bytes as one HTTP/1.1 request and returns (status, body).
 pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connects");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
     stream.write_all(request).await.expect("writes");
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
     read.expect("server answers within 10 s").expect("reads");
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
 
@@ -94,7 +71,17 @@ pub mod gateway {
     pub struct Gateway {
         pub addr: SocketAddr,
         pub client: SnapshotCopyServiceClient<Channel>,
+        pub hub: std::sync::Arc<snapgate::watch::WatchHub>,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
+    }
+
+    impl Gateway {
+        /// Starts the graceful shutdown, as SIGTERM would.
+        pub fn shut_down(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+        }
     }
 
     impl Drop for Gateway {
@@ -108,10 +95,13 @@ pub mod gateway {
     pub fn settings() -> Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            aws: AwsSettings {
-                region: Some("us-east-1".into()),
-                max_attempts: Some(2),
-                ..AwsSettings::default()
+            aws: AwsSettings { region: Some("us-east-1".into()), max_attempts: Some(2), ..AwsSettings::default() },
+            watch: snapgate::config::WatchSettings {
+                min_poll_interval_ms: 100,
+                max_poll_interval_ms: 400,
+                heartbeat_secs: 15,
+                max_streams: 1000,
+                error_budget_secs: 5,
             },
             ..Settings::default()
         }
@@ -119,25 +109,16 @@ pub mod gateway {
 
     /// Starts the gateway against `endpoint` with `settings`, signing as `access_key`.
     pub async fn start(settings: Settings, endpoint: &str, access_key: &str) -> Gateway {
-        let sdk =
-            snapgate::aws::fixed_sdk_config(&settings.aws, endpoint, access_key, "test-secret-key")
-                .await;
-        let app = Application::build(settings, sdk)
-            .await
-            .expect("gateway builds");
+        let sdk = snapgate::aws::fixed_sdk_config(&settings.aws, endpoint, access_key, "test-secret-key").await;
+        let app = Application::build(settings, sdk).await.expect("gateway builds");
         let addr = app.local_addr();
+        let hub = app.watch_hub();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        let client = SnapshotCopyServiceClient::connect(format!("http://{addr}"))
-            .await
-            .expect("gateway accepts");
-        Gateway {
-            addr,
-            client,
-            stop: Some(tx),
-        }
+        let client = SnapshotCopyServiceClient::connect(format!("http://{addr}")).await.expect("gateway accepts");
+        Gateway { addr, client, hub, stop: Some(tx) }
     }
 }
 
@@ -166,11 +147,7 @@ pub mod moto {
     }
 
     pub async fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = tokio::process::Command::new(moto_server_path())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -179,19 +156,10 @@ pub mod moto {
             .spawn()
             .expect("moto_server starts");
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "moto_server did not listen within 30 s"
-            );
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "moto_server did not listen within 30 s");
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        Moto {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            _child: child,
-        }
+        Moto { endpoint: format!("http://127.0.0.1:{port}"), _child: child }
     }
 }
