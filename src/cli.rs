@@ -31,6 +31,18 @@ pub enum Command {
     Dev(DevArgs),
     /// Run the local RDS query-API emulator on its own.
     Emulator(EmulatorArgs),
+    /// Benchmarks that print a report.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Many WatchCopy streams over many copies: AWS calls per round, memory, event lag.
+    Watch(crate::bench::WatchBenchArgs),
+    /// The load generator `bench watch` starts in a child process.
+    #[command(hide = true)]
+    WatchClients(crate::bench::WatchClientsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +86,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => run_serve(args).await,
         Command::Dev(args) => run_dev(args).await,
         Command::Emulator(args) => run_emulator(args).await,
+        Command::Bench(BenchCommand::Watch(args)) => crate::bench::watch(args).await,
+        Command::Bench(BenchCommand::WatchClients(args)) => crate::bench::watch_clients(args).await,
     }
 }
 

@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod aws;
+pub mod bench;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod copy;
 pub mod emulator;

@@ -62,7 +62,7 @@ mod tests {
         let mut md = MetadataMap::new();
         assert_eq!(call_budget(&md, Duration::from_secs(60)), Duration::from_secs(60));
         md.insert("grpc-timeout", "500m".parse().unwrap());
-        assert_eq!(call_budget(&md, Duration::from_secs(60)), Duration::from_millis(500));
+        assert_eq!(call_budget(&md, Duration::from_secs(60)), Duration::from_millis(450), "ends a tenth early");
         md.insert("grpc-timeout", "2H".parse().unwrap());
         assert_eq!(call_budget(&md, Duration::from_secs(60)), Duration::from_secs(60));
     }
