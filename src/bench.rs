@@ -38,6 +38,69 @@ pub struct WatchBenchArgs {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+pub struct CopyBurstArgs {
+    /// Copies requested at once.
+    #[arg(long, default_value_t = 200)]
+    pub copies: usize,
+}
+
+/// A burst of copies against the emulator with RDS's own throttling (300 burst, 12/s): every
+/// copy must succeed, none may surface throttling, and the burst's time is set against the
+/// lower bound the gateway's client-side limit implies.
+pub async fn copy_burst(args: CopyBurstArgs) -> anyhow::Result<()> {
+    let emu = emulator::spawn(
+        EmulatorConfig { seed: true, snapshot_quota: args.copies + 100, ..EmulatorConfig::default() },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await?;
+    let aws = AwsSettings {
+        region: Some("us-east-1".into()),
+        account_id: Some(emulator::DEFAULT_ACCOUNT.into()),
+        ..AwsSettings::default()
+    };
+    let (rate, burst) = (aws.rate_limit_per_sec(), aws.rate_limit_burst());
+    let sdk = crate::aws::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
+    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, ..Settings::default() };
+    let app = Application::build(settings, sdk).await?;
+    let addr = app.local_addr();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let client = SnapshotCopyServiceClient::connect(format!("http://{addr}")).await?;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.copies);
+    for i in 0..args.copies {
+        let mut client = client.clone();
+        let req = CopyClusterSnapshotRequest {
+            source_snapshot: "billing-pg-daily".into(),
+            target_snapshot_id: format!("burst-{i}"),
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(async move { client.copy_cluster_snapshot(req).await }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        if !matches!(t.await, Ok(Ok(_))) {
+            failed += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let calls = emu.emulator.calls();
+    let total: u64 = calls.calls.values().sum();
+    let lower_bound = (total as f64 - f64::from(burst)).max(0.0) / rate;
+    println!("snapgate bench copy-burst: {} copies at once against RDS's throttling (300 burst, 12/s)", args.copies);
+    println!(
+        "  succeeded {}, failed {failed}; AWS calls {total} ({:?}); throttled by AWS: {}",
+        args.copies - failed,
+        calls.calls,
+        calls.throttled
+    );
+    println!(
+        "  burst took {elapsed:.2} s; the client-side limit ({rate}/s, burst {burst}) allows it no faster than {lower_bound:.2} s"
+    );
+    emu.stop().await;
+    Ok(())
+}
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct WatchClientsArgs {
     #[arg(long)]
     pub addr: SocketAddr,

@@ -40,6 +40,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// Many WatchCopy streams over many copies: AWS calls per round, memory, event lag.
     Watch(crate::bench::WatchBenchArgs),
+    /// A burst of copies at once: all succeed, none throttled, time against the limit.
+    CopyBurst(crate::bench::CopyBurstArgs),
     /// The load generator `bench watch` starts in a child process.
     #[command(hide = true)]
     WatchClients(crate::bench::WatchClientsArgs),
@@ -87,6 +89,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => run_dev(args).await,
         Command::Emulator(args) => run_emulator(args).await,
         Command::Bench(BenchCommand::Watch(args)) => crate::bench::watch(args).await,
+        Command::Bench(BenchCommand::CopyBurst(args)) => crate::bench::copy_burst(args).await,
         Command::Bench(BenchCommand::WatchClients(args)) => crate::bench::watch_clients(args).await,
     }
 }
@@ -104,6 +107,8 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// The access key `dev` signs with; the emulator maps it to its default account.
 const DEV_ACCESS_KEY: &str = "AKIASNAPGATEDEV00001";
+/// Its secret, which the emulator knows so that it can verify presigned URLs.
+const DEV_SECRET_KEY: &str = "dev-secret-key";
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let emulator_config =
@@ -111,10 +116,14 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let emulator = emulator::spawn(emulator_config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let settings = Settings {
         listen: args.listen,
-        aws: AwsSettings { region: Some("us-east-1".into()), ..AwsSettings::default() },
+        aws: AwsSettings {
+            region: Some("us-east-1".into()),
+            account_id: Some(emulator::DEFAULT_ACCOUNT.into()),
+            ..AwsSettings::default()
+        },
         ..Settings::default()
     };
-    let sdk = aws::fixed_sdk_config(&settings.aws, &emulator.endpoint_url(), DEV_ACCESS_KEY, "dev-secret-key").await;
+    let sdk = aws::fixed_sdk_config(&settings.aws, &emulator.endpoint_url(), DEV_ACCESS_KEY, DEV_SECRET_KEY).await;
     let app = Application::build(settings, sdk).await?;
     let addr = app.local_addr();
     println!(

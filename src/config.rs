@@ -79,6 +79,27 @@ pub struct AwsSettings {
     pub endpoint_url: Option<String>,
     /// Attempts per AWS call, retries with backoff and jitter included (default 5).
     pub max_attempts: Option<u32>,
+    /// The account the gateway's own credentials belong to. Known, it lets the gateway tell
+    /// shared sources from its own before calling AWS.
+    pub account_id: Option<String>,
+    /// Client-side limit of AWS calls per second, per account and region (RDS allows 12/s
+    /// sustained per account, shared with every other client).
+    pub rate_limit_per_sec: Option<f64>,
+    /// Calls allowed at once before the rate applies.
+    pub rate_limit_burst: Option<u32>,
+    /// Other accounts copies may go to, each with the role the gateway assumes there.
+    pub accounts: std::collections::BTreeMap<String, AccountRole>,
+}
+
+/// A role in another account, assumed with STS AssumeRole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountRole {
+    pub role_arn: String,
+    /// The external id the role's trust policy requires, if any.
+    pub external_id: Option<String>,
+    /// Session name, shown in CloudTrail (default `snapgate`).
+    pub session_name: Option<String>,
 }
 
 impl Default for Settings {
@@ -115,6 +136,12 @@ impl ServerSettings {
 impl AwsSettings {
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts.unwrap_or(5)
+    }
+    pub fn rate_limit_per_sec(&self) -> f64 {
+        self.rate_limit_per_sec.unwrap_or(8.0)
+    }
+    pub fn rate_limit_burst(&self) -> u32 {
+        self.rate_limit_burst.unwrap_or(40)
     }
 }
 
@@ -177,6 +204,27 @@ impl Settings {
         }
         if w.heartbeat_secs == 0 || w.max_streams == 0 || w.error_budget_secs == 0 {
             return Err("watch.heartbeat_secs, watch.max_streams and watch.error_budget_secs must be positive".into());
+        }
+        let is_account = |a: &str| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit());
+        if let Some(account) = &self.aws.account_id
+            && !is_account(account)
+        {
+            return Err(format!("aws.account_id: '{account}' is not a 12-digit account id"));
+        }
+        for (account, role) in &self.aws.accounts {
+            if !is_account(account) {
+                return Err(format!("aws.accounts.{account}: the key must be a 12-digit account id"));
+            }
+            let arn = crate::rds::Arn::parse(&role.role_arn);
+            if !arn.as_ref().is_some_and(|a| a.service == "iam" && a.resource.starts_with("role/")) {
+                return Err(format!("aws.accounts.{account}.role_arn: '{}' is not an IAM role ARN", role.role_arn));
+            }
+        }
+        if !self.aws.rate_limit_per_sec().is_finite()
+            || self.aws.rate_limit_per_sec() <= 0.0
+            || self.aws.rate_limit_burst() == 0
+        {
+            return Err("aws.rate_limit_per_sec and aws.rate_limit_burst must be positive".into());
         }
         if self.aws.max_attempts == Some(0) || self.aws.max_attempts.is_some_and(|n| n > 20) {
             return Err("aws.max_attempts must be between 1 and 20".into());

@@ -13,7 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::api::Api;
-use crate::aws::Rds;
+use crate::aws::Accounts;
 use crate::config::Settings;
 use crate::copy::CopyService;
 use crate::pb;
@@ -33,9 +33,9 @@ impl Application {
     /// Binds `settings.listen` and prepares the services; `sdk` is the AWS side.
     pub async fn build(settings: Settings, sdk: SdkConfig) -> anyhow::Result<Application> {
         settings.validate().map_err(anyhow::Error::msg)?;
-        let rds = Arc::new(Rds::new(sdk).map_err(anyhow::Error::msg)?);
-        let copies = Arc::new(CopyService::new(rds.clone()));
-        let hub = Arc::new(WatchHub::new(rds, settings.watch.clone(), CancellationToken::new()));
+        let accounts = Arc::new(Accounts::new(sdk, &settings.aws).await.map_err(anyhow::Error::msg)?);
+        let copies = Arc::new(CopyService::new(accounts.clone()));
+        let hub = Arc::new(WatchHub::new(accounts, settings.watch.clone(), CancellationToken::new()));
         let api = Api::new(copies, hub.clone(), settings.server.request_timeout());
         let listener = TcpListener::bind(settings.listen)
             .await

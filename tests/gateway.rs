@@ -60,9 +60,9 @@ async fn aws_faults_map_to_grpc_codes_with_error_info() {
     gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "first")).await.unwrap();
 
     let cases = [
-        (copy_req("billing-pg-daily", "first"), Code::AlreadyExists, "DBClusterSnapshotAlreadyExistsFault"),
+        // The same target from another source is a conflict (the same source is a retry).
+        (copy_req("ledger-mysql-snap", "first"), Code::AlreadyExists, "DBClusterSnapshotAlreadyExistsFault"),
         (copy_req("no-such-snapshot", "t1"), Code::NotFound, "DBClusterSnapshotNotFoundFault"),
-        (copy_req("first", "t2"), Code::FailedPrecondition, "InvalidDBClusterSnapshotStateFault"),
         (
             CopyClusterSnapshotRequest {
                 kms_key_id: "alias/missing".into(),
@@ -195,7 +195,15 @@ async fn the_gateway_copies_through_motos_rds_api() {
     let got = gw.client.get_copy(GetCopyRequest { name: copy.name.clone() }).await.unwrap().into_inner();
     assert_eq!(got.state(), pb::copy::State::Available);
 
-    let status = gw.client.copy_cluster_snapshot(copy_req("moto-snap", "moto-copy")).await.unwrap_err();
+    let again = gw.client.copy_cluster_snapshot(copy_req("moto-snap", "moto-copy")).await.unwrap().into_inner();
+    assert_eq!(again.name, copy.name, "a retry returns the same copy");
+    rds.create_db_cluster_snapshot()
+        .db_cluster_identifier("moto-src")
+        .db_cluster_snapshot_identifier("moto-other")
+        .send()
+        .await
+        .unwrap();
+    let status = gw.client.copy_cluster_snapshot(copy_req("moto-other", "moto-copy")).await.unwrap_err();
     assert_eq!(
         (status.code(), error_reason(&status).as_str()),
         (Code::AlreadyExists, "DBClusterSnapshotAlreadyExistsFault")

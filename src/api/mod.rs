@@ -12,7 +12,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::aws::{AwsError, AwsErrorKind};
-use crate::copy::{CopyService, parse_copy_name};
+use crate::copy::{CopyService, Located};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::snapshot_copy_service_server::SnapshotCopyService;
@@ -60,10 +60,9 @@ impl SnapshotCopyService for Api {
 
     async fn get_copy(&self, request: Request<pb::GetCopyRequest>) -> Result<Response<pb::Copy>, Status> {
         let (metadata, _, message) = request.into_parts();
-        let (region, id, arn) =
-            parse_copy_name(&message.name, self.copies.default_region()).map_err(Error::InvalidArgument)?;
+        let Located { account, region, id, arn, .. } = self.copies.locate(&message.name)?;
         // A poller watching this snapshot saw it within the shortest poll interval: no AWS call.
-        if let Some(snapshot) = self.hub.fresh(&region, &id)
+        if let Some(snapshot) = self.hub.fresh(&account, &region, &id)
             && arn.as_ref().is_none_or(|a| *a == snapshot.arn)
         {
             return Ok(Response::new(convert::copy(&snapshot)));
@@ -76,12 +75,11 @@ impl SnapshotCopyService for Api {
 
     async fn watch_copy(&self, request: Request<pb::WatchCopyRequest>) -> Result<Response<EventStream>, Status> {
         let (metadata, _, message) = request.into_parts();
-        let (region, id, arn) =
-            parse_copy_name(&message.name, self.copies.default_region()).map_err(Error::InvalidArgument)?;
+        let Located { account, region, id, arn, .. } = self.copies.locate(&message.name)?;
         let permit = self.hub.stream_permit()?;
         // The gateway's request timeout does not bound a stream; the caller's deadline does.
         let deadline = deadline::caller_deadline(&metadata).map(|d| tokio::time::Instant::now() + d);
-        let mut subscription = self.hub.subscribe(&region, &id);
+        let mut subscription = self.hub.subscribe(&account, &region, &id);
         let first =
             self.within_deadline(&metadata, async { subscription.first().await.ok_or(Error::ShuttingDown) }).await?;
         match &*first {
@@ -100,7 +98,7 @@ impl SnapshotCopyService for Api {
         let (metadata, _, message) = request.into_parts();
         let (snapshot, state) = self.within_deadline(&metadata, self.copies.cancel(&message.name)).await?;
         if state == CopyState::Cancelled {
-            self.hub.record_cancelled(&snapshot.region, &snapshot);
+            self.hub.record_cancelled(&snapshot);
         }
         Ok(Response::new(convert::copy_in_state(&snapshot, state)))
     }

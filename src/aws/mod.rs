@@ -2,9 +2,11 @@
 //! configuration, makes the RDS calls, and turns SDK types and errors into snapgate's own.
 
 mod error;
+mod limiter;
+pub mod presign;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_config::{BehaviorVersion, SdkConfig};
@@ -12,8 +14,10 @@ use aws_sdk_rds::config::{Credentials, Region, retry::RetryConfig, timeout::Time
 use aws_sdk_rds::types::{DbClusterSnapshot, Tag};
 
 pub use error::{AwsError, AwsErrorKind, classify};
+use limiter::TokenBucket;
 
 use crate::config::AwsSettings;
+use crate::error::{Error, FieldViolation};
 use crate::rds::ClusterSnapshot;
 
 /// Loads the SDK configuration the way AWS users expect: the standard credential chain and
@@ -72,24 +76,64 @@ pub struct CopyInput {
     pub presigned_url: Option<String>,
 }
 
-/// RDS clients, one per region, sharing one configuration (and so one HTTP connection pool).
+/// RDS clients of one account, one per region, sharing one configuration (and so one HTTP
+/// connection pool), each region's calls paced by its own token bucket.
 pub struct Rds {
     base: SdkConfig,
     default_region: String,
     clients: Mutex<HashMap<String, aws_sdk_rds::Client>>,
+    limiters: Mutex<HashMap<String, Arc<TokenBucket>>>,
+    rate: (f64, u32),
 }
 
 impl Rds {
-    pub fn new(base: SdkConfig) -> Result<Rds, String> {
+    pub fn new(base: SdkConfig, settings: &AwsSettings) -> Result<Rds, String> {
         let default_region = base
             .region()
             .map(|r| r.to_string())
             .ok_or("no AWS region: set AWS_REGION, a profile region, or aws.region")?;
-        Ok(Rds { base, default_region, clients: Mutex::new(HashMap::new()) })
+        Ok(Rds {
+            base,
+            default_region,
+            clients: Mutex::new(HashMap::new()),
+            limiters: Mutex::new(HashMap::new()),
+            rate: (settings.rate_limit_per_sec(), settings.rate_limit_burst()),
+        })
     }
 
     pub fn default_region(&self) -> &str {
         &self.default_region
+    }
+
+    /// Waits for this region's turn to call AWS.
+    async fn pace(&self, region: &str) {
+        let bucket = {
+            let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+            limiters
+                .entry(region.to_owned())
+                .or_insert_with(|| Arc::new(TokenBucket::new(self.rate.0, self.rate.1)))
+                .clone()
+        };
+        bucket.acquire().await;
+    }
+
+    /// The credentials of this account, for presigning.
+    pub async fn credentials(&self) -> Result<Credentials, AwsError> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let provider = self.base.credentials_provider().ok_or_else(|| AwsError {
+            kind: AwsErrorKind::AccessDenied,
+            action: "PresignCopyDBClusterSnapshot",
+            code: None,
+            message: "no credentials are configured".into(),
+            request_id: None,
+        })?;
+        provider.provide_credentials().await.map_err(|e| AwsError {
+            kind: AwsErrorKind::AccessDenied,
+            action: "PresignCopyDBClusterSnapshot",
+            code: None,
+            message: format!("credentials could not be loaded: {}", aws_sdk_rds::error::DisplayErrorContext(&e)),
+            request_id: None,
+        })
     }
 
     fn client(&self, region: &str) -> aws_sdk_rds::Client {
@@ -106,6 +150,7 @@ impl Rds {
     pub async fn copy_cluster_snapshot(&self, region: &str, input: &CopyInput) -> Result<ClusterSnapshot, AwsError> {
         const ACTION: &str = "CopyDBClusterSnapshot";
         let tags: Vec<Tag> = input.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        self.pace(region).await;
         let out = self
             .client(region)
             .copy_db_cluster_snapshot()
@@ -124,10 +169,13 @@ impl Rds {
     /// Describes one snapshot by identifier (or ARN) in `region`.
     pub async fn describe_cluster_snapshot(&self, region: &str, id: &str) -> Result<ClusterSnapshot, AwsError> {
         const ACTION: &str = "DescribeDBClusterSnapshots";
+        self.pace(region).await;
         let out = self
             .client(region)
             .describe_db_cluster_snapshots()
             .db_cluster_snapshot_identifier(id)
+            // A snapshot shared from another account is described by its ARN.
+            .set_include_shared(id.starts_with("arn:").then_some(true))
             .send()
             .await
             .map_err(|e| AwsError::from_sdk(ACTION, e))?;
@@ -159,6 +207,7 @@ impl Rds {
                 .build();
             let mut marker = None;
             loop {
+                self.pace(region).await;
                 let out = client
                     .describe_db_cluster_snapshots()
                     .filters(filter.clone())
@@ -180,6 +229,7 @@ impl Rds {
     /// Deletes a snapshot; returns it as it was when deleted.
     pub async fn delete_cluster_snapshot(&self, region: &str, id: &str) -> Result<ClusterSnapshot, AwsError> {
         const ACTION: &str = "DeleteDBClusterSnapshot";
+        self.pace(region).await;
         let out = self
             .client(region)
             .delete_db_cluster_snapshot()
@@ -234,4 +284,68 @@ fn convert(s: &DbClusterSnapshot) -> ClusterSnapshot {
     };
     snapshot.fill_location_from_arn();
     snapshot
+}
+
+/// The accounts copies can go to: the gateway's own, and those it assumes a role in.
+pub struct Accounts {
+    own: Arc<Rds>,
+    own_account: Option<String>,
+    roles: HashMap<String, Arc<Rds>>,
+}
+
+impl Accounts {
+    /// Builds a client set for the gateway's own credentials and one per configured role
+    /// (STS AssumeRole through aws-config, whose provider caches and refreshes credentials).
+    pub async fn new(base: SdkConfig, settings: &AwsSettings) -> Result<Accounts, String> {
+        let mut roles = HashMap::new();
+        for (account, role) in &settings.accounts {
+            let mut builder = aws_config::sts::AssumeRoleProvider::builder(&role.role_arn)
+                .session_name(role.session_name.clone().unwrap_or_else(|| "snapgate".into()));
+            if let Some(external_id) = &role.external_id {
+                builder = builder.external_id(external_id);
+            }
+            let provider = builder.configure(&base).build().await;
+            let config = base
+                .to_builder()
+                .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider))
+                .build();
+            roles.insert(account.clone(), Arc::new(Rds::new(config, settings)?));
+        }
+        Ok(Accounts { own: Arc::new(Rds::new(base, settings)?), own_account: settings.account_id.clone(), roles })
+    }
+
+    pub fn default_region(&self) -> &str {
+        self.own.default_region()
+    }
+
+    pub fn own_account(&self) -> Option<&str> {
+        self.own_account.as_deref()
+    }
+
+    /// The clients for a destination account (`None`: the gateway's own). An account with no
+    /// configured role is refused before any AWS call.
+    pub fn destination(&self, account: Option<&str>) -> Result<Arc<Rds>, Error> {
+        match account {
+            None => Ok(self.own.clone()),
+            Some(a) if self.own_account.as_deref() == Some(a) => Ok(self.own.clone()),
+            Some(a) => self.roles.get(a).cloned().ok_or_else(|| {
+                Error::InvalidArgument(vec![FieldViolation::new(
+                    "destination_account",
+                    format!("no role is configured for account {a} (aws.accounts); leave it empty for the gateway's own account"),
+                )])
+            }),
+        }
+    }
+
+    /// The clients that can see a snapshot of `account` (from its ARN): that account's role
+    /// when one is configured, else the gateway's own credentials.
+    pub fn for_snapshot_account(&self, account: &str) -> Arc<Rds> {
+        self.roles.get(account).cloned().unwrap_or_else(|| self.own.clone())
+    }
+
+    /// Which set of credentials serves `account`: the account id of a configured role, or ""
+    /// for the gateway's own.
+    pub fn credentials_key(&self, account: &str) -> String {
+        if self.roles.contains_key(account) { account.to_owned() } else { String::new() }
+    }
 }

@@ -1,63 +1,165 @@
-//! The copy workflow: validate, then start the copy through the AWS adapter.
+//! The copy workflow: validate the request, know the source, apply its engine's rules, build
+//! a presigned URL where AWS needs one, and start the copy exactly once however often it is
+//! asked for.
 
+mod source_rules;
 pub mod validate;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub use validate::{CopyRequest, ValidCopy, parse_copy_name, validate};
 
-use crate::aws::{CopyInput, Rds};
+use crate::aws::{Accounts, AwsErrorKind, CopyInput, Rds, presign};
 use crate::error::{Error, FieldViolation};
-use crate::rds::{ClusterSnapshot, CopyState};
+use crate::rds::rules::SnapshotRef;
+use crate::rds::{Arn, ClusterSnapshot, CopyState, Engine};
+
+/// How long a described source is trusted, so a burst of copies of one source costs one call.
+const SOURCE_TTL: Duration = Duration::from_secs(5);
+/// How long a finished copy answers identical requests that waited for it.
+const RECENT_TTL: Duration = Duration::from_secs(30);
+
+type Recent = Arc<tokio::sync::Mutex<Option<(String, ClusterSnapshot, Instant)>>>;
+
+/// Where a copy named by a request lives.
+pub struct Located {
+    /// The clients that can see it.
+    pub rds: Arc<Rds>,
+    /// The account its ARN names, or "" for a bare identifier (the gateway's own).
+    pub account: String,
+    pub region: String,
+    pub id: String,
+    pub arn: Option<String>,
+}
 
 pub struct CopyService {
-    rds: Arc<Rds>,
+    accounts: Arc<Accounts>,
+    sources: Mutex<HashMap<String, (ClusterSnapshot, Instant)>>,
+    inflight: Mutex<HashMap<String, Recent>>,
 }
 
 impl CopyService {
-    pub fn new(rds: Arc<Rds>) -> CopyService {
-        CopyService { rds }
+    pub fn new(accounts: Arc<Accounts>) -> CopyService {
+        CopyService { accounts, sources: Mutex::new(HashMap::new()), inflight: Mutex::new(HashMap::new()) }
     }
 
     pub fn default_region(&self) -> &str {
-        self.rds.default_region()
+        self.accounts.default_region()
     }
 
-    /// Validates and starts a copy; returns the new snapshot as AWS reports it.
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    /// Validates and starts a copy; returns the new snapshot as AWS reports it. Repeating a
+    /// request that succeeded returns the same copy; concurrent identical requests make one.
     pub async fn copy(&self, request: &CopyRequest) -> Result<ClusterSnapshot, Error> {
-        let valid = validate(request, self.rds.default_region()).map_err(Error::InvalidArgument)?;
-        if let Some(account) = &valid.destination_account {
-            return Err(Error::InvalidArgument(vec![FieldViolation::new(
-                "destination_account",
-                format!(
-                    "no role is configured for account {account}; leave it empty to copy into the gateway's own account"
-                ),
-            )]));
-        }
+        let valid = validate(request, self.accounts.default_region()).map_err(Error::InvalidArgument)?;
+        let rds = self.accounts.destination(valid.destination_account.as_deref())?;
+        let destination_account =
+            valid.destination_account.clone().or_else(|| self.accounts.own_account().map(str::to_owned));
+        let source = self.resolve_source(&rds, &valid, destination_account.as_deref()).await?;
+        source_rules::check(&valid, &source, destination_account.as_deref())?;
+
+        let family = Engine::parse(&source.engine).family();
+        let presigned_url = if family.needs_presigned_url(&source.region, &valid.destination_region) {
+            let credentials = rds.credentials().await?;
+            let kms = valid.kms_key.as_ref().map(|(text, _)| text.as_str());
+            Some(
+                presign::presign_copy(&credentials, &source.arn, &source.region, &valid.destination_region, kms)
+                    .map_err(|e| Error::Internal(format!("presigning failed: {e}")))?,
+            )
+        } else {
+            None
+        };
         let input = CopyInput {
             source: match &valid.source {
-                crate::rds::rules::SnapshotRef::Id(id) => id.clone(),
-                crate::rds::rules::SnapshotRef::Arn(arn) => arn.to_string(),
+                SnapshotRef::Id(id) => id.clone(),
+                SnapshotRef::Arn(arn) => arn.to_string(),
             },
             target: valid.target.clone(),
             kms_key_id: valid.kms_key.as_ref().map(|(text, _)| text.clone()),
             copy_tags: valid.copy_tags,
             tags: valid.tags.clone(),
-            presigned_url: None,
+            presigned_url,
         };
-        Ok(self.rds.copy_cluster_snapshot(&valid.destination_region, &input).await?)
+
+        let key =
+            format!("{}/{}/{}", destination_account.as_deref().unwrap_or(""), valid.destination_region, valid.target);
+        let slot = self.inflight_slot(&key);
+        let mut recent = slot.lock().await;
+        if let Some((source_arn, snapshot, at)) = recent.as_ref()
+            && *source_arn == source.arn
+            && at.elapsed() < RECENT_TTL
+        {
+            return Ok(snapshot.clone());
+        }
+        let copy = match rds.copy_cluster_snapshot(&valid.destination_region, &input).await {
+            Ok(copy) => copy,
+            Err(e) if e.kind == AwsErrorKind::AlreadyExists => {
+                // A retry of a copy that succeeded: the same target from the same source is that
+                // copy, not a conflict. AWS has no client token for this action.
+                let existing = rds.describe_cluster_snapshot(&valid.destination_region, &valid.target).await?;
+                if existing.source_arn.as_deref() != Some(source.arn.as_str()) {
+                    return Err(e.into());
+                }
+                existing
+            }
+            Err(e) => return Err(e.into()),
+        };
+        *recent = Some((source.arn.clone(), copy.clone(), Instant::now()));
+        Ok(copy)
+    }
+
+    fn inflight_slot(&self, key: &str) -> Recent {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget finished entries nobody waits on, so the map stays as small as the traffic.
+        inflight.retain(|_, slot| {
+            Arc::strong_count(slot) > 1
+                || slot
+                    .try_lock()
+                    .map(|r| r.as_ref().is_some_and(|(_, _, at)| at.elapsed() < RECENT_TTL))
+                    .unwrap_or(true)
+        });
+        inflight.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Describes the source in its own region, as the destination account sees it.
+    async fn resolve_source(
+        &self,
+        rds: &Rds,
+        valid: &ValidCopy,
+        account: Option<&str>,
+    ) -> Result<ClusterSnapshot, Error> {
+        let reference = match &valid.source {
+            SnapshotRef::Id(id) => id.to_ascii_lowercase(),
+            SnapshotRef::Arn(arn) => arn.to_string(),
+        };
+        let key = format!("{}|{}|{}", account.unwrap_or(""), valid.source_region, reference);
+        if let Some((snapshot, at)) = self.sources.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+            && at.elapsed() < SOURCE_TTL
+        {
+            return Ok(snapshot.clone());
+        }
+        let snapshot = rds.describe_cluster_snapshot(&valid.source_region, &reference).await?;
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources.retain(|_, (_, at)| at.elapsed() < SOURCE_TTL);
+        sources.insert(key, (snapshot.clone(), Instant::now()));
+        Ok(snapshot)
     }
 
     /// The current state of a copy, by name.
     pub async fn get(&self, name: &str) -> Result<ClusterSnapshot, Error> {
-        let (region, id, arn) = parse_copy_name(name, self.rds.default_region()).map_err(Error::InvalidArgument)?;
-        let snapshot = self.rds.describe_cluster_snapshot(&region, &id).await?;
+        let Located { rds, region, id, arn, .. } = self.locate(name)?;
+        let snapshot = rds.describe_cluster_snapshot(&region, &id).await?;
         if let Some(arn) = arn
             && snapshot.arn != arn
         {
             // The identifier exists, but in another account than the ARN names.
             return Err(Error::Aws(crate::aws::AwsError {
-                kind: crate::aws::AwsErrorKind::NotFound,
+                kind: AwsErrorKind::NotFound,
                 action: "DescribeDBClusterSnapshots",
                 code: Some("DBClusterSnapshotNotFoundFault".into()),
                 message: format!("DBClusterSnapshot {arn} not found."),
@@ -65,6 +167,14 @@ impl CopyService {
             }));
         }
         Ok(snapshot)
+    }
+
+    /// Where a copy is, by name.
+    pub fn locate(&self, name: &str) -> Result<Located, Error> {
+        let (region, id, arn) =
+            parse_copy_name(name, self.accounts.default_region()).map_err(Error::InvalidArgument)?;
+        let account = arn.as_deref().and_then(Arn::parse).map(|a| a.account).unwrap_or_default();
+        Ok(Located { rds: self.accounts.for_snapshot_account(&account), account, region, id, arn })
     }
 
     /// Cancels a copy in progress the way the AWS documentation prescribes: by deleting the
@@ -75,6 +185,7 @@ impl CopyService {
     /// cached observation) and the delete follows at once. Should the copy finish inside that
     /// window, the delete's own answer shows it, and the result says DELETED, not CANCELLED.
     pub async fn cancel(&self, name: &str) -> Result<(ClusterSnapshot, CopyState), Error> {
+        let rds = self.locate(name)?.rds;
         let current = self.get(name).await?;
         if current.status != "copying" {
             return Err(Error::FailedPrecondition(vec![FieldViolation::new(
@@ -85,7 +196,7 @@ impl CopyService {
                 ),
             )]));
         }
-        let deleted = self.rds.delete_cluster_snapshot(&current.region, &current.id).await?;
+        let deleted = rds.delete_cluster_snapshot(&current.region, &current.id).await?;
         if deleted.status == "copying" {
             Ok((deleted, CopyState::Cancelled))
         } else {

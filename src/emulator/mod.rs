@@ -37,6 +37,8 @@ pub struct EmulatorConfig {
     pub default_account: String,
     /// Access key id to account id.
     pub access_keys: BTreeMap<String, String>,
+    /// Access key id to secret key, for verifying the signatures of presigned URLs.
+    pub secret_keys: BTreeMap<String, String>,
     /// Simulated copy throughput; a copy of N GiB takes N / this seconds.
     pub copy_gib_per_sec: f64,
     /// Manual cluster snapshots allowed per account and region (RDS's default quota is 100).
@@ -53,6 +55,7 @@ impl Default for EmulatorConfig {
         EmulatorConfig {
             default_account: DEFAULT_ACCOUNT.to_owned(),
             access_keys: BTreeMap::new(),
+            secret_keys: BTreeMap::new(),
             copy_gib_per_sec: 2.0,
             snapshot_quota: 100,
             seed: false,

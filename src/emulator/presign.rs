@@ -14,7 +14,54 @@ use super::query::{CredentialScope, Params};
 /// Longest validity SigV4 query authentication allows (7 days).
 const MAX_EXPIRES_SECS: i64 = 604_800;
 
-/// Parses the URL's query and checks what it says. Returns the parameters for a signature check.
+/// Checks a presigned URL as the source region would: what it asks for, its region and expiry,
+/// and its SigV4 signature, recomputed with the secret key of the access key that signed it.
+pub fn verify(
+    url: &str,
+    expected: &PresignedExpectation,
+    now: SystemTime,
+    secret_for: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    let host = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .and_then(|rest| rest.split('/').next())
+        .filter(|h| !h.is_empty())
+        .ok_or("it is not an http(s) URL")?;
+    let seen = check(url, expected, now)?;
+    let scope = CredentialScope::parse(&seen["X-Amz-Credential"]).ok_or("its credential scope is malformed")?;
+    let secret = secret_for(&scope.access_key).ok_or("it is signed with an access key this service does not know")?;
+    let signed_at = DateTime::from_str(&seen["X-Amz-Date"], Format::DateTime)
+        .or_else(|_| parse_amz_date(&seen["X-Amz-Date"]))
+        .map_err(|_| "its X-Amz-Date is malformed".to_string())?;
+    let expires: u64 = seen["X-Amz-Expires"].parse().map_err(|_| "its X-Amz-Expires is not a number")?;
+    let params: Vec<(String, String)> =
+        seen.iter().filter(|(k, _)| !k.starts_with("X-Amz-")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let credentials = aws_credential_types::Credentials::new(
+        scope.access_key.clone(),
+        secret,
+        seen.get("X-Amz-Security-Token").cloned(),
+        None,
+        "emulator",
+    );
+    let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(signed_at.secs().max(0) as u64);
+    let resigned = crate::aws::presign::sign_query(
+        host,
+        &params,
+        &credentials,
+        &scope.region,
+        time,
+        std::time::Duration::from_secs(expires),
+    )?;
+    let signature =
+        |u: &str| u.split("X-Amz-Signature=").nth(1).map(|s| s.split('&').next().unwrap_or_default().to_owned());
+    if signature(&resigned) != Some(seen["X-Amz-Signature"].clone()) {
+        return Err("its signature does not match".into());
+    }
+    Ok(())
+}
+
+/// Parses the URL's query and checks what it says. Returns its parameters.
 pub fn check(url: &str, expected: &PresignedExpectation, now: SystemTime) -> Result<BTreeMap<String, String>, String> {
     let (_, query) = url.split_once('?').ok_or("it has no query string")?;
     let mut params = Params::default();
@@ -68,7 +115,11 @@ pub fn check(url: &str, expected: &PresignedExpectation, now: SystemTime) -> Res
     if signed_at.secs() > now + 300 {
         return Err("it is signed in the future".into());
     }
-    for (k, v) in [("Version", params.take("Version")), ("CopyTags", params.take("CopyTags"))] {
+    for (k, v) in [
+        ("Version", params.take("Version")),
+        ("CopyTags", params.take("CopyTags")),
+        ("X-Amz-Security-Token", params.take("X-Amz-Security-Token")),
+    ] {
         if let Some(v) = v {
             seen.insert(k.into(), v);
         }
@@ -136,5 +187,22 @@ mod tests {
         let signed = DateTime::from_str("2026-11-21T10:00:00Z", Format::DateTime).unwrap();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(signed.secs() as u64);
         assert!(check(&url("20261121T100000Z"), &e, at).unwrap_err().contains("DestinationRegion"));
+    }
+
+    #[test]
+    fn a_signature_made_with_the_known_secret_verifies_and_a_tampered_url_does_not() {
+        let creds = aws_credential_types::Credentials::new("AKIDEXAMPLE", "s3cret", None, None, "test");
+        let e = expectation();
+        let url =
+            crate::aws::presign::presign_copy(&creds, &e.source_arn, "us-east-1", "us-west-2", Some("alias/backup"))
+                .unwrap();
+        let secret = |key: &str| (key == "AKIDEXAMPLE").then(|| "s3cret".to_owned());
+        assert_eq!(verify(&url, &e, SystemTime::now(), &secret), Ok(()));
+        let wrong_secret = |_: &str| Some("other".to_owned());
+        assert_eq!(verify(&url, &e, SystemTime::now(), &wrong_secret).unwrap_err(), "its signature does not match");
+        let tampered = url.replace("X-Amz-Expires=3600", "X-Amz-Expires=7200");
+        assert_eq!(verify(&tampered, &e, SystemTime::now(), &secret).unwrap_err(), "its signature does not match");
+        let unknown = |_: &str| None;
+        assert!(verify(&url, &e, SystemTime::now(), &unknown).is_err());
     }
 }

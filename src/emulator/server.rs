@@ -108,8 +108,9 @@ async fn handle(emulator: &Emulator, request: Request, request_id: &str) -> Resu
         Verdict::Proceed => {}
     }
     let fail_at = |target: &str| fail_copies.fail_at_percent(target);
+    let secret_for = |key: &str| emulator.config().secret_keys.get(key).cloned();
     let presigned = |url: &str, expected: &actions::PresignedExpectation| {
-        presign::check(url, expected, SystemTime::now()).map(|_| ())
+        presign::verify(url, expected, SystemTime::now(), &secret_for)
     };
     let ctx = Ctx {
         account: &account,

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use stream::{Change, WatchEvent, WatchStream};
 
-use crate::aws::{AwsError, Rds};
+use crate::aws::{Accounts, AwsError};
 use crate::config::WatchSettings;
 use crate::error::Error;
 use crate::rds::{ClusterSnapshot, CopyState};
@@ -69,9 +69,10 @@ pub struct HubStats {
 }
 
 pub struct WatchHub {
-    rds: Arc<Rds>,
+    accounts: Arc<Accounts>,
     settings: WatchSettings,
-    pollers: Mutex<HashMap<String, Arc<Poller>>>,
+    /// One poller per (credentials, region): see `Accounts::credentials_key`.
+    pollers: Mutex<HashMap<(String, String), Arc<Poller>>>,
     streams: Arc<Semaphore>,
     shutdown: CancellationToken,
     pub stats: Arc<HubStats>,
@@ -106,9 +107,9 @@ impl Subscription {
 }
 
 impl WatchHub {
-    pub fn new(rds: Arc<Rds>, settings: WatchSettings, shutdown: CancellationToken) -> WatchHub {
+    pub fn new(accounts: Arc<Accounts>, settings: WatchSettings, shutdown: CancellationToken) -> WatchHub {
         let streams = Arc::new(Semaphore::new(settings.max_streams));
-        WatchHub { rds, settings, pollers: Mutex::new(HashMap::new()), streams, shutdown, stats: Arc::default() }
+        WatchHub { accounts, settings, pollers: Mutex::new(HashMap::new()), streams, shutdown, stats: Arc::default() }
     }
 
     pub fn settings(&self) -> &WatchSettings {
@@ -135,10 +136,12 @@ impl WatchHub {
         self.streams.clone().try_acquire_owned().map_err(|_| Error::TooManyStreams(self.settings.max_streams))
     }
 
-    fn poller(&self, region: &str) -> Arc<Poller> {
+    fn poller(&self, account: &str, region: &str) -> Arc<Poller> {
+        let key = (self.accounts.credentials_key(account), region.to_owned());
+        let rds = self.accounts.for_snapshot_account(account);
         let mut pollers = self.pollers.lock().unwrap_or_else(|p| p.into_inner());
         pollers
-            .entry(region.to_owned())
+            .entry(key)
             .or_insert_with(|| {
                 let poller = Arc::new(Poller {
                     region: region.to_owned(),
@@ -148,7 +151,7 @@ impl WatchHub {
                 });
                 tokio::spawn(poller::run(
                     poller.clone(),
-                    self.rds.clone(),
+                    rds,
                     self.settings.clone(),
                     self.shutdown.clone(),
                     self.stats.clone(),
@@ -158,10 +161,10 @@ impl WatchHub {
             .clone()
     }
 
-    /// Watches snapshot `id` (lowercased) in `region`.
-    pub fn subscribe(&self, region: &str, id: &str) -> Subscription {
+    /// Watches snapshot `id` (lowercased) of `account` ("" for the gateway's own) in `region`.
+    pub fn subscribe(&self, account: &str, region: &str, id: &str) -> Subscription {
         let id = id.to_ascii_lowercase();
-        let poller = self.poller(region);
+        let poller = self.poller(account, region);
         let (rx, fresh) = {
             let mut entries = poller.lock();
             let entry =
@@ -176,8 +179,9 @@ impl WatchHub {
     }
 
     /// The poller's observation of a snapshot if it is younger than the shortest poll interval.
-    pub fn fresh(&self, region: &str, id: &str) -> Option<ClusterSnapshot> {
-        let poller = self.pollers.lock().unwrap_or_else(|p| p.into_inner()).get(region).cloned()?;
+    pub fn fresh(&self, account: &str, region: &str, id: &str) -> Option<ClusterSnapshot> {
+        let key = (self.accounts.credentials_key(account), region.to_owned());
+        let poller = self.pollers.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()?;
         let entries = poller.lock();
         let observation = entries.get(&id.to_ascii_lowercase())?.slot.borrow().clone()?;
         match &*observation {
@@ -191,9 +195,9 @@ impl WatchHub {
     }
 
     /// Tells the watchers of a snapshot that snapgate cancelled its copy.
-    pub fn record_cancelled(&self, region: &str, snapshot: &ClusterSnapshot) {
+    pub fn record_cancelled(&self, snapshot: &ClusterSnapshot) {
         let id = snapshot.id.to_ascii_lowercase();
-        let poller = self.poller(region);
+        let poller = self.poller(&snapshot.account, &snapshot.region);
         poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
         if let Some(entry) = poller.lock().get(&id) {
             entry.slot.send_replace(Some(Arc::new(Observation::Gone {

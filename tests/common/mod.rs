@@ -30,7 +30,11 @@ pub async fn emulator_with(config: EmulatorConfig) -> EmulatorHandle {
 }
 
 pub fn quiet_config() -> EmulatorConfig {
-    EmulatorConfig { faults: Faults { throttle: None, ..Faults::default() }, ..EmulatorConfig::default() }
+    EmulatorConfig {
+        faults: Faults { throttle: None, ..Faults::default() },
+        secret_keys: [("AKIDTEST".to_owned(), "test-secret-key".to_owned())].into(),
+        ..EmulatorConfig::default()
+    }
 }
 
 /// Sends raw bytes as one HTTP/1.1 request and returns (status, body).
@@ -95,7 +99,14 @@ pub mod gateway {
     pub fn settings() -> Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            aws: AwsSettings { region: Some("us-east-1".into()), max_attempts: Some(2), ..AwsSettings::default() },
+            aws: AwsSettings {
+                region: Some("us-east-1".into()),
+                max_attempts: Some(2),
+                account_id: Some(ACCOUNT.into()),
+                rate_limit_per_sec: Some(1000.0),
+                rate_limit_burst: Some(1000),
+                ..AwsSettings::default()
+            },
             watch: snapgate::config::WatchSettings {
                 min_poll_interval_ms: 100,
                 max_poll_interval_ms: 400,
