@@ -345,6 +345,7 @@ async fn a_burst_of_two_hundred_copies_stays_under_the_throttle() {
     let counts = emu.emulator.calls();
     assert_eq!(counts.get("CopyDBClusterSnapshot"), 200);
     assert_eq!(counts.throttled, 0, "the gateway paced itself under the emulator's bucket");
+    assert_eq!(counts.get("DescribeDBClusterSnapshots"), 1, "one describe of the shared source");
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ const SOURCE_TTL: Duration = Duration::from_secs(5);
 /// How long a finished copy answers identical requests that waited for it.
 const RECENT_TTL: Duration = Duration::from_secs(30);
 
+type SourceSlot = Arc<tokio::sync::Mutex<Option<(ClusterSnapshot, Instant)>>>;
 type Recent = Arc<tokio::sync::Mutex<Option<(String, ClusterSnapshot, Instant)>>>;
 
 /// Where a copy named by a request lives.
@@ -36,7 +37,7 @@ pub struct Located {
 
 pub struct CopyService {
     accounts: Arc<Accounts>,
-    sources: Mutex<HashMap<String, (ClusterSnapshot, Instant)>>,
+    sources: Mutex<HashMap<String, SourceSlot>>,
     inflight: Mutex<HashMap<String, Recent>>,
 }
 
@@ -126,7 +127,8 @@ impl CopyService {
         inflight.entry(key.to_owned()).or_default().clone()
     }
 
-    /// Describes the source in its own region, as the destination account sees it.
+    /// Describes the source in its own region, as the destination account sees it. Requests
+    /// for one source share one describe: the first describes, the others wait for it.
     async fn resolve_source(
         &self,
         rds: &Rds,
@@ -138,15 +140,25 @@ impl CopyService {
             SnapshotRef::Arn(arn) => arn.to_string(),
         };
         let key = format!("{}|{}|{}", account.unwrap_or(""), valid.source_region, reference);
-        if let Some((snapshot, at)) = self.sources.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+        let slot = {
+            let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+            sources.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || slot
+                        .try_lock()
+                        .map(|s| s.as_ref().is_some_and(|(_, at)| at.elapsed() < SOURCE_TTL))
+                        .unwrap_or(true)
+            });
+            sources.entry(key).or_default().clone()
+        };
+        let mut cached = slot.lock().await;
+        if let Some((snapshot, at)) = cached.as_ref()
             && at.elapsed() < SOURCE_TTL
         {
             return Ok(snapshot.clone());
         }
         let snapshot = rds.describe_cluster_snapshot(&valid.source_region, &reference).await?;
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        sources.retain(|_, (_, at)| at.elapsed() < SOURCE_TTL);
-        sources.insert(key, (snapshot.clone(), Instant::now()));
+        *cached = Some((snapshot.clone(), Instant::now()));
         Ok(snapshot)
     }
 
