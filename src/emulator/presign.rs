@@ -9,7 +9,7 @@ use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
 
 use super::actions::PresignedExpectation;
-use super::query::{CredentialScope, Params};
+use super::query::{CredentialScope, Params, SIGV4_QUERY_PARAMS};
 
 /// Longest validity SigV4 query authentication allows (7 days).
 const MAX_EXPIRES_SECS: i64 = 604_800;
@@ -68,18 +68,10 @@ pub fn check(url: &str, expected: &PresignedExpectation, now: SystemTime) -> Res
     params.decode_into(query.as_bytes()).map_err(|e| e.message)?;
     let mut get = |name: &str| params.take(name).ok_or(format!("it lacks {name}"));
     let mut seen = BTreeMap::new();
-    for name in [
-        "Action",
-        "SourceDBClusterSnapshotIdentifier",
-        "DestinationRegion",
-        "X-Amz-Algorithm",
-        "X-Amz-Credential",
-        "X-Amz-Date",
-        "X-Amz-Expires",
-        "X-Amz-SignedHeaders",
-        "X-Amz-Signature",
-    ] {
-        seen.insert(name.to_owned(), get(name)?);
+    let required = ["Action", "SourceDBClusterSnapshotIdentifier", "DestinationRegion"];
+    // Every SigV4 query parameter but the security token, which only temporary credentials add.
+    for name in required.iter().chain(&SIGV4_QUERY_PARAMS[..6]) {
+        seen.insert((*name).to_owned(), get(name)?);
     }
     if seen["Action"] != "CopyDBClusterSnapshot" {
         return Err("it is not a CopyDBClusterSnapshot request".into());

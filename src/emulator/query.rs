@@ -186,6 +186,18 @@ fn percent_decode(raw: &[u8]) -> Result<String, AwsError> {
     String::from_utf8(out).map_err(|_| malformed("parameters must be UTF-8"))
 }
 
+/// The parameters SigV4 query authentication adds to a presigned request (the security token
+/// only with temporary credentials).
+pub const SIGV4_QUERY_PARAMS: [&str; 7] = [
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+];
+
 /// The access key and region of a SigV4 credential scope
 /// (`AKID/YYYYMMDD/REGION/SERVICE/aws4_request`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use super::Emulator;
 use super::actions::{self, Ctx};
 use super::faults::{Faults, Verdict};
 use super::presign;
-use super::query::{AwsError, CredentialScope, Params};
+use super::query::{AwsError, CredentialScope, Params, SIGV4_QUERY_PARAMS};
 use super::xml;
 
 pub fn router(emulator: Emulator) -> Router {
@@ -143,15 +143,7 @@ fn credential_scope(headers: &HeaderMap, params: &mut Params) -> Result<Credenti
         });
     }
     let credential = params.peek("X-Amz-Credential").map(str::to_owned).ok_or_else(missing)?;
-    for name in [
-        "X-Amz-Algorithm",
-        "X-Amz-Credential",
-        "X-Amz-Date",
-        "X-Amz-Expires",
-        "X-Amz-SignedHeaders",
-        "X-Amz-Signature",
-        "X-Amz-Security-Token",
-    ] {
+    for name in SIGV4_QUERY_PARAMS {
         params.take(name);
     }
     CredentialScope::parse(&credential)
