@@ -136,7 +136,14 @@ pub async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
         SocketAddr::from(([127, 0, 0, 1], 0)),
     )
     .await?;
-    let aws = AwsSettings { region: Some("us-east-1".into()), ..AwsSettings::default() };
+    // Setting up a thousand copies should not wait on the client-side pacing; the watch itself
+    // makes ten calls a round, far below any limit.
+    let aws = AwsSettings {
+        region: Some("us-east-1".into()),
+        rate_limit_per_sec: Some(10_000.0),
+        rate_limit_burst: Some(10_000),
+        ..AwsSettings::default()
+    };
     let sdk = crate::aws::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
     let rds = aws_sdk_rds::Client::new(&sdk);
     rds.create_db_cluster()

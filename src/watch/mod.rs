@@ -24,13 +24,13 @@ use crate::rds::{ClusterSnapshot, CopyState};
 #[derive(Debug, Clone)]
 pub enum Observation {
     Present {
-        snapshot: ClusterSnapshot,
+        snapshot: Arc<ClusterSnapshot>,
         observed: SystemTime,
         at: Instant,
     },
     /// The snapshot no longer exists; `cancelled` when snapgate deleted it to cancel the copy.
     Gone {
-        last: Option<ClusterSnapshot>,
+        last: Option<Arc<ClusterSnapshot>>,
         cancelled: bool,
         observed: SystemTime,
     },
@@ -188,7 +188,7 @@ impl WatchHub {
             Observation::Present { snapshot, at, .. }
                 if at.elapsed() < Duration::from_millis(self.settings.min_poll_interval_ms) =>
             {
-                Some(snapshot.clone())
+                Some(ClusterSnapshot::clone(snapshot))
             }
             _ => None,
         }
@@ -201,7 +201,7 @@ impl WatchHub {
         poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
         if let Some(entry) = poller.lock().get(&id) {
             entry.slot.send_replace(Some(Arc::new(Observation::Gone {
-                last: Some(snapshot.clone()),
+                last: Some(Arc::new(snapshot.clone())),
                 cancelled: true,
                 observed: SystemTime::now(),
             })));

@@ -90,14 +90,14 @@ async fn poll(poller: &Poller, rds: &Rds, ids: &[String], stats: &HubStats) -> R
     let mut changed = false;
     for id in ids {
         let observation = match by_id.remove(id) {
-            Some(snapshot) => Observation::Present { snapshot, observed: now, at },
+            Some(snapshot) => Observation::Present { snapshot: Arc::new(snapshot), observed: now, at },
             None => {
                 // Absent from the batch: confirm by identifier before reporting it gone. This is
                 // also the path for engines whose API ignores Filters (Neptune's reference says
                 // they are not supported).
                 stats.describe_calls.fetch_add(1, Ordering::Relaxed);
                 match rds.describe_cluster_snapshot(&poller.region, id).await {
-                    Ok(snapshot) => Observation::Present { snapshot, observed: now, at },
+                    Ok(snapshot) => Observation::Present { snapshot: Arc::new(snapshot), observed: now, at },
                     Err(e) if e.kind == AwsErrorKind::NotFound => {
                         let cancelled = poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).contains(id);
                         Observation::Gone { last: None, cancelled, observed: now }

@@ -29,7 +29,8 @@ pub enum Change {
 
 #[derive(Debug, Clone)]
 pub struct WatchEvent {
-    pub snapshot: ClusterSnapshot,
+    /// Shared by every stream that watches the snapshot.
+    pub snapshot: Arc<ClusterSnapshot>,
     pub state: CopyState,
     pub observed: SystemTime,
     pub change: Change,
