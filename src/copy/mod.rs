@@ -18,8 +18,9 @@ use crate::rds::{Arn, ClusterSnapshot, CopyState, Engine};
 
 /// How long a described source is trusted, so a burst of copies of one source costs one call.
 const SOURCE_TTL: Duration = Duration::from_secs(5);
-/// How long a finished copy answers identical requests that waited for it.
-const RECENT_TTL: Duration = Duration::from_secs(30);
+/// How long a finished copy answers identical requests that waited for it; later retries go
+/// through AWS's AlreadyExists and a describe, which also sees a copy deleted since.
+const RECENT_TTL: Duration = Duration::from_secs(5);
 
 type SourceSlot = Arc<tokio::sync::Mutex<Option<(ClusterSnapshot, Instant)>>>;
 type Recent = Arc<tokio::sync::Mutex<Option<(String, ClusterSnapshot, Instant)>>>;

@@ -354,15 +354,15 @@ fn decode_marker(marker: &str) -> Result<Key, AwsError> {
 fn delete_db_cluster_snapshot(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result<String, AwsError> {
     let id = p.require("DBClusterSnapshotIdentifier")?;
     let key = Key::new(ctx.account, ctx.region, &id);
-    let snapshot = world.snapshots.get(&key).ok_or_else(|| snapshot_not_found(&id))?;
-    if snapshot.snapshot_type == "automated" {
+    let automated = world.snapshots.get(&key).ok_or_else(|| snapshot_not_found(&id))?.snapshot_type == "automated";
+    if automated {
         return Err(AwsError::client(
             "InvalidDBClusterSnapshotStateFault",
             "Automated cluster snapshots can't be deleted; they expire with the backup retention period.",
         ));
     }
     // Deleting a target while it is `copying` cancels the copy (CopyDBClusterSnapshot docs).
-    let mut removed = world.snapshots.remove(&key).unwrap_or_else(|| unreachable!("checked above"));
+    let mut removed = world.snapshots.remove(&key).ok_or_else(|| snapshot_not_found(&id))?;
     removed.copy = None;
     Ok(xml::response("DeleteDBClusterSnapshot", ctx.request_id, Some(&|w| xml::snapshot(w, &removed))))
 }

@@ -93,6 +93,7 @@ impl Drop for Subscription {
             entry.watchers -= 1;
             if entry.watchers == 0 {
                 entries.remove(&self.id);
+                self.poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
             }
         }
     }
@@ -198,8 +199,10 @@ impl WatchHub {
     pub fn record_cancelled(&self, snapshot: &ClusterSnapshot) {
         let id = snapshot.id.to_ascii_lowercase();
         let poller = self.poller(&snapshot.account, &snapshot.region);
-        poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+        // Remembered only while someone watches: the poll that finds the snapshot gone then
+        // reports it cancelled, not deleted.
         if let Some(entry) = poller.lock().get(&id) {
+            poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
             entry.slot.send_replace(Some(Arc::new(Observation::Gone {
                 last: Some(Arc::new(snapshot.clone())),
                 cancelled: true,

@@ -70,18 +70,15 @@ pub(super) fn spawn(task: StreamTask) -> WatchStream {
 /// Builds the event an observation makes, given the stream's last state, or the error that
 /// ends the stream.
 fn event(observation: &Observation, last: Option<&WatchEvent>) -> Result<WatchEvent, Error> {
-    let (state, percent) = observed_state(observation).ok_or_else(|| match observation {
-        Observation::Failing { error } => Error::Aws(error.clone()),
-        _ => Error::Internal("unexpected observation".into()),
-    })?;
     let (snapshot, observed) = match observation {
         Observation::Present { snapshot, observed, .. } => (snapshot.clone(), *observed),
         Observation::Gone { last: gone_last, observed, .. } => {
             let snapshot = gone_last.clone().or_else(|| last.map(|e| e.snapshot.clone())).unwrap_or_default();
             (snapshot, *observed)
         }
-        Observation::Failing { .. } => unreachable!("handled above"),
+        Observation::Failing { error } => return Err(Error::Aws(error.clone())),
     };
+    let (state, percent) = observed_state(observation).unwrap_or((CopyState::Unknown, 0));
     let terminal = state.is_terminal();
     let change = match last {
         None => Change::Initial,
