@@ -60,7 +60,8 @@ pub async fn copy_burst(args: CopyBurstArgs) -> anyhow::Result<()> {
     };
     let (rate, burst) = (aws.rate_limit_per_sec(), aws.rate_limit_burst());
     let sdk = crate::aws::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
-    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, ..Settings::default() };
+    let admin = crate::config::AdminSettings { listen: None };
+    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, admin, ..Settings::default() };
     let app = Application::build(settings, sdk).await?;
     let addr = app.local_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
@@ -164,7 +165,8 @@ pub async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
         max_streams: args.streams + 100,
         ..WatchSettings::default()
     };
-    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, watch, ..Settings::default() };
+    let admin = crate::config::AdminSettings { listen: None };
+    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, watch, admin, ..Settings::default() };
     let app = Application::build(settings, sdk).await?;
     let addr = app.local_addr();
     let hub = app.watch_hub();

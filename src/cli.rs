@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::aws;
-use crate::config::{AwsSettings, Settings};
+use crate::config::{AdminSettings, AwsSettings, Settings};
 use crate::emulator::{self, EmulatorConfig};
 use crate::startup::Application;
 
@@ -65,6 +65,9 @@ pub struct DevArgs {
     /// Simulated copy throughput of the embedded emulator, in GiB per second.
     #[arg(long, default_value_t = 2.0)]
     pub copy_gib_per_sec: f64,
+    /// Address of the plaintext admin listener (/metrics, /healthz).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub admin_listen: SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +124,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             account_id: Some(emulator::DEFAULT_ACCOUNT.into()),
             ..AwsSettings::default()
         },
+        admin: AdminSettings { listen: Some(args.admin_listen) },
         ..Settings::default()
     };
     let sdk = aws::fixed_sdk_config(&settings.aws, &emulator.endpoint_url(), DEV_ACCESS_KEY, DEV_SECRET_KEY).await;

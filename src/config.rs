@@ -18,6 +18,21 @@ pub struct Settings {
     pub server: ServerSettings,
     pub aws: AwsSettings,
     pub watch: WatchSettings,
+    pub admin: AdminSettings,
+}
+
+/// The plaintext admin listener: Prometheus metrics and HTTP health for probes and scrapers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Address of `/metrics`, `/healthz` and `/readyz`; none turns the listener off.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> AdminSettings {
+        AdminSettings { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
+    }
 }
 
 /// Progress streaming: how the coalesced pollers pace themselves and how streams are kept.
@@ -109,6 +124,7 @@ impl Default for Settings {
             server: ServerSettings::default(),
             aws: AwsSettings::default(),
             watch: WatchSettings::default(),
+            admin: AdminSettings::default(),
         }
     }
 }

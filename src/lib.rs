@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! snapgate: a gRPC gateway for copying AWS DB cluster snapshots and watching the copies finish.
 
+pub mod admin;
 pub mod api;
 pub mod aws;
 pub mod bench;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod copy;
 pub mod emulator;
 pub mod error;
+pub mod metrics;
 pub mod pb;
 pub mod rds;
 pub mod startup;

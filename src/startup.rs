@@ -12,10 +12,12 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::admin;
 use crate::api::Api;
 use crate::aws::Accounts;
 use crate::config::Settings;
 use crate::copy::CopyService;
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::snapshot_copy_service_server::SnapshotCopyServiceServer;
 use crate::watch::WatchHub;
@@ -27,21 +29,30 @@ pub struct Application {
     settings: Settings,
     api: Api,
     hub: Arc<WatchHub>,
+    metrics: Arc<Metrics>,
+    admin: Option<TcpListener>,
 }
 
 impl Application {
     /// Binds `settings.listen` and prepares the services; `sdk` is the AWS side.
     pub async fn build(settings: Settings, sdk: SdkConfig) -> anyhow::Result<Application> {
         settings.validate().map_err(anyhow::Error::msg)?;
-        let accounts = Arc::new(Accounts::new(sdk, &settings.aws).await.map_err(anyhow::Error::msg)?);
+        let metrics = Metrics::new();
+        let accounts = Arc::new(Accounts::new(sdk, &settings.aws, metrics.clone()).await.map_err(anyhow::Error::msg)?);
         let copies = Arc::new(CopyService::new(accounts.clone()));
-        let hub = Arc::new(WatchHub::new(accounts, settings.watch.clone(), CancellationToken::new()));
-        let api = Api::new(copies, hub.clone(), settings.server.request_timeout());
+        let hub = Arc::new(WatchHub::new(accounts, settings.watch.clone(), CancellationToken::new(), metrics.clone()));
+        let api = Api::new(copies, hub.clone(), settings.server.request_timeout(), metrics.clone());
+        let admin = match settings.admin.listen {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.with_context(|| format!("admin.listen: cannot bind {addr}"))?)
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listen: cannot bind {}", settings.listen))?;
         let addr = listener.local_addr()?;
-        Ok(Application { listener, addr, settings, api, hub })
+        Ok(Application { listener, addr, settings, api, hub, metrics, admin })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -50,6 +61,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The admin listener's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The progress hub, for its counters.
@@ -80,15 +96,26 @@ impl Application {
             .max_encoding_message_size(limits.max_response_bytes);
 
         let grace = Duration::from_secs(limits.shutdown_grace_secs);
+        let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        if let Some(listener) = self.admin {
+            let router = admin::router(self.metrics.clone(), self.hub.clone(), serving.clone());
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, "admin listener stopped");
+                }
+            });
+        }
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let reporter = health_reporter.clone();
         let streams = self.hub.shutdown_token().clone();
+        let not_serving = serving.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: reporting NOT_SERVING, ending streams, draining calls");
             // tonic's graceful shutdown waits for every open stream: end them first, each with
             // UNAVAILABLE and a hint to reconnect.
             streams.cancel();
+            not_serving.store(false, std::sync::atomic::Ordering::Relaxed);
             reporter.set_not_serving::<SnapshotCopyServiceServer<Api>>().await;
             reporter.set_service_status("", ServingStatus::NotServing).await;
             let _ = stopping_tx.send(());

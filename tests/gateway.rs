@@ -211,3 +211,25 @@ async fn the_gateway_copies_through_motos_rds_api() {
     let status = gw.client.copy_cluster_snapshot(copy_req("missing", "x")).await.unwrap_err();
     assert_eq!((status.code(), error_reason(&status).as_str()), (Code::NotFound, "DBClusterSnapshotNotFoundFault"));
 }
+
+#[tokio::test]
+async fn metrics_move_with_calls() {
+    let (_emu, mut gw) = setup(seeded()).await;
+    let admin = gw.admin.expect("admin listener");
+    let scrape = || async move {
+        let (status, body) = raw_http(admin, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+        assert_eq!(status, 200);
+        body
+    };
+    let before = scrape().await;
+    assert!(!before.contains(r#"method="CopyClusterSnapshot""#), "{before}");
+    gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "metered")).await.unwrap();
+    gw.client.copy_cluster_snapshot(copy_req("", "x")).await.unwrap_err();
+    let after = scrape().await;
+    assert!(after.contains(r#"snapgate_rpc_requests_total{method="CopyClusterSnapshot",code="Ok"} 1"#), "{after}");
+    assert!(after.contains(r#"snapgate_rpc_requests_total{method="CopyClusterSnapshot",code="InvalidArgument"} 1"#));
+    assert!(after.contains(r#"snapgate_aws_calls_total{action="CopyDBClusterSnapshot",outcome="ok"} 1"#));
+    assert!(after.contains(r#"snapgate_aws_calls_total{action="DescribeDBClusterSnapshots",outcome="ok"} 1"#));
+    let (status, body) = raw_http(admin, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert_eq!((status, body.trim()), (200, "SERVING"));
+}

@@ -6,7 +6,7 @@ pub mod deadline;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::aws::{AwsError, AwsErrorKind};
 use crate::copy::{CopyService, Located};
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::snapshot_copy_service_server::SnapshotCopyService;
 use crate::rds::CopyState;
@@ -23,11 +24,20 @@ pub struct Api {
     copies: Arc<CopyService>,
     hub: Arc<WatchHub>,
     request_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Api {
-    pub fn new(copies: Arc<CopyService>, hub: Arc<WatchHub>, request_timeout: Duration) -> Api {
-        Api { copies, hub, request_timeout }
+    pub fn new(copies: Arc<CopyService>, hub: Arc<WatchHub>, request_timeout: Duration, metrics: Arc<Metrics>) -> Api {
+        Api { copies, hub, request_timeout, metrics }
+    }
+
+    /// Counts a call by method and status code, with its latency (for WatchCopy: until the
+    /// stream opened).
+    fn observed<T>(&self, method: &str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
+        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.rpc(method, code, started.elapsed());
+        result
     }
 
     /// Runs `work` within the call's budget; a call that outlives it is DEADLINE_EXCEEDED.
@@ -52,55 +62,76 @@ impl SnapshotCopyService for Api {
         &self,
         request: Request<pb::CopyClusterSnapshotRequest>,
     ) -> Result<Response<pb::Copy>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        let copy_request = convert::copy_request(message);
-        let snapshot = self.within_deadline(&metadata, self.copies.copy(&copy_request)).await?;
-        Ok(Response::new(convert::copy(&snapshot)))
+        let started = Instant::now();
+        let result = async {
+            let (metadata, _, message) = request.into_parts();
+            let copy_request = convert::copy_request(message);
+            let snapshot = self.within_deadline(&metadata, self.copies.copy(&copy_request)).await?;
+            Ok(Response::new(convert::copy(&snapshot)))
+        }
+        .await;
+        self.observed("CopyClusterSnapshot", started, result)
     }
 
     async fn get_copy(&self, request: Request<pb::GetCopyRequest>) -> Result<Response<pb::Copy>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        let Located { account, region, id, arn, .. } = self.copies.locate(&message.name)?;
-        // A poller watching this snapshot saw it within the shortest poll interval: no AWS call.
-        if let Some(snapshot) = self.hub.fresh(&account, &region, &id)
-            && arn.as_ref().is_none_or(|a| *a == snapshot.arn)
-        {
-            return Ok(Response::new(convert::copy(&snapshot)));
+        let started = Instant::now();
+        let result = async {
+            let (metadata, _, message) = request.into_parts();
+            let Located { account, region, id, arn, .. } = self.copies.locate(&message.name)?;
+            // A poller watching this snapshot saw it within the shortest poll interval: no AWS call.
+            if let Some(snapshot) = self.hub.fresh(&account, &region, &id)
+                && arn.as_ref().is_none_or(|a| *a == snapshot.arn)
+            {
+                return Ok(Response::new(convert::copy(&snapshot)));
+            }
+            let snapshot = self.within_deadline(&metadata, self.copies.get(&message.name)).await?;
+            Ok(Response::new(convert::copy(&snapshot)))
         }
-        let snapshot = self.within_deadline(&metadata, self.copies.get(&message.name)).await?;
-        Ok(Response::new(convert::copy(&snapshot)))
+        .await;
+        self.observed("GetCopy", started, result)
     }
 
     type WatchCopyStream = EventStream;
 
     async fn watch_copy(&self, request: Request<pb::WatchCopyRequest>) -> Result<Response<EventStream>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        let Located { account, region, id, arn, .. } = self.copies.locate(&message.name)?;
-        let permit = self.hub.stream_permit()?;
-        // The gateway's request timeout does not bound a stream; the caller's deadline does.
-        let deadline = deadline::caller_deadline(&metadata).map(|d| tokio::time::Instant::now() + d);
-        let mut subscription = self.hub.subscribe(&account, &region, &id);
-        let first =
-            self.within_deadline(&metadata, async { subscription.first().await.ok_or(Error::ShuttingDown) }).await?;
-        match &*first {
-            Observation::Gone { cancelled: false, .. } => return Err(not_found(&message.name).into()),
-            Observation::Present { snapshot, .. } if arn.as_ref().is_some_and(|a| *a != snapshot.arn) => {
-                return Err(not_found(&message.name).into());
+        let started = Instant::now();
+        let result = async {
+            let (metadata, _, message) = request.into_parts();
+            let Located { account, region, id, arn, .. } = self.copies.locate(&message.name)?;
+            let permit = self.hub.stream_permit()?;
+            // The gateway's request timeout does not bound a stream; the caller's deadline does.
+            let deadline = deadline::caller_deadline(&metadata).map(|d| tokio::time::Instant::now() + d);
+            let mut subscription = self.hub.subscribe(&account, &region, &id);
+            let first = self
+                .within_deadline(&metadata, async { subscription.first().await.ok_or(Error::ShuttingDown) })
+                .await?;
+            match &*first {
+                Observation::Gone { cancelled: false, .. } => return Err(not_found(&message.name).into()),
+                Observation::Present { snapshot, .. } if arn.as_ref().is_some_and(|a| *a != snapshot.arn) => {
+                    return Err(not_found(&message.name).into());
+                }
+                _ => {}
             }
-            _ => {}
+            let events = self.hub.stream(subscription, first, permit, deadline);
+            let stream = events.map(|item| item.map(convert::event).map_err(Status::from));
+            Ok(Response::new(Box::pin(stream) as EventStream))
         }
-        let events = self.hub.stream(subscription, first, permit, deadline);
-        let stream = events.map(|item| item.map(convert::event).map_err(Status::from));
-        Ok(Response::new(Box::pin(stream)))
+        .await;
+        self.observed("WatchCopy", started, result)
     }
 
     async fn cancel_copy(&self, request: Request<pb::CancelCopyRequest>) -> Result<Response<pb::Copy>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        let (snapshot, state) = self.within_deadline(&metadata, self.copies.cancel(&message.name)).await?;
-        if state == CopyState::Cancelled {
-            self.hub.record_cancelled(&snapshot);
+        let started = Instant::now();
+        let result = async {
+            let (metadata, _, message) = request.into_parts();
+            let (snapshot, state) = self.within_deadline(&metadata, self.copies.cancel(&message.name)).await?;
+            if state == CopyState::Cancelled {
+                self.hub.record_cancelled(&snapshot);
+            }
+            Ok(Response::new(convert::copy_in_state(&snapshot, state)))
         }
-        Ok(Response::new(convert::copy_in_state(&snapshot, state)))
+        .await;
+        self.observed("CancelCopy", started, result)
     }
 }
 

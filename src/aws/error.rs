@@ -34,6 +34,23 @@ pub struct AwsError {
     pub request_id: Option<String>,
 }
 
+impl AwsErrorKind {
+    /// The outcome label of metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            AwsErrorKind::AlreadyExists => "already_exists",
+            AwsErrorKind::NotFound => "not_found",
+            AwsErrorKind::FailedPrecondition => "failed_precondition",
+            AwsErrorKind::QuotaExceeded => "quota_exceeded",
+            AwsErrorKind::Throttled => "throttled",
+            AwsErrorKind::Unavailable => "unavailable",
+            AwsErrorKind::InvalidRequest => "invalid_request",
+            AwsErrorKind::AccessDenied => "access_denied",
+            AwsErrorKind::Other => "other",
+        }
+    }
+}
+
 impl AwsError {
     pub fn from_sdk<E>(action: &'static str, err: SdkError<E, aws_sdk_rds::config::http::HttpResponse>) -> AwsError
     where

@@ -18,6 +18,7 @@ use limiter::TokenBucket;
 
 use crate::config::AwsSettings;
 use crate::error::{Error, FieldViolation};
+use crate::metrics::Metrics;
 use crate::rds::ClusterSnapshot;
 
 /// Loads the SDK configuration the way AWS users expect: the standard credential chain and
@@ -84,10 +85,11 @@ pub struct Rds {
     clients: Mutex<HashMap<String, aws_sdk_rds::Client>>,
     limiters: Mutex<HashMap<String, Arc<TokenBucket>>>,
     rate: (f64, u32),
+    metrics: Arc<Metrics>,
 }
 
 impl Rds {
-    pub fn new(base: SdkConfig, settings: &AwsSettings) -> Result<Rds, String> {
+    pub fn new(base: SdkConfig, settings: &AwsSettings, metrics: Arc<Metrics>) -> Result<Rds, String> {
         let default_region = base
             .region()
             .map(|r| r.to_string())
@@ -98,7 +100,18 @@ impl Rds {
             clients: Mutex::new(HashMap::new()),
             limiters: Mutex::new(HashMap::new()),
             rate: (settings.rate_limit_per_sec(), settings.rate_limit_burst()),
+            metrics,
         })
+    }
+
+    /// Counts a finished AWS call by action and outcome.
+    fn record<T>(&self, action: &str, started: std::time::Instant, result: Result<T, AwsError>) -> Result<T, AwsError> {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind.label(),
+        };
+        self.metrics.aws_call(action, outcome, started.elapsed());
+        result
     }
 
     pub fn default_region(&self) -> &str {
@@ -151,6 +164,7 @@ impl Rds {
         const ACTION: &str = "CopyDBClusterSnapshot";
         let tags: Vec<Tag> = input.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
         self.pace(region).await;
+        let started = std::time::Instant::now();
         let out = self
             .client(region)
             .copy_db_cluster_snapshot()
@@ -162,7 +176,8 @@ impl Rds {
             .set_tags((!tags.is_empty()).then_some(tags))
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk(ACTION, e))?;
+            .map_err(|e| AwsError::from_sdk(ACTION, e));
+        let out = self.record(ACTION, started, out)?;
         out.db_cluster_snapshot().map(convert).ok_or_else(|| missing_snapshot(ACTION))
     }
 
@@ -170,6 +185,7 @@ impl Rds {
     pub async fn describe_cluster_snapshot(&self, region: &str, id: &str) -> Result<ClusterSnapshot, AwsError> {
         const ACTION: &str = "DescribeDBClusterSnapshots";
         self.pace(region).await;
+        let started = std::time::Instant::now();
         let out = self
             .client(region)
             .describe_db_cluster_snapshots()
@@ -178,7 +194,8 @@ impl Rds {
             .set_include_shared(id.starts_with("arn:").then_some(true))
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk(ACTION, e))?;
+            .map_err(|e| AwsError::from_sdk(ACTION, e));
+        let out = self.record(ACTION, started, out)?;
         out.db_cluster_snapshots().first().map(convert).ok_or_else(|| AwsError {
             kind: AwsErrorKind::NotFound,
             action: ACTION,
@@ -208,6 +225,7 @@ impl Rds {
             let mut marker = None;
             loop {
                 self.pace(region).await;
+                let started = std::time::Instant::now();
                 let out = client
                     .describe_db_cluster_snapshots()
                     .filters(filter.clone())
@@ -215,7 +233,8 @@ impl Rds {
                     .set_marker(marker)
                     .send()
                     .await
-                    .map_err(|e| AwsError::from_sdk(ACTION, e))?;
+                    .map_err(|e| AwsError::from_sdk(ACTION, e));
+                let out = self.record(ACTION, started, out)?;
                 found.extend(out.db_cluster_snapshots().iter().map(convert));
                 marker = out.marker().map(str::to_owned);
                 if marker.is_none() {
@@ -230,13 +249,15 @@ impl Rds {
     pub async fn delete_cluster_snapshot(&self, region: &str, id: &str) -> Result<ClusterSnapshot, AwsError> {
         const ACTION: &str = "DeleteDBClusterSnapshot";
         self.pace(region).await;
+        let started = std::time::Instant::now();
         let out = self
             .client(region)
             .delete_db_cluster_snapshot()
             .db_cluster_snapshot_identifier(id)
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk(ACTION, e))?;
+            .map_err(|e| AwsError::from_sdk(ACTION, e));
+        let out = self.record(ACTION, started, out)?;
         out.db_cluster_snapshot().map(convert).ok_or_else(|| missing_snapshot(ACTION))
     }
 }
@@ -296,7 +317,7 @@ pub struct Accounts {
 impl Accounts {
     /// Builds a client set for the gateway's own credentials and one per configured role
     /// (STS AssumeRole through aws-config, whose provider caches and refreshes credentials).
-    pub async fn new(base: SdkConfig, settings: &AwsSettings) -> Result<Accounts, String> {
+    pub async fn new(base: SdkConfig, settings: &AwsSettings, metrics: Arc<Metrics>) -> Result<Accounts, String> {
         let mut roles = HashMap::new();
         for (account, role) in &settings.accounts {
             let mut builder = aws_config::sts::AssumeRoleProvider::builder(&role.role_arn)
@@ -309,9 +330,13 @@ impl Accounts {
                 .to_builder()
                 .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider))
                 .build();
-            roles.insert(account.clone(), Arc::new(Rds::new(config, settings)?));
+            roles.insert(account.clone(), Arc::new(Rds::new(config, settings, metrics.clone())?));
         }
-        Ok(Accounts { own: Arc::new(Rds::new(base, settings)?), own_account: settings.account_id.clone(), roles })
+        Ok(Accounts {
+            own: Arc::new(Rds::new(base, settings, metrics)?),
+            own_account: settings.account_id.clone(),
+            roles,
+        })
     }
 
     pub fn default_region(&self) -> &str {

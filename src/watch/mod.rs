@@ -18,6 +18,7 @@ pub use stream::{Change, WatchEvent, WatchStream};
 use crate::aws::{Accounts, AwsError};
 use crate::config::WatchSettings;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::rds::{ClusterSnapshot, CopyState};
 
 /// What a poll saw of one snapshot.
@@ -76,6 +77,7 @@ pub struct WatchHub {
     streams: Arc<Semaphore>,
     shutdown: CancellationToken,
     pub stats: Arc<HubStats>,
+    metrics: Arc<Metrics>,
 }
 
 /// A watcher's hold on a snapshot's observations; dropping it lets the snapshot leave the poll
@@ -108,9 +110,22 @@ impl Subscription {
 }
 
 impl WatchHub {
-    pub fn new(accounts: Arc<Accounts>, settings: WatchSettings, shutdown: CancellationToken) -> WatchHub {
+    pub fn new(
+        accounts: Arc<Accounts>,
+        settings: WatchSettings,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> WatchHub {
         let streams = Arc::new(Semaphore::new(settings.max_streams));
-        WatchHub { accounts, settings, pollers: Mutex::new(HashMap::new()), streams, shutdown, stats: Arc::default() }
+        WatchHub {
+            accounts,
+            settings,
+            pollers: Mutex::new(HashMap::new()),
+            streams,
+            shutdown,
+            stats: Arc::default(),
+            metrics,
+        }
     }
 
     pub fn settings(&self) -> &WatchSettings {
@@ -156,6 +171,7 @@ impl WatchHub {
                     self.settings.clone(),
                     self.shutdown.clone(),
                     self.stats.clone(),
+                    self.metrics.clone(),
                 ));
                 poller
             })

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{HubStats, Observation, Poller, observed_state};
 use crate::aws::{AwsErrorKind, MAX_FILTER_VALUES, Rds};
 use crate::config::WatchSettings;
+use crate::metrics::Metrics;
 use crate::rds::ClusterSnapshot;
 
 /// After a wake-up, wait this long so that watchers arriving together share one round.
@@ -23,6 +24,7 @@ pub(super) async fn run(
     settings: WatchSettings,
     shutdown: CancellationToken,
     stats: Arc<HubStats>,
+    metrics: Arc<Metrics>,
 ) {
     let min = Duration::from_millis(settings.min_poll_interval_ms);
     let max = Duration::from_millis(settings.max_poll_interval_ms);
@@ -56,7 +58,10 @@ pub(super) async fn run(
         let _enter = span.enter();
         stats.rounds.fetch_add(1, Ordering::Relaxed);
         stats.describe_calls.fetch_add(ids.len().div_ceil(MAX_FILTER_VALUES) as u64, Ordering::Relaxed);
-        match poll(&poller, &rds, &ids, &stats).await {
+        let started = Instant::now();
+        let outcome = poll(&poller, &rds, &ids, &stats).await;
+        metrics.poll_round(started.elapsed());
+        match outcome {
             Ok(changed) => {
                 failing_since = None;
                 interval = if changed { min } else { (interval.mul_f64(1.5)).min(max) };

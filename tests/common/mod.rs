@@ -76,6 +76,7 @@ pub mod gateway {
         pub addr: SocketAddr,
         pub client: SnapshotCopyServiceClient<Channel>,
         pub hub: std::sync::Arc<snapgate::watch::WatchHub>,
+        pub admin: Option<SocketAddr>,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
     }
 
@@ -114,6 +115,7 @@ pub mod gateway {
                 max_streams: 1000,
                 error_budget_secs: 5,
             },
+            admin: snapgate::config::AdminSettings { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))) },
             ..Settings::default()
         }
     }
@@ -124,12 +126,13 @@ pub mod gateway {
         let app = Application::build(settings, sdk).await.expect("gateway builds");
         let addr = app.local_addr();
         let hub = app.watch_hub();
+        let admin = app.admin_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
         let client = SnapshotCopyServiceClient::connect(format!("http://{addr}")).await.expect("gateway accepts");
-        Gateway { addr, client, hub, stop: Some(tx) }
+        Gateway { addr, client, hub, admin, stop: Some(tx) }
     }
 }
 

@@ -15,7 +15,7 @@ SERVICE = "snapgate.v1.SnapshotCopyService"
 @pytest.fixture(scope="module")
 def dev():
     proc = subprocess.Popen(
-        [str(SNAPGATE), "dev", "--listen", "127.0.0.1:0", "--copy-gib-per-sec", "50"],
+        [str(SNAPGATE), "dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--copy-gib-per-sec", "50"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

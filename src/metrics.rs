@@ -1,0 +1,132 @@
+//! The gateway's metrics, in Prometheus text format on the plaintext admin listener: RPCs by
+//! method and code with latency, AWS calls by action and outcome, throttling, watch streams,
+//! watched snapshots and poll rounds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AwsLabels {
+    action: String,
+    outcome: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    rpc_requests: Family<RpcLabels, Counter>,
+    rpc_seconds: Family<MethodLabels, Histogram>,
+    aws_calls: Family<AwsLabels, Counter>,
+    aws_seconds: Family<MethodLabels, Histogram>,
+    pub poll_rounds: Counter,
+    poll_round_seconds: Histogram,
+    watch_streams: Gauge,
+    watched_snapshots: Gauge,
+}
+
+fn latency_buckets() -> Histogram {
+    // 1 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("snapgate");
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        registry.register("rpc_requests", "gRPC calls by method and status code", rpc_requests.clone());
+        let rpc_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(latency_buckets as fn() -> Histogram);
+        registry.register(
+            "rpc_duration_seconds",
+            "Latency of unary gRPC calls and of opening streams",
+            rpc_seconds.clone(),
+        );
+        let aws_calls = Family::<AwsLabels, Counter>::default();
+        registry.register(
+            "aws_calls",
+            "AWS calls by action and outcome (ok, or the error kind: throttled, unavailable, not_found, ...)",
+            aws_calls.clone(),
+        );
+        let aws_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(latency_buckets as fn() -> Histogram);
+        registry.register("aws_call_duration_seconds", "AWS call latency, retries included", aws_seconds.clone());
+        let poll_rounds = Counter::default();
+        registry.register("watch_poll_rounds", "Poll rounds of the progress pollers", poll_rounds.clone());
+        let poll_round_seconds = latency_buckets();
+        registry.register("watch_poll_round_seconds", "Duration of one poll round", poll_round_seconds.clone());
+        let watch_streams = Gauge::default();
+        registry.register("watch_open_streams", "Open WatchCopy streams", watch_streams.clone());
+        let watched_snapshots = Gauge::default();
+        registry.register("watch_polled_snapshots", "Snapshots in the pollers' sets", watched_snapshots.clone());
+        Arc::new(Metrics {
+            registry,
+            rpc_requests,
+            rpc_seconds,
+            aws_calls,
+            aws_seconds,
+            poll_rounds,
+            poll_round_seconds,
+            watch_streams,
+            watched_snapshots,
+        })
+    }
+
+    pub fn rpc(&self, method: &str, code: tonic::Code, elapsed: Duration) {
+        let code = format!("{code:?}");
+        self.rpc_requests.get_or_create(&RpcLabels { method: method.to_owned(), code }).inc();
+        self.rpc_seconds.get_or_create(&MethodLabels { method: method.to_owned() }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn aws_call(&self, action: &str, outcome: &str, elapsed: Duration) {
+        self.aws_calls.get_or_create(&AwsLabels { action: action.to_owned(), outcome: outcome.to_owned() }).inc();
+        self.aws_seconds.get_or_create(&MethodLabels { method: action.to_owned() }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn poll_round(&self, elapsed: Duration) {
+        self.poll_rounds.inc();
+        self.poll_round_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition, with the gauges read at scrape time.
+    pub fn render(&self, open_streams: usize, watched_snapshots: usize) -> String {
+        self.watch_streams.set(open_streams as i64);
+        self.watched_snapshots.set(watched_snapshots as i64);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_calls_appear_in_the_exposition() {
+        let m = Metrics::new();
+        m.rpc("CopyClusterSnapshot", tonic::Code::Ok, Duration::from_millis(3));
+        m.aws_call("CopyDBClusterSnapshot", "throttled", Duration::from_millis(40));
+        let text = m.render(7, 2);
+        assert!(text.contains(r#"snapgate_rpc_requests_total{method="CopyClusterSnapshot",code="Ok"} 1"#), "{text}");
+        assert!(text.contains(r#"snapgate_aws_calls_total{action="CopyDBClusterSnapshot",outcome="throttled"} 1"#));
+        assert!(text.contains("snapgate_watch_open_streams 7"));
+        assert!(text.contains("snapgate_watch_polled_snapshots 2"));
+        assert!(text.contains("snapgate_rpc_duration_seconds_bucket"));
+    }
+}
