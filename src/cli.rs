@@ -19,6 +19,9 @@ use crate::startup::Application;
     about = "gRPC gateway for copying AWS DB cluster snapshots and watching the copies finish"
 )]
 pub struct Cli {
+    /// Log lines for people, or JSON for log pipelines; `RUST_LOG` sets the filter.
+    #[arg(long, global = true, value_enum, default_value = "human", env = "SNAPGATE_LOG_FORMAT")]
+    pub log_format: crate::telemetry::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

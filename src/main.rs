@@ -6,7 +6,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = snapgate::cli::Cli::parse();
-    snapgate::telemetry::init_logging("info");
+    snapgate::telemetry::init_logging("info", cli.log_format);
     match snapgate::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
