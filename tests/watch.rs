@@ -212,13 +212,15 @@ async fn two_hundred_watchers_of_twenty_copies_cost_one_describe_per_round() {
     assert_eq!((gw.hub.open_streams(), gw.hub.watched_snapshots()), (200, 20));
     emu.emulator.reset_calls();
     let rounds_before = gw.hub.stats.rounds();
-    while gw.hub.stats.rounds() < rounds_before + 5 {
+    while gw.hub.stats.rounds() < rounds_before + 10 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let rounds = gw.hub.stats.rounds() - rounds_before;
     let describes = emu.emulator.calls().get("DescribeDBClusterSnapshots");
-    // The round in flight when the counter was reset may or may not have been counted.
-    assert!(describes == rounds || describes == rounds + 1, "{describes} describes in {rounds} rounds");
+    // A round counts itself when it starts and the emulator when its call lands: the round in
+    // flight at either end may be counted on one side only. Were the cost per watcher, it
+    // would be 200 describes a round.
+    assert!(describes.abs_diff(rounds) <= 1, "{describes} describes in {rounds} rounds");
     drop(streams);
 }
 
