@@ -161,6 +161,9 @@ impl AwsSettings {
     }
 }
 
+/// The top-level keys of [`Settings`], which `SNAPGATE_` variables may set.
+const SECTIONS: [&str; 5] = ["listen", "server", "aws", "watch", "admin"];
+
 impl Settings {
     /// Loads defaults, then `file`, then the environment `env` (pass `std::env::vars()` in
     /// production and a fixed list in tests).
@@ -177,6 +180,12 @@ impl Settings {
                 continue;
             };
             let path = rest.to_ascii_lowercase().replace("__", ".");
+            // Only the settings' own sections: other SNAPGATE_ variables belong to the command
+            // line (SNAPGATE_CONFIG, SNAPGATE_LOG_FORMAT) or to other tools.
+            let section = path.split('.').next().unwrap_or_default();
+            if !SECTIONS.contains(&section) {
+                continue;
+            }
             // Figment reads `5` as a number and `true` as a boolean, as its Env provider does.
             let value: figment::value::Value = raw.parse().unwrap_or_else(|_| raw.clone().into());
             figment = figment.merge(Serialized::default(&path, value));
@@ -282,6 +291,16 @@ mod tests {
         let s = Settings::load(Some(&path), env(&[("SNAPGATE_AWS__REGION", "eu-central-1")])).unwrap();
         assert_eq!(s.listen.port(), 6000);
         assert_eq!(s.aws.region.as_deref(), Some("eu-central-1"));
+    }
+
+    #[test]
+    fn other_snapgate_variables_are_not_settings() {
+        let s = Settings::load(
+            None,
+            env(&[("SNAPGATE_CONFIG", "/x.toml"), ("SNAPGATE_LOG_FORMAT", "json"), ("SNAPGATE_VENV", "/v")]),
+        )
+        .unwrap();
+        assert_eq!(s, Settings::default());
     }
 
     #[test]
