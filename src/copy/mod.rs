@@ -51,10 +51,6 @@ impl CopyService {
         self.accounts.default_region()
     }
 
-    pub fn accounts(&self) -> &Accounts {
-        &self.accounts
-    }
-
     /// Validates and starts a copy; returns the new snapshot as AWS reports it. Repeating a
     /// request that succeeded returns the same copy; concurrent identical requests make one.
     pub async fn copy(&self, request: &CopyRequest) -> Result<ClusterSnapshot, Error> {

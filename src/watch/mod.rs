@@ -66,7 +66,6 @@ impl Poller {
 #[derive(Debug, Default)]
 pub struct HubStats {
     pub rounds: AtomicU64,
-    pub describe_calls: AtomicU64,
 }
 
 pub struct WatchHub {
@@ -126,10 +125,6 @@ impl WatchHub {
             stats: Arc::default(),
             metrics,
         }
-    }
-
-    pub fn settings(&self) -> &WatchSettings {
-        &self.settings
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {
@@ -260,8 +255,5 @@ pub fn observed_state(observation: &Observation) -> Option<(CopyState, i32)> {
 impl HubStats {
     pub fn rounds(&self) -> u64 {
         self.rounds.load(Ordering::Relaxed)
-    }
-    pub fn describe_calls(&self) -> u64 {
-        self.describe_calls.load(Ordering::Relaxed)
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use super::{HubStats, Observation, Poller, observed_state};
-use crate::aws::{AwsErrorKind, MAX_FILTER_VALUES, Rds};
+use crate::aws::{AwsErrorKind, Rds};
 use crate::config::WatchSettings;
 use crate::metrics::Metrics;
 use crate::rds::ClusterSnapshot;
@@ -57,9 +57,8 @@ pub(super) async fn run(
         let span = tracing::debug_span!("poll_round", region = %poller.region, snapshots = ids.len());
         let _enter = span.enter();
         stats.rounds.fetch_add(1, Ordering::Relaxed);
-        stats.describe_calls.fetch_add(ids.len().div_ceil(MAX_FILTER_VALUES) as u64, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = poll(&poller, &rds, &ids, &stats).await;
+        let outcome = poll(&poller, &rds, &ids).await;
         metrics.poll_round(started.elapsed());
         match outcome {
             Ok(changed) => {
@@ -86,7 +85,7 @@ fn jitter(interval: Duration) -> Duration {
 }
 
 /// One round: returns whether anything changed.
-async fn poll(poller: &Poller, rds: &Rds, ids: &[String], stats: &HubStats) -> Result<bool, crate::aws::AwsError> {
+async fn poll(poller: &Poller, rds: &Rds, ids: &[String]) -> Result<bool, crate::aws::AwsError> {
     let found = rds.describe_cluster_snapshots_by_ids(&poller.region, ids).await?;
     let now = SystemTime::now();
     let at = Instant::now();
@@ -100,7 +99,6 @@ async fn poll(poller: &Poller, rds: &Rds, ids: &[String], stats: &HubStats) -> R
                 // Absent from the batch: confirm by identifier before reporting it gone. This is
                 // also the path for engines whose API ignores Filters (Neptune's reference says
                 // they are not supported).
-                stats.describe_calls.fetch_add(1, Ordering::Relaxed);
                 match rds.describe_cluster_snapshot(&poller.region, id).await {
                     Ok(snapshot) => Observation::Present { snapshot: Arc::new(snapshot), observed: now, at },
                     Err(e) if e.kind == AwsErrorKind::NotFound => {
