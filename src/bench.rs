@@ -61,11 +61,11 @@ pub async fn copy_burst(args: CopyBurstArgs) -> anyhow::Result<()> {
     let (rate, burst) = (aws.rate_limit_per_sec(), aws.rate_limit_burst());
     let sdk = crate::aws::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
     let admin = crate::config::AdminSettings { listen: None };
-    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, admin, ..Settings::default() };
+    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, admin, ..bench_settings() };
     let app = Application::build(settings, sdk).await?;
     let addr = app.local_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let client = SnapshotCopyServiceClient::connect(format!("http://{addr}")).await?;
+    let client = bench_client(&addr.to_string()).await?;
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.copies);
     for i in 0..args.copies {
@@ -166,12 +166,12 @@ pub async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
         ..WatchSettings::default()
     };
     let admin = crate::config::AdminSettings { listen: None };
-    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, watch, admin, ..Settings::default() };
+    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, watch, admin, ..bench_settings() };
     let app = Application::build(settings, sdk).await?;
     let addr = app.local_addr();
     let hub = app.watch_hub();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let mut client = SnapshotCopyServiceClient::connect(format!("http://{addr}")).await?;
+    let mut client = bench_client(&addr.to_string()).await?;
     let mut names = Vec::with_capacity(args.copies);
     for i in 0..args.copies {
         let req = CopyClusterSnapshotRequest {
@@ -289,6 +289,48 @@ async fn waiter_way(endpoint: &str, names: &[String], watchers: usize, seconds: 
     (calls.load(Ordering::Relaxed), throttled.load(Ordering::Relaxed))
 }
 
+/// The benchmarks' one caller: a static token and a policy that lets it do everything, so
+/// every call pays for authentication and authorization as in production.
+const BENCH_TOKEN: &str = "snapgate-bench-token";
+
+fn bench_settings() -> Settings {
+    Settings {
+        auth: crate::config::AuthSettings {
+            static_tokens: vec![crate::config::StaticToken {
+                token: crate::config::Secret::new(BENCH_TOKEN),
+                principal: "bench".into(),
+                groups: Vec::new(),
+                team: None,
+            }],
+            ..Default::default()
+        },
+        authz: crate::config::AuthzSettings {
+            policies: Some(r#"permit(principal == Snapgate::Caller::"bench", action, resource);"#.into()),
+            ..Default::default()
+        },
+        ..Settings::default()
+    }
+}
+
+fn bearer(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    request
+        .metadata_mut()
+        .insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer snapgate-bench-token"));
+    Ok(request)
+}
+
+type BenchClient = SnapshotCopyServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+async fn bench_client(addr: &str) -> anyhow::Result<BenchClient> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    Ok(SnapshotCopyServiceClient::with_interceptor(channel, bearer as fn(_) -> _))
+}
+
 /// The load generator: opens the streams, records the lag of every change event, prints
 /// `ready` once all streams are open and a one-line report at the end.
 pub async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> {
@@ -303,7 +345,7 @@ pub async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> {
     let stop = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
     let mut opened = Vec::with_capacity(args.streams);
     for i in 0..args.streams {
-        let mut client = SnapshotCopyServiceClient::new(channels[i % channels.len()].clone());
+        let mut client = SnapshotCopyServiceClient::with_interceptor(channels[i % channels.len()].clone(), bearer);
         let name = names[i % names.len()].clone();
         opened.push(tokio::spawn(
             async move { client.watch_copy(WatchCopyRequest { name }).await.map(|r| r.into_inner()) },

@@ -3,12 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::aws;
-use crate::config::{AdminSettings, AwsSettings, Settings};
+use crate::config::{AdminSettings, AuthSettings, AuthzSettings, AwsSettings, Secret, Settings, StaticToken};
 use crate::emulator::{self, EmulatorConfig};
 use crate::startup::Application;
 
@@ -34,6 +35,9 @@ pub enum Command {
     Dev(DevArgs),
     /// Run the local RDS query-API emulator on its own.
     Emulator(EmulatorArgs),
+    /// Cedar policies: print the schema, validate files, decide a call offline.
+    #[command(subcommand)]
+    Policy(crate::policy_cmd::PolicyCommand),
     /// Benchmarks that print a report.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -71,6 +75,10 @@ pub struct DevArgs {
     /// Address of the plaintext admin listener (/metrics, /healthz).
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub admin_listen: SocketAddr,
+    /// Cedar policies to run with instead of the dev policy (which lets the dev token do
+    /// everything); reloaded when the file changes.
+    #[arg(long)]
+    pub policy_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -89,15 +97,17 @@ pub struct EmulatorArgs {
     pub copy_gib_per_sec: Option<f64>,
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = match cli.command {
         Command::Serve(args) => run_serve(args).await,
         Command::Dev(args) => run_dev(args).await,
         Command::Emulator(args) => run_emulator(args).await,
+        Command::Policy(command) => return crate::policy_cmd::run(command),
         Command::Bench(BenchCommand::Watch(args)) => crate::bench::watch(args).await,
         Command::Bench(BenchCommand::CopyBurst(args)) => crate::bench::copy_burst(args).await,
         Command::Bench(BenchCommand::WatchClients(args)) => crate::bench::watch_clients(args).await,
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -115,6 +125,11 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 const DEV_ACCESS_KEY: &str = "AKIASNAPGATEDEV00001";
 /// Its secret, which the emulator knows so that it can verify presigned URLs.
 const DEV_SECRET_KEY: &str = "dev-secret-key";
+/// The bearer token of `dev`'s one caller, "dev": a static token, so calls take the same
+/// authentication and authorization path as in production.
+pub const DEV_TOKEN: &str = "snapgate-dev-token";
+/// The policy `dev` runs with unless given another.
+const DEV_POLICY: &str = include_str!("../deploy/policies/dev.cedar");
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let emulator_config =
@@ -128,6 +143,20 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             ..AwsSettings::default()
         },
         admin: AdminSettings { listen: Some(args.admin_listen) },
+        auth: AuthSettings {
+            static_tokens: vec![StaticToken {
+                token: Secret::new(DEV_TOKEN),
+                principal: "dev".into(),
+                groups: vec!["dev".into()],
+                team: Some("dev".into()),
+            }],
+            ..AuthSettings::default()
+        },
+        authz: AuthzSettings {
+            policies: args.policy_file.is_none().then(|| DEV_POLICY.to_owned()),
+            policy_file: args.policy_file,
+            ..AuthzSettings::default()
+        },
         ..Settings::default()
     };
     let sdk = aws::fixed_sdk_config(&settings.aws, &emulator.endpoint_url(), DEV_ACCESS_KEY, DEV_SECRET_KEY).await;
@@ -137,13 +166,14 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         "snapgate dev: gateway on {addr}, RDS emulator on {} (seed data, region us-east-1)",
         emulator.endpoint_url()
     );
+    println!("calls authenticate as \"dev\" with: -H 'authorization: Bearer {DEV_TOKEN}'");
     println!("try:");
     println!("  grpcurl -plaintext {addr} list snapgate.v1.SnapshotCopyService");
     println!(
-        "  grpcurl -plaintext -d '{{\"source_snapshot\": \"billing-pg-daily\", \"target_snapshot_id\": \"billing-pg-copy\"}}' {addr} snapgate.v1.SnapshotCopyService/CopyClusterSnapshot"
+        "  grpcurl -plaintext -H 'authorization: Bearer {DEV_TOKEN}' -d '{{\"source_snapshot\": \"billing-pg-daily\", \"target_snapshot_id\": \"billing-pg-copy\"}}' {addr} snapgate.v1.SnapshotCopyService/CopyClusterSnapshot"
     );
     println!(
-        "  grpcurl -plaintext -d '{{\"name\": \"billing-pg-copy\"}}' {addr} snapgate.v1.SnapshotCopyService/GetCopy"
+        "  grpcurl -plaintext -H 'authorization: Bearer {DEV_TOKEN}' -d '{{\"name\": \"billing-pg-copy\"}}' {addr} snapgate.v1.SnapshotCopyService/WatchCopy"
     );
     app.run_until_stopped(shutdown_signal()).await?;
     emulator.stop().await;

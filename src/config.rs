@@ -3,7 +3,7 @@
 //! at start so a bad setting stops the gateway with a message that names it.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -19,6 +19,147 @@ pub struct Settings {
     pub aws: AwsSettings,
     pub watch: WatchSettings,
     pub admin: AdminSettings,
+    pub auth: AuthSettings,
+    pub authz: AuthzSettings,
+}
+
+/// How callers prove who they are. A call must carry a valid bearer token or come over mTLS
+/// with a client certificate from `tls.client_ca_file`; anything else is UNAUTHENTICATED.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// TLS on the gRPC listener, and mTLS when a client CA is given.
+    pub tls: Option<TlsSettings>,
+    /// JWT bearer tokens, checked against an issuer's JWKS.
+    pub jwt: Option<JwtSettings>,
+    /// Fixed bearer tokens (what `snapgate dev` uses): the same path as JWTs, for local work.
+    pub static_tokens: Vec<StaticToken>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM chain of the server certificate, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM bundle of the CAs whose client certificates identify callers (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// `required`: no certificate, no connection. `optional`: callers without one must bring a
+    /// bearer token.
+    #[serde(default)]
+    pub client_certificates: ClientCertificates,
+    /// How often the files are checked for changes (they reload without a restart).
+    #[serde(default = "default_tls_reload_secs")]
+    pub reload_secs: u64,
+}
+
+fn default_tls_reload_secs() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertificates {
+    #[default]
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// A JWKS document on disk (re-read when it changes).
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (https, or http on loopback), fetched and cached; refetched on an unknown
+    /// key id, so rotated keys are picked up.
+    pub jwks_url: Option<String>,
+    /// PEM CAs that sign the JWKS server's certificate (default: the system's roots).
+    pub jwks_ca_file: Option<PathBuf>,
+    /// How often the JWKS is refreshed even when no unknown key id shows up.
+    #[serde(default = "default_jwks_refresh_secs")]
+    pub jwks_refresh_secs: u64,
+    /// Signature algorithms accepted (asymmetric only; `none` and HMAC never are).
+    #[serde(default = "default_jwt_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway_secs")]
+    pub leeway_secs: u64,
+    /// Claim holding the caller's groups (a string or a list of strings).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Claim holding the caller's team.
+    #[serde(default = "default_team_claim")]
+    pub team_claim: String,
+}
+
+fn default_jwks_refresh_secs() -> u64 {
+    300
+}
+fn default_jwt_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_leeway_secs() -> u64 {
+    30
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_team_claim() -> String {
+    "team".into()
+}
+
+/// A fixed bearer token and the caller it stands for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    pub token: Secret,
+    pub principal: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub team: Option<String>,
+}
+
+/// A value that must never be printed: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Cedar policies that decide every call (deny by default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzSettings {
+    /// A Cedar policy file, validated against the shipped schema; reloaded on SIGHUP or change.
+    pub policy_file: Option<PathBuf>,
+    /// Policies given inline instead of a file (tests, `dev`).
+    pub policies: Option<String>,
+    /// How often the policy file is checked for changes.
+    pub reload_secs: u64,
+}
+
+impl Default for AuthzSettings {
+    fn default() -> AuthzSettings {
+        AuthzSettings { policy_file: None, policies: None, reload_secs: 5 }
+    }
 }
 
 /// The plaintext admin listener: Prometheus metrics and HTTP health for probes and scrapers.
@@ -125,6 +266,8 @@ impl Default for Settings {
             aws: AwsSettings::default(),
             watch: WatchSettings::default(),
             admin: AdminSettings::default(),
+            auth: AuthSettings::default(),
+            authz: AuthzSettings::default(),
         }
     }
 }
@@ -162,7 +305,7 @@ impl AwsSettings {
 }
 
 /// The top-level keys of [`Settings`], which `SNAPGATE_` variables may set.
-const SECTIONS: [&str; 5] = ["listen", "server", "aws", "watch", "admin"];
+const SECTIONS: [&str; 7] = ["listen", "server", "aws", "watch", "admin", "auth", "authz"];
 
 impl Settings {
     /// Loads defaults, then `file`, then the environment `env` (pass `std::env::vars()` in
@@ -253,6 +396,77 @@ impl Settings {
         }
         if self.aws.max_attempts == Some(0) || self.aws.max_attempts.is_some_and(|n| n > 20) {
             return Err("aws.max_attempts must be between 1 and 20".into());
+        }
+        self.auth.validate()?;
+        if self.authz.policy_file.is_some() && self.authz.policies.is_some() {
+            return Err("authz: set policy_file or policies, not both".into());
+        }
+        if self.authz.reload_secs == 0 {
+            return Err("authz.reload_secs must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// What `serve` needs beyond `validate`: a way to authenticate callers and policies to
+    /// authorize them, so a gateway never starts open.
+    pub fn validate_for_serving(&self) -> Result<(), String> {
+        let mtls = self.auth.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+        if !mtls && self.auth.jwt.is_none() && self.auth.static_tokens.is_empty() {
+            return Err("auth: no way to authenticate callers; set auth.tls.client_ca_file (mTLS), auth.jwt or auth.static_tokens".into());
+        }
+        if self.authz.policy_file.is_none() && self.authz.policies.is_none() {
+            return Err("authz.policy_file is not set: without policies every call would be denied".into());
+        }
+        Ok(())
+    }
+}
+
+impl AuthSettings {
+    fn validate(&self) -> Result<(), String> {
+        if let Some(tls) = &self.tls {
+            if tls.client_certificates == ClientCertificates::Required && tls.client_ca_file.is_none() {
+                return Err("auth.tls.client_certificates = \"required\" needs auth.tls.client_ca_file".into());
+            }
+            if tls.reload_secs == 0 {
+                return Err("auth.tls.reload_secs must be positive".into());
+            }
+        }
+        if let Some(jwt) = &self.jwt {
+            if jwt.issuer.is_empty() {
+                return Err("auth.jwt.issuer must not be empty".into());
+            }
+            if jwt.audiences.is_empty() {
+                return Err("auth.jwt.audiences must name at least one audience".into());
+            }
+            match (&jwt.jwks_file, &jwt.jwks_url) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err("auth.jwt: set exactly one of jwks_file and jwks_url".into());
+                }
+                (None, Some(url)) => {
+                    crate::auth::jwks::check_url(url).map_err(|e| format!("auth.jwt.jwks_url: {e}"))?
+                }
+                (Some(_), None) => {}
+            }
+            if jwt.algorithms.is_empty() {
+                return Err("auth.jwt.algorithms must not be empty".into());
+            }
+            for name in &jwt.algorithms {
+                crate::auth::jwt::parse_algorithm(name).map_err(|e| format!("auth.jwt.algorithms: {e}"))?;
+            }
+            if jwt.jwks_refresh_secs < 10 {
+                return Err("auth.jwt.jwks_refresh_secs must be at least 10".into());
+            }
+            if jwt.leeway_secs > 300 {
+                return Err("auth.jwt.leeway_secs must be at most 300".into());
+            }
+        }
+        for (i, token) in self.static_tokens.iter().enumerate() {
+            if token.token.expose().len() < 16 {
+                return Err(format!("auth.static_tokens[{i}].token must be at least 16 characters"));
+            }
+            if token.principal.is_empty() {
+                return Err(format!("auth.static_tokens[{i}].principal must not be empty"));
+            }
         }
         Ok(())
     }

@@ -40,9 +40,25 @@ pub enum Error {
     TooManyStreams(usize),
     #[error("the server is shutting down; reconnect to resume watching")]
     ShuttingDown,
+    #[error(transparent)]
+    Unauthenticated(#[from] crate::auth::AuthError),
+    /// No policy permits the call, or a policy forbids it.
+    #[error("{}", denial(action, policies))]
+    PermissionDenied { action: &'static str, policies: Vec<String> },
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+fn denial(action: &str, policies: &[String]) -> String {
+    if policies.is_empty() {
+        format!("{action} denied: no policy permits it")
+    } else {
+        format!("{action} denied by policy {}", policies.join(", "))
+    }
+}
+
+/// The `google.rpc.ErrorInfo` domain of the gateway's own refusals.
+pub const SNAPGATE_DOMAIN: &str = "snapgate";
 
 fn summary(violations: &[FieldViolation]) -> String {
     violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
@@ -116,6 +132,15 @@ impl From<Error> for Status {
                 aws_status(aws)
             }
             Error::DeadlineExceeded => Status::deadline_exceeded(err.to_string()),
+            Error::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
+            Error::PermissionDenied { action, policies } => {
+                let mut metadata = HashMap::from([("action".to_owned(), (*action).to_owned())]);
+                if !policies.is_empty() {
+                    metadata.insert("policies".to_owned(), policies.join(","));
+                }
+                let details = ErrorDetails::with_error_info("POLICY_DENIED", SNAPGATE_DOMAIN, metadata);
+                Status::with_error_details(Code::PermissionDenied, err.to_string(), details)
+            }
             Error::Unimplemented(what) => Status::unimplemented(*what),
             Error::TooManyStreams(_) => Status::resource_exhausted(err.to_string()),
             Error::ShuttingDown => Status::with_error_details(

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod aws;
 pub mod bench;
 pub mod cli;
@@ -13,6 +15,7 @@ pub mod emulator;
 pub mod error;
 pub mod metrics;
 pub mod pb;
+pub mod policy_cmd;
 pub mod rds;
 pub mod startup;
 pub mod telemetry;

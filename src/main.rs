@@ -8,7 +8,7 @@ async fn main() -> std::process::ExitCode {
     let cli = snapgate::cli::Cli::parse();
     snapgate::telemetry::init_logging("info", cli.log_format);
     match snapgate::cli::run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("snapgate: {error:#}");
             std::process::ExitCode::FAILURE

@@ -29,6 +29,17 @@ struct AwsLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    action: String,
+    decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
@@ -39,6 +50,9 @@ pub struct Metrics {
     poll_round_seconds: Histogram,
     watch_streams: Gauge,
     watched_snapshots: Gauge,
+    authz_decisions: Family<DecisionLabels, Counter>,
+    authn_failures: Family<ReasonLabels, Counter>,
+    policy_reloads: Family<ReasonLabels, Counter>,
 }
 
 fn latency_buckets() -> Histogram {
@@ -73,6 +87,12 @@ impl Metrics {
         registry.register("watch_open_streams", "Open WatchCopy streams", watch_streams.clone());
         let watched_snapshots = Gauge::default();
         registry.register("watch_polled_snapshots", "Snapshots in the pollers' sets", watched_snapshots.clone());
+        let authz_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register("authz_decisions", "Authorization decisions by action and outcome", authz_decisions.clone());
+        let authn_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register("authn_failures", "Calls refused as UNAUTHENTICATED, by reason", authn_failures.clone());
+        let policy_reloads = Family::<ReasonLabels, Counter>::default();
+        registry.register("policy_reloads", "Policy reloads by outcome (ok, failed)", policy_reloads.clone());
         Arc::new(Metrics {
             registry,
             rpc_requests,
@@ -83,6 +103,9 @@ impl Metrics {
             poll_round_seconds,
             watch_streams,
             watched_snapshots,
+            authz_decisions,
+            authn_failures,
+            policy_reloads,
         })
     }
 
@@ -95,6 +118,20 @@ impl Metrics {
     pub fn aws_call(&self, action: &str, outcome: &str, elapsed: Duration) {
         self.aws_calls.get_or_create(&AwsLabels { action: action.to_owned(), outcome: outcome.to_owned() }).inc();
         self.aws_seconds.get_or_create(&MethodLabels { method: action.to_owned() }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn authz_decision(&self, action: &str, allowed: bool) {
+        let decision = if allowed { "allow" } else { "deny" }.to_owned();
+        self.authz_decisions.get_or_create(&DecisionLabels { action: action.to_owned(), decision }).inc();
+    }
+
+    pub fn authn_failure(&self, reason: &str) {
+        self.authn_failures.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+    }
+
+    pub fn policy_reload(&self, ok: bool) {
+        let reason = if ok { "ok" } else { "failed" }.to_owned();
+        self.policy_reloads.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn poll_round(&self, elapsed: Duration) {

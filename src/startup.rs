@@ -9,11 +9,13 @@ use anyhow::Context;
 use aws_config::SdkConfig;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::admin;
 use crate::api::Api;
+use crate::auth::policy::PolicyStore;
+use crate::auth::tls::TlsReloader;
+use crate::auth::{AuthLayer, Authenticator};
 use crate::aws::Accounts;
 use crate::config::Settings;
 use crate::copy::CopyService;
@@ -31,17 +33,24 @@ pub struct Application {
     hub: Arc<WatchHub>,
     metrics: Arc<Metrics>,
     admin: Option<TcpListener>,
+    authenticator: Arc<Authenticator>,
+    policies: Arc<PolicyStore>,
+    tls: Option<Arc<TlsReloader>>,
 }
 
 impl Application {
     /// Binds `settings.listen` and prepares the services; `sdk` is the AWS side.
     pub async fn build(settings: Settings, sdk: SdkConfig) -> anyhow::Result<Application> {
         settings.validate().map_err(anyhow::Error::msg)?;
+        settings.validate_for_serving().map_err(anyhow::Error::msg)?;
         let metrics = Metrics::new();
+        let authenticator = Arc::new(Authenticator::new(&settings.auth, metrics.clone()).await?);
+        let policies = PolicyStore::new(&settings.authz, metrics.clone())?;
+        let tls = settings.auth.tls.clone().map(TlsReloader::new).transpose()?;
         let accounts = Arc::new(Accounts::new(sdk, &settings.aws, metrics.clone()).await.map_err(anyhow::Error::msg)?);
         let copies = Arc::new(CopyService::new(accounts.clone()));
         let hub = Arc::new(WatchHub::new(accounts, settings.watch.clone(), CancellationToken::new(), metrics.clone()));
-        let api = Api::new(copies, hub.clone(), settings.server.request_timeout(), metrics.clone());
+        let api = Api::new(copies, hub.clone(), policies.clone(), settings.server.request_timeout(), metrics.clone());
         let admin = match settings.admin.listen {
             Some(addr) => {
                 Some(TcpListener::bind(addr).await.with_context(|| format!("admin.listen: cannot bind {addr}"))?)
@@ -52,7 +61,7 @@ impl Application {
             .await
             .with_context(|| format!("listen: cannot bind {}", settings.listen))?;
         let addr = listener.local_addr()?;
-        Ok(Application { listener, addr, settings, api, hub, metrics, admin })
+        Ok(Application { listener, addr, settings, api, hub, metrics, admin, authenticator, policies, tls })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -105,12 +114,16 @@ impl Application {
                 }
             });
         }
+        let stop_accepting = CancellationToken::new();
+        spawn_reloads(self.policies.clone(), self.tls.clone(), &self.settings, stop_accepting.clone());
+        let incoming = crate::auth::tls::incoming(self.listener, self.tls.clone(), stop_accepting.clone());
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let reporter = health_reporter.clone();
         let streams = self.hub.shutdown_token().clone();
         let not_serving = serving.clone();
         let signal = async move {
             shutdown.await;
+            stop_accepting.cancel();
             tracing::info!("shutting down: reporting NOT_SERVING, ending streams, draining calls");
             // tonic's graceful shutdown waits for every open stream: end them first, each with
             // UNAVAILABLE and a hint to reconnect.
@@ -122,7 +135,8 @@ impl Application {
         };
 
         let server = Server::builder()
-            .tcp_nodelay(true)
+            // Outside every service: an unauthenticated call never reaches a handler.
+            .layer(AuthLayer::new(self.authenticator.clone()))
             .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
             .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
@@ -130,7 +144,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(copy_service)
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), signal);
+            .serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(server);
         let grace_over = async move {
             if stopping_rx.await.is_ok() {
@@ -145,4 +159,53 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Policies and certificates reload on SIGHUP and when their files change; a reload that
+/// fails keeps what is in force (each says so in the log).
+fn spawn_reloads(
+    policies: Arc<PolicyStore>,
+    tls: Option<Arc<TlsReloader>>,
+    settings: &Settings,
+    stop: CancellationToken,
+) {
+    let policy_every = Duration::from_secs(settings.authz.reload_secs);
+    let tls_every = tls.as_ref().map_or(Duration::from_secs(3600), |t| t.interval());
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut policy_tick = tokio::time::interval(policy_every);
+        let mut tls_tick = tokio::time::interval(tls_every);
+        policy_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tls_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            #[cfg(unix)]
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = hup => {
+                    tracing::info!("SIGHUP: reloading policies and certificates");
+                    policies.reload(true);
+                    if let Some(tls) = &tls {
+                        tls.reload(true);
+                    }
+                }
+                _ = policy_tick.tick() => {
+                    policies.reload(false);
+                }
+                _ = tls_tick.tick() => {
+                    if let Some(tls) = &tls {
+                        tls.reload(false);
+                    }
+                }
+            }
+        }
+    });
 }

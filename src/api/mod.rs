@@ -11,25 +11,51 @@ use std::time::{Duration, Instant};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::audit::DecisionEvent;
+use crate::auth::Caller;
+use crate::auth::policy::{Action, Decision, PolicyStore};
 use crate::aws::{AwsError, AwsErrorKind};
 use crate::copy::{CopyService, Located};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::snapshot_copy_service_server::SnapshotCopyService;
-use crate::rds::CopyState;
+use crate::rds::{ClusterSnapshot, CopyState};
 use crate::watch::{Observation, WatchHub};
 
 pub struct Api {
     copies: Arc<CopyService>,
     hub: Arc<WatchHub>,
+    policies: Arc<PolicyStore>,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Api {
-    pub fn new(copies: Arc<CopyService>, hub: Arc<WatchHub>, request_timeout: Duration, metrics: Arc<Metrics>) -> Api {
-        Api { copies, hub, request_timeout, metrics }
+    pub fn new(
+        copies: Arc<CopyService>,
+        hub: Arc<WatchHub>,
+        policies: Arc<PolicyStore>,
+        request_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Api {
+        Api { copies, hub, policies, request_timeout, metrics }
+    }
+
+    /// Decides `action` on `snapshot` for `caller`, with its audit event.
+    fn authorize(&self, caller: &Caller, action: Action, snapshot: &ClusterSnapshot) -> Result<(), Error> {
+        let decision = self.policies.decide(caller, action, snapshot, None);
+        DecisionEvent {
+            caller,
+            action,
+            resource: &snapshot.arn,
+            destination: None,
+            decision: &decision,
+            aws_request_id: None,
+            outcome: None,
+        }
+        .emit();
+        permitted(action, decision)
     }
 
     /// Counts a call by method and status code, with its latency (for WatchCopy: until the
@@ -64,10 +90,39 @@ impl SnapshotCopyService for Api {
     ) -> Result<Response<pb::Copy>, Status> {
         let started = Instant::now();
         let result = async {
-            let (metadata, _, message) = request.into_parts();
+            let (metadata, extensions, message) = request.into_parts();
+            let caller = caller(&extensions)?;
             let copy_request = convert::copy_request(message);
-            let snapshot = self.within_deadline(&metadata, self.copies.copy(&copy_request)).await?;
-            Ok(Response::new(convert::copy(&snapshot)))
+            let action = Action::CopyClusterSnapshot;
+            // The decision is made inside the workflow, once the source is known; it is
+            // audited here, after AWS answered, with the request id.
+            let mut decided: Option<(Decision, String, String)> = None;
+            let authorize = |source: &ClusterSnapshot, context: &crate::copy::CopyContext| {
+                let decision = self.policies.decide(&caller, action, source, Some(context));
+                let destination =
+                    format!("{}/{}/{}", context.destination_account, context.destination_region, context.target);
+                let verdict = permitted(action, decision.clone());
+                decided = Some((decision, source.arn.clone(), destination));
+                verdict
+            };
+            let copied = self.within_deadline(&metadata, self.copies.copy(&copy_request, authorize)).await;
+            if let Some((decision, resource, destination)) = &decided {
+                let (aws_request_id, outcome) = match &copied {
+                    Ok(c) => (c.aws_request_id.clone(), "ok".to_owned()),
+                    Err(status) => (None, format!("{:?}", status.code())),
+                };
+                DecisionEvent {
+                    caller: &caller,
+                    action,
+                    resource,
+                    destination: Some(destination.clone()),
+                    decision,
+                    aws_request_id: aws_request_id.as_deref(),
+                    outcome: decision.allowed.then_some(outcome.as_str()),
+                }
+                .emit();
+            }
+            Ok(Response::new(convert::copy(&copied?.snapshot)))
         }
         .await;
         self.observed("CopyClusterSnapshot", started, result)
@@ -76,15 +131,15 @@ impl SnapshotCopyService for Api {
     async fn get_copy(&self, request: Request<pb::GetCopyRequest>) -> Result<Response<pb::Copy>, Status> {
         let started = Instant::now();
         let result = async {
-            let (metadata, _, message) = request.into_parts();
+            let (metadata, extensions, message) = request.into_parts();
+            let caller = caller(&extensions)?;
             let Located { account, region, id, arn, .. } = self.copies.locate(&message.name)?;
             // A poller watching this snapshot saw it within the shortest poll interval: no AWS call.
-            if let Some(snapshot) = self.hub.fresh(&account, &region, &id)
-                && arn.as_ref().is_none_or(|a| *a == snapshot.arn)
-            {
-                return Ok(Response::new(convert::copy(&snapshot)));
-            }
-            let snapshot = self.within_deadline(&metadata, self.copies.get(&message.name)).await?;
+            let snapshot = match self.hub.fresh(&account, &region, &id) {
+                Some(snapshot) if arn.as_ref().is_none_or(|a| *a == snapshot.arn) => snapshot,
+                _ => self.within_deadline(&metadata, self.copies.get(&message.name)).await?,
+            };
+            self.authorize(&caller, Action::GetCopy, &snapshot)?;
             Ok(Response::new(convert::copy(&snapshot)))
         }
         .await;
@@ -96,7 +151,8 @@ impl SnapshotCopyService for Api {
     async fn watch_copy(&self, request: Request<pb::WatchCopyRequest>) -> Result<Response<EventStream>, Status> {
         let started = Instant::now();
         let result = async {
-            let (metadata, _, message) = request.into_parts();
+            let (metadata, extensions, message) = request.into_parts();
+            let caller = caller(&extensions)?;
             let Located { account, region, id, arn, .. } = self.copies.locate(&message.name)?;
             let permit = self.hub.stream_permit()?;
             // The gateway's request timeout does not bound a stream; the caller's deadline does.
@@ -110,7 +166,12 @@ impl SnapshotCopyService for Api {
                 Observation::Present { snapshot, .. } if arn.as_ref().is_some_and(|a| *a != snapshot.arn) => {
                     return Err(not_found(&message.name).into());
                 }
-                _ => {}
+                Observation::Present { snapshot, .. } | Observation::Gone { last: Some(snapshot), .. } => {
+                    self.authorize(&caller, Action::WatchCopy, snapshot)?;
+                }
+                // Cancelled before anyone saw it, or polling failing: nothing to decide on.
+                Observation::Gone { last: None, .. } => return Err(not_found(&message.name).into()),
+                Observation::Failing { error } => return Err(Error::Aws(error.clone()).into()),
             }
             let events = self.hub.stream(subscription, first, permit, deadline);
             let stream = events.map(|item| item.map(convert::event).map_err(Status::from));
@@ -123,8 +184,11 @@ impl SnapshotCopyService for Api {
     async fn cancel_copy(&self, request: Request<pb::CancelCopyRequest>) -> Result<Response<pb::Copy>, Status> {
         let started = Instant::now();
         let result = async {
-            let (metadata, _, message) = request.into_parts();
-            let (snapshot, state) = self.within_deadline(&metadata, self.copies.cancel(&message.name)).await?;
+            let (metadata, extensions, message) = request.into_parts();
+            let caller = caller(&extensions)?;
+            let authorize = |snapshot: &ClusterSnapshot| self.authorize(&caller, Action::CancelCopy, snapshot);
+            let (snapshot, state) =
+                self.within_deadline(&metadata, self.copies.cancel(&message.name, authorize)).await?;
             if state == CopyState::Cancelled {
                 self.hub.record_cancelled(&snapshot);
             }
@@ -132,6 +196,22 @@ impl SnapshotCopyService for Api {
         }
         .await;
         self.observed("CancelCopy", started, result)
+    }
+}
+
+/// The caller the authentication layer established.
+fn caller(extensions: &tonic::Extensions) -> Result<Caller, Error> {
+    extensions
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Error::Internal("a call reached a handler unauthenticated".into()))
+}
+
+fn permitted(action: Action, decision: Decision) -> Result<(), Error> {
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied { action: action.name(), policies: decision.policies })
     }
 }
 

@@ -160,7 +160,12 @@ impl Rds {
             .clone()
     }
 
-    pub async fn copy_cluster_snapshot(&self, region: &str, input: &CopyInput) -> Result<ClusterSnapshot, AwsError> {
+    /// Starts a copy; returns the new snapshot and AWS's request id.
+    pub async fn copy_cluster_snapshot(
+        &self,
+        region: &str,
+        input: &CopyInput,
+    ) -> Result<(ClusterSnapshot, Option<String>), AwsError> {
         const ACTION: &str = "CopyDBClusterSnapshot";
         let tags: Vec<Tag> = input.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
         self.pace(region).await;
@@ -178,7 +183,8 @@ impl Rds {
             .await
             .map_err(|e| AwsError::from_sdk(ACTION, e));
         let out = self.record(ACTION, started, out)?;
-        out.db_cluster_snapshot().map(convert).ok_or_else(|| missing_snapshot(ACTION))
+        let request_id = aws_sdk_rds::operation::RequestId::request_id(&out).map(str::to_owned);
+        out.db_cluster_snapshot().map(|s| (convert(s), request_id)).ok_or_else(|| missing_snapshot(ACTION))
     }
 
     /// Describes one snapshot by identifier (or ARN) in `region`.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub use validate::{CopyRequest, ValidCopy, parse_copy_name, validate};
 
+pub use crate::auth::policy::CopyContext;
 use crate::aws::{Accounts, AwsErrorKind, CopyInput, Rds, presign};
 use crate::error::{Error, FieldViolation};
 use crate::rds::rules::SnapshotRef;
@@ -24,6 +25,13 @@ const RECENT_TTL: Duration = Duration::from_secs(5);
 
 type SourceSlot = Arc<tokio::sync::Mutex<Option<(ClusterSnapshot, Instant)>>>;
 type Recent = Arc<tokio::sync::Mutex<Option<(String, ClusterSnapshot, Instant)>>>;
+
+/// A copy started (or found already started by the same request).
+pub struct Copied {
+    pub snapshot: ClusterSnapshot,
+    /// The request id of the AWS call that started it, for the audit trail.
+    pub aws_request_id: Option<String>,
+}
 
 /// Where a copy named by a request lives.
 pub struct Located {
@@ -53,12 +61,33 @@ impl CopyService {
 
     /// Validates and starts a copy; returns the new snapshot as AWS reports it. Repeating a
     /// request that succeeded returns the same copy; concurrent identical requests make one.
-    pub async fn copy(&self, request: &CopyRequest) -> Result<ClusterSnapshot, Error> {
+    ///
+    /// `authorize` decides once the source is known (its engine, tags and encryption are what
+    /// policies look at) and before the engine's rules or any call that changes anything.
+    pub async fn copy(
+        &self,
+        request: &CopyRequest,
+        authorize: impl FnOnce(&ClusterSnapshot, &CopyContext) -> Result<(), Error>,
+    ) -> Result<Copied, Error> {
         let valid = validate(request, self.accounts.default_region()).map_err(Error::InvalidArgument)?;
         let rds = self.accounts.destination(valid.destination_account.as_deref())?;
         let destination_account =
             valid.destination_account.clone().or_else(|| self.accounts.own_account().map(str::to_owned));
         let source = self.resolve_source(&rds, &valid, destination_account.as_deref()).await?;
+        let destination = destination_account.clone().unwrap_or_default();
+        authorize(
+            &source,
+            &CopyContext {
+                cross_account: !destination.is_empty() && !source.account.is_empty() && destination != source.account,
+                destination_account: destination,
+                destination_region: valid.destination_region.clone(),
+                target: valid.target.clone(),
+                kms_key: valid.kms_key.as_ref().map(|(text, _)| text.clone()),
+                tags: valid.tags.clone(),
+                copy_tags: valid.copy_tags,
+                cross_region: source.region != valid.destination_region,
+            },
+        )?;
         source_rules::check(&valid, &source, destination_account.as_deref())?;
 
         let family = Engine::parse(&source.engine).family();
@@ -92,10 +121,10 @@ impl CopyService {
             && *source_arn == source.arn
             && at.elapsed() < RECENT_TTL
         {
-            return Ok(snapshot.clone());
+            return Ok(Copied { snapshot: snapshot.clone(), aws_request_id: None });
         }
-        let copy = match rds.copy_cluster_snapshot(&valid.destination_region, &input).await {
-            Ok(copy) => copy,
+        let (copy, aws_request_id) = match rds.copy_cluster_snapshot(&valid.destination_region, &input).await {
+            Ok(copied) => copied,
             Err(e) if e.kind == AwsErrorKind::AlreadyExists => {
                 // A retry of a copy that succeeded: the same target from the same source is that
                 // copy, not a conflict. AWS has no client token for this action.
@@ -103,12 +132,12 @@ impl CopyService {
                 if existing.source_arn.as_deref() != Some(source.arn.as_str()) {
                     return Err(e.into());
                 }
-                existing
+                (existing, e.request_id.clone())
             }
             Err(e) => return Err(e.into()),
         };
         *recent = Some((source.arn.clone(), copy.clone(), Instant::now()));
-        Ok(copy)
+        Ok(Copied { snapshot: copy, aws_request_id })
     }
 
     fn inflight_slot(&self, key: &str) -> Recent {
@@ -193,9 +222,16 @@ impl CopyService {
     /// window between them is kept to one round trip: the check is a fresh describe (never a
     /// cached observation) and the delete follows at once. Should the copy finish inside that
     /// window, the delete's own answer shows it, and the result says DELETED, not CANCELLED.
-    pub async fn cancel(&self, name: &str) -> Result<(ClusterSnapshot, CopyState), Error> {
+    /// Cancels a copy in progress; `authorize` decides on the snapshot before anything else
+    /// is said about it.
+    pub async fn cancel(
+        &self,
+        name: &str,
+        authorize: impl FnOnce(&ClusterSnapshot) -> Result<(), Error>,
+    ) -> Result<(ClusterSnapshot, CopyState), Error> {
         let rds = self.locate(name)?.rds;
         let current = self.get(name).await?;
+        authorize(&current)?;
         if current.status != "copying" {
             return Err(Error::FailedPrecondition(vec![FieldViolation::new(
                 "name",

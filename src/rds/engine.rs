@@ -97,6 +97,15 @@ impl EngineFamily {
         }
     }
 
+    /// The family's code in policies: "rds", "neptune" or "docdb".
+    pub fn code(self) -> &'static str {
+        match self {
+            EngineFamily::Rds => "rds",
+            EngineFamily::Neptune => "neptune",
+            EngineFamily::Docdb => "docdb",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             EngineFamily::Rds => "RDS",

@@ -67,14 +67,40 @@ pub mod gateway {
     //! The real gateway on a free port, with a tonic client.
 
     use super::*;
-    use snapgate::config::{AwsSettings, Settings};
+    use snapgate::config::{AuthSettings, AuthzSettings, AwsSettings, Secret, Settings, StaticToken};
     use snapgate::pb::snapshot_copy_service_client::SnapshotCopyServiceClient;
     use snapgate::startup::Application;
+    use tonic::service::interceptor::InterceptedService;
     use tonic::transport::Channel;
+
+    /// The static token of the tests' caller, "tester".
+    pub const TOKEN: &str = "test-token-0123456789";
+
+    /// Adds `authorization: Bearer <token>` to every call.
+    #[derive(Clone)]
+    pub struct Bearer(pub Option<String>);
+
+    impl tonic::service::Interceptor for Bearer {
+        fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+            if let Some(token) = &self.0 {
+                let value = format!("Bearer {token}").parse().map_err(|_| tonic::Status::internal("bad token"))?;
+                request.metadata_mut().insert("authorization", value);
+            }
+            Ok(request)
+        }
+    }
+
+    pub type Client = SnapshotCopyServiceClient<InterceptedService<Channel, Bearer>>;
+
+    /// A client on `channel` that sends `token` (none: no credentials).
+    pub fn client_with(channel: Channel, token: Option<&str>) -> Client {
+        SnapshotCopyServiceClient::with_interceptor(channel, Bearer(token.map(str::to_owned)))
+    }
 
     pub struct Gateway {
         pub addr: SocketAddr,
-        pub client: SnapshotCopyServiceClient<Channel>,
+        pub channel: Channel,
+        pub client: Client,
         pub hub: std::sync::Arc<snapgate::watch::WatchHub>,
         pub admin: Option<SocketAddr>,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -116,6 +142,19 @@ pub mod gateway {
                 error_budget_secs: 5,
             },
             admin: snapgate::config::AdminSettings { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))) },
+            auth: AuthSettings {
+                static_tokens: vec![StaticToken {
+                    token: Secret::new(TOKEN),
+                    principal: "tester".into(),
+                    groups: vec!["tests".into()],
+                    team: None,
+                }],
+                ..AuthSettings::default()
+            },
+            authz: AuthzSettings {
+                policies: Some(r#"@id("tester-may-do-everything") permit(principal == Snapgate::Caller::"tester", action, resource);"#.into()),
+                ..AuthzSettings::default()
+            },
             ..Settings::default()
         }
     }
@@ -131,8 +170,9 @@ pub mod gateway {
         tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        let client = SnapshotCopyServiceClient::connect(format!("http://{addr}")).await.expect("gateway accepts");
-        Gateway { addr, client, hub, admin, stop: Some(tx) }
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("gateway accepts");
+        let client = client_with(channel.clone(), Some(TOKEN));
+        Gateway { addr, channel, client, hub, admin, stop: Some(tx) }
     }
 }
 

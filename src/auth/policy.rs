@@ -1,0 +1,428 @@
+//! Authorization with Cedar: the shipped schema, the policy set (validated against it at
+//! start and on every reload; a reload that fails keeps the last good set), and the decision,
+//! a pure function of (caller, action, snapshot, context). Deny by default.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, PolicyId, PolicySet, Request, Schema,
+    ValidationMode, Validator,
+};
+use serde_json::{Value, json};
+
+use super::Caller;
+use crate::config::AuthzSettings;
+use crate::metrics::Metrics;
+use crate::rds::{ClusterSnapshot, Engine};
+
+/// The schema every policy is validated against; `snapgate policy schema` prints it.
+pub const SCHEMA_TEXT: &str = include_str!("../../deploy/policies/snapgate.cedarschema");
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    // The schema ships with the binary and a unit test parses it, so this cannot fail at run time.
+    #[allow(clippy::expect_used)]
+    Schema::from_cedarschema_str(SCHEMA_TEXT).expect("the shipped Cedar schema parses").0
+});
+
+pub fn schema() -> &'static Schema {
+    &SCHEMA
+}
+
+/// The actions of the schema, one per RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    CopyClusterSnapshot,
+    GetCopy,
+    WatchCopy,
+    CancelCopy,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::CopyClusterSnapshot => "CopyClusterSnapshot",
+            Action::GetCopy => "GetCopy",
+            Action::WatchCopy => "WatchCopy",
+            Action::CancelCopy => "CancelCopy",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Action> {
+        [Action::CopyClusterSnapshot, Action::GetCopy, Action::WatchCopy, Action::CancelCopy]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+
+    fn uid(self) -> EntityUid {
+        entity_uid("Action", self.name())
+    }
+}
+
+/// What a copy asks for beyond its source: the context of a CopyClusterSnapshot decision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CopyContext {
+    pub destination_account: String,
+    pub destination_region: String,
+    pub target: String,
+    pub kms_key: Option<String>,
+    pub tags: Vec<(String, String)>,
+    pub copy_tags: bool,
+    pub cross_region: bool,
+    pub cross_account: bool,
+}
+
+/// The outcome of one decision, with the policies behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The policies that decided: the permits that allowed, or the forbids that denied (none
+    /// when nothing permitted: deny by default).
+    pub policies: Vec<String>,
+    /// Policies that could not be evaluated for this request (they count as not matching).
+    pub errors: Vec<String>,
+}
+
+/// Parses and validates a policy set. Policies are named by their `@id("...")` annotation,
+/// else by position (`policy0`, ...). The error names the policy and what is wrong with it.
+pub fn parse_policies(text: &str) -> Result<PolicySet, String> {
+    let parsed = PolicySet::from_str(text).map_err(|e| describe_parse_error(text, &e))?;
+    if parsed.templates().next().is_some() {
+        return Err("policy templates (?principal, ?resource) are not supported; write static policies".into());
+    }
+    let mut policies = PolicySet::new();
+    for policy in parsed.policies() {
+        let named = match policy.annotation("id") {
+            Some(id) => policy.new_id(PolicyId::new(id)),
+            None => policy.clone(),
+        };
+        let id = named.id().to_string();
+        policies.add(named).map_err(|e| format!("policy '{id}': {e}"))?;
+    }
+    let result = Validator::new(schema().clone()).validate(&policies, ValidationMode::Strict);
+    if !result.validation_passed() {
+        let errors: Vec<String> =
+            result.validation_errors().map(|e| format!("policy '{}': {e}", e.policy_id())).collect();
+        return Err(errors.join("; "));
+    }
+    Ok(policies)
+}
+
+fn describe_parse_error(text: &str, error: &cedar_policy::ParseErrors) -> String {
+    use miette::Diagnostic;
+    let position = error
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|label| {
+            let before = &text[..label.offset().min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    format!("the policies do not parse{position}: {error}")
+}
+
+/// Decides one call. Pure: no I/O, no clock.
+pub fn decide(
+    policies: &PolicySet,
+    caller: &Caller,
+    action: Action,
+    snapshot: &ClusterSnapshot,
+    copy: Option<&CopyContext>,
+) -> Decision {
+    match evaluate(policies, caller, action, snapshot, copy) {
+        Ok(decision) => decision,
+        // Facts that do not fit the schema (which would be a gateway bug) deny.
+        Err(error) => Decision { allowed: false, policies: Vec::new(), errors: vec![error] },
+    }
+}
+
+fn evaluate(
+    policies: &PolicySet,
+    caller: &Caller,
+    action: Action,
+    snapshot: &ClusterSnapshot,
+    copy: Option<&CopyContext>,
+) -> Result<Decision, String> {
+    let principal = entity_uid("Caller", &caller.id);
+    let resource = entity_uid("Snapshot", &snapshot.arn);
+    let entities = Entities::from_json_value(json!([caller_json(caller), snapshot_json(snapshot)]), Some(schema()))
+        .map_err(|e| format!("entities: {e}"))?;
+    let context = match (action, copy) {
+        (Action::CopyClusterSnapshot, Some(copy)) => copy_context_json(copy),
+        (Action::CopyClusterSnapshot, None) => return Err("CopyClusterSnapshot needs its context".into()),
+        _ => json!({}),
+    };
+    let context =
+        Context::from_json_value(context, Some((schema(), &action.uid()))).map_err(|e| format!("context: {e}"))?;
+    let request = Request::new(principal, action.uid(), resource, context, Some(schema()))
+        .map_err(|e| format!("request: {e}"))?;
+    let response = Authorizer::new().is_authorized(&request, policies, &entities);
+    Ok(Decision {
+        allowed: response.decision() == CedarDecision::Allow,
+        policies: response.diagnostics().reason().map(ToString::to_string).collect(),
+        errors: response.diagnostics().errors().map(ToString::to_string).collect(),
+    })
+}
+
+fn entity_uid(kind: &str, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(
+        #[allow(clippy::expect_used)]
+        cedar_policy::EntityTypeName::from_str(&format!("Snapgate::{kind}")).expect("a valid type name"),
+        cedar_policy::EntityId::new(id),
+    )
+}
+
+fn caller_json(caller: &Caller) -> Value {
+    let mut attrs = json!({ "authn": caller.method.as_str(), "groups": caller.groups });
+    if let Some(team) = &caller.team {
+        attrs["team"] = json!(team);
+    }
+    if let Some(issuer) = &caller.issuer {
+        attrs["issuer"] = json!(issuer);
+    }
+    json!({ "uid": { "type": "Snapgate::Caller", "id": caller.id }, "attrs": attrs, "parents": [] })
+}
+
+fn snapshot_json(s: &ClusterSnapshot) -> Value {
+    let mut attrs = json!({
+        "arn": s.arn,
+        "account": s.account,
+        "region": s.region,
+        "id": s.id,
+        "engine": s.engine,
+        "family": Engine::parse(&s.engine).family().code(),
+        "cluster": s.cluster_id,
+        "encrypted": s.encrypted,
+        "snapshot_type": s.snapshot_type,
+    });
+    if let Some(kms) = &s.kms_key_id {
+        attrs["kms_key"] = json!(kms);
+    }
+    let tags: HashMap<&str, &str> = s.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    json!({ "uid": { "type": "Snapgate::Snapshot", "id": s.arn }, "attrs": attrs, "parents": [], "tags": tags })
+}
+
+fn copy_context_json(c: &CopyContext) -> Value {
+    let mut context = json!({
+        "destination_account": c.destination_account,
+        "destination_region": c.destination_region,
+        "target": c.target,
+        "tags": c.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "tag_keys": c.tags.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        "copy_tags": c.copy_tags,
+        "cross_region": c.cross_region,
+        "cross_account": c.cross_account,
+    });
+    if let Some(kms) = &c.kms_key {
+        context["kms_key"] = json!(kms);
+    }
+    context
+}
+
+enum Source {
+    File(PathBuf),
+    Inline,
+}
+
+/// The policies in force, swapped whole on reload so a decision never sees half a set.
+pub struct PolicyStore {
+    source: Source,
+    current: ArcSwap<PolicySet>,
+    stamp: Mutex<Option<SystemTime>>,
+    metrics: Arc<Metrics>,
+}
+
+impl PolicyStore {
+    /// Loads the policies; a set that does not parse or validate stops start.
+    pub fn new(settings: &AuthzSettings, metrics: Arc<Metrics>) -> anyhow::Result<Arc<PolicyStore>> {
+        let (source, text) = match (&settings.policy_file, &settings.policies) {
+            (Some(path), _) => (
+                Source::File(path.clone()),
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("authz.policy_file: {}: {e}", path.display()))?,
+            ),
+            (None, Some(text)) => (Source::Inline, text.clone()),
+            (None, None) => (Source::Inline, String::new()),
+        };
+        let policies = parse_policies(&text).map_err(|e| anyhow::anyhow!("authz: {e}"))?;
+        let stamp = match &source {
+            Source::File(path) => modified(path),
+            Source::Inline => None,
+        };
+        tracing::info!(policies = policies.num_of_policies(), "authorization policies loaded");
+        Ok(Arc::new(PolicyStore {
+            source,
+            current: ArcSwap::from_pointee(policies),
+            stamp: Mutex::new(stamp),
+            metrics,
+        }))
+    }
+
+    pub fn current(&self) -> Arc<PolicySet> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the policy file when it changed (or when `force`, on SIGHUP). A file that
+    /// fails keeps the policies in force and says why; returns whether new policies apply.
+    pub fn reload(&self, force: bool) -> bool {
+        let Source::File(path) = &self.source else { return false };
+        let now = modified(path);
+        {
+            let mut seen = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && *seen == now {
+                return false;
+            }
+            *seen = now;
+        }
+        let loaded = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|t| parse_policies(&t));
+        match loaded {
+            Ok(policies) => {
+                tracing::info!(policies = policies.num_of_policies(), file = %path.display(), "authorization policies reloaded");
+                self.current.store(Arc::new(policies));
+                self.metrics.policy_reload(true);
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, file = %path.display(), "policy reload failed; keeping the policies in force");
+                self.metrics.policy_reload(false);
+                false
+            }
+        }
+    }
+
+    /// Decides with the policies in force, counting the outcome.
+    pub fn decide(
+        &self,
+        caller: &Caller,
+        action: Action,
+        snapshot: &ClusterSnapshot,
+        copy: Option<&CopyContext>,
+    ) -> Decision {
+        let decision = decide(&self.current.load(), caller, action, snapshot, copy);
+        for error in &decision.errors {
+            tracing::warn!(action = action.name(), %error, "a policy could not be evaluated");
+        }
+        self.metrics.authz_decision(action.name(), decision.allowed);
+        decision
+    }
+}
+
+fn modified(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthMethod;
+
+    fn caller(id: &str, team: Option<&str>, groups: &[&str]) -> Caller {
+        Caller {
+            id: id.into(),
+            method: AuthMethod::Jwt,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            team: team.map(str::to_owned),
+            issuer: Some("https://idp".into()),
+        }
+    }
+
+    fn snapshot(account: &str, region: &str, engine: &str, team_tag: &str) -> ClusterSnapshot {
+        ClusterSnapshot {
+            arn: format!("arn:aws:rds:{region}:{account}:cluster-snapshot:snap1"),
+            id: "snap1".into(),
+            region: region.into(),
+            account: account.into(),
+            cluster_id: "orders".into(),
+            engine: engine.into(),
+            encrypted: true,
+            kms_key_id: Some(format!("arn:aws:kms:{region}:{account}:key/1111")),
+            tags: vec![("team".into(), team_tag.into())],
+            snapshot_type: "manual".into(),
+            ..ClusterSnapshot::default()
+        }
+    }
+
+    fn context(region: &str, kms: Option<&str>) -> CopyContext {
+        CopyContext {
+            destination_account: "111111111111".into(),
+            destination_region: region.into(),
+            target: "copy".into(),
+            kms_key: kms.map(str::to_owned),
+            tags: vec![("owner".into(), "payments".into())],
+            copy_tags: true,
+            cross_region: region != "us-east-1",
+            cross_account: false,
+        }
+    }
+
+    const POLICIES: &str = r#"
+        @id("team-copies-own-clusters")
+        permit(principal, action == Snapgate::Action::"CopyClusterSnapshot", resource)
+        when { principal has team && resource.hasTag("team") && resource.getTag("team") == principal.team
+               && resource.account == context.destination_account && !context.cross_region };
+
+        @id("backup-cross-region")
+        permit(principal, action == Snapgate::Action::"CopyClusterSnapshot", resource)
+        when { principal.groups.contains("backup") && context has kms_key
+               && context.kms_key == "alias/backup" };
+
+        @id("no-neptune")
+        forbid(principal, action, resource) when { resource.family == "neptune" };
+    "#;
+
+    #[test]
+    fn the_shipped_schema_parses() {
+        let _ = schema();
+    }
+
+    #[test]
+    fn decisions_follow_account_region_engine_kms_and_tags() {
+        let p = parse_policies(POLICIES).unwrap();
+        let team = caller("svc-payments", Some("payments"), &[]);
+        let backup = caller("svc-backup", None, &["backup"]);
+        let own = snapshot("111111111111", "us-east-1", "aurora-postgresql", "payments");
+        let copy = Action::CopyClusterSnapshot;
+
+        let d = decide(&p, &team, copy, &own, Some(&context("us-east-1", None)));
+        assert!(d.allowed);
+        assert_eq!(d.policies, vec!["team-copies-own-clusters"]);
+        // Another team's snapshot, another region, another account: denied by default.
+        let other = snapshot("111111111111", "us-east-1", "aurora-postgresql", "orders");
+        assert!(!decide(&p, &team, copy, &other, Some(&context("us-east-1", None))).allowed);
+        assert!(!decide(&p, &team, copy, &own, Some(&context("eu-west-1", None))).allowed);
+        let foreign = snapshot("222222222222", "us-east-1", "aurora-postgresql", "payments");
+        assert!(!decide(&p, &team, copy, &foreign, Some(&context("us-east-1", None))).allowed);
+        // The backup service crosses regions only with the backup key.
+        assert!(decide(&p, &backup, copy, &own, Some(&context("eu-west-1", Some("alias/backup")))).allowed);
+        assert!(!decide(&p, &backup, copy, &own, Some(&context("eu-west-1", Some("alias/other")))).allowed);
+        assert!(!decide(&p, &backup, copy, &own, Some(&context("eu-west-1", None))).allowed);
+        // A forbid wins and is named.
+        let neptune = snapshot("111111111111", "us-east-1", "neptune", "payments");
+        let d = decide(&p, &team, copy, &neptune, Some(&context("us-east-1", None)));
+        assert!(!d.allowed);
+        assert_eq!(d.policies, vec!["no-neptune"]);
+        // Nothing permits watching here.
+        let d = decide(&p, &team, Action::WatchCopy, &own, None);
+        assert!(!d.allowed && d.policies.is_empty());
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_their_id() {
+        let err = parse_policies(r#"@id("typo") permit(principal, action, resource) when { resource.enigne == "x" };"#)
+            .unwrap_err();
+        assert!(err.contains("typo") && err.contains("enigne"), "{err}");
+        let err = parse_policies("permit(principal, action, resource) when { ").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+        let err = parse_policies(r#"permit(principal == ?principal, action, resource);"#).unwrap_err();
+        assert!(err.contains("templates"), "{err}");
+        assert!(parse_policies("").unwrap().is_empty());
+    }
+}
