@@ -63,6 +63,7 @@ enum Source {
 pub struct Jwks {
     source: Source,
     keys: ArcSwap<KeySet>,
+    /// When an unknown key id last caused a fetch.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     refresh: Duration,
 }
@@ -89,7 +90,6 @@ impl Jwks {
             }
             Err(error) => return Err(error.context("auth.jwt.jwks_file")),
         }
-        *jwks.last_fetch.lock().await = Some(Instant::now());
         let weak = Arc::downgrade(&jwks);
         tokio::spawn(async move {
             while let Some(interval) = weak.upgrade().map(|j| j.refresh) {
@@ -122,11 +122,14 @@ impl Jwks {
     /// Fetches the document again, unless one was fetched less than [`MIN_REFETCH`] ago (or
     /// `periodic`, which always fetches). A failed fetch keeps the keys in hand.
     async fn refetch(&self, periodic: bool) {
+        // Held across the fetch, so a burst of tokens with a new key id makes one fetch.
         let mut last = self.last_fetch.lock().await;
-        if !periodic && last.is_some_and(|at| at.elapsed() < MIN_REFETCH) {
-            return;
+        if !periodic {
+            if last.is_some_and(|at| at.elapsed() < MIN_REFETCH) {
+                return;
+            }
+            *last = Some(Instant::now());
         }
-        *last = Some(Instant::now());
         match self.fetch().await {
             Ok(set) => {
                 tracing::debug!(keys = set.by_id.len() + set.anonymous.len(), "JWKS refreshed");

@@ -159,17 +159,32 @@ pub mod gateway {
         }
     }
 
-    /// Starts the gateway against `endpoint` with `settings`, signing as `access_key`.
-    pub async fn start(settings: Settings, endpoint: &str, access_key: &str) -> Gateway {
+    /// A started gateway with no client: for tests that connect their own way (TLS).
+    pub struct Server {
+        pub addr: SocketAddr,
+        pub hub: std::sync::Arc<snapgate::watch::WatchHub>,
+        pub admin: Option<SocketAddr>,
+        pub stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    /// Builds and runs the gateway against `endpoint`, signing as `access_key`.
+    pub async fn try_serve(settings: Settings, endpoint: &str, access_key: &str) -> anyhow::Result<Server> {
         let sdk = snapgate::aws::fixed_sdk_config(&settings.aws, endpoint, access_key, "test-secret-key").await;
-        let app = Application::build(settings, sdk).await.expect("gateway builds");
+        let app = Application::build(settings, sdk).await?;
         let addr = app.local_addr();
         let hub = app.watch_hub();
         let admin = app.admin_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
+        Ok(Server { addr, hub, admin, stop })
+    }
+
+    /// Starts the gateway against `endpoint` with `settings`, signing as `access_key`.
+    pub async fn start(settings: Settings, endpoint: &str, access_key: &str) -> Gateway {
+        let Server { addr, hub, admin, stop: tx } =
+            try_serve(settings, endpoint, access_key).await.expect("gateway builds");
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("gateway accepts");
         let client = client_with(channel.clone(), Some(TOKEN));
         Gateway { addr, channel, client, hub, admin, stop: Some(tx) }

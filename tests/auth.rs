@@ -1,0 +1,545 @@
+//! Authentication and authorization end to end: certificates made here with rcgen, tokens
+//! signed here with real keys, the real gateway over gRPC (TLS where it matters), and the
+//! emulator's call counter proving that a refused call reaches no AWS API.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::gateway::{self, client_with};
+use common::*;
+use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use serde_json::json;
+use snapgate::config::{AuthSettings, AuthzSettings, ClientCertificates, JwtSettings, Settings, TlsSettings};
+use snapgate::emulator::{EmulatorConfig, EmulatorHandle};
+use snapgate::pb::{CopyClusterSnapshotRequest, GetCopyRequest};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic_types::StatusExt;
+
+const ISSUER: &str = "https://idp.test";
+const AUDIENCE: &str = "snapgate";
+const CI_SPIFFE: &str = "spiffe://corp.test/ns/ci/sa/runner";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("snapgate-auth-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A CA and the certificates it signs, written as PEM files.
+struct Pki {
+    dir: PathBuf,
+    ca: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> (Pki, Issuer<'static, KeyPair>) {
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, format!("{name} CA"));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let ca = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&ca, cert.pem()).unwrap();
+        (Pki { dir: dir.to_owned(), ca }, Issuer::new(params, key))
+    }
+
+    /// Signs a leaf certificate with `sans`; returns (cert, key) file paths.
+    fn leaf(&self, issuer: &Issuer<'_, KeyPair>, name: &str, sans: Vec<SanType>) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, issuer).unwrap();
+        let (c, k) = (self.dir.join(format!("{name}.pem")), self.dir.join(format!("{name}-key.pem")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+/// An RSA signing key of the test issuer and its JWK.
+struct SigningKey {
+    kid: String,
+    encoding: EncodingKey,
+    public_pem: String,
+    jwk: Jwk,
+}
+
+fn rsa_key(kid: &str) -> SigningKey {
+    let pair = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let encoding = EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some(kid.into());
+    jwk.common.key_algorithm = Some(KeyAlgorithm::RS256);
+    SigningKey { kid: kid.into(), encoding, public_pem: pair.public_key_pem(), jwk }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn claims(sub: &str, team: Option<&str>, groups: &[&str]) -> serde_json::Value {
+    let mut c =
+        json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "exp": now() + 600, "iat": now(), "groups": groups });
+    if let Some(team) = team {
+        c["team"] = json!(team);
+    }
+    c
+}
+
+fn sign(key: &SigningKey, claims: &serde_json::Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+const POLICIES: &str = r#"
+@id("team-copies-own-clusters-in-place")
+permit(principal, action == Snapgate::Action::"CopyClusterSnapshot", resource)
+when { principal has team && resource.hasTag("team") && resource.getTag("team") == principal.team
+       && !context.cross_region && !context.cross_account };
+
+@id("backup-crosses-regions-with-the-backup-key")
+permit(principal, action == Snapgate::Action::"CopyClusterSnapshot", resource)
+when { principal.groups.contains("backup") && context has kms_key && context.kms_key == "alias/snapgate-backup" };
+
+@id("watch-what-you-may-copy")
+permit(principal, action in [Snapgate::Action::"WatchCopy", Snapgate::Action::"GetCopy"], resource)
+when { principal has team && resource.hasTag("team") && resource.getTag("team") == principal.team };
+
+@id("ci-runner-by-certificate")
+permit(principal == Snapgate::Caller::"spiffe://corp.test/ns/ci/sa/runner", action, resource);
+
+@id("graphs-stay-home")
+forbid(principal, action == Snapgate::Action::"CopyClusterSnapshot", resource)
+when { resource.family == "neptune" && context.cross_region };
+"#;
+
+/// The gateway with TLS (client certificates optional, so token callers need none), JWTs
+/// checked against `jwks`, and `POLICIES` in a file.
+struct Setup {
+    emu: EmulatorHandle,
+    server: gateway::Server,
+    pki: Pki,
+    client_cert: (PathBuf, PathBuf),
+    policy_file: PathBuf,
+}
+
+fn auth_settings(
+    dir: &Path,
+    pki: &Pki,
+    server: &(PathBuf, PathBuf),
+    mode: ClientCertificates,
+    jwks: &Path,
+) -> Settings {
+    let policy_file = dir.join("policies.cedar");
+    if !policy_file.exists() {
+        std::fs::write(&policy_file, POLICIES).unwrap();
+    }
+    Settings {
+        auth: AuthSettings {
+            tls: Some(TlsSettings {
+                cert_file: server.0.clone(),
+                key_file: server.1.clone(),
+                client_ca_file: Some(pki.ca.clone()),
+                client_certificates: mode,
+                reload_secs: 1,
+            }),
+            jwt: Some(JwtSettings {
+                issuer: ISSUER.into(),
+                audiences: vec![AUDIENCE.into()],
+                jwks_file: Some(jwks.to_owned()),
+                jwks_url: None,
+                jwks_ca_file: None,
+                jwks_refresh_secs: 300,
+                algorithms: vec!["RS256".into(), "ES256".into()],
+                leeway_secs: 5,
+                groups_claim: "groups".into(),
+                team_claim: "team".into(),
+            }),
+            static_tokens: Vec::new(),
+        },
+        authz: AuthzSettings { policy_file: Some(policy_file), policies: None, reload_secs: 1 },
+        ..gateway::settings()
+    }
+}
+
+async fn setup(name: &str, mode: ClientCertificates, key: &SigningKey) -> Setup {
+    let dir = scratch(name);
+    let (pki, issuer) = Pki::new(&dir, "corp");
+    let server_cert = pki.leaf(
+        &issuer,
+        "server",
+        vec![SanType::DnsName("localhost".try_into().unwrap()), SanType::IpAddress([127, 0, 0, 1].into())],
+    );
+    let client_cert = pki.leaf(&issuer, "ci-runner", vec![SanType::URI(CI_SPIFFE.try_into().unwrap())]);
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, serde_json::to_string(&JwkSet { keys: vec![key.jwk.clone()] }).unwrap()).unwrap();
+    let settings = auth_settings(&dir, &pki, &server_cert, mode, &jwks);
+    let policy_file = settings.authz.policy_file.clone().unwrap();
+    let emu = emulator_with(EmulatorConfig { seed: true, copy_gib_per_sec: 0.01, ..quiet_config() }).await;
+    let server = gateway::try_serve(settings, &emu.endpoint_url(), "AKIDTEST").await.expect("gateway starts");
+    Setup { emu, server, pki, client_cert, policy_file }
+}
+
+async fn tls_channel(addr: SocketAddr, ca: &Path, identity: Option<&(PathBuf, PathBuf)>) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(std::fs::read(cert).unwrap(), std::fs::read(key).unwrap()));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+fn copy(source: &str, target: &str) -> CopyClusterSnapshotRequest {
+    CopyClusterSnapshotRequest {
+        source_snapshot: source.into(),
+        target_snapshot_id: target.into(),
+        ..Default::default()
+    }
+}
+
+fn aws_calls(emu: &EmulatorHandle) -> u64 {
+    emu.emulator.calls().calls.values().sum()
+}
+
+#[tokio::test]
+async fn bad_credentials_are_unauthenticated_and_reach_no_aws_api() {
+    let key = rsa_key("k1");
+    let s = setup("bad-credentials", ClientCertificates::Optional, &key).await;
+    let channel = tls_channel(s.server.addr, &s.pki.ca, None).await.expect("TLS without a client certificate");
+    let other = rsa_key("k1");
+    let good = claims("svc-payments", Some("platform"), &[]);
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = good.clone();
+        f(&mut c);
+        c
+    };
+    let hmac_with_public_key = {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(&header, &good, &EncodingKey::from_secret(key.public_pem.as_bytes())).unwrap()
+    };
+    let alg_none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT","kid":"k1"}"#),
+        b64(serde_json::to_string(&good).unwrap().as_bytes())
+    );
+    let unknown_kid = {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("k-unknown".into());
+        jsonwebtoken::encode(&header, &good, &key.encoding).unwrap()
+    };
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("no credential", None, "no credentials"),
+        ("expired", Some(sign(&key, &with(&|c| c["exp"] = json!(now() - 3600)))), "expired"),
+        ("not yet valid", Some(sign(&key, &with(&|c| c["nbf"] = json!(now() + 3600)))), "not yet valid"),
+        ("wrong issuer", Some(sign(&key, &with(&|c| c["iss"] = json!("https://evil.test")))), "wrong issuer"),
+        ("wrong audience", Some(sign(&key, &with(&|c| c["aud"] = json!("other")))), "wrong audience"),
+        ("bad signature", Some(sign(&other, &good)), "bad signature"),
+        ("alg none", Some(alg_none), "invalid bearer token"),
+        ("HMAC with the RSA public key", Some(hmac_with_public_key), "not accepted"),
+        ("key id not in the JWKS", Some(unknown_kid), "unknown signing key"),
+        ("malformed", Some("abc.def".into()), "malformed"),
+        ("no sub", Some(sign(&key, &with(&|c| drop(c.as_object_mut().unwrap().remove("sub"))))), "claim"),
+    ];
+    s.emu.emulator.reset_calls();
+    for (name, token, message) in cases {
+        let mut client = client_with(channel.clone(), token.as_deref());
+        let status = client.copy_cluster_snapshot(copy("billing-pg-daily", "nope")).await.expect_err(name);
+        assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
+        assert!(status.message().contains(message), "{name}: {}", status.message());
+        let status = client.get_copy(GetCopyRequest { name: "billing-pg-daily".into() }).await.expect_err(name);
+        assert_eq!(status.code(), Code::Unauthenticated, "{name}");
+    }
+    assert_eq!(aws_calls(&s.emu), 0, "a refused call must reach no AWS API");
+
+    // The good token works over the same connection.
+    let mut client = client_with(channel, Some(&sign(&key, &good)));
+    client.copy_cluster_snapshot(copy("billing-pg-daily", "good-token-copy")).await.expect("valid token");
+}
+
+#[tokio::test]
+async fn a_client_certificate_names_the_caller_and_other_cas_are_refused() {
+    let key = rsa_key("k1");
+    let s = setup("mtls", ClientCertificates::Optional, &key).await;
+    let channel = tls_channel(s.server.addr, &s.pki.ca, Some(&s.client_cert)).await.unwrap();
+    let mut client = client_with(channel, None);
+    // Only the certificate's SPIFFE id is permitted this cross-region copy.
+    let req = copy("arn:aws:rds:us-west-2:123456789012:cluster-snapshot:orders-aurora-west-snap", "ci-copy");
+    let made = client.copy_cluster_snapshot(req).await.expect("the CI runner may copy anything");
+    assert!(made.into_inner().name.ends_with(":ci-copy"));
+
+    // A certificate from another CA never gets a connection.
+    let dir = scratch("mtls-other");
+    let (other, issuer) = Pki::new(&dir, "other");
+    let stranger = other.leaf(&issuer, "stranger", vec![SanType::URI(CI_SPIFFE.try_into().unwrap())]);
+    s.emu.emulator.reset_calls();
+    match tls_channel(s.server.addr, &s.pki.ca, Some(&stranger)).await {
+        Err(_) => {}
+        Ok(channel) => {
+            let status = client_with(channel, None)
+                .copy_cluster_snapshot(copy("billing-pg-daily", "stranger"))
+                .await
+                .expect_err("a certificate from another CA");
+            assert!(matches!(status.code(), Code::Unavailable | Code::Unknown), "{status:?}");
+        }
+    }
+    assert_eq!(aws_calls(&s.emu), 0);
+}
+
+#[tokio::test]
+async fn required_client_certificates_refuse_connections_without_one() {
+    let key = rsa_key("k1");
+    let s = setup("mtls-required", ClientCertificates::Required, &key).await;
+    s.emu.emulator.reset_calls();
+    let token = sign(&key, &claims("svc", Some("platform"), &[]));
+    match tls_channel(s.server.addr, &s.pki.ca, None).await {
+        Err(_) => {}
+        Ok(channel) => {
+            let status = client_with(channel, Some(&token))
+                .copy_cluster_snapshot(copy("billing-pg-daily", "no-cert"))
+                .await
+                .expect_err("no client certificate");
+            assert!(matches!(status.code(), Code::Unavailable | Code::Unknown), "{status:?}");
+        }
+    }
+    assert_eq!(aws_calls(&s.emu), 0);
+    let channel = tls_channel(s.server.addr, &s.pki.ca, Some(&s.client_cert)).await.unwrap();
+    client_with(channel, None).copy_cluster_snapshot(copy("billing-pg-daily", "with-cert")).await.expect("with one");
+}
+
+#[tokio::test]
+async fn policies_decide_by_account_region_engine_kms_key_and_tags() {
+    let key = rsa_key("k1");
+    let s = setup("policies", ClientCertificates::Optional, &key).await;
+    let channel = tls_channel(s.server.addr, &s.pki.ca, None).await.unwrap();
+    let as_ = |sub: &str, team: Option<&str>, groups: &[&str]| {
+        client_with(channel.clone(), Some(&sign(&key, &claims(sub, team, groups))))
+    };
+    let platform = as_("svc-platform", Some("platform"), &[]);
+    let payments = as_("svc-payments", Some("payments"), &[]);
+    let backup = as_("svc-backup", None, &["backup"]);
+
+    // The seed snapshots carry team=platform: the platform team copies them in place.
+    let mut c = platform.clone();
+    let mut req = copy("billing-pg-daily", "platform-copy");
+    req.copy_tags = true;
+    let made = c.copy_cluster_snapshot(req).await.expect("own cluster, same region");
+    // ...and may watch what it copied (the copy kept the team tag).
+    c.get_copy(GetCopyRequest { name: made.into_inner().name }).await.expect("watch what you may copy");
+
+    s.emu.emulator.reset_calls();
+    let denied = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
+        assert_eq!(info.reason, "POLICY_DENIED");
+        assert_eq!(info.metadata["action"], "CopyClusterSnapshot");
+        (status.message().to_owned(), info.metadata.get("policies").cloned())
+    };
+    // Another team's snapshot (by tag): denied by default, no copy call.
+    let (message, policies) =
+        denied(payments.clone().copy_cluster_snapshot(copy("billing-pg-daily", "payments-copy")).await.unwrap_err());
+    assert!(message.contains("no policy permits"), "{message}");
+    assert_eq!(policies, None);
+    // Its own team, but across regions: denied.
+    let mut cross =
+        copy("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:orders-aurora-2026-11-20", "platform-west");
+    cross.destination_region = "us-west-2".into();
+    denied(platform.clone().copy_cluster_snapshot(cross.clone()).await.unwrap_err());
+    // The backup service crosses regions only with the backup key.
+    let mut with_key = cross.clone();
+    with_key.kms_key_id = "alias/snapgate-backup".into();
+    denied(backup.clone().copy_cluster_snapshot(cross.clone()).await.unwrap_err());
+    let mut wrong_key = cross.clone();
+    wrong_key.kms_key_id = "alias/aws/rds".into();
+    denied(backup.clone().copy_cluster_snapshot(wrong_key).await.unwrap_err());
+    assert_eq!(s.emu.emulator.calls().get("CopyDBClusterSnapshot"), 0, "denied copies make no copy call");
+    backup.clone().copy_cluster_snapshot(with_key).await.expect("backup key, cross-region");
+    // A forbid wins over the backup permit and is named.
+    let mut graph = copy("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:graph-neptune-snap", "graph-west");
+    graph.destination_region = "us-west-2".into();
+    graph.kms_key_id = "alias/snapgate-backup".into();
+    let (message, policies) = denied(backup.clone().copy_cluster_snapshot(graph).await.unwrap_err());
+    assert!(message.contains("graphs-stay-home"), "{message}");
+    assert_eq!(policies.as_deref(), Some("graphs-stay-home"));
+    // Watching needs its own permit: payments may not watch platform's copy.
+    let status = payments.clone().get_copy(GetCopyRequest { name: "platform-copy".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn policy_reloads_take_effect_and_a_broken_file_keeps_the_last_good_set() {
+    let key = rsa_key("k1");
+    let s = setup("reload", ClientCertificates::Optional, &key).await;
+    let channel = tls_channel(s.server.addr, &s.pki.ca, None).await.unwrap();
+    let mut payments = client_with(channel, Some(&sign(&key, &claims("svc-payments", Some("payments"), &[]))));
+    let status = payments.copy_cluster_snapshot(copy("billing-pg-daily", "reload-1")).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    let added = format!(
+        "{POLICIES}\n@id(\"payments-too\")\npermit(principal == Snapgate::Caller::\"svc-payments\", action, resource);\n"
+    );
+    std::fs::write(&s.policy_file, &added).unwrap();
+    let allowed = eventually(|| {
+        let mut c = payments.clone();
+        async move { c.copy_cluster_snapshot(copy("billing-pg-daily", "reload-1")).await.is_ok() }
+    })
+    .await;
+    assert!(allowed, "the added permit took effect without a restart");
+
+    std::fs::write(&s.policy_file, "permit(principal, action, resource) when { nonsense").unwrap();
+    let metrics = format!("http://{}/metrics", s.server.admin.unwrap());
+    let failed_reload = eventually(|| {
+        let metrics = metrics.clone();
+        async move { scrape(&metrics).await.contains(r#"snapgate_policy_reloads_total{reason="failed"} 1"#) }
+    })
+    .await;
+    assert!(failed_reload, "the broken file was read and refused");
+    payments
+        .copy_cluster_snapshot(copy("billing-pg-daily", "reload-2"))
+        .await
+        .expect("the last good set stays in force");
+}
+
+#[tokio::test]
+async fn a_broken_policy_stops_start_naming_the_policy() {
+    let emu = emulator_with(quiet_config()).await;
+    let mut settings = gateway::settings();
+    settings.authz.policies =
+        Some(r#"@id("typo-policy") permit(principal, action, resource) when { resource.enigne == "neptune" };"#.into());
+    let error = gateway::try_serve(settings, &emu.endpoint_url(), "AKIDTEST").await.err().expect("start refused");
+    let error = format!("{error:#}");
+    assert!(error.contains("typo-policy") && error.contains("enigne"), "{error}");
+
+    let mut open = gateway::settings();
+    open.auth = AuthSettings::default();
+    let error = gateway::try_serve(open, &emu.endpoint_url(), "AKIDTEST").await.err().expect("no authentication");
+    assert!(format!("{error:#}").contains("no way to authenticate"), "{error:#}");
+}
+
+#[tokio::test]
+async fn a_jwks_url_is_refetched_for_a_new_key_id_and_at_most_so_often() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let k1 = rsa_key("k1");
+    let k2 = rsa_key("k2");
+    let document = Arc::new(Mutex::new(serde_json::to_string(&JwkSet { keys: vec![k1.jwk.clone()] }).unwrap()));
+    let fetches = Arc::new(AtomicU64::new(0));
+    let app = {
+        let (document, fetches) = (document.clone(), fetches.clone());
+        axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let body = document.lock().unwrap().clone();
+                async move { ([("content-type", "application/json")], body) }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let emu = emulator_with(EmulatorConfig { seed: true, ..quiet_config() }).await;
+    let mut settings = gateway::settings();
+    settings.auth.jwt = Some(JwtSettings {
+        issuer: ISSUER.into(),
+        audiences: vec![AUDIENCE.into()],
+        jwks_file: None,
+        jwks_url: Some(format!("http://{idp}/jwks.json")),
+        jwks_ca_file: None,
+        jwks_refresh_secs: 300,
+        algorithms: vec!["RS256".into()],
+        leeway_secs: 5,
+        groups_claim: "groups".into(),
+        team_claim: "team".into(),
+    });
+    settings.authz.policies = Some(r#"permit(principal == Snapgate::Caller::"svc", action, resource);"#.into());
+    let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "fetched once at start");
+    let get = |token: String| {
+        let mut c = client_with(gw.channel.clone(), Some(&token));
+        async move { c.get_copy(GetCopyRequest { name: "billing-pg-daily".into() }).await }
+    };
+    get(sign(&k1, &claims("svc", None, &[]))).await.expect("k1 is in the JWKS");
+
+    // The issuer rotates: k2 is published, then used. The first k2 token fetches again.
+    *document.lock().unwrap() = serde_json::to_string(&JwkSet { keys: vec![k1.jwk.clone(), k2.jwk.clone()] }).unwrap();
+    get(sign(&k2, &claims("svc", None, &[]))).await.expect("a rotated-in key is picked up");
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    // Tokens naming keys that do not exist cannot make the gateway hammer the issuer.
+    let k3 = rsa_key("k3");
+    for _ in 0..5 {
+        let status = get(sign(&k3, &claims("svc", None, &[]))).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 2, "unknown key ids refetch at most every 30 s");
+}
+
+async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn scrape(url: &str) -> String {
+    let addr: SocketAddr = url.trim_start_matches("http://").trim_end_matches("/metrics").parse().unwrap();
+    raw_http(addr, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.1
+}
+
+#[tokio::test]
+async fn certificates_reload_without_a_restart() {
+    let key = rsa_key("k1");
+    let s = setup("tls-reload", ClientCertificates::Optional, &key).await;
+    // The client keeps its own copy of the CA that signed the server's certificate.
+    let server_ca = s.pki.dir.join("server-ca-copy.pem");
+    std::fs::copy(&s.pki.ca, &server_ca).unwrap();
+    let (other, issuer) = Pki::new(&s.pki.dir, "partner");
+    let partner = other.leaf(&issuer, "partner-client", vec![SanType::URI(CI_SPIFFE.try_into().unwrap())]);
+    let works = |identity: (PathBuf, PathBuf)| {
+        let (addr, ca) = (s.server.addr, server_ca.clone());
+        async move {
+            match tls_channel(addr, &ca, Some(&identity)).await {
+                Ok(channel) => client_with(channel, None)
+                    .get_copy(GetCopyRequest { name: "billing-pg-daily".into() })
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        }
+    };
+    assert!(works(s.client_cert.clone()).await);
+    assert!(!works(partner.clone()).await, "the partner CA is not trusted yet");
+    // The operator switches the trusted client CA on disk; no restart.
+    std::fs::copy(&other.ca, &s.pki.ca).unwrap();
+    assert!(eventually(|| works(partner.clone())).await, "the new CA is trusted after the reload");
+    assert!(!works(s.client_cert.clone()).await, "the old CA no longer is");
+}
