@@ -293,7 +293,7 @@ async fn waiter_way(endpoint: &str, names: &[String], watchers: usize, seconds: 
 /// every call pays for authentication and authorization as in production.
 const BENCH_TOKEN: &str = "snapgate-bench-token";
 
-fn bench_settings() -> Settings {
+pub(crate) fn bench_settings() -> Settings {
     Settings {
         auth: crate::config::AuthSettings {
             static_tokens: vec![crate::config::StaticToken {
@@ -319,14 +319,14 @@ fn bearer(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::
     Ok(request)
 }
 
-type BenchClient = SnapshotCopyServiceClient<
+pub(crate) type BenchClient = SnapshotCopyServiceClient<
     tonic::service::interceptor::InterceptedService<
         Channel,
         fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
     >,
 >;
 
-async fn bench_client(addr: &str) -> anyhow::Result<BenchClient> {
+pub(crate) async fn bench_client(addr: &str) -> anyhow::Result<BenchClient> {
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
     Ok(SnapshotCopyServiceClient::with_interceptor(channel, bearer as fn(_) -> _))
 }

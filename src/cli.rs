@@ -49,6 +49,8 @@ pub enum BenchCommand {
     Watch(crate::bench::WatchBenchArgs),
     /// A burst of copies at once: all succeed, none throttled, time against the limit.
     CopyBurst(crate::bench::CopyBurstArgs),
+    /// The cost of authentication and authorization per call, next to a whole call's.
+    Auth(crate::bench_auth::AuthBenchArgs),
     /// The load generator `bench watch` starts in a child process.
     #[command(hide = true)]
     WatchClients(crate::bench::WatchClientsArgs),
@@ -105,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(command) => return crate::policy_cmd::run(command),
         Command::Bench(BenchCommand::Watch(args)) => crate::bench::watch(args).await,
         Command::Bench(BenchCommand::CopyBurst(args)) => crate::bench::copy_burst(args).await,
+        Command::Bench(BenchCommand::Auth(args)) => crate::bench_auth::auth(args).await,
         Command::Bench(BenchCommand::WatchClients(args)) => crate::bench::watch_clients(args).await,
     };
     done.map(|()| ExitCode::SUCCESS)

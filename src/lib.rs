@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod aws;
 pub mod bench;
+pub mod bench_auth;
 pub mod cli;
 pub mod codec;
 pub mod config;

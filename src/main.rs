@@ -6,7 +6,9 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = snapgate::cli::Cli::parse();
-    snapgate::telemetry::init_logging("info", cli.log_format);
+    // Benchmarks print a report; their calls' log lines (audit events among them) would bury it.
+    let default_filter = if matches!(cli.command, snapgate::cli::Command::Bench(_)) { "warn" } else { "info" };
+    snapgate::telemetry::init_logging(default_filter, cli.log_format);
     match snapgate::cli::run(cli).await {
         Ok(code) => code,
         Err(error) => {

@@ -10,6 +10,8 @@ import pytest
 from conftest import SNAPGATE, VENV_BIN, Server
 
 SERVICE = "snapgate.v1.SnapshotCopyService"
+# `snapgate dev`'s static token (its caller "dev" may do everything under the dev policy).
+AUTH = ("-H", "authorization: Bearer snapgate-dev-token")
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +57,16 @@ def test_describe_shows_the_documented_contract(dev):
 
 def test_copy_then_get_with_json(dev):
     body = json.dumps({"source_snapshot": "ledger-mysql-snap", "target_snapshot_id": "ledger-grpcurl", "tags": [{"key": "via", "value": "grpcurl"}]})
-    copy = json.loads(grpcurl("-plaintext", "-d", body, dev.endpoint, f"{SERVICE}/CopyClusterSnapshot").stdout)
+    copy = json.loads(grpcurl("-plaintext", *AUTH, "-d", body, dev.endpoint, f"{SERVICE}/CopyClusterSnapshot").stdout)
     assert copy["name"] == "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:ledger-grpcurl"
     assert copy["state"] == "COPYING"
-    got = json.loads(grpcurl("-plaintext", "-d", json.dumps({"name": copy["name"]}), dev.endpoint, f"{SERVICE}/GetCopy").stdout)
+    got = json.loads(grpcurl("-plaintext", *AUTH, "-d", json.dumps({"name": copy["name"]}), dev.endpoint, f"{SERVICE}/GetCopy").stdout)
     assert got["engine"] == "mysql"
 
 
 def test_errors_print_their_details(dev):
     body = json.dumps({"source_snapshot": "ledger-mysql-snap", "target_snapshot_id": "bad--id"})
-    out = grpcurl("-plaintext", "-d", body, dev.endpoint, f"{SERVICE}/CopyClusterSnapshot", check=False)
+    out = grpcurl("-plaintext", *AUTH, "-d", body, dev.endpoint, f"{SERVICE}/CopyClusterSnapshot", check=False)
     assert out.returncode != 0
     assert "InvalidArgument" in out.stderr
     assert "google.rpc.BadRequest" in out.stderr and "target_snapshot_id" in out.stderr
@@ -73,3 +75,10 @@ def test_errors_print_their_details(dev):
 def test_health_check(dev):
     out = json.loads(grpcurl("-plaintext", dev.endpoint, "grpc.health.v1.Health/Check").stdout)
     assert out["status"] == "SERVING"
+
+
+def test_calls_without_the_token_are_unauthenticated(dev):
+    body = json.dumps({"source_snapshot": "ledger-mysql-snap", "target_snapshot_id": "no-token"})
+    out = grpcurl("-plaintext", "-d", body, dev.endpoint, f"{SERVICE}/CopyClusterSnapshot", check=False)
+    assert out.returncode != 0
+    assert "Unauthenticated" in out.stderr and "no credentials" in out.stderr
