@@ -19,6 +19,7 @@ pub fn unauthenticated(method: &str, error: &AuthError, remote: Option<SocketAdd
         decision = "unauthenticated",
         reason = %error,
         remote = remote.map(|r| r.to_string()),
+        trace_id = crate::telemetry::current_trace_id(),
         "call refused: not authenticated"
     );
 }
@@ -50,6 +51,7 @@ impl DecisionEvent<'_> {
             policies = %self.decision.policies.join(","),
             aws_request_id = self.aws_request_id,
             outcome = self.outcome,
+            trace_id = crate::telemetry::current_trace_id(),
             "authorization decision"
         );
     }

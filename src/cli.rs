@@ -51,6 +51,8 @@ pub enum BenchCommand {
     CopyBurst(crate::bench::CopyBurstArgs),
     /// The cost of authentication and authorization per call, next to a whole call's.
     Auth(crate::bench_auth::AuthBenchArgs),
+    /// Throughput with trace export on against off, in one run.
+    Trace(crate::bench_trace::TraceBenchArgs),
     /// The load generator `bench watch` starts in a child process.
     #[command(hide = true)]
     WatchClients(crate::bench::WatchClientsArgs),
@@ -108,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Watch(args)) => crate::bench::watch(args).await,
         Command::Bench(BenchCommand::CopyBurst(args)) => crate::bench::copy_burst(args).await,
         Command::Bench(BenchCommand::Auth(args)) => crate::bench_auth::auth(args).await,
+        Command::Bench(BenchCommand::Trace(args)) => crate::bench_trace::trace(args).await,
         Command::Bench(BenchCommand::WatchClients(args)) => crate::bench::watch_clients(args).await,
     };
     done.map(|()| ExitCode::SUCCESS)
@@ -135,8 +138,13 @@ pub const DEV_TOKEN: &str = "snapgate-dev-token";
 const DEV_POLICY: &str = include_str!("../deploy/policies/dev.cedar");
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    let emulator_config =
-        EmulatorConfig { seed: true, copy_gib_per_sec: args.copy_gib_per_sec, ..EmulatorConfig::default() };
+    let emulator_config = EmulatorConfig {
+        seed: true,
+        copy_gib_per_sec: args.copy_gib_per_sec,
+        // So that the emulator can verify the URLs the gateway presigns (DocumentDB across regions).
+        secret_keys: [(DEV_ACCESS_KEY.to_owned(), DEV_SECRET_KEY.to_owned())].into_iter().collect(),
+        ..EmulatorConfig::default()
+    };
     let emulator = emulator::spawn(emulator_config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let settings = Settings {
         listen: args.listen,

@@ -51,6 +51,7 @@ pub struct Metrics {
     watch_streams: Gauge,
     watched_snapshots: Gauge,
     authz_decisions: Family<DecisionLabels, Counter>,
+    aws_retries: Family<MethodLabels, Counter>,
     authn_failures: Family<ReasonLabels, Counter>,
     policy_reloads: Family<ReasonLabels, Counter>,
 }
@@ -89,6 +90,12 @@ impl Metrics {
         registry.register("watch_polled_snapshots", "Snapshots in the pollers' sets", watched_snapshots.clone());
         let authz_decisions = Family::<DecisionLabels, Counter>::default();
         registry.register("authz_decisions", "Authorization decisions by action and outcome", authz_decisions.clone());
+        let aws_retries = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "aws_retries",
+            "AWS call attempts after the first (the SDK's retries), by action",
+            aws_retries.clone(),
+        );
         let authn_failures = Family::<ReasonLabels, Counter>::default();
         registry.register("authn_failures", "Calls refused as UNAUTHENTICATED, by reason", authn_failures.clone());
         let policy_reloads = Family::<ReasonLabels, Counter>::default();
@@ -104,6 +111,7 @@ impl Metrics {
             watch_streams,
             watched_snapshots,
             authz_decisions,
+            aws_retries,
             authn_failures,
             policy_reloads,
         })
@@ -123,6 +131,10 @@ impl Metrics {
     pub fn authz_decision(&self, action: &str, allowed: bool) {
         let decision = if allowed { "allow" } else { "deny" }.to_owned();
         self.authz_decisions.get_or_create(&DecisionLabels { action: action.to_owned(), decision }).inc();
+    }
+
+    pub fn aws_retry(&self, action: &str) {
+        self.aws_retries.get_or_create(&MethodLabels { method: action.to_owned() }).inc();
     }
 
     pub fn authn_failure(&self, reason: &str) {

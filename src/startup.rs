@@ -135,6 +135,9 @@ impl Application {
         };
 
         let server = Server::builder()
+            // Outermost: the server span covers authentication, the handler and the whole
+            // response body (a WatchCopy stream to its end).
+            .layer(crate::rpc_trace::RpcTraceLayer)
             // Outside every service: an unauthenticated call never reaches a handler.
             .layer(AuthLayer::new(self.authenticator.clone()))
             .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))

@@ -56,7 +56,8 @@ pub fn copy_in_state(s: &ClusterSnapshot, state: CopyState) -> pb::Copy {
     }
 }
 
-pub fn event(e: WatchEvent) -> pb::CopyEvent {
+/// One stream event; `trace_id` is the stream's trace (empty when traces are off).
+pub fn event(e: WatchEvent, trace_id: &str) -> pb::CopyEvent {
     let change = match e.change {
         Change::Initial => pb::copy_event::Change::Initial,
         Change::State => pb::copy_event::Change::State,
@@ -69,6 +70,6 @@ pub fn event(e: WatchEvent) -> pb::CopyEvent {
         observe_time: Some(prost_types::Timestamp::from(e.observed)),
         change: change as i32,
         terminal: e.terminal,
-        trace_id: String::new(),
+        trace_id: trace_id.to_owned(),
     }
 }

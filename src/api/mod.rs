@@ -174,7 +174,23 @@ impl SnapshotCopyService for Api {
                 Observation::Failing { error } => return Err(Error::Aws(error.clone()).into()),
             }
             let events = self.hub.stream(subscription, first, permit, deadline);
-            let stream = events.map(|item| item.map(convert::event).map_err(Status::from));
+            // The server span lasts as long as the stream; each change is an event on it.
+            let span = tracing::Span::current();
+            let trace_id = crate::telemetry::trace_id_of(&span).unwrap_or_default();
+            let stream = events.map(move |item| {
+                let event = item.map_err(Status::from)?;
+                if event.change != crate::watch::Change::Heartbeat {
+                    tracing::debug!(
+                        target: crate::telemetry::STREAM_EVENTS,
+                        parent: &span,
+                        change = ?event.change,
+                        state = ?event.state,
+                        percent = event.snapshot.percent_progress,
+                        "copy progress"
+                    );
+                }
+                Ok(convert::event(event, &trace_id))
+            });
             Ok(Response::new(Box::pin(stream) as EventStream))
         }
         .await;

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 use super::Authenticator;
 use super::tls::ConnInfo;
@@ -67,7 +68,25 @@ where
             let authorization = request.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
             let info = request.extensions().get::<ConnInfo>().cloned();
             let certificate = info.as_ref().and_then(|i| i.certificate.as_ref());
-            match auth.authenticate(authorization.as_deref(), certificate).await {
+            let span = tracing::info_span!(
+                "authenticate",
+                otel.name = "authenticate",
+                authn.method = tracing::field::Empty,
+                authn.outcome = tracing::field::Empty,
+                enduser.id = tracing::field::Empty,
+            );
+            let outcome = auth.authenticate(authorization.as_deref(), certificate).instrument(span.clone()).await;
+            match &outcome {
+                Ok(caller) => {
+                    span.record("authn.method", caller.method.as_str());
+                    span.record("authn.outcome", "ok");
+                    span.record("enduser.id", caller.id.as_str());
+                }
+                Err(error) => {
+                    span.record("authn.outcome", error.label());
+                }
+            }
+            match outcome {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
                     inner.call(request).await

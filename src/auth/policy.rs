@@ -320,7 +320,17 @@ impl PolicyStore {
         snapshot: &ClusterSnapshot,
         copy: Option<&CopyContext>,
     ) -> Decision {
+        let span = tracing::info_span!(
+            "authorize",
+            otel.name = "authorize",
+            authz.action = action.name(),
+            authz.decision = tracing::field::Empty,
+            authz.policies = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         let decision = decide(&self.current.load(), caller, action, snapshot, copy);
+        span.record("authz.decision", if decision.allowed { "allow" } else { "deny" });
+        span.record("authz.policies", decision.policies.join(",").as_str());
         for error in &decision.errors {
             tracing::warn!(action = action.name(), %error, "a policy could not be evaluated");
         }

@@ -8,6 +8,7 @@ pub mod presign;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use tracing::Instrument;
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_rds::config::{Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig};
@@ -104,12 +105,26 @@ impl Rds {
         })
     }
 
-    /// Counts a finished AWS call by action and outcome.
-    fn record<T>(&self, action: &str, started: std::time::Instant, result: Result<T, AwsError>) -> Result<T, AwsError> {
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.kind.label(),
+    /// Counts a finished AWS call by action and outcome, and puts its request id and outcome
+    /// on the call's span.
+    fn record<T: aws_sdk_rds::operation::RequestId>(
+        &self,
+        action: &str,
+        started: std::time::Instant,
+        span: &tracing::Span,
+        result: Result<T, AwsError>,
+    ) -> Result<T, AwsError> {
+        let (outcome, request_id) = match &result {
+            Ok(out) => ("ok", out.request_id()),
+            Err(e) => (e.kind.label(), e.request_id.as_deref()),
         };
+        if let Some(id) = request_id {
+            span.record("aws.request_id", id);
+        }
+        if let Err(e) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("aws.error_code", e.code.as_deref().unwrap_or(e.kind.label()));
+        }
         self.metrics.aws_call(action, outcome, started.elapsed());
         result
     }
@@ -155,7 +170,11 @@ impl Rds {
             .entry(region.to_owned())
             .or_insert_with(|| {
                 let config = self.base.to_builder().region(Region::new(region.to_owned())).build();
-                aws_sdk_rds::Client::new(&config)
+                aws_sdk_rds::Client::from_conf(
+                    aws_sdk_rds::config::Builder::from(&config)
+                        .interceptor(AttemptRecorder { metrics: self.metrics.clone() })
+                        .build(),
+                )
             })
             .clone()
     }
@@ -170,6 +189,7 @@ impl Rds {
         let tags: Vec<Tag> = input.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
         self.pace(region).await;
         let started = std::time::Instant::now();
+        let span = call_span(ACTION, region);
         let out = self
             .client(region)
             .copy_db_cluster_snapshot()
@@ -180,9 +200,10 @@ impl Rds {
             .copy_tags(input.copy_tags)
             .set_tags((!tags.is_empty()).then_some(tags))
             .send()
+            .instrument(span.clone())
             .await
             .map_err(|e| AwsError::from_sdk(ACTION, e));
-        let out = self.record(ACTION, started, out)?;
+        let out = self.record(ACTION, started, &span, out)?;
         let request_id = aws_sdk_rds::operation::RequestId::request_id(&out).map(str::to_owned);
         out.db_cluster_snapshot().map(|s| (convert(s), request_id)).ok_or_else(|| missing_snapshot(ACTION))
     }
@@ -192,6 +213,7 @@ impl Rds {
         const ACTION: &str = "DescribeDBClusterSnapshots";
         self.pace(region).await;
         let started = std::time::Instant::now();
+        let span = call_span(ACTION, region);
         let out = self
             .client(region)
             .describe_db_cluster_snapshots()
@@ -199,9 +221,10 @@ impl Rds {
             // A snapshot shared from another account is described by its ARN.
             .set_include_shared(id.starts_with("arn:").then_some(true))
             .send()
+            .instrument(span.clone())
             .await
             .map_err(|e| AwsError::from_sdk(ACTION, e));
-        let out = self.record(ACTION, started, out)?;
+        let out = self.record(ACTION, started, &span, out)?;
         out.db_cluster_snapshots().first().map(convert).ok_or_else(|| AwsError {
             kind: AwsErrorKind::NotFound,
             action: ACTION,
@@ -232,15 +255,17 @@ impl Rds {
             loop {
                 self.pace(region).await;
                 let started = std::time::Instant::now();
+                let span = call_span(ACTION, region);
                 let out = client
                     .describe_db_cluster_snapshots()
                     .filters(filter.clone())
                     .max_records(100)
                     .set_marker(marker)
                     .send()
+                    .instrument(span.clone())
                     .await
                     .map_err(|e| AwsError::from_sdk(ACTION, e));
-                let out = self.record(ACTION, started, out)?;
+                let out = self.record(ACTION, started, &span, out)?;
                 found.extend(out.db_cluster_snapshots().iter().map(convert));
                 marker = out.marker().map(str::to_owned);
                 if marker.is_none() {
@@ -256,15 +281,70 @@ impl Rds {
         const ACTION: &str = "DeleteDBClusterSnapshot";
         self.pace(region).await;
         let started = std::time::Instant::now();
+        let span = call_span(ACTION, region);
         let out = self
             .client(region)
             .delete_db_cluster_snapshot()
             .db_cluster_snapshot_identifier(id)
             .send()
+            .instrument(span.clone())
             .await
             .map_err(|e| AwsError::from_sdk(ACTION, e));
-        let out = self.record(ACTION, started, out)?;
+        let out = self.record(ACTION, started, &span, out)?;
         out.db_cluster_snapshot().map(convert).ok_or_else(|| missing_snapshot(ACTION))
+    }
+}
+
+/// The CLIENT span of one AWS call (retries included). The SDK's own spans are DEBUG-level
+/// and carry no request id; this one does.
+fn call_span(action: &'static str, region: &str) -> tracing::Span {
+    tracing::info_span!(
+        "aws",
+        otel.name = format!("RDS/{action}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "aws-api",
+        rpc.service = "RDS",
+        rpc.method = action,
+        cloud.region = region,
+        aws.request_id = tracing::field::Empty,
+        aws.attempts = tracing::field::Empty,
+        aws.error_code = tracing::field::Empty,
+    )
+}
+
+/// Puts the attempt number on the current AWS call's span, so retries show in the trace.
+struct AttemptRecorder {
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for AttemptRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttemptRecorder")
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for AttemptRecorder {
+    fn name(&self) -> &'static str {
+        "snapgate::AttemptRecorder"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        if let Some(attempts) = cfg.load::<aws_smithy_runtime_api::client::retries::RequestAttempts>() {
+            tracing::Span::current().record("aws.attempts", attempts.attempts());
+            if attempts.attempts() > 1 {
+                let action = cfg
+                    .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+                    .map_or("unknown", |m| m.name());
+                self.metrics.aws_retry(action);
+            }
+        }
+        Ok(())
     }
 }
 

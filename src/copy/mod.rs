@@ -69,7 +69,9 @@ impl CopyService {
         request: &CopyRequest,
         authorize: impl FnOnce(&ClusterSnapshot, &CopyContext) -> Result<(), Error>,
     ) -> Result<Copied, Error> {
-        let valid = validate(request, self.accounts.default_region()).map_err(Error::InvalidArgument)?;
+        let valid = tracing::info_span!("validate", otel.name = "validate")
+            .in_scope(|| validate(request, self.accounts.default_region()))
+            .map_err(Error::InvalidArgument)?;
         let rds = self.accounts.destination(valid.destination_account.as_deref())?;
         let destination_account =
             valid.destination_account.clone().or_else(|| self.accounts.own_account().map(str::to_owned));

@@ -93,11 +93,31 @@ pub struct CallCounts {
     pub calls: BTreeMap<String, u64>,
     pub throttled: u64,
     pub internal_failures: u64,
+    /// The latest requests (at most [`RECENT_REQUESTS`]), oldest first: what a client's logs
+    /// or traces can be matched against.
+    #[serde(default)]
+    pub recent: std::collections::VecDeque<RecentRequest>,
+}
+
+pub const RECENT_REQUESTS: usize = 100;
+
+/// One request the emulator answered, by its `RequestId`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentRequest {
+    pub action: String,
+    pub request_id: String,
 }
 
 impl CallCounts {
     pub fn get(&self, action: &str) -> u64 {
         self.calls.get(action).copied().unwrap_or(0)
+    }
+
+    pub fn remember(&mut self, action: &str, request_id: &str) {
+        if self.recent.len() == RECENT_REQUESTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(RecentRequest { action: action.to_owned(), request_id: request_id.to_owned() });
     }
 }
 

@@ -75,6 +75,7 @@ async fn handle(emulator: &Emulator, request: Request, request_id: &str) -> Resu
         .take("Action")
         .filter(|a| !a.is_empty())
         .ok_or_else(|| AwsError::client("MissingAction", "The request must contain the parameter Action"))?;
+    emulator.fault_state().counts.remember(&action, request_id);
     match params.take("Version").as_deref() {
         None | Some("") => return Err(AwsError::missing("Version")),
         Some("2014-10-31") => {}

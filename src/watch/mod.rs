@@ -46,7 +46,14 @@ type Slot = watch::Sender<Option<Arc<Observation>>>;
 struct Entry {
     slot: Slot,
     watchers: usize,
+    /// Spans of the latest watchers (a few), linked from the poll rounds that serve them.
+    watcher_spans: std::collections::VecDeque<opentelemetry::trace::SpanContext>,
 }
+
+/// Watcher spans remembered per snapshot, and links per poll round: enough to find the
+/// watchers from a round in a trace viewer without making rounds heavy.
+const LINKS_PER_SNAPSHOT: usize = 4;
+const LINKS_PER_ROUND: usize = 32;
 
 /// One region's poller and the snapshots it watches.
 struct Poller {
@@ -60,6 +67,11 @@ impl Poller {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The watcher spans a poll round links to.
+fn watcher_links(poller: &Poller) -> Vec<opentelemetry::trace::SpanContext> {
+    poller.lock().values().flat_map(|e| e.watcher_spans.iter().cloned()).take(LINKS_PER_ROUND).collect()
 }
 
 /// Counters for tests and the benchmark.
@@ -179,9 +191,23 @@ impl WatchHub {
         let poller = self.poller(account, region);
         let (rx, fresh) = {
             let mut entries = poller.lock();
-            let entry =
-                entries.entry(id.clone()).or_insert_with(|| Entry { slot: watch::channel(None).0, watchers: 0 });
+            let entry = entries.entry(id.clone()).or_insert_with(|| Entry {
+                slot: watch::channel(None).0,
+                watchers: 0,
+                watcher_spans: std::collections::VecDeque::new(),
+            });
             entry.watchers += 1;
+            let watcher = {
+                use opentelemetry::trace::TraceContextExt;
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                tracing::Span::current().context().span().span_context().clone()
+            };
+            if watcher.is_valid() {
+                if entry.watcher_spans.len() == LINKS_PER_SNAPSHOT {
+                    entry.watcher_spans.pop_front();
+                }
+                entry.watcher_spans.push_back(watcher);
+            }
             (entry.slot.subscribe(), entry.slot.borrow().is_some())
         };
         if !fresh {

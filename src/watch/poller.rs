@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{HubStats, Observation, Poller, observed_state};
 use crate::aws::{AwsErrorKind, Rds};
@@ -54,11 +55,26 @@ pub(super) async fn run(
             continue;
         }
         ids.sort();
-        let span = tracing::debug_span!("poll_round", region = %poller.region, snapshots = ids.len());
-        let _enter = span.enter();
+        let span = tracing::info_span!(
+            "poll_round",
+            otel.name = "watch.poll_round",
+            otel.status_code = tracing::field::Empty,
+            cloud.region = %poller.region,
+            snapshots = ids.len(),
+            changed = tracing::field::Empty,
+        );
+        // Its own trace, linked to (some of) the watchers it serves.
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, opentelemetry::Context::new());
+        for watcher in super::watcher_links(&poller) {
+            tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, watcher);
+        }
         stats.rounds.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = poll(&poller, &rds, &ids).await;
+        let outcome = poll(&poller, &rds, &ids).instrument(span.clone()).await;
+        match &outcome {
+            Ok(changed) => span.record("changed", changed),
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
         metrics.poll_round(started.elapsed());
         match outcome {
             Ok(changed) => {
