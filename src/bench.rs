@@ -326,6 +326,35 @@ pub(crate) type BenchClient = SnapshotCopyServiceClient<
     >,
 >;
 
+/// The gateway on an emulator with RDS's throttling off and no client-side pacing: for
+/// benchmarks that measure a call, not AWS's rate limit. Returns the emulator (stop it at the
+/// end) and a client that authenticates as the bench caller.
+pub(crate) async fn unthrottled_gateway() -> anyhow::Result<(crate::emulator::EmulatorHandle, BenchClient)> {
+    let emu = emulator::spawn(
+        EmulatorConfig {
+            seed: true,
+            faults: Faults { throttle: None, ..Faults::default() },
+            ..EmulatorConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await?;
+    let aws = AwsSettings {
+        region: Some("us-east-1".into()),
+        account_id: Some(emulator::DEFAULT_ACCOUNT.into()),
+        rate_limit_per_sec: Some(1e6),
+        rate_limit_burst: Some(1_000_000),
+        ..AwsSettings::default()
+    };
+    let sdk = crate::aws::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
+    let admin = crate::config::AdminSettings { listen: None };
+    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, admin, ..bench_settings() };
+    let app = Application::build(settings, sdk).await?;
+    let addr = app.local_addr();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    Ok((emu, bench_client(&addr.to_string()).await?))
+}
+
 pub(crate) async fn bench_client(addr: &str) -> anyhow::Result<BenchClient> {
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
     Ok(SnapshotCopyServiceClient::with_interceptor(channel, bearer as fn(_) -> _))

@@ -1,7 +1,6 @@
 //! `snapgate bench auth`: what authentication and authorization cost per call, next to what a
 //! whole call costs. Keys are made for the run; the policies are the shipped examples.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::rand::SystemRandom;
@@ -149,34 +148,7 @@ where
 
 /// Mean latency of sequential GetCopy calls through the real gateway on loopback.
 async fn whole_calls(calls: u32) -> anyhow::Result<f64> {
-    let emu = crate::emulator::spawn(
-        // RDS's throttling off: this measures a call, not AWS's rate limit.
-        crate::emulator::EmulatorConfig {
-            seed: true,
-            faults: crate::emulator::Faults { throttle: None, ..Default::default() },
-            ..Default::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await?;
-    let aws = crate::config::AwsSettings {
-        region: Some("us-east-1".into()),
-        account_id: Some(crate::emulator::DEFAULT_ACCOUNT.into()),
-        rate_limit_per_sec: Some(1e6),
-        rate_limit_burst: Some(1_000_000),
-        ..Default::default()
-    };
-    let sdk = crate::aws::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
-    let settings = crate::config::Settings {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        aws,
-        admin: crate::config::AdminSettings { listen: None },
-        ..crate::bench::bench_settings()
-    };
-    let app = crate::startup::Application::build(settings, sdk).await?;
-    let addr = app.local_addr();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let mut client = crate::bench::bench_client(&addr.to_string()).await?;
+    let (emu, mut client) = crate::bench::unthrottled_gateway().await?;
     let get = crate::pb::GetCopyRequest { name: "billing-pg-daily".into() };
     for _ in 0..50 {
         client.get_copy(get.clone()).await?;

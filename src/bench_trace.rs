@@ -2,7 +2,6 @@
 //! off, in one process and one run (phases alternate off, on, off, on), exporting over
 //! http/protobuf to a sink on loopback that accepts and counts what it gets.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -41,33 +40,7 @@ pub async fn trace(args: TraceBenchArgs) -> anyhow::Result<()> {
         TraceExport { protocol: Protocol::HttpBinary, endpoint: Some(format!("http://{sink_addr}/v1/traces")) };
     let _guard = telemetry::init_with("warn", LogFormat::Human, Some(export)).map_err(anyhow::Error::msg)?;
 
-    let emu = crate::emulator::spawn(
-        crate::emulator::EmulatorConfig {
-            seed: true,
-            faults: crate::emulator::Faults { throttle: None, ..Default::default() },
-            ..Default::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await?;
-    let aws = crate::config::AwsSettings {
-        region: Some("us-east-1".into()),
-        account_id: Some(crate::emulator::DEFAULT_ACCOUNT.into()),
-        rate_limit_per_sec: Some(1e6),
-        rate_limit_burst: Some(1_000_000),
-        ..Default::default()
-    };
-    let sdk = crate::aws::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
-    let settings = crate::config::Settings {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        aws,
-        admin: crate::config::AdminSettings { listen: None },
-        ..crate::bench::bench_settings()
-    };
-    let app = crate::startup::Application::build(settings, sdk).await?;
-    let addr = app.local_addr();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let client = crate::bench::bench_client(&addr.to_string()).await?;
+    let (emu, client) = crate::bench::unthrottled_gateway().await?;
 
     println!(
         "snapgate bench trace: GetCopy through the gateway and the emulator, {} callers, 4 phases of {} s",

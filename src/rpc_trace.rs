@@ -77,11 +77,12 @@ where
         // Before the span is entered: entering starts its OpenTelemetry context.
         let _ = span.set_parent(parent);
         // Recorded as fields too, so every log line inside the call carries them.
-        let trace_id = crate::telemetry::trace_id_of(&span);
-        if let Some(id) = &trace_id {
-            span.record("trace_id", id.as_str());
-            span.record("span_id", crate::telemetry::span_id_of(&span).unwrap_or_default().as_str());
+        let ids = crate::telemetry::ids_of(&span);
+        if let Some((trace_id, span_id)) = &ids {
+            span.record("trace_id", trace_id.as_str());
+            span.record("span_id", span_id.as_str());
         }
+        let trace_id = ids.map(|(trace_id, _)| trace_id);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let handler_span = span.clone();

@@ -228,15 +228,14 @@ pub fn current_trace_id() -> Option<String> {
 }
 
 pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| span_context.trace_id().to_string())
+    ids_of(span).map(|(trace, _)| trace)
 }
 
-pub fn span_id_of(span: &tracing::Span) -> Option<String> {
+/// The (trace id, span id) of `span`, when it is part of a valid trace.
+pub fn ids_of(span: &tracing::Span) -> Option<(String, String)> {
     let context = span.context();
     let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| span_context.span_id().to_string())
+    span_context.is_valid().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
 }
 
 #[cfg(test)]

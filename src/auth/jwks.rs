@@ -16,8 +16,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::config::JwtSettings;
@@ -209,10 +207,7 @@ fn https_client(settings: &JwtSettings) -> anyhow::Result<Client<HttpsConnector<
     let mut roots = RootCertStore::empty();
     match &settings.jwks_ca_file {
         Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path)
-                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| anyhow::anyhow!("auth.jwt.jwks_ca_file: {}: {e}", path.display()))?
-            {
+            for cert in super::tls::read_certs(path).context("auth.jwt.jwks_ca_file")? {
                 roots.add(cert).context("auth.jwt.jwks_ca_file")?;
             }
         }

@@ -59,7 +59,8 @@ pub fn load(settings: &TlsSettings) -> anyhow::Result<ServerConfig> {
     Ok(config)
 }
 
-fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+/// The PEM certificates in a file (at least one).
+pub(crate) fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
