@@ -8,10 +8,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::aws;
-use crate::config::{AdminSettings, AuthSettings, AuthzSettings, AwsSettings, Secret, Settings, StaticToken};
-use crate::emulator::{self, EmulatorConfig};
-use crate::startup::Application;
+use snapgate_emulator::{self as emulator, EmulatorConfig};
+use snapgate_gateway::config::{
+    AdminSettings, AuthSettings, AuthzSettings, AwsSettings, Secret, Settings, StaticToken,
+};
+use snapgate_gateway::telemetry::{self, LogFormat, TelemetryGuard};
+use snapgate_gateway::{Application, fixed_sdk_config, load_sdk_config};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,16 +21,16 @@ use crate::startup::Application;
     version,
     about = "gRPC gateway for copying AWS DB cluster snapshots and watching the copies finish"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Log lines for people, or JSON for log pipelines; `RUST_LOG` sets the filter.
     #[arg(long, global = true, value_enum, default_value = "human", env = "SNAPGATE_LOG_FORMAT")]
-    pub log_format: crate::telemetry::LogFormat,
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the gateway against AWS (or any RDS endpoint), configured as AWS users expect.
     Serve(ServeArgs),
     /// Run the gateway on the embedded RDS emulator with seed data: no AWS account needed.
@@ -44,22 +46,22 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum BenchCommand {
+pub(crate) enum BenchCommand {
     /// Many WatchCopy streams over many copies: AWS calls per round, memory, event lag.
     Watch(crate::bench::WatchBenchArgs),
     /// A burst of copies at once: all succeed, none throttled, time against the limit.
     CopyBurst(crate::bench::CopyBurstArgs),
     /// The cost of authentication and authorization per call, next to a whole call's.
-    Auth(crate::bench_auth::AuthBenchArgs),
+    Auth(crate::bench::auth::AuthBenchArgs),
     /// Throughput with trace export on against off, in one run.
-    Trace(crate::bench_trace::TraceBenchArgs),
+    Trace(crate::bench::trace::TraceBenchArgs),
     /// The load generator `bench watch` starts in a child process.
     #[command(hide = true)]
     WatchClients(crate::bench::WatchClientsArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address of the gRPC server [default: 127.0.0.1:50051, or `listen` in the config].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -69,7 +71,7 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// Address of the gRPC server.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -86,7 +88,7 @@ pub struct DevArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct EmulatorArgs {
+pub(crate) struct EmulatorArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:4566", env = "SNAPGATE_EMULATOR_LISTEN")]
     pub listen: SocketAddr,
@@ -101,27 +103,48 @@ pub struct EmulatorArgs {
     pub copy_gib_per_sec: Option<f64>,
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Runs a command. Each sets up its own logs and traces: the servers log at `info`, the
+/// benchmarks at `warn` (their calls' log lines, audit events among them, would bury the
+/// report), and `bench trace` exports its traces to its own sink.
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let format = cli.log_format;
     let done = match cli.command {
-        Command::Serve(args) => run_serve(args).await,
-        Command::Dev(args) => run_dev(args).await,
-        Command::Emulator(args) => run_emulator(args).await,
+        Command::Serve(args) => with_telemetry("info", format, run_serve(args)).await,
+        Command::Dev(args) => with_telemetry("info", format, run_dev(args)).await,
+        Command::Emulator(args) => with_telemetry("info", format, run_emulator(args)).await,
         Command::Policy(command) => return crate::policy_cmd::run(command),
-        Command::Bench(BenchCommand::Watch(args)) => crate::bench::watch(args).await,
-        Command::Bench(BenchCommand::CopyBurst(args)) => crate::bench::copy_burst(args).await,
-        Command::Bench(BenchCommand::Auth(args)) => crate::bench_auth::auth(args).await,
-        Command::Bench(BenchCommand::Trace(args)) => crate::bench_trace::trace(args).await,
-        Command::Bench(BenchCommand::WatchClients(args)) => crate::bench::watch_clients(args).await,
+        Command::Bench(BenchCommand::Watch(args)) => with_telemetry("warn", format, crate::bench::watch(args)).await,
+        Command::Bench(BenchCommand::CopyBurst(args)) => {
+            with_telemetry("warn", format, crate::bench::copy_burst(args)).await
+        }
+        Command::Bench(BenchCommand::Auth(args)) => {
+            with_telemetry("warn", format, crate::bench::auth::auth(args)).await
+        }
+        Command::Bench(BenchCommand::Trace(args)) => crate::bench::trace::trace(args, format).await,
+        Command::Bench(BenchCommand::WatchClients(args)) => {
+            with_telemetry("warn", format, crate::bench::watch_clients(args)).await
+        }
     };
     done.map(|()| ExitCode::SUCCESS)
 }
 
+/// Runs `command` with logs (and traces, when the `OTEL_*` variables ask for them); traces
+/// still queued are flushed when it ends.
+async fn with_telemetry(
+    default_filter: &str,
+    format: LogFormat,
+    command: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let _telemetry: TelemetryGuard = telemetry::init(default_filter, format).map_err(anyhow::Error::msg)?;
+    command.await
+}
+
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut settings = Settings::load(args.config.as_deref(), std::env::vars()).map_err(anyhow::Error::msg)?;
+    let mut settings = Settings::load(args.config.as_deref()).map_err(anyhow::Error::msg)?;
     if let Some(listen) = args.listen {
         settings.listen = listen;
     }
-    let sdk = aws::load_sdk_config(&settings.aws).await;
+    let sdk = load_sdk_config(&settings.aws).await;
     let app = Application::build(settings, sdk).await?;
     tracing::info!(addr = %app.local_addr(), "snapgate listening");
     app.run_until_stopped(shutdown_signal()).await
@@ -133,7 +156,7 @@ const DEV_ACCESS_KEY: &str = "AKIASNAPGATEDEV00001";
 const DEV_SECRET_KEY: &str = "dev-secret-key";
 /// The bearer token of `dev`'s one caller, "dev": a static token, so calls take the same
 /// authentication and authorization path as in production.
-pub const DEV_TOKEN: &str = "snapgate-dev-token";
+pub(crate) const DEV_TOKEN: &str = "snapgate-dev-token";
 /// The policy `dev` runs with unless given another.
 const DEV_POLICY: &str = include_str!("../deploy/policies/dev.cedar");
 
@@ -170,7 +193,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         },
         ..Settings::default()
     };
-    let sdk = aws::fixed_sdk_config(&settings.aws, &emulator.endpoint_url(), DEV_ACCESS_KEY, DEV_SECRET_KEY).await;
+    let sdk = fixed_sdk_config(&settings.aws, &emulator.endpoint_url(), DEV_ACCESS_KEY, DEV_SECRET_KEY).await;
     let app = Application::build(settings, sdk).await?;
     let addr = app.local_addr();
     println!(
@@ -214,7 +237,7 @@ async fn run_emulator(args: EmulatorArgs) -> anyhow::Result<()> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::auth::policy::{self, Action, CopyContext};
-use crate::auth::{AuthMethod, Caller};
-use crate::rds::{Arn, ClusterSnapshot};
+use snapgate_domain::{Arn, ClusterSnapshot};
+use snapgate_gateway::policy::{self, Action, CopyContext};
+use snapgate_gateway::{AuthMethod, Caller};
 
 #[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
+pub(crate) enum PolicyCommand {
     /// Print the Cedar schema policies are validated against.
     Schema,
     /// Parse and validate policy files against the schema; exits 1 naming the policy and the error.
@@ -22,14 +22,14 @@ pub enum PolicyCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct ValidateArgs {
+pub(crate) struct ValidateArgs {
     /// Cedar policy files.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// The Cedar policy file to decide with.
     #[arg(long)]
     pub policies: PathBuf,
@@ -93,7 +93,7 @@ fn key_value(text: &str) -> Result<(String, String), String> {
     text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("'{text}' is not key=value"))
 }
 
-pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
         PolicyCommand::Schema => {
             print!("{}", policy::SCHEMA_TEXT);

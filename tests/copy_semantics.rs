@@ -6,12 +6,12 @@ mod common;
 
 use common::gateway::{self, Gateway};
 use common::*;
-use snapgate::emulator::{EmulatorConfig, EmulatorHandle, Faults, SEED_PARTNER_ACCOUNT, Throttle};
-use snapgate::pb::{self, CopyClusterSnapshotRequest};
+use snapgate_emulator::{EmulatorConfig, EmulatorHandle, Faults, SEED_PARTNER_ACCOUNT, Throttle};
+use snapgate_proto::{self as pb, CopyClusterSnapshotRequest};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-async fn setup_with(config: EmulatorConfig, settings: snapgate::config::Settings) -> (EmulatorHandle, Gateway) {
+async fn setup_with(config: EmulatorConfig, settings: snapgate_gateway::config::Settings) -> (EmulatorHandle, Gateway) {
     let emu = emulator_with(config).await;
     let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
     (emu, gw)
@@ -276,9 +276,8 @@ async fn a_cross_region_documentdb_copy_carries_a_presigned_url_the_emulator_ver
     // A URL altered after signing is refused by the emulator, as the source region would.
     let creds = aws_credential_types::Credentials::new("AKIDTEST", "test-secret-key", None, None, "test");
     let source = "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:catalog-docdb-snap";
-    let url =
-        snapgate::aws::presign::presign_copy(&creds, source, "us-east-1", "us-west-2", Some("alias/snapgate-backup"))
-            .unwrap();
+    let url = snapgate_gateway::presign_copy(&creds, source, "us-east-1", "us-west-2", Some("alias/snapgate-backup"))
+        .unwrap();
     let west = rds_client(&emu.endpoint_url(), "us-west-2", "AKIDTEST");
     let send = |url: String, target: &'static str| {
         west.copy_db_cluster_snapshot()
@@ -355,7 +354,8 @@ async fn a_copy_into_another_account_assumes_its_role_against_moto() {
     let role = format!("arn:aws:iam::{OTHER}:role/snapgate-copier");
     // Seed a snapshot inside the other account, through the same role.
     let base =
-        snapgate::aws::fixed_sdk_config(&gateway::settings().aws, &moto.endpoint, "AKIDTEST", "test-secret-key").await;
+        snapgate_gateway::fixed_sdk_config(&gateway::settings().aws, &moto.endpoint, "AKIDTEST", "test-secret-key")
+            .await;
     let provider =
         aws_config::sts::AssumeRoleProvider::builder(&role).session_name("seed").configure(&base).build().await;
     let other = aws_sdk_rds::Client::from_conf(
@@ -381,7 +381,7 @@ async fn a_copy_into_another_account_assumes_its_role_against_moto() {
     let mut settings = gateway::settings();
     settings.aws.accounts.insert(
         OTHER.into(),
-        snapgate::config::AccountRole {
+        snapgate_gateway::config::AccountRole {
             role_arn: role.clone(),
             external_id: Some("snapgate-test".into()),
             session_name: None,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_sdk_rds::error::ProvideErrorMetadata;
 use aws_sdk_rds::types::{Filter, Tag};
 use common::*;
-use snapgate::emulator::{EmulatorConfig, FailCopies, Faults, SEED_PARTNER_ACCESS_KEY, SEED_PARTNER_ACCOUNT, Throttle};
+use snapgate_emulator::{EmulatorConfig, FailCopies, Faults, SEED_PARTNER_ACCESS_KEY, SEED_PARTNER_ACCOUNT, Throttle};
 
 async fn seed_cluster(rds: &aws_sdk_rds::Client, cluster: &str, engine: &str, gib: i32, encrypted: bool) {
     rds.create_db_cluster()

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use common::gateway::{self, Gateway};
 use common::*;
-use snapgate::emulator::{EmulatorConfig, EmulatorHandle, Faults, Throttle};
-use snapgate::pb::{self, CopyClusterSnapshotRequest, GetCopyRequest};
+use snapgate_emulator::{EmulatorConfig, EmulatorHandle, Faults, Throttle};
+use snapgate_proto::{self as pb, CopyClusterSnapshotRequest, GetCopyRequest};
 use tonic::Code;
 use tonic_types::StatusExt;
 

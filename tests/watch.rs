@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use common::gateway::{self, Gateway};
 use common::*;
-use snapgate::config::Settings;
-use snapgate::emulator::{EmulatorConfig, EmulatorHandle, FailCopies, Faults};
-use snapgate::pb::{self, CancelCopyRequest, CopyClusterSnapshotRequest, CopyEvent, GetCopyRequest, WatchCopyRequest};
+use snapgate_emulator::{EmulatorConfig, EmulatorHandle, FailCopies, Faults};
+use snapgate_gateway::config::Settings;
+use snapgate_proto::{
+    self as pb, CancelCopyRequest, CopyClusterSnapshotRequest, CopyEvent, GetCopyRequest, WatchCopyRequest,
+};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -170,7 +172,7 @@ async fn transient_aws_errors_and_throttling_do_not_end_the_stream() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     emu.emulator
         .set_faults(Faults {
-            throttle: Some(snapgate::emulator::Throttle { burst: 1, per_second: 0.01 }),
+            throttle: Some(snapgate_emulator::Throttle { burst: 1, per_second: 0.01 }),
             ..Faults::default()
         })
         .unwrap();
@@ -211,11 +213,11 @@ async fn two_hundred_watchers_of_twenty_copies_cost_one_describe_per_round() {
     }
     assert_eq!((gw.hub.open_streams(), gw.hub.watched_snapshots()), (200, 20));
     emu.emulator.reset_calls();
-    let rounds_before = gw.hub.stats.rounds();
-    while gw.hub.stats.rounds() < rounds_before + 10 {
+    let rounds_before = gw.hub.poll_rounds();
+    while gw.hub.poll_rounds() < rounds_before + 10 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rounds = gw.hub.stats.rounds() - rounds_before;
+    let rounds = gw.hub.poll_rounds() - rounds_before;
     let describes = emu.emulator.calls().get("DescribeDBClusterSnapshots");
     // A round counts itself when it starts and the emulator when its call lands: the round in
     // flight at either end may be counted on one side only. Were the cost per watcher, it
@@ -278,11 +280,11 @@ async fn get_copy_answers_from_a_fresh_poll_without_an_aws_call() {
     let mut answered_locally = false;
     for _ in 0..50 {
         let before = emu.emulator.calls().get("DescribeDBClusterSnapshots");
-        let rounds = gw.hub.stats.rounds();
+        let rounds = gw.hub.poll_rounds();
         let got = gw.client.get_copy(GetCopyRequest { name: copy.name.clone() }).await.unwrap().into_inner();
         assert_eq!(got.name, copy.name);
         let after = emu.emulator.calls().get("DescribeDBClusterSnapshots");
-        if after == before && gw.hub.stats.rounds() == rounds {
+        if after == before && gw.hub.poll_rounds() == rounds {
             answered_locally = true;
             break;
         }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aws_sdk_rds::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
-use snapgate::emulator::{self, EmulatorConfig, EmulatorHandle, Faults};
+use snapgate_emulator::{self as emulator, EmulatorConfig, EmulatorHandle, Faults};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const ACCOUNT: &str = "123456789012";
@@ -67,9 +67,9 @@ pub mod gateway {
     //! The real gateway on a free port, with a tonic client.
 
     use super::*;
-    use snapgate::config::{AuthSettings, AuthzSettings, AwsSettings, Secret, Settings, StaticToken};
-    use snapgate::pb::snapshot_copy_service_client::SnapshotCopyServiceClient;
-    use snapgate::startup::Application;
+    use snapgate_gateway::Application;
+    use snapgate_gateway::config::{AuthSettings, AuthzSettings, AwsSettings, Secret, Settings, StaticToken};
+    use snapgate_proto::snapshot_copy_service_client::SnapshotCopyServiceClient;
     use tonic::service::interceptor::InterceptedService;
     use tonic::transport::Channel;
 
@@ -101,7 +101,7 @@ pub mod gateway {
         pub addr: SocketAddr,
         pub channel: Channel,
         pub client: Client,
-        pub hub: std::sync::Arc<snapgate::watch::WatchHub>,
+        pub hub: std::sync::Arc<snapgate_gateway::WatchHub>,
         pub admin: Option<SocketAddr>,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
     }
@@ -134,14 +134,14 @@ pub mod gateway {
                 rate_limit_burst: Some(1000),
                 ..AwsSettings::default()
             },
-            watch: snapgate::config::WatchSettings {
+            watch: snapgate_gateway::config::WatchSettings {
                 min_poll_interval_ms: 100,
                 max_poll_interval_ms: 400,
                 heartbeat_secs: 15,
                 max_streams: 1000,
                 error_budget_secs: 5,
             },
-            admin: snapgate::config::AdminSettings { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))) },
+            admin: snapgate_gateway::config::AdminSettings { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))) },
             auth: AuthSettings {
                 static_tokens: vec![StaticToken {
                     token: Secret::new(TOKEN),
@@ -162,14 +162,14 @@ pub mod gateway {
     /// A started gateway with no client: for tests that connect their own way (TLS).
     pub struct Server {
         pub addr: SocketAddr,
-        pub hub: std::sync::Arc<snapgate::watch::WatchHub>,
+        pub hub: std::sync::Arc<snapgate_gateway::WatchHub>,
         pub admin: Option<SocketAddr>,
         pub stop: tokio::sync::oneshot::Sender<()>,
     }
 
     /// Builds and runs the gateway against `endpoint`, signing as `access_key`.
     pub async fn try_serve(settings: Settings, endpoint: &str, access_key: &str) -> anyhow::Result<Server> {
-        let sdk = snapgate::aws::fixed_sdk_config(&settings.aws, endpoint, access_key, "test-secret-key").await;
+        let sdk = snapgate_gateway::fixed_sdk_config(&settings.aws, endpoint, access_key, "test-secret-key").await;
         let app = Application::build(settings, sdk).await?;
         let addr = app.local_addr();
         let hub = app.watch_hub();

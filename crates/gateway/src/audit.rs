@@ -1,0 +1,57 @@
+//! The audit trail: one structured event per authentication failure and per authorization
+//! decision, on the `snapgate::audit` log target (route it with `RUST_LOG` or a log
+//! pipeline). CloudTrail shows only the gateway's role; this is the record of who asked.
+//! Events carry identities, resources and decisions, never a token, key or presigned URL.
+
+use std::net::SocketAddr;
+
+use crate::auth::policy::{Action, Decision};
+use crate::auth::{AuthError, Caller};
+use crate::telemetry::AUDIT_TARGET;
+
+/// A call refused before it reached a handler.
+pub(crate) fn unauthenticated(method: &str, error: &AuthError, remote: Option<SocketAddr>) {
+    tracing::info!(
+        target: AUDIT_TARGET,
+        event = "authentication",
+        method,
+        decision = "unauthenticated",
+        reason = %error,
+        remote = remote.map(|r| r.to_string()),
+        trace_id = crate::telemetry::current_trace_id(),
+        "call refused: not authenticated"
+    );
+}
+
+/// An authorization decision about `resource` (a snapshot ARN); for copies, where it goes
+/// and, once AWS answered, its request id and outcome.
+pub(crate) struct DecisionEvent<'a> {
+    pub caller: &'a Caller,
+    pub action: Action,
+    pub resource: &'a str,
+    pub destination: Option<String>,
+    pub decision: &'a Decision,
+    pub aws_request_id: Option<&'a str>,
+    /// "ok" or the error the call ended with, for allowed calls that went to AWS.
+    pub outcome: Option<&'a str>,
+}
+
+impl DecisionEvent<'_> {
+    pub(crate) fn emit(&self) {
+        tracing::info!(
+            target: AUDIT_TARGET,
+            event = "authorization",
+            caller = %self.caller.id,
+            authn = self.caller.method.as_str(),
+            action = self.action.name(),
+            resource = self.resource,
+            destination = self.destination.as_deref(),
+            decision = if self.decision.allowed { "allow" } else { "deny" },
+            policies = %self.decision.policies.join(","),
+            aws_request_id = self.aws_request_id,
+            outcome = self.outcome,
+            trace_id = crate::telemetry::current_trace_id(),
+            "authorization decision"
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! JWT bearer tokens: signature by a key of the issuer's JWKS under an allow-listed asymmetric
+//! algorithm, then `iss`, `aud`, `exp` and `nbf` (with a small leeway). The caller is `sub`;
+//! the configured groups and team claims become its attributes.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use super::jwks::Jwks;
+use super::{AuthError, AuthMethod, Caller};
+use crate::config::JwtSettings;
+use crate::tasks::Tasks;
+
+/// Tokens longer than this are refused before any parsing.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// An accepted algorithm name (the list and its reasons are configuration's,
+/// [`crate::config::check_jwt_algorithm`]).
+pub(crate) fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    crate::config::check_jwt_algorithm(name)?;
+    Algorithm::from_str(name).map_err(|_| format!("'{name}' is not a JWS algorithm"))
+}
+
+pub(super) struct JwtVerifier {
+    jwks: Arc<Jwks>,
+    algorithms: Vec<Algorithm>,
+    issuer: String,
+    audiences: Vec<String>,
+    leeway: u64,
+    groups_claim: String,
+    team_claim: String,
+}
+
+impl JwtVerifier {
+    pub(crate) async fn new(settings: &JwtSettings, tasks: &Tasks) -> anyhow::Result<JwtVerifier> {
+        let algorithms = settings
+            .algorithms
+            .iter()
+            .map(|a| parse_algorithm(a))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+        Ok(JwtVerifier {
+            jwks: Jwks::new(settings, tasks).await?,
+            algorithms,
+            issuer: settings.issuer.clone(),
+            audiences: settings.audiences.clone(),
+            leeway: settings.leeway_secs,
+            groups_claim: settings.groups_claim.clone(),
+            team_claim: settings.team_claim.clone(),
+        })
+    }
+
+    pub(super) async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let invalid = |why: &str| AuthError::InvalidToken(why.to_owned());
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(invalid("too long"));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => invalid("unsupported algorithm"),
+            _ => invalid("malformed"),
+        })?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthError::InvalidToken(format!("algorithm {:?} is not accepted", header.alg)));
+        }
+        let key = self.jwks.find(header.kid.as_deref()).await.ok_or_else(|| invalid("unknown signing key"))?;
+        if key.algorithm.is_some_and(|a| a != header.alg) {
+            return Err(invalid("the signing key is not for the token's algorithm"));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&self.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
+            invalid(match e.kind() {
+                ErrorKind::ExpiredSignature => "expired",
+                ErrorKind::ImmatureSignature => "not yet valid",
+                ErrorKind::InvalidIssuer => "wrong issuer",
+                ErrorKind::InvalidAudience => "wrong audience",
+                ErrorKind::InvalidSignature => "bad signature",
+                ErrorKind::MissingRequiredClaim(_) => "a required claim (exp, iss, aud, sub) is missing",
+                ErrorKind::InvalidAlgorithm => "the signing key is not for the token's algorithm",
+                _ => "malformed",
+            })
+        })?;
+        let claims = data.claims;
+        let sub =
+            claims.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or_else(|| invalid("no sub"))?;
+        let groups = match claims.get(&self.groups_claim) {
+            Some(Value::String(one)) => vec![one.clone()],
+            Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Caller {
+            id: sub.to_owned(),
+            method: AuthMethod::Jwt,
+            groups,
+            team: claims.get(&self.team_claim).and_then(Value::as_str).map(str::to_owned),
+            issuer: Some(self.issuer.clone()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_asymmetric_algorithms_are_accepted() {
+        assert_eq!(parse_algorithm("RS256"), Ok(Algorithm::RS256));
+        assert_eq!(parse_algorithm("EdDSA"), Ok(Algorithm::EdDSA));
+        assert!(parse_algorithm("HS256").unwrap_err().contains("HMAC"));
+        assert!(parse_algorithm("none").is_err());
+    }
+}

@@ -1,0 +1,465 @@
+//! Authorization with Cedar: the shipped schema, the policy set (validated against it at
+//! start and on every reload; a reload that fails keeps the last good set), and the decision,
+//! a pure function of (caller, action, snapshot, context). Deny by default.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicyId, PolicySet, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
+};
+
+use super::Caller;
+use crate::config::AuthzSettings;
+use crate::metrics::Metrics;
+use crate::reload::{Reload, WatchedFiles};
+use snapgate_domain::{ClusterSnapshot, Engine};
+
+/// The schema every policy is validated against; `snapgate policy schema` prints it.
+pub const SCHEMA_TEXT: &str = include_str!("../../../../deploy/policies/snapgate.cedarschema");
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    // The schema ships with the binary and a unit test parses it, so this cannot fail at run time.
+    #[allow(clippy::expect_used)]
+    Schema::from_cedarschema_str(SCHEMA_TEXT).expect("the shipped Cedar schema parses").0
+});
+
+pub fn schema() -> &'static Schema {
+    &SCHEMA
+}
+
+/// The actions of the schema, one per RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    CopyClusterSnapshot,
+    GetCopy,
+    WatchCopy,
+    CancelCopy,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::CopyClusterSnapshot => "CopyClusterSnapshot",
+            Action::GetCopy => "GetCopy",
+            Action::WatchCopy => "WatchCopy",
+            Action::CancelCopy => "CancelCopy",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Action> {
+        [Action::CopyClusterSnapshot, Action::GetCopy, Action::WatchCopy, Action::CancelCopy]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+
+    fn uid(self) -> EntityUid {
+        entity_uid("Action", self.name())
+    }
+}
+
+/// What a copy asks for beyond its source: the context of a CopyClusterSnapshot decision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CopyContext {
+    pub destination_account: String,
+    pub destination_region: String,
+    pub target: String,
+    pub kms_key: Option<String>,
+    pub tags: Vec<(String, String)>,
+    pub copy_tags: bool,
+    pub cross_region: bool,
+    pub cross_account: bool,
+}
+
+/// The outcome of one decision, with the policies behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The policies that decided: the permits that allowed, or the forbids that denied (none
+    /// when nothing permitted: deny by default).
+    pub policies: Vec<String>,
+    /// Policies that could not be evaluated for this request (they count as not matching).
+    pub errors: Vec<String>,
+}
+
+/// Parses and validates a policy set. Policies are named by their `@id("...")` annotation,
+/// else by position (`policy0`, ...). The error names the policy and what is wrong with it.
+pub fn parse_policies(text: &str) -> Result<PolicySet, String> {
+    let parsed = PolicySet::from_str(text).map_err(|e| describe_parse_error(text, &e))?;
+    if parsed.templates().next().is_some() {
+        return Err("policy templates (?principal, ?resource) are not supported; write static policies".into());
+    }
+    let mut policies = PolicySet::new();
+    for policy in parsed.policies() {
+        let named = match policy.annotation("id") {
+            Some(id) => policy.new_id(PolicyId::new(id)),
+            None => policy.clone(),
+        };
+        let id = named.id().to_string();
+        policies.add(named).map_err(|e| format!("policy '{id}': {e}"))?;
+    }
+    let result = Validator::new(schema().clone()).validate(&policies, ValidationMode::Strict);
+    if !result.validation_passed() {
+        let errors: Vec<String> =
+            result.validation_errors().map(|e| format!("policy '{}': {e}", e.policy_id())).collect();
+        return Err(errors.join("; "));
+    }
+    Ok(policies)
+}
+
+fn describe_parse_error(text: &str, error: &cedar_policy::ParseErrors) -> String {
+    use miette::Diagnostic;
+    let position = error
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|label| {
+            let before = &text[..label.offset().min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    format!("the policies do not parse{position}: {error}")
+}
+
+/// Decides one call. Pure: no I/O, no clock.
+pub fn decide(
+    policies: &PolicySet,
+    caller: &Caller,
+    action: Action,
+    snapshot: &ClusterSnapshot,
+    copy: Option<&CopyContext>,
+) -> Decision {
+    match evaluate(policies, caller, action, snapshot, copy) {
+        Ok(decision) => decision,
+        // Facts that do not fit the schema (which would be a gateway bug) deny.
+        Err(error) => Decision { allowed: false, policies: Vec::new(), errors: vec![error] },
+    }
+}
+
+fn evaluate(
+    policies: &PolicySet,
+    caller: &Caller,
+    action: Action,
+    snapshot: &ClusterSnapshot,
+    copy: Option<&CopyContext>,
+) -> Result<Decision, String> {
+    let principal = entity_uid("Caller", &caller.id);
+    let resource = entity_uid("Snapshot", &snapshot.arn);
+    // Entities are built directly rather than from JSON and checked by the request's schema
+    // validation below: conforming them to the schema again costs ten times the decision.
+    let entities = Entities::from_entities(
+        [caller_entity(caller, principal.clone())?, snapshot_entity(snapshot, resource.clone())?],
+        None,
+    )
+    .map_err(|e| format!("entities: {e}"))?;
+    let context = match (action, copy) {
+        (Action::CopyClusterSnapshot, Some(copy)) => copy_context(copy),
+        (Action::CopyClusterSnapshot, None) => return Err("CopyClusterSnapshot needs its context".into()),
+        _ => Vec::new(),
+    };
+    let context = Context::from_pairs(context).map_err(|e| format!("context: {e}"))?;
+    let request = Request::new(principal, action.uid(), resource, context, Some(schema()))
+        .map_err(|e| format!("request: {e}"))?;
+    let response = Authorizer::new().is_authorized(&request, policies, &entities);
+    Ok(Decision {
+        allowed: response.decision() == CedarDecision::Allow,
+        policies: response.diagnostics().reason().map(ToString::to_string).collect(),
+        errors: response.diagnostics().errors().map(ToString::to_string).collect(),
+    })
+}
+
+fn entity_uid(kind: &str, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(
+        #[allow(clippy::expect_used)]
+        cedar_policy::EntityTypeName::from_str(&format!("Snapgate::{kind}")).expect("a valid type name"),
+        cedar_policy::EntityId::new(id),
+    )
+}
+
+fn string(value: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(value.to_owned())
+}
+
+fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> RestrictedExpression {
+    RestrictedExpression::new_set(values.into_iter().map(string))
+}
+
+fn caller_entity(caller: &Caller, uid: EntityUid) -> Result<Entity, String> {
+    let mut attrs = vec![
+        ("authn".to_owned(), string(caller.method.as_str())),
+        ("groups".to_owned(), strings(caller.groups.iter().map(String::as_str))),
+    ];
+    if let Some(team) = &caller.team {
+        attrs.push(("team".to_owned(), string(team)));
+    }
+    if let Some(issuer) = &caller.issuer {
+        attrs.push(("issuer".to_owned(), string(issuer)));
+    }
+    Entity::new_with_tags(uid, attrs, [], []).map_err(|e| format!("caller entity: {e}"))
+}
+
+fn snapshot_entity(s: &ClusterSnapshot, uid: EntityUid) -> Result<Entity, String> {
+    let mut attrs = vec![
+        ("arn".to_owned(), string(&s.arn)),
+        ("account".to_owned(), string(&s.account)),
+        ("region".to_owned(), string(&s.region)),
+        ("id".to_owned(), string(&s.id)),
+        ("engine".to_owned(), string(&s.engine)),
+        ("family".to_owned(), string(Engine::parse(&s.engine).family().code())),
+        ("cluster".to_owned(), string(&s.cluster_id)),
+        ("encrypted".to_owned(), RestrictedExpression::new_bool(s.encrypted)),
+        ("snapshot_type".to_owned(), string(&s.snapshot_type)),
+    ];
+    if let Some(kms) = &s.kms_key_id {
+        attrs.push(("kms_key".to_owned(), string(kms)));
+    }
+    let tags = s.tags.iter().map(|(k, v)| (k.clone(), string(v)));
+    Entity::new_with_tags(uid, attrs, [], tags).map_err(|e| format!("snapshot entity: {e}"))
+}
+
+fn copy_context(c: &CopyContext) -> Vec<(String, RestrictedExpression)> {
+    let tags: Vec<String> = c.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut context = vec![
+        ("destination_account".to_owned(), string(&c.destination_account)),
+        ("destination_region".to_owned(), string(&c.destination_region)),
+        ("target".to_owned(), string(&c.target)),
+        ("tags".to_owned(), strings(tags.iter().map(String::as_str))),
+        ("tag_keys".to_owned(), strings(c.tags.iter().map(|(k, _)| k.as_str()))),
+        ("copy_tags".to_owned(), RestrictedExpression::new_bool(c.copy_tags)),
+        ("cross_region".to_owned(), RestrictedExpression::new_bool(c.cross_region)),
+        ("cross_account".to_owned(), RestrictedExpression::new_bool(c.cross_account)),
+    ];
+    if let Some(kms) = &c.kms_key {
+        context.push(("kms_key".to_owned(), string(kms)));
+    }
+    context
+}
+
+/// The policies in force, swapped whole on reload so a decision never sees half a set.
+pub(crate) struct PolicyStore {
+    /// The policy file and its times; none for inline policies.
+    file: Option<(PathBuf, WatchedFiles)>,
+    current: ArcSwap<PolicySet>,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl PolicyStore {
+    /// Loads the policies; a set that does not parse or validate stops start.
+    pub(crate) fn new(settings: &AuthzSettings, metrics: Arc<Metrics>) -> anyhow::Result<Arc<PolicyStore>> {
+        let text = match (&settings.policy_file, &settings.policies) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("authz.policy_file: {}: {e}", path.display()))?,
+            (None, Some(text)) => text.clone(),
+            (None, None) => String::new(),
+        };
+        let policies = parse_policies(&text).map_err(|e| anyhow::anyhow!("authz: {e}"))?;
+        let file = settings.policy_file.clone().map(|path| (path.clone(), WatchedFiles::new(vec![path])));
+        tracing::info!(policies = policies.num_of_policies(), "authorization policies loaded");
+        Ok(Arc::new(PolicyStore {
+            file,
+            current: ArcSwap::from_pointee(policies),
+            interval: Duration::from_secs(settings.reload_secs),
+            metrics,
+        }))
+    }
+
+    /// Decides with the policies in force, counting the outcome.
+    pub(crate) fn decide(
+        &self,
+        caller: &Caller,
+        action: Action,
+        snapshot: &ClusterSnapshot,
+        copy: Option<&CopyContext>,
+    ) -> Decision {
+        let span = tracing::info_span!(
+            "authorize",
+            otel.name = "authorize",
+            authz.action = action.name(),
+            authz.decision = tracing::field::Empty,
+            authz.policies = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let decision = decide(&self.current.load(), caller, action, snapshot, copy);
+        span.record("authz.decision", if decision.allowed { "allow" } else { "deny" });
+        span.record("authz.policies", decision.policies.join(",").as_str());
+        for error in &decision.errors {
+            tracing::warn!(action = action.name(), %error, "a policy could not be evaluated");
+        }
+        self.metrics.authz_decision(action.name(), decision.allowed);
+        decision
+    }
+}
+
+impl Reload for PolicyStore {
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Re-reads the policy file when it changed (or when `force`, on SIGHUP). A file that
+    /// fails keeps the policies in force and says why.
+    fn reload(&self, force: bool) {
+        let Some((path, files)) = &self.file else { return };
+        if !files.changed(force) {
+            return;
+        }
+        let loaded = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|t| parse_policies(&t));
+        match loaded {
+            Ok(policies) => {
+                tracing::info!(policies = policies.num_of_policies(), file = %path.display(), "authorization policies reloaded");
+                self.current.store(Arc::new(policies));
+                self.metrics.policy_reload(true);
+            }
+            Err(error) => {
+                tracing::error!(%error, file = %path.display(), "policy reload failed; keeping the policies in force");
+                self.metrics.policy_reload(false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthMethod;
+
+    fn caller(id: &str, team: Option<&str>, groups: &[&str]) -> Caller {
+        Caller {
+            id: id.into(),
+            method: AuthMethod::Jwt,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            team: team.map(str::to_owned),
+            issuer: Some("https://idp".into()),
+        }
+    }
+
+    fn snapshot(account: &str, region: &str, engine: &str, team_tag: &str) -> ClusterSnapshot {
+        ClusterSnapshot {
+            arn: format!("arn:aws:rds:{region}:{account}:cluster-snapshot:snap1"),
+            id: "snap1".into(),
+            region: region.into(),
+            account: account.into(),
+            cluster_id: "orders".into(),
+            engine: engine.into(),
+            encrypted: true,
+            kms_key_id: Some(format!("arn:aws:kms:{region}:{account}:key/1111")),
+            tags: vec![("team".into(), team_tag.into())],
+            snapshot_type: "manual".into(),
+            ..ClusterSnapshot::default()
+        }
+    }
+
+    fn context(region: &str, kms: Option<&str>) -> CopyContext {
+        CopyContext {
+            destination_account: "111111111111".into(),
+            destination_region: region.into(),
+            target: "copy".into(),
+            kms_key: kms.map(str::to_owned),
+            tags: vec![("owner".into(), "payments".into())],
+            copy_tags: true,
+            cross_region: region != "us-east-1",
+            cross_account: false,
+        }
+    }
+
+    const POLICIES: &str = r#"
+        @id("team-copies-own-clusters")
+        permit(principal, action == Snapgate::Action::"CopyClusterSnapshot", resource)
+        when { principal has team && resource.hasTag("team") && resource.getTag("team") == principal.team
+               && resource.account == context.destination_account && !context.cross_region };
+
+        @id("backup-cross-region")
+        permit(principal, action == Snapgate::Action::"CopyClusterSnapshot", resource)
+        when { principal.groups.contains("backup") && context has kms_key
+               && context.kms_key == "alias/backup" };
+
+        @id("no-neptune")
+        forbid(principal, action, resource) when { resource.family == "neptune" };
+    "#;
+
+    #[test]
+    fn the_shipped_schema_parses() {
+        let _ = schema();
+    }
+
+    #[test]
+    fn the_shipped_policies_validate() {
+        for file in ["examples.cedar", "dev.cedar"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/policies").join(file);
+            let set =
+                parse_policies(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(set.num_of_policies() > 0);
+        }
+    }
+
+    #[test]
+    fn the_examples_decide_the_common_cases() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/policies/examples.cedar"))
+                .unwrap();
+        let p = parse_policies(&text).unwrap();
+        let own = snapshot("111111111111", "us-east-1", "aurora-postgresql", "payments");
+        let team = caller("svc-payments", Some("payments"), &[]);
+        let backup = caller("svc-backup", None, &["backup-service"]);
+        let copy = Action::CopyClusterSnapshot;
+        assert!(decide(&p, &team, copy, &own, Some(&context("us-east-1", None))).allowed);
+        assert!(!decide(&p, &team, copy, &own, Some(&context("eu-west-1", Some("alias/snapgate-backup")))).allowed);
+        assert!(decide(&p, &backup, copy, &own, Some(&context("eu-west-1", Some("alias/snapgate-backup")))).allowed);
+        assert!(!decide(&p, &backup, copy, &own, Some(&context("eu-west-1", Some("alias/other")))).allowed);
+        let plain = ClusterSnapshot { encrypted: false, kms_key_id: None, ..own.clone() };
+        let d = decide(&p, &backup, copy, &plain, Some(&context("eu-west-1", Some("alias/snapgate-backup"))));
+        assert_eq!(d.policies, vec!["no-unencrypted-copies-across-regions"]);
+        assert!(decide(&p, &team, Action::WatchCopy, &own, None).allowed);
+        assert!(!decide(&p, &caller("svc-orders", Some("orders"), &[]), Action::WatchCopy, &own, None).allowed);
+    }
+
+    #[test]
+    fn decisions_follow_account_region_engine_kms_and_tags() {
+        let p = parse_policies(POLICIES).unwrap();
+        let team = caller("svc-payments", Some("payments"), &[]);
+        let backup = caller("svc-backup", None, &["backup"]);
+        let own = snapshot("111111111111", "us-east-1", "aurora-postgresql", "payments");
+        let copy = Action::CopyClusterSnapshot;
+
+        let d = decide(&p, &team, copy, &own, Some(&context("us-east-1", None)));
+        assert!(d.allowed);
+        assert_eq!(d.policies, vec!["team-copies-own-clusters"]);
+        // Another team's snapshot, another region, another account: denied by default.
+        let other = snapshot("111111111111", "us-east-1", "aurora-postgresql", "orders");
+        assert!(!decide(&p, &team, copy, &other, Some(&context("us-east-1", None))).allowed);
+        assert!(!decide(&p, &team, copy, &own, Some(&context("eu-west-1", None))).allowed);
+        let foreign = snapshot("222222222222", "us-east-1", "aurora-postgresql", "payments");
+        assert!(!decide(&p, &team, copy, &foreign, Some(&context("us-east-1", None))).allowed);
+        // The backup service crosses regions only with the backup key.
+        assert!(decide(&p, &backup, copy, &own, Some(&context("eu-west-1", Some("alias/backup")))).allowed);
+        assert!(!decide(&p, &backup, copy, &own, Some(&context("eu-west-1", Some("alias/other")))).allowed);
+        assert!(!decide(&p, &backup, copy, &own, Some(&context("eu-west-1", None))).allowed);
+        // A forbid wins and is named.
+        let neptune = snapshot("111111111111", "us-east-1", "neptune", "payments");
+        let d = decide(&p, &team, copy, &neptune, Some(&context("us-east-1", None)));
+        assert!(!d.allowed);
+        assert_eq!(d.policies, vec!["no-neptune"]);
+        // Nothing permits watching here.
+        let d = decide(&p, &team, Action::WatchCopy, &own, None);
+        assert!(!d.allowed && d.policies.is_empty());
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_their_id() {
+        let err = parse_policies(r#"@id("typo") permit(principal, action, resource) when { resource.enigne == "x" };"#)
+            .unwrap_err();
+        assert!(err.contains("typo") && err.contains("enigne"), "{err}");
+        let err = parse_policies("permit(principal, action, resource) when { ").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+        let err = parse_policies(r#"permit(principal == ?principal, action, resource);"#).unwrap_err();
+        assert!(err.contains("templates"), "{err}");
+        assert!(parse_policies("").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,596 @@
+//! One typed configuration: defaults, then an optional TOML file, then `SNAPGATE_`-prefixed
+//! environment variables (nested keys joined by `__`, e.g. `SNAPGATE_AWS__REGION`). Validated
+//! at start so a bad setting stops the gateway with a message that names it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use snapgate_domain::AccountId;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the gRPC server listens on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    pub server: ServerSettings,
+    pub aws: AwsSettings,
+    pub watch: WatchSettings,
+    pub admin: AdminSettings,
+    pub auth: AuthSettings,
+    pub authz: AuthzSettings,
+}
+
+/// How callers prove who they are. A call must carry a valid bearer token or come over mTLS
+/// with a client certificate from `tls.client_ca_file`; anything else is UNAUTHENTICATED.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// TLS on the gRPC listener, and mTLS when a client CA is given.
+    pub tls: Option<TlsSettings>,
+    /// JWT bearer tokens, checked against an issuer's JWKS.
+    pub jwt: Option<JwtSettings>,
+    /// Fixed bearer tokens (what `snapgate dev` uses): the same path as JWTs, for local work.
+    pub static_tokens: Vec<StaticToken>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM chain of the server certificate, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM bundle of the CAs whose client certificates identify callers (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// `required`: no certificate, no connection. `optional`: callers without one must bring a
+    /// bearer token.
+    #[serde(default)]
+    pub client_certificates: ClientCertificates,
+    /// How often the files are checked for changes (they reload without a restart).
+    #[serde(default = "default_tls_reload_secs")]
+    pub reload_secs: u64,
+}
+
+fn default_tls_reload_secs() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertificates {
+    #[default]
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// A JWKS document on disk (re-read when it changes).
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (https, or http on loopback), fetched and cached; refetched on an unknown
+    /// key id, so rotated keys are picked up.
+    pub jwks_url: Option<String>,
+    /// PEM CAs that sign the JWKS server's certificate (default: the system's roots).
+    pub jwks_ca_file: Option<PathBuf>,
+    /// How often the JWKS is refreshed even when no unknown key id shows up.
+    #[serde(default = "default_jwks_refresh_secs")]
+    pub jwks_refresh_secs: u64,
+    /// Signature algorithms accepted (asymmetric only; `none` and HMAC never are).
+    #[serde(default = "default_jwt_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway_secs")]
+    pub leeway_secs: u64,
+    /// Claim holding the caller's groups (a string or a list of strings).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Claim holding the caller's team.
+    #[serde(default = "default_team_claim")]
+    pub team_claim: String,
+}
+
+fn default_jwks_refresh_secs() -> u64 {
+    300
+}
+fn default_jwt_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_leeway_secs() -> u64 {
+    30
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_team_claim() -> String {
+    "team".into()
+}
+
+/// A fixed bearer token and the caller it stands for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    pub token: Secret,
+    pub principal: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub team: Option<String>,
+}
+
+/// A value that must never be printed: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Cedar policies that decide every call (deny by default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzSettings {
+    /// A Cedar policy file, validated against the shipped schema; reloaded on SIGHUP or change.
+    pub policy_file: Option<PathBuf>,
+    /// Policies given inline instead of a file (tests, `dev`).
+    pub policies: Option<String>,
+    /// How often the policy file is checked for changes.
+    pub reload_secs: u64,
+}
+
+impl Default for AuthzSettings {
+    fn default() -> AuthzSettings {
+        AuthzSettings { policy_file: None, policies: None, reload_secs: 5 }
+    }
+}
+
+/// The plaintext admin listener: Prometheus metrics and HTTP health for probes and scrapers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Address of `/metrics`, `/healthz` and `/readyz`; none turns the listener off.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> AdminSettings {
+        AdminSettings { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
+    }
+}
+
+/// Progress streaming: how the coalesced pollers pace themselves and how streams are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchSettings {
+    /// Poll interval right after a change or a new watcher.
+    pub min_poll_interval_ms: u64,
+    /// Poll interval reached while nothing moves (each quiet round waits 1.5 times longer).
+    pub max_poll_interval_ms: u64,
+    /// An idle stream gets a HEARTBEAT event this often, to keep proxies from closing it.
+    pub heartbeat_secs: u64,
+    /// Open WatchCopy streams at most; more are RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// How long AWS errors may persist before open streams end with UNAVAILABLE.
+    pub error_budget_secs: u64,
+}
+
+impl Default for WatchSettings {
+    fn default() -> WatchSettings {
+        WatchSettings {
+            min_poll_interval_ms: 2_000,
+            max_poll_interval_ms: 20_000,
+            heartbeat_secs: 15,
+            max_streams: 10_000,
+            error_budget_secs: 60,
+        }
+    }
+}
+
+/// Limits of the gRPC server, set deliberately rather than left to tonic's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Largest request message accepted (requests are small; tonic's default is 4 MiB).
+    pub max_request_bytes: usize,
+    /// Largest response message sent (tonic leaves it unlimited).
+    pub max_response_bytes: usize,
+    /// HTTP/2 concurrent streams per connection (tonic leaves it unlimited).
+    pub max_concurrent_streams: u32,
+    /// Interval of HTTP/2 keepalive pings, which find dead peers behind silent proxies.
+    pub keepalive_interval_secs: u64,
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    pub keepalive_timeout_secs: u64,
+    /// Deadline of a unary call whose caller set none (`grpc-timeout` wins when shorter).
+    pub request_timeout_secs: u64,
+    /// How long shutdown waits for calls in flight before it stops anyway.
+    pub shutdown_grace_secs: u64,
+}
+
+/// The AWS side. Credentials always come from the standard chain (environment, profile, web
+/// identity, container and instance roles); these settings override the standard variables.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsSettings {
+    /// Default region of copies (else `AWS_REGION` / the profile's region).
+    pub region: Option<String>,
+    /// RDS endpoint (else `AWS_ENDPOINT_URL_RDS` / `AWS_ENDPOINT_URL`); for emulators.
+    pub endpoint_url: Option<String>,
+    /// Attempts per AWS call, retries with backoff and jitter included (default 5).
+    pub max_attempts: Option<u32>,
+    /// The account the gateway's own credentials belong to. Known, it lets the gateway tell
+    /// shared sources from its own before calling AWS.
+    #[serde(deserialize_with = "digits_as_text", default)]
+    pub account_id: Option<String>,
+    /// Client-side limit of AWS calls per second, per account and region (RDS allows 12/s
+    /// sustained per account, shared with every other client).
+    pub rate_limit_per_sec: Option<f64>,
+    /// Calls allowed at once before the rate applies.
+    pub rate_limit_burst: Option<u32>,
+    /// Other accounts copies may go to, each with the role the gateway assumes there.
+    pub accounts: std::collections::BTreeMap<String, AccountRole>,
+}
+
+/// A role in another account, assumed with STS AssumeRole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountRole {
+    pub role_arn: String,
+    /// The external id the role's trust policy requires, if any.
+    pub external_id: Option<String>,
+    /// Session name, shown in CloudTrail (default `snapgate`).
+    pub session_name: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            server: ServerSettings::default(),
+            aws: AwsSettings::default(),
+            watch: WatchSettings::default(),
+            admin: AdminSettings::default(),
+            auth: AuthSettings::default(),
+            authz: AuthzSettings::default(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> ServerSettings {
+        ServerSettings {
+            max_request_bytes: 256 * 1024,
+            max_response_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 1024,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 10,
+            request_timeout_secs: 60,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl ServerSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+impl AwsSettings {
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts.unwrap_or(5)
+    }
+    pub fn rate_limit_per_sec(&self) -> f64 {
+        self.rate_limit_per_sec.unwrap_or(8.0)
+    }
+    pub fn rate_limit_burst(&self) -> u32 {
+        self.rate_limit_burst.unwrap_or(40)
+    }
+}
+
+/// The top-level keys of [`Settings`], which `SNAPGATE_` variables may set.
+const SECTIONS: [&str; 7] = ["listen", "server", "aws", "watch", "admin", "auth", "authz"];
+
+impl Settings {
+    /// Loads defaults, then `file`, then `SNAPGATE_`-prefixed environment variables (nested
+    /// keys joined by `__`) through figment's own environment provider.
+    pub fn load(file: Option<&Path>) -> Result<Settings, String> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // Only the settings' own sections: other SNAPGATE_ variables belong to the command
+        // line (SNAPGATE_CONFIG, SNAPGATE_LOG_FORMAT, SNAPGATE_ADDR) or to other tools.
+        let env = Env::prefixed("SNAPGATE_")
+            .filter(|key| {
+                let section = key.as_str().split("__").next().unwrap_or_default().to_ascii_lowercase();
+                SECTIONS.contains(&section.as_str())
+            })
+            .split("__");
+        let settings: Settings = figment.merge(env).extract().map_err(|e| format!("configuration: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let s = &self.server;
+        if s.max_request_bytes < 1024 {
+            return Err("server.max_request_bytes must be at least 1024".into());
+        }
+        if s.max_response_bytes < 64 * 1024 {
+            return Err("server.max_response_bytes must be at least 65536".into());
+        }
+        if s.max_concurrent_streams == 0 {
+            return Err("server.max_concurrent_streams must be at least 1".into());
+        }
+        if s.keepalive_interval_secs == 0 || s.keepalive_timeout_secs == 0 {
+            return Err("server.keepalive_interval_secs and server.keepalive_timeout_secs must be positive".into());
+        }
+        if s.request_timeout_secs == 0 {
+            return Err("server.request_timeout_secs must be positive".into());
+        }
+        if let Some(region) = &self.aws.region
+            && !snapgate_domain::is_region_name(region)
+        {
+            return Err(format!("aws.region: '{region}' is not a region name (like us-east-1)"));
+        }
+        if let Some(url) = &self.aws.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!("aws.endpoint_url: '{url}' must start with http:// or https://"));
+        }
+        let w = &self.watch;
+        if w.min_poll_interval_ms < 50 || w.max_poll_interval_ms < w.min_poll_interval_ms {
+            return Err("watch.min_poll_interval_ms must be at least 50 and at most watch.max_poll_interval_ms".into());
+        }
+        if w.heartbeat_secs == 0 || w.max_streams == 0 || w.error_budget_secs == 0 {
+            return Err("watch.heartbeat_secs, watch.max_streams and watch.error_budget_secs must be positive".into());
+        }
+        let is_account = AccountId::is_valid;
+        if let Some(account) = &self.aws.account_id
+            && !is_account(account)
+        {
+            return Err(format!("aws.account_id: '{account}' is not a 12-digit account id"));
+        }
+        for (account, role) in &self.aws.accounts {
+            if !is_account(account) {
+                return Err(format!("aws.accounts.{account}: the key must be a 12-digit account id"));
+            }
+            let arn = snapgate_domain::Arn::parse(&role.role_arn);
+            if !arn.as_ref().is_some_and(|a| a.service == "iam" && a.resource.starts_with("role/")) {
+                return Err(format!("aws.accounts.{account}.role_arn: '{}' is not an IAM role ARN", role.role_arn));
+            }
+        }
+        if !self.aws.rate_limit_per_sec().is_finite()
+            || self.aws.rate_limit_per_sec() <= 0.0
+            || self.aws.rate_limit_burst() == 0
+        {
+            return Err("aws.rate_limit_per_sec and aws.rate_limit_burst must be positive".into());
+        }
+        if self.aws.max_attempts == Some(0) || self.aws.max_attempts.is_some_and(|n| n > 20) {
+            return Err("aws.max_attempts must be between 1 and 20".into());
+        }
+        self.auth.validate()?;
+        if self.authz.policy_file.is_some() && self.authz.policies.is_some() {
+            return Err("authz: set policy_file or policies, not both".into());
+        }
+        if self.authz.reload_secs == 0 {
+            return Err("authz.reload_secs must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// What `serve` needs beyond `validate`: a way to authenticate callers and policies to
+    /// authorize them, so a gateway never starts open.
+    pub fn validate_for_serving(&self) -> Result<(), String> {
+        let mtls = self.auth.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+        if !mtls && self.auth.jwt.is_none() && self.auth.static_tokens.is_empty() {
+            return Err("auth: no way to authenticate callers; set auth.tls.client_ca_file (mTLS), auth.jwt or auth.static_tokens".into());
+        }
+        if self.authz.policy_file.is_none() && self.authz.policies.is_none() {
+            return Err("authz.policy_file is not set: without policies every call would be denied".into());
+        }
+        Ok(())
+    }
+}
+
+impl AuthSettings {
+    fn validate(&self) -> Result<(), String> {
+        if let Some(tls) = &self.tls {
+            if tls.client_certificates == ClientCertificates::Required && tls.client_ca_file.is_none() {
+                return Err("auth.tls.client_certificates = \"required\" needs auth.tls.client_ca_file".into());
+            }
+            if tls.reload_secs == 0 {
+                return Err("auth.tls.reload_secs must be positive".into());
+            }
+        }
+        if let Some(jwt) = &self.jwt {
+            if jwt.issuer.is_empty() {
+                return Err("auth.jwt.issuer must not be empty".into());
+            }
+            if jwt.audiences.is_empty() {
+                return Err("auth.jwt.audiences must name at least one audience".into());
+            }
+            match (&jwt.jwks_file, &jwt.jwks_url) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err("auth.jwt: set exactly one of jwks_file and jwks_url".into());
+                }
+                (None, Some(url)) => check_jwks_url(url).map_err(|e| format!("auth.jwt.jwks_url: {e}"))?,
+                (Some(_), None) => {}
+            }
+            if jwt.algorithms.is_empty() {
+                return Err("auth.jwt.algorithms must not be empty".into());
+            }
+            for name in &jwt.algorithms {
+                check_jwt_algorithm(name).map_err(|e| format!("auth.jwt.algorithms: {e}"))?;
+            }
+            if jwt.jwks_refresh_secs < 10 {
+                return Err("auth.jwt.jwks_refresh_secs must be at least 10".into());
+            }
+            if jwt.leeway_secs > 300 {
+                return Err("auth.jwt.leeway_secs must be at most 300".into());
+            }
+        }
+        for (i, token) in self.static_tokens.iter().enumerate() {
+            if token.token.expose().len() < 16 {
+                return Err(format!("auth.static_tokens[{i}].token must be at least 16 characters"));
+            }
+            if token.principal.is_empty() {
+                return Err(format!("auth.static_tokens[{i}].principal must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads an identifier made of digits as text even when it arrives as a number: figment's
+/// environment provider reads `SNAPGATE_AWS__ACCOUNT_ID=123456789012` as an integer.
+fn digits_as_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Digits {
+        Text(String),
+        Number(u64),
+    }
+    Ok(Option::<Digits>::deserialize(deserializer)?.map(|d| match d {
+        Digits::Text(text) => text,
+        Digits::Number(n) => n.to_string(),
+    }))
+}
+
+/// A JWKS URL must be https, or http to a loopback host (a local IdP or a test).
+pub(crate) fn check_jwks_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("'{url}' is not a URL"))?;
+    let host = uri.host().unwrap_or_default();
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(()),
+        Some("http") if host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) => {
+            Ok(())
+        }
+        Some("http") => Err(format!("'{url}' must use https (http only to a loopback host)")),
+        _ => Err(format!("'{url}' must be an https URL")),
+    }
+}
+
+/// The JWS algorithms a token may be signed with: asymmetric only. HMAC is refused (its key
+/// is a shared secret, and accepting it next to public keys is the classic key-confusion
+/// attack), and `none` is not an algorithm.
+pub(crate) const JWT_ALGORITHMS: [&str; 9] =
+    ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+
+pub(crate) fn check_jwt_algorithm(name: &str) -> Result<(), String> {
+    if JWT_ALGORITHMS.contains(&name) {
+        Ok(())
+    } else if name.starts_with("HS") {
+        Err(format!("'{name}' is HMAC (a shared secret); use RS*, PS*, ES* or EdDSA"))
+    } else {
+        Err(format!("'{name}' is not an accepted JWS algorithm ({})", JWT_ALGORITHMS.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // figment's Jail sets variables for the closure only, under a lock, and restores them.
+    use figment::Jail;
+
+    #[test]
+    fn environment_overrides_nested_settings() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SNAPGATE_AWS__REGION", "eu-west-1");
+            jail.set_env("SNAPGATE_SERVER__MAX_CONCURRENT_STREAMS", "7");
+            jail.set_env("SNAPGATE_AWS__ACCOUNT_ID", "123456789012");
+            jail.set_env("OTHER", "x");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.aws.region.as_deref(), Some("eu-west-1"));
+            assert_eq!(s.server.max_concurrent_streams, 7);
+            assert_eq!(s.aws.account_id.as_deref(), Some("123456789012"));
+            assert_eq!(s.listen, Settings::default().listen);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_file_is_read_and_the_environment_wins() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "listen = \"127.0.0.1:6000\"\n[aws]\nregion = \"us-west-2\"\n")?;
+            jail.set_env("SNAPGATE_AWS__REGION", "eu-central-1");
+            let s = Settings::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.listen.port(), 6000);
+            assert_eq!(s.aws.region.as_deref(), Some("eu-central-1"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn other_snapgate_variables_are_not_settings() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SNAPGATE_CONFIG", "/x.toml");
+            jail.set_env("SNAPGATE_LOG_FORMAT", "json");
+            jail.set_env("SNAPGATE_VENV", "/v");
+            assert_eq!(Settings::load(None).map_err(|e| e.to_string())?, Settings::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let error = |name: &str, value: &str| {
+            let mut out = String::new();
+            Jail::expect_with(|jail| {
+                jail.set_env(name, value);
+                out = Settings::load(None).expect_err("refused");
+                Ok(())
+            });
+            out
+        };
+        assert!(error("SNAPGATE_AWS__REGION", "mars").contains("aws.region"));
+        assert!(error("SNAPGATE_SERVER__MAX_CONCURRENT_STREAMS", "0").contains("server.max_concurrent_streams"));
+        assert!(error("SNAPGATE_SERVER__BOGUS", "1").contains("bogus"));
+        let listen = error("SNAPGATE_LISTEN", "nowhere");
+        assert!(listen.contains("LISTEN") && listen.contains("SNAPGATE_"), "{listen}");
+        assert!(error("SNAPGATE_AWS__ACCOUNT_ID", "12").contains("aws.account_id"));
+        assert!(Settings::load(Some(Path::new("/nonexistent.toml"))).is_err());
+    }
+
+    #[test]
+    fn jwks_urls_must_be_https_or_loopback_http() {
+        assert!(check_jwks_url("https://idp.example.com/.well-known/jwks.json").is_ok());
+        assert!(check_jwks_url("http://127.0.0.1:8080/jwks").is_ok());
+        assert!(check_jwks_url("http://localhost/jwks").is_ok());
+        assert!(check_jwks_url("http://idp.example.com/jwks").is_err());
+        assert!(check_jwks_url("ftp://idp.example.com/jwks").is_err());
+        assert!(check_jwks_url("not a url").is_err());
+    }
+
+    #[test]
+    fn only_asymmetric_jwt_algorithms_are_accepted() {
+        assert!(check_jwt_algorithm("RS256").is_ok());
+        assert!(check_jwt_algorithm("EdDSA").is_ok());
+        assert!(check_jwt_algorithm("HS256").unwrap_err().contains("HMAC"));
+        assert!(check_jwt_algorithm("none").is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! The rules a copy request must meet before any AWS call: each broken rule becomes a field
+//! violation naming the proto field and the rule.
+
+use crate::error::FieldViolation;
+use snapgate_domain::is_region_name;
+use snapgate_domain::rules::{self, KmsKeyRef, SnapshotRef};
+use snapgate_domain::{AccountId, EngineFamily};
+
+/// A copy request in the gateway's terms, decoded from the proto.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct CopyRequest {
+    pub source_snapshot: String,
+    pub target_snapshot_id: String,
+    pub kms_key_id: String,
+    pub copy_tags: bool,
+    pub tags: Vec<(String, String)>,
+    pub source_region: String,
+    pub destination_region: String,
+    pub destination_account: String,
+}
+
+/// A copy request that passed every rule that does not depend on the source snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ValidCopy {
+    pub source: SnapshotRef,
+    /// The source's region: the ARN's, else `source_region`, else the destination's.
+    pub source_region: String,
+    /// Lowercased, as AWS stores it.
+    pub target: String,
+    pub kms_key: Option<(String, KmsKeyRef)>,
+    pub copy_tags: bool,
+    pub tags: Vec<(String, String)>,
+    pub destination_region: String,
+    pub destination_account: Option<String>,
+}
+
+pub(super) fn validate(req: &CopyRequest, default_region: &str) -> Result<ValidCopy, Vec<FieldViolation>> {
+    let mut v = Vec::new();
+    let source = SnapshotRef::parse(&req.source_snapshot)
+        .map_err(|rule| {
+            v.push(FieldViolation::new(
+                "source_snapshot",
+                format!("{rule} (an identifier, or the ARN of a DB cluster snapshot)"),
+            ))
+        })
+        .ok();
+    if let Err(rule) = rules::check_snapshot_identifier(&req.target_snapshot_id) {
+        v.push(FieldViolation::new(
+            "target_snapshot_id",
+            format!("{rule} (1 to 63 letters, digits or hyphens; first a letter; no trailing or double hyphen)"),
+        ));
+    }
+    let destination_region = if req.destination_region.is_empty() {
+        default_region.to_owned()
+    } else {
+        if !is_region_name(&req.destination_region) {
+            v.push(FieldViolation::new("destination_region", "must be a region name such as us-east-1"));
+        }
+        req.destination_region.clone()
+    };
+    if !req.source_region.is_empty() && !is_region_name(&req.source_region) {
+        v.push(FieldViolation::new("source_region", "must be a region name such as us-east-1"));
+    }
+    let source_region = match &source {
+        Some(SnapshotRef::Arn(arn)) => {
+            if !req.source_region.is_empty() && req.source_region != arn.region {
+                v.push(FieldViolation::new(
+                    "source_region",
+                    format!("names {} but the source ARN is in {}", req.source_region, arn.region),
+                ));
+            }
+            arn.region.clone()
+        }
+        _ if !req.source_region.is_empty() => req.source_region.clone(),
+        _ => destination_region.clone(),
+    };
+    if matches!(source, Some(SnapshotRef::Id(_))) && source_region != destination_region {
+        v.push(FieldViolation::new(
+            "source_snapshot",
+            "a source in another region than the copy must be given as its ARN",
+        ));
+    }
+    let kms_key = if req.kms_key_id.is_empty() {
+        None
+    } else {
+        match KmsKeyRef::parse(&req.kms_key_id) {
+            Err(rule) => {
+                v.push(FieldViolation::new("kms_key_id", rule));
+                None
+            }
+            Ok(key) => {
+                if let Some(region) = key.region()
+                    && region != destination_region
+                {
+                    v.push(FieldViolation::new(
+                        "kms_key_id",
+                        format!("a KMS key ARN must name the destination region {destination_region}, not {region}"),
+                    ));
+                }
+                Some((req.kms_key_id.clone(), key))
+            }
+        }
+    };
+    // The engine's own character set is checked once the source is known; here the widest.
+    for tv in rules::check_tags(&req.tags, EngineFamily::Rds) {
+        let field = match tv.index {
+            Some(i) => format!("tags[{i}].{}", tv.part),
+            None => "tags".to_owned(),
+        };
+        v.push(FieldViolation::new(field, tv.rule));
+    }
+    let destination_account = (!req.destination_account.is_empty()).then(|| req.destination_account.clone());
+    if let Some(Err(rule)) = destination_account.as_deref().map(AccountId::parse) {
+        v.push(FieldViolation::new("destination_account", rule));
+    }
+    match source {
+        Some(source) if v.is_empty() => Ok(ValidCopy {
+            source,
+            source_region,
+            target: req.target_snapshot_id.to_ascii_lowercase(),
+            kms_key,
+            copy_tags: req.copy_tags,
+            tags: req.tags.clone(),
+            destination_region,
+            destination_account,
+        }),
+        _ => Err(v),
+    }
+}
+
+/// Reads a copy's name: a cluster-snapshot ARN, or a bare identifier in the default region.
+/// Returns (region, identifier, the ARN when given).
+pub(super) fn parse_copy_name(
+    name: &str,
+    default_region: &str,
+) -> Result<(String, String, Option<String>), Vec<FieldViolation>> {
+    match SnapshotRef::parse(name) {
+        Ok(SnapshotRef::Arn(arn)) => {
+            let id = arn.cluster_snapshot_id().unwrap_or_default().to_owned();
+            Ok((arn.region.clone(), id, Some(arn.to_string())))
+        }
+        Ok(SnapshotRef::Id(id)) => Ok((default_region.to_owned(), id, None)),
+        Err(rule) => Err(vec![FieldViolation::new(
+            "name",
+            format!("{rule} (the copy's name is its snapshot ARN, or a snapshot identifier)"),
+        )]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(source: &str, target: &str) -> CopyRequest {
+        CopyRequest { source_snapshot: source.into(), target_snapshot_id: target.into(), ..CopyRequest::default() }
+    }
+
+    fn fields(r: Result<ValidCopy, Vec<FieldViolation>>) -> Vec<String> {
+        r.unwrap_err().into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn a_plain_same_region_copy_is_valid_and_lowercased() {
+        let ok = validate(&req("snap-1", "Copy-1"), "us-east-1").unwrap();
+        assert_eq!(ok.target, "copy-1");
+        assert_eq!((ok.source_region.as_str(), ok.destination_region.as_str()), ("us-east-1", "us-east-1"));
+    }
+
+    #[test]
+    fn required_fields_are_named() {
+        assert_eq!(fields(validate(&req("", ""), "us-east-1")), ["source_snapshot", "target_snapshot_id"]);
+    }
+
+    #[test]
+    fn cross_region_sources_must_be_arns_that_agree_with_source_region() {
+        let mut r = req("snap-1", "c");
+        r.source_region = "us-west-2".into();
+        assert_eq!(fields(validate(&r, "us-east-1")), ["source_snapshot"]);
+        let mut r = req("arn:aws:rds:us-west-2:123456789012:cluster-snapshot:s", "c");
+        r.source_region = "eu-west-1".into();
+        assert_eq!(fields(validate(&r, "us-east-1")), ["source_region"]);
+        r.source_region = "us-west-2".into();
+        assert_eq!(validate(&r, "us-east-1").unwrap().source_region, "us-west-2");
+    }
+
+    #[test]
+    fn kms_key_arns_must_name_the_destination_region() {
+        let mut r = req("s", "c");
+        r.kms_key_id = "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab".into();
+        assert_eq!(fields(validate(&r, "us-east-1")), ["kms_key_id"]);
+        r.destination_region = "us-west-2".into();
+        assert!(validate(&r, "us-east-1").is_ok());
+    }
+
+    #[test]
+    fn tag_violations_name_the_tag() {
+        let mut r = req("s", "c");
+        r.tags = vec![("ok".into(), "1".into()), ("aws:x".into(), "2".into())];
+        assert_eq!(fields(validate(&r, "us-east-1")), ["tags[1].key"]);
+    }
+
+    #[test]
+    fn copy_names_are_arns_or_identifiers() {
+        let (region, id, arn) =
+            parse_copy_name("arn:aws:rds:eu-west-1:123456789012:cluster-snapshot:c1", "us-east-1").unwrap();
+        assert_eq!((region.as_str(), id.as_str()), ("eu-west-1", "c1"));
+        assert!(arn.is_some());
+        assert_eq!(parse_copy_name("c1", "us-east-1").unwrap().0, "us-east-1");
+        assert_eq!(parse_copy_name("", "us-east-1").unwrap_err()[0].field, "name");
+    }
+}

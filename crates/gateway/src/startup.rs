@@ -1,0 +1,180 @@
+//! Builds the gateway from its settings and runs it: binds the listener (port 0 works, so
+//! tests and benchmarks start the real server), wires the services and the layers around
+//! them, and shuts down gracefully within a bounded grace.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_config::SdkConfig;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::admin;
+use crate::api::Api;
+use crate::api::deadline::DeadlineLayer;
+use crate::auth::policy::PolicyStore;
+use crate::auth::tls::TlsReloader;
+use crate::auth::{AuthLayer, Authenticator};
+use crate::aws::Accounts;
+use crate::config::Settings;
+use crate::copy::CopyService;
+use crate::metrics::Metrics;
+use crate::observe::ObserveLayer;
+use crate::reload::{self, Reload};
+use crate::tasks::Tasks;
+use crate::watch::WatchHub;
+use snapgate_proto::snapshot_copy_service_server::SnapshotCopyServiceServer;
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    settings: Settings,
+    api: Api,
+    hub: Arc<WatchHub>,
+    metrics: Arc<Metrics>,
+    admin: Option<TcpListener>,
+    authenticator: Arc<Authenticator>,
+    policies: Arc<PolicyStore>,
+    tls: Option<Arc<TlsReloader>>,
+    tasks: Tasks,
+}
+
+impl Application {
+    /// Binds `settings.listen` and prepares the services; `sdk` is the AWS side.
+    pub async fn build(settings: Settings, sdk: SdkConfig) -> anyhow::Result<Application> {
+        settings.validate().map_err(anyhow::Error::msg)?;
+        settings.validate_for_serving().map_err(anyhow::Error::msg)?;
+        let tasks = Tasks::new();
+        let metrics = Metrics::new();
+        let authenticator = Arc::new(Authenticator::new(&settings.auth, metrics.clone(), &tasks).await?);
+        let policies = PolicyStore::new(&settings.authz, metrics.clone())?;
+        let tls = settings.auth.tls.clone().map(TlsReloader::new).transpose()?;
+        let accounts = Arc::new(Accounts::new(sdk, &settings.aws, metrics.clone()).await.map_err(anyhow::Error::msg)?);
+        let hub = Arc::new(WatchHub::new(accounts.clone(), settings.watch.clone(), tasks.clone(), metrics.clone()));
+        let copies = Arc::new(CopyService::new(accounts, hub.clone()));
+        let api = Api::new(copies, hub.clone(), policies.clone());
+        let admin = match settings.admin.listen {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.with_context(|| format!("admin.listen: cannot bind {addr}"))?)
+            }
+            None => None,
+        };
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("listen: cannot bind {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        Ok(Application { listener, addr, settings, api, hub, metrics, admin, authenticator, policies, tls, tasks })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin listener's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The progress hub, for its gauges and counters.
+    pub fn watch_hub(&self) -> Arc<WatchHub> {
+        self.hub.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops accepting, ends open
+    /// streams (UNAVAILABLE, with a hint to reconnect), and lets calls in flight and the
+    /// gateway's tasks finish for at most `server.shutdown_grace_secs`.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let limits = &self.settings.server;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<SnapshotCopyServiceServer<Api>>().await;
+
+        // grpcurl 1.8 and older speak only v1alpha reflection, newer clients v1: serve both.
+        // tonic-types' descriptors let clients print google.rpc error details.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(snapgate_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let copy_service = SnapshotCopyServiceServer::new(self.api)
+            .max_decoding_message_size(limits.max_request_bytes)
+            .max_encoding_message_size(limits.max_response_bytes);
+
+        let grace = Duration::from_secs(limits.shutdown_grace_secs);
+        let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let tasks = self.tasks.clone();
+        if let Some(listener) = self.admin {
+            let router = admin::router(self.metrics.clone(), self.hub.clone(), serving.clone());
+            let stopping = tasks.stopping();
+            tasks.spawn(async move {
+                let served = axum::serve(listener, router).with_graceful_shutdown(stopping.cancelled_owned()).await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "admin listener stopped");
+                }
+            });
+        }
+        let mut reloaders: Vec<Arc<dyn Reload>> = vec![self.policies.clone()];
+        if let Some(tls) = &self.tls {
+            reloaders.push(tls.clone());
+        }
+        tasks.spawn(reload::run(reloaders, tasks.stopping()));
+        let incoming = crate::auth::tls::incoming(self.listener, self.tls.clone(), tasks.stopping(), tasks.tracker());
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let reporter = health_reporter.clone();
+        let not_serving = serving.clone();
+        let stop = tasks.stopping();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: reporting NOT_SERVING, ending streams, draining calls");
+            // Stops accepting, ends every stream with UNAVAILABLE (tonic's graceful shutdown
+            // would wait for open streams forever), and stops the pollers and reloaders.
+            stop.cancel();
+            not_serving.store(false, std::sync::atomic::Ordering::Relaxed);
+            reporter.set_not_serving::<SnapshotCopyServiceServer<Api>>().await;
+            reporter.set_service_status("", ServingStatus::NotServing).await;
+            let _ = stopping_tx.send(());
+        };
+
+        let server = Server::builder()
+            // Outermost: every call is counted and has its server span, refused ones included,
+            // and the span covers authentication, the handler and the whole response body (a
+            // WatchCopy stream to its end).
+            .layer(ObserveLayer::new(self.metrics.clone()))
+            // Outside every service: an unauthenticated call never reaches a handler.
+            .layer(AuthLayer::new(self.authenticator.clone()))
+            // Inside authentication, so a refused call costs no deadline timer.
+            .layer(DeadlineLayer::new(limits.request_timeout()))
+            .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(copy_service)
+            .serve_with_incoming_shutdown(incoming, signal);
+        tokio::pin!(server);
+        let started = tokio::time::Instant::now();
+        let grace_over = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = &mut server => served.context("gRPC server failed")?,
+            () = grace_over => tracing::warn!(?grace, "grace period over; stopping with calls still in flight"),
+        }
+        let left = grace.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+        if !tasks.stop(left).await {
+            tracing::warn!("some background tasks did not end within the grace period");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,278 @@
+//! Logs and traces. Logs: a `RUST_LOG`-style filter, lines for people (colour only on a
+//! terminal) or JSON for pipelines; lines inside a call carry its trace id. Traces: exported
+//! with OTLP when the standard `OTEL_*` variables ask for it (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL` = `grpc` or
+//! `http/protobuf`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and
+//! its argument); off when none is set. Export runs on the batch processor's own thread with a
+//! bounded queue, so it never blocks a request.
+
+use std::io::IsTerminal;
+
+use clap::ValueEnum;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per event, with its span context.
+    Json,
+}
+
+/// The target of WatchCopy's per-change span events: DEBUG, so they reach traces but not the
+/// default log (10,000 streams would flood it).
+pub const STREAM_EVENTS: &str = "snapgate::watch_events";
+
+/// The log target of the audit trail (`crate::audit`).
+pub const AUDIT_TARGET: &str = "snapgate::audit";
+
+/// Flushes the spans still queued when dropped (at exit).
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("snapgate: flushing traces failed: {error}");
+        }
+    }
+}
+
+/// What the `OTEL_*` variables ask for; `None` when traces are off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceExport {
+    pub protocol: Protocol,
+    /// An endpoint given in code (the benchmark's sink); else the exporter reads the variables.
+    pub endpoint: Option<String>,
+}
+
+/// Reads the standard variables from `env` (pass `std::env::vars()`).
+pub fn trace_export(env: impl IntoIterator<Item = (String, String)>) -> Result<Option<TraceExport>, String> {
+    let vars: std::collections::HashMap<String, String> = env.into_iter().collect();
+    let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || get("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+    {
+        return Ok(None);
+    }
+    let asked = get("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+        || get("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("otlp"));
+    if !asked {
+        return Ok(None);
+    }
+    if let Some(exporter) = get("OTEL_TRACES_EXPORTER")
+        && !exporter.eq_ignore_ascii_case("otlp")
+    {
+        return Err(format!("OTEL_TRACES_EXPORTER: '{exporter}' is not supported (otlp or none)"));
+    }
+    let protocol = get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or(get("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    let protocol = match protocol {
+        // The specification's default.
+        None | Some("http/protobuf") => Protocol::HttpBinary,
+        Some("grpc") => Protocol::Grpc,
+        Some(other) => {
+            return Err(format!("OTEL_EXPORTER_OTLP_PROTOCOL: '{other}' is not supported (grpc or http/protobuf)"));
+        }
+    };
+    Ok(Some(TraceExport { protocol, endpoint: None }))
+}
+
+/// Installs the global subscriber: logs by `format` under `RUST_LOG` (else `default_filter`),
+/// and, when the environment asks for it, OTLP trace export of the gateway's own spans.
+/// Must run inside the Tokio runtime (the gRPC exporter needs it).
+pub fn init(default_filter: &str, format: LogFormat) -> Result<TelemetryGuard, String> {
+    init_with(default_filter, format, trace_export(std::env::vars())?)
+}
+
+/// [`init`] with the export decided by the caller.
+pub fn init_with(
+    default_filter: &str,
+    format: LogFormat,
+    export: Option<TraceExport>,
+) -> Result<TelemetryGuard, String> {
+    let provider = export.as_ref().map(tracer_provider).transpose()?;
+    let traces = provider.as_ref().map(|provider| trace_layer(provider).with_filter(trace_targets()));
+    // A second init (tests) keeps the first subscriber.
+    let _ = Registry::default().with(log_layer(default_filter, format)).with(traces).try_init();
+    Ok(TelemetryGuard::new(provider))
+}
+
+impl TelemetryGuard {
+    /// Owns `provider`, flushing and shutting it down when dropped.
+    pub fn new(provider: Option<SdkTracerProvider>) -> TelemetryGuard {
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        TelemetryGuard { provider }
+    }
+}
+
+/// Log lines by `format` under `RUST_LOG` (else `default_filter`), to stderr.
+pub fn log_layer<S>(default_filter: &str, format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    match format {
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+    }
+}
+
+/// The OpenTelemetry layer as the gateway configures it; filter it with [`trace_targets`].
+pub fn trace_layer<S>(
+    provider: &SdkTracerProvider,
+) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("snapgate"))
+        // Code locations, thread names and busy/idle timings on every span cost CPU on
+        // every call and tell the person on call nothing.
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
+        // Nothing here reads the active OpenTelemetry context (trace ids are read from the
+        // span itself), so entering a span need not activate it.
+        .with_context_activation(false)
+}
+
+/// What goes to traces: the gateway's own spans. The AWS SDK's are DEBUG-level and carry no
+/// request id (the gateway's CLIENT span per AWS call does); the audit trail is the log's
+/// (with the trace id), and the trace has the decision on its `authorize` span.
+pub fn trace_targets() -> Targets {
+    Targets::new()
+        .with_target("snapgate", tracing::Level::INFO)
+        .with_target(STREAM_EVENTS, tracing::Level::DEBUG)
+        .with_target(AUDIT_TARGET, tracing_subscriber::filter::LevelFilter::OFF)
+}
+
+/// Builds the exporter and batch processor the export asks for. Must run inside the Tokio
+/// runtime (the exporters need it).
+pub fn tracer_provider(export: &TraceExport) -> Result<SdkTracerProvider, String> {
+    let exporter = match (export.protocol, &export.endpoint) {
+        (Protocol::Grpc, None) => {
+            opentelemetry_otlp::SpanExporter::builder().with_tonic().with_protocol(Protocol::Grpc).build()
+        }
+        (Protocol::Grpc, Some(endpoint)) => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_protocol(Protocol::Grpc)
+            .with_endpoint(endpoint)
+            .build(),
+        (_, endpoint) => {
+            let builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_http_client(OnRuntime::new()?);
+            match endpoint {
+                Some(endpoint) => builder.with_endpoint(endpoint).build(),
+                None => builder.build(),
+            }
+        }
+    }
+    .map_err(|e| format!("OTLP trace exporter: {e}"))?;
+    let mut resource = Resource::builder();
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
+    if !named {
+        resource = resource.with_service_name("snapgate");
+    }
+    Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build())
+}
+
+/// The http/protobuf exporter's client. The batch processor exports from its own thread, where
+/// there is no Tokio runtime for hyper and its timer (opentelemetry-http's hyper client panics
+/// there), so each request is run on the gateway's runtime.
+#[derive(Debug, Clone)]
+struct OnRuntime {
+    runtime: tokio::runtime::Handle,
+    client: opentelemetry_http::hyper::HyperClient,
+}
+
+impl OnRuntime {
+    fn new() -> Result<OnRuntime, String> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| "trace export needs the Tokio runtime".to_owned())?;
+        let timeout = std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(std::time::Duration::from_secs(10), std::time::Duration::from_millis);
+        Ok(OnRuntime { runtime, client: opentelemetry_http::hyper::HyperClient::with_default_connector(timeout, None) })
+    }
+}
+
+#[tonic::async_trait]
+impl opentelemetry_http::HttpClient for OnRuntime {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let client = self.client.clone();
+        self.runtime.spawn(async move { client.send_bytes(request).await }).await?
+    }
+}
+
+/// The trace id of the current span, when it is part of a valid trace.
+pub fn current_trace_id() -> Option<String> {
+    trace_id_of(&tracing::Span::current())
+}
+
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    ids_of(span).map(|(trace, _)| trace)
+}
+
+/// The (trace id, span id) of `span`, when it is part of a valid trace.
+pub fn ids_of(span: &tracing::Span) -> Option<(String, String)> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn export_is_off_unless_the_environment_asks() {
+        assert_eq!(trace_export(env(&[])), Ok(None));
+        assert_eq!(trace_export(env(&[("OTEL_SERVICE_NAME", "x")])), Ok(None));
+        let on = |pairs| trace_export(env(pairs)).unwrap().map(|e| e.protocol);
+        assert_eq!(on(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]), Some(Protocol::HttpBinary));
+        assert_eq!(
+            on(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]),
+            Some(Protocol::Grpc)
+        );
+        assert_eq!(on(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_SDK_DISABLED", "true")]), None);
+        assert_eq!(on(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_TRACES_EXPORTER", "none")]), None);
+        assert!(
+            trace_export(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "x"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! The progress hub: one poller per region polls every watched snapshot in batches, and any
+//! number of watchers share what it sees through `tokio::sync::watch` channels. AWS calls per
+//! round grow with the number of watched snapshots / 100, not with the number of watchers.
+
+mod poller;
+mod stream;
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::tasks::Tasks;
+use futures_util::FutureExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use stream::{Change, WatchEvent, WatchStream};
+
+use crate::aws::{Accounts, Rds};
+use crate::config::WatchSettings;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use snapgate_domain::{ClusterSnapshot, CopyState};
+
+/// What a poll saw of one snapshot.
+#[derive(Debug, Clone)]
+pub enum Observation {
+    Present {
+        snapshot: Arc<ClusterSnapshot>,
+        observed: SystemTime,
+        at: Instant,
+    },
+    /// The snapshot no longer exists; `cancelled` when snapgate deleted it to cancel the copy.
+    Gone {
+        last: Option<Arc<ClusterSnapshot>>,
+        cancelled: bool,
+        observed: SystemTime,
+    },
+    /// Polling has failed for longer than the error budget, or the poller stopped.
+    Failing {
+        error: Error,
+    },
+}
+
+type Slot = watch::Sender<Option<Arc<Observation>>>;
+
+struct Entry {
+    slot: Slot,
+    watchers: usize,
+    /// Spans of the latest watchers (a few), linked from the poll rounds that serve them.
+    watcher_spans: std::collections::VecDeque<opentelemetry::trace::SpanContext>,
+}
+
+/// Watcher spans remembered per snapshot, and links per poll round: enough to find the
+/// watchers from a round in a trace viewer without making rounds heavy.
+const LINKS_PER_SNAPSHOT: usize = 4;
+const LINKS_PER_ROUND: usize = 32;
+
+/// One region's poller and the snapshots it watches.
+struct Poller {
+    region: String,
+    entries: Mutex<HashMap<String, Entry>>,
+    cancelled: Mutex<HashSet<String>>,
+    wake: Notify,
+    /// Makes the next round panic: how the tests prove a poller's failure is survived.
+    #[cfg(test)]
+    crash: std::sync::atomic::AtomicBool,
+}
+
+impl Poller {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The watcher spans a poll round links to.
+fn watcher_links(poller: &Poller) -> Vec<opentelemetry::trace::SpanContext> {
+    poller.lock().values().flat_map(|e| e.watcher_spans.iter().cloned()).take(LINKS_PER_ROUND).collect()
+}
+
+pub struct WatchHub {
+    accounts: Arc<Accounts>,
+    settings: WatchSettings,
+    /// One poller per (credentials, region): see `Accounts::credentials_key`.
+    pollers: Mutex<HashMap<(String, String), Arc<Poller>>>,
+    streams: Arc<Semaphore>,
+    /// Cancelled at shutdown: streams end, pollers stop.
+    shutdown: CancellationToken,
+    /// Owns the pollers and the streams' tasks; shutdown waits for them.
+    tasks: Tasks,
+    metrics: Arc<Metrics>,
+}
+
+/// What a watch is of: snapshot `id` of `account` ("" for the gateway's own) in `region`, as
+/// the caller named it (`name`, and the ARN when the name is one).
+pub(crate) struct WatchTarget<'a> {
+    pub account: &'a str,
+    pub region: &'a str,
+    pub id: &'a str,
+    pub name: &'a str,
+    pub arn: Option<&'a str>,
+}
+
+/// A watcher's hold on a snapshot's observations; dropping it lets the snapshot leave the poll
+/// set once nobody else watches it.
+pub struct Subscription {
+    poller: Arc<Poller>,
+    id: String,
+    rx: watch::Receiver<Option<Arc<Observation>>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut entries = self.poller.lock();
+        if let Some(entry) = entries.get_mut(&self.id) {
+            entry.watchers -= 1;
+            if entry.watchers == 0 {
+                entries.remove(&self.id);
+                self.poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Subscription {
+    /// Waits for the first observation (the poller is woken when the snapshot is new to it).
+    pub async fn first(&mut self) -> Option<Arc<Observation>> {
+        let seen = self.rx.wait_for(Option::is_some).await.ok()?;
+        seen.clone()
+    }
+}
+
+impl WatchHub {
+    pub(crate) fn new(
+        accounts: Arc<Accounts>,
+        settings: WatchSettings,
+        tasks: Tasks,
+        metrics: Arc<Metrics>,
+    ) -> WatchHub {
+        let streams = Arc::new(Semaphore::new(settings.max_streams));
+        let shutdown = tasks.stopping();
+        WatchHub { accounts, settings, pollers: Mutex::new(HashMap::new()), streams, shutdown, tasks, metrics }
+    }
+
+    /// Poll rounds made so far, by every poller (the `watch_poll_rounds` metric).
+    pub fn poll_rounds(&self) -> u64 {
+        self.metrics.poll_rounds.get()
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.settings.max_streams - self.streams.available_permits()
+    }
+
+    /// Snapshots in the poll sets now.
+    pub fn watched_snapshots(&self) -> usize {
+        let pollers = self.pollers.lock().unwrap_or_else(|p| p.into_inner());
+        pollers.values().map(|p| p.lock().len()).sum()
+    }
+
+    /// A permit for one more stream, or RESOURCE_EXHAUSTED over the cap.
+    fn stream_permit(&self) -> Result<OwnedSemaphorePermit, Error> {
+        self.streams.clone().try_acquire_owned().map_err(|_| Error::TooManyStreams(self.settings.max_streams))
+    }
+
+    fn poller(&self, account: &str, region: &str) -> Arc<Poller> {
+        let key = (self.accounts.credentials_key(account), region.to_owned());
+        let rds = self.accounts.for_snapshot_account(account);
+        let mut pollers = self.pollers.lock().unwrap_or_else(|p| p.into_inner());
+        pollers
+            .entry(key)
+            .or_insert_with(|| {
+                let poller = Arc::new(Poller {
+                    region: region.to_owned(),
+                    entries: Mutex::new(HashMap::new()),
+                    cancelled: Mutex::new(HashSet::new()),
+                    wake: Notify::new(),
+                    #[cfg(test)]
+                    crash: std::sync::atomic::AtomicBool::new(false),
+                });
+                self.supervise(poller.clone(), rds);
+                poller
+            })
+            .clone()
+    }
+
+    /// Runs a region's poller, owned by the hub's task tracker. A poller that panics or ends
+    /// before shutdown tells its watchers at once (their streams end UNAVAILABLE with a hint
+    /// to reconnect) and is started again after a pause, so new watchers are served.
+    fn supervise(&self, poller: Arc<Poller>, rds: Arc<Rds>) {
+        let (settings, shutdown, metrics) = (self.settings.clone(), self.shutdown.clone(), self.metrics.clone());
+        self.tasks.spawn(async move {
+            loop {
+                let run = poller::run(poller.clone(), rds.clone(), settings.clone(), shutdown.clone(), metrics.clone());
+                let outcome = AssertUnwindSafe(run).catch_unwind().await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                let how = if outcome.is_err() { "panicked" } else { "ended" };
+                tracing::error!(region = %poller.region, how, "a poller stopped; its watchers are told and it restarts");
+                let error = Error::Unavailable(format!("the progress poller of {} stopped", poller.region));
+                poller::publish_all(&poller, Observation::Failing { error });
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(RESTART_PAUSE) => {}
+                }
+            }
+        });
+    }
+
+    /// Watches snapshot `id` (lowercased) of `account` ("" for the gateway's own) in `region`.
+    pub fn subscribe(&self, account: &str, region: &str, id: &str) -> Subscription {
+        let id = id.to_ascii_lowercase();
+        let poller = self.poller(account, region);
+        let (rx, fresh) = {
+            let mut entries = poller.lock();
+            let entry = entries.entry(id.clone()).or_insert_with(|| Entry {
+                slot: watch::channel(None).0,
+                watchers: 0,
+                watcher_spans: std::collections::VecDeque::new(),
+            });
+            entry.watchers += 1;
+            let watcher = {
+                use opentelemetry::trace::TraceContextExt;
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                tracing::Span::current().context().span().span_context().clone()
+            };
+            if watcher.is_valid() {
+                if entry.watcher_spans.len() == LINKS_PER_SNAPSHOT {
+                    entry.watcher_spans.pop_front();
+                }
+                entry.watcher_spans.push_back(watcher);
+            }
+            (entry.slot.subscribe(), entry.slot.borrow().is_some())
+        };
+        if !fresh {
+            poller.wake.notify_one();
+        }
+        Subscription { poller, id, rx }
+    }
+
+    /// The poller's observation of a snapshot if it is younger than the shortest poll interval.
+    pub(crate) fn fresh(&self, account: &str, region: &str, id: &str) -> Option<ClusterSnapshot> {
+        let key = (self.accounts.credentials_key(account), region.to_owned());
+        let poller = self.pollers.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()?;
+        let entries = poller.lock();
+        let observation = entries.get(&id.to_ascii_lowercase())?.slot.borrow().clone()?;
+        match &*observation {
+            Observation::Present { snapshot, at, .. }
+                if at.elapsed() < Duration::from_millis(self.settings.min_poll_interval_ms) =>
+            {
+                Some(ClusterSnapshot::clone(snapshot))
+            }
+            _ => None,
+        }
+    }
+
+    /// Tells the watchers of a snapshot that snapgate cancelled its copy.
+    pub(crate) fn record_cancelled(&self, snapshot: &ClusterSnapshot) {
+        let id = snapshot.id.to_ascii_lowercase();
+        let poller = self.poller(&snapshot.account, &snapshot.region);
+        // Remembered only while someone watches: the poll that finds the snapshot gone then
+        // reports it cancelled, not deleted.
+        if let Some(entry) = poller.lock().get(&id) {
+            poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+            entry.slot.send_replace(Some(Arc::new(Observation::Gone {
+                last: Some(Arc::new(snapshot.clone())),
+                cancelled: true,
+                observed: SystemTime::now(),
+            })));
+        }
+    }
+
+    /// Opens a watch of `target`. The first observation decides: a copy that is not there is
+    /// NOT_FOUND, a failing poll the error it failed with, and a copy that is there is shown
+    /// to `authorize` before any event is sent. The stream ends at the copy's terminal state,
+    /// at `deadline`, or at shutdown.
+    pub(crate) async fn watch(
+        &self,
+        target: WatchTarget<'_>,
+        deadline: Option<tokio::time::Instant>,
+        authorize: impl FnOnce(&ClusterSnapshot) -> Result<(), Error>,
+    ) -> Result<WatchStream, Error> {
+        let permit = self.stream_permit()?;
+        let mut subscription = self.subscribe(target.account, target.region, target.id);
+        let first = subscription.first().await.ok_or(Error::ShuttingDown)?;
+        let not_found = || Error::NotFound { what: "copy", name: target.name.to_owned() };
+        let is_it = |s: &ClusterSnapshot| target.arn.is_none_or(|arn| arn == s.arn);
+        match &*first {
+            Observation::Present { snapshot, .. } if is_it(snapshot) => authorize(snapshot)?,
+            // Cancelled by snapgate while watched: the last sight of it is what is decided on.
+            Observation::Gone { last: Some(snapshot), cancelled: true, .. } => authorize(snapshot)?,
+            Observation::Present { .. } | Observation::Gone { .. } => return Err(not_found()),
+            Observation::Failing { error } => return Err(error.clone()),
+        }
+        Ok(stream::spawn(
+            &self.tasks,
+            stream::StreamTask {
+                subscription,
+                first,
+                permit,
+                deadline,
+                heartbeat: Duration::from_secs(self.settings.heartbeat_secs),
+                shutdown: self.shutdown.clone(),
+            },
+        ))
+    }
+}
+
+/// The state an observation shows.
+pub(crate) fn observed_state(observation: &Observation) -> Option<(CopyState, i32)> {
+    match observation {
+        Observation::Present { snapshot, .. } => Some((snapshot.state(), snapshot.percent_progress)),
+        Observation::Gone { cancelled: true, .. } => Some((CopyState::Cancelled, 0)),
+        Observation::Gone { .. } => Some((CopyState::Deleted, 0)),
+        Observation::Failing { .. } => None,
+    }
+}
+
+/// How long a stopped poller waits before it starts again.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AwsSettings;
+
+    /// A hub whose AWS side refuses connections: polls fail fast, and never for long enough
+    /// to use up the error budget within the test.
+    async fn hub() -> WatchHub {
+        let aws = AwsSettings { region: Some("us-east-1".into()), max_attempts: Some(1), ..AwsSettings::default() };
+        let sdk = crate::aws::fixed_sdk_config(&aws, "http://127.0.0.1:1", "AKIDTEST", "secret").await;
+        let metrics = Metrics::new();
+        let accounts = Arc::new(Accounts::new(sdk, &aws, metrics.clone()).await.expect("accounts"));
+        let settings = WatchSettings {
+            min_poll_interval_ms: 50,
+            max_poll_interval_ms: 100,
+            error_budget_secs: 3600,
+            ..WatchSettings::default()
+        };
+        WatchHub::new(accounts, settings, Tasks::new(), metrics)
+    }
+
+    async fn rounds_reach(hub: &WatchHub, n: u64) {
+        let wait = async {
+            while hub.poll_rounds() < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait).await.expect("the poller polls");
+    }
+
+    #[tokio::test]
+    async fn a_poller_that_panics_tells_its_watchers_and_starts_again() {
+        let hub = hub().await;
+        let mut watcher = hub.subscribe("", "us-east-1", "copy-1");
+        rounds_reach(&hub, 1).await;
+        let poller = hub.pollers.lock().unwrap_or_else(|p| p.into_inner()).values().next().cloned().expect("a poller");
+        poller.crash.store(true, std::sync::atomic::Ordering::Relaxed);
+        // The watcher hears of it at once, as UNAVAILABLE.
+        let told = tokio::time::timeout(
+            Duration::from_secs(5),
+            watcher
+                .rx
+                .wait_for(|o| matches!(o.as_deref(), Some(Observation::Failing { error: Error::Unavailable(_) }))),
+        )
+        .await;
+        assert!(matches!(told, Ok(Ok(_))), "the watcher was told the poller stopped");
+        // And the poller runs again for those who watch on.
+        let before = hub.poll_rounds();
+        rounds_reach(&hub, before + 2).await;
+    }
+}

@@ -1,0 +1,170 @@
+//! One region's poll loop: describe every watched snapshot in batches, publish what changed,
+//! and pace itself — quick after a change or a new watcher, slower while nothing moves, with
+//! jitter so replicas do not poll in step, and backing off while AWS throttles or fails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Observation, Poller, observed_state};
+use crate::aws::{AwsErrorKind, Rds};
+use crate::config::WatchSettings;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use snapgate_domain::ClusterSnapshot;
+
+/// After a wake-up, wait this long so that watchers arriving together share one round.
+const COALESCE: Duration = Duration::from_millis(20);
+
+pub(super) async fn run(
+    poller: Arc<Poller>,
+    rds: Arc<Rds>,
+    settings: WatchSettings,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) {
+    let min = Duration::from_millis(settings.min_poll_interval_ms);
+    let max = Duration::from_millis(settings.max_poll_interval_ms);
+    let budget = Duration::from_secs(settings.error_budget_secs);
+    let mut interval = min;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let idle = poller.lock().is_empty();
+        let woken = if idle {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = poller.wake.notified() => true,
+            }
+        } else {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = poller.wake.notified() => true,
+                () = tokio::time::sleep(jitter(interval)) => false,
+            }
+        };
+        if woken {
+            interval = min;
+            tokio::time::sleep(COALESCE).await;
+        }
+        let mut ids: Vec<String> = poller.lock().keys().cloned().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        ids.sort();
+        let span = tracing::info_span!(
+            "poll_round",
+            otel.name = "watch.poll_round",
+            otel.status_code = tracing::field::Empty,
+            cloud.region = %poller.region,
+            snapshots = ids.len(),
+            changed = tracing::field::Empty,
+        );
+        // Its own trace, linked to (some of) the watchers it serves.
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, opentelemetry::Context::new());
+        for watcher in super::watcher_links(&poller) {
+            tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, watcher);
+        }
+        #[cfg(test)]
+        if poller.crash.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            panic!("a poller crash the test asked for");
+        }
+        let started = Instant::now();
+        let outcome = poll(&poller, &rds, &ids).instrument(span.clone()).await;
+        match &outcome {
+            Ok(changed) => span.record("changed", changed),
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
+        metrics.poll_round(started.elapsed());
+        match outcome {
+            Ok(changed) => {
+                failing_since = None;
+                interval = if changed { min } else { (interval.mul_f64(1.5)).min(max) };
+            }
+            Err(error) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                tracing::warn!(%error, region = %poller.region, "poll round failed; backing off");
+                // Throttling means the account's shared bucket is empty: back off harder.
+                let factor = if error.kind == AwsErrorKind::Throttled { 3.0 } else { 2.0 };
+                interval = interval.mul_f64(factor).min(max);
+                if since.elapsed() >= budget {
+                    publish_all(&poller, Observation::Failing { error: Error::Aws(error) });
+                }
+            }
+        }
+    }
+}
+
+/// ±10 % so that replicas and regions drift apart.
+fn jitter(interval: Duration) -> Duration {
+    interval.mul_f64(0.9 + rand::random::<f64>() * 0.2)
+}
+
+/// One round: returns whether anything changed.
+async fn poll(poller: &Poller, rds: &Rds, ids: &[String]) -> Result<bool, crate::aws::AwsError> {
+    let found = rds.describe_cluster_snapshots_by_ids(&poller.region, ids).await?;
+    let now = SystemTime::now();
+    let at = Instant::now();
+    let mut by_id: HashMap<String, ClusterSnapshot> =
+        found.into_iter().map(|s| (s.id.to_ascii_lowercase(), s)).collect();
+    let mut changed = false;
+    for id in ids {
+        let observation = match by_id.remove(id) {
+            Some(snapshot) => Observation::Present { snapshot: Arc::new(snapshot), observed: now, at },
+            None => {
+                // Absent from the batch: confirm by identifier before reporting it gone. This is
+                // also the path for engines whose API ignores Filters (Neptune's reference says
+                // they are not supported).
+                let gone = || {
+                    let cancelled = poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).contains(id);
+                    Observation::Gone { last: None, cancelled, observed: now }
+                };
+                match rds.describe_cluster_snapshot(&poller.region, id).await {
+                    Ok(Some(snapshot)) => Observation::Present { snapshot: Arc::new(snapshot), observed: now, at },
+                    Ok(None) => gone(),
+                    Err(e) if e.kind == AwsErrorKind::NotFound => gone(),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        changed |= publish(poller, id, observation);
+    }
+    Ok(changed)
+}
+
+/// Publishes an observation if it differs in state or progress from the last one (or refreshes
+/// the timestamp silently). Returns whether watchers were told.
+fn publish(poller: &Poller, id: &str, observation: Observation) -> bool {
+    let entries = poller.lock();
+    let Some(entry) = entries.get(id) else { return false };
+    let mut told = false;
+    entry.slot.send_if_modified(|current| {
+        let differs = match current.as_deref() {
+            None => true,
+            Some(Observation::Gone { .. }) => false,
+            Some(old) => observed_state(old) != observed_state(&observation),
+        };
+        let keep_last = match (&observation, current.as_deref()) {
+            (Observation::Gone { cancelled, observed, .. }, Some(Observation::Present { snapshot, .. })) => {
+                Some(Observation::Gone { last: Some(snapshot.clone()), cancelled: *cancelled, observed: *observed })
+            }
+            _ => None,
+        };
+        if matches!(current.as_deref(), Some(Observation::Gone { .. })) {
+            return false;
+        }
+        *current = Some(Arc::new(keep_last.unwrap_or(observation)));
+        told = differs;
+        differs
+    });
+    told
+}
+
+pub(super) fn publish_all(poller: &Poller, observation: Observation) {
+    let observation = Arc::new(observation);
+    for entry in poller.lock().values() {
+        entry.slot.send_replace(Some(observation.clone()));
+    }
+}
