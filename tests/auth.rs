@@ -1,6 +1,8 @@
 //! Authentication and authorization end to end: certificates made here with rcgen, tokens
 //! signed here with real keys, the real gateway over gRPC (TLS where it matters), and the
 //! emulator's call counter proving that a refused call reaches no AWS API.
+// A test reports failure by panicking: unwrapping in its helpers is that report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -16,7 +18,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use serde_json::json;
 use snapgate_emulator::{EmulatorConfig, EmulatorHandle};
 use snapgate_gateway::config::{AuthSettings, AuthzSettings, ClientCertificates, JwtSettings, Settings, TlsSettings};
-use snapgate_proto::{CopyClusterSnapshotRequest, GetCopyRequest};
+use snapgate_proto::GetCopyRequest;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_types::StatusExt;
@@ -210,13 +212,6 @@ async fn tls_channel(addr: SocketAddr, ca: &Path, identity: Option<&(PathBuf, Pa
         .map_err(|e| format!("{e:?}"))
 }
 
-fn copy(source: &str, target: &str) -> CopyClusterSnapshotRequest {
-    CopyClusterSnapshotRequest {
-        source_snapshot: source.into(),
-        target_snapshot_id: target.into(),
-        ..Default::default()
-    }
-}
 
 fn aws_calls(emu: &EmulatorHandle) -> u64 {
     emu.emulator.calls().calls.values().sum()
@@ -265,7 +260,7 @@ async fn bad_credentials_are_unauthenticated_and_reach_no_aws_api() {
     s.emu.emulator.reset_calls();
     for (name, token, message) in cases {
         let mut client = client_with(channel.clone(), token.as_deref());
-        let status = client.copy_cluster_snapshot(copy("billing-pg-daily", "nope")).await.expect_err(name);
+        let status = client.copy_cluster_snapshot(copy_req("billing-pg-daily", "nope")).await.expect_err(name);
         assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
         assert!(status.message().contains(message), "{name}: {}", status.message());
         let status = client.get_copy(GetCopyRequest { name: "billing-pg-daily".into() }).await.expect_err(name);
@@ -275,7 +270,7 @@ async fn bad_credentials_are_unauthenticated_and_reach_no_aws_api() {
 
     // The good token works over the same connection.
     let mut client = client_with(channel, Some(&sign(&key, &good)));
-    client.copy_cluster_snapshot(copy("billing-pg-daily", "good-token-copy")).await.expect("valid token");
+    client.copy_cluster_snapshot(copy_req("billing-pg-daily", "good-token-copy")).await.expect("valid token");
 }
 
 #[tokio::test]
@@ -285,7 +280,7 @@ async fn a_client_certificate_names_the_caller_and_other_cas_are_refused() {
     let channel = tls_channel(s.server.addr, &s.pki.ca, Some(&s.client_cert)).await.unwrap();
     let mut client = client_with(channel, None);
     // Only the certificate's SPIFFE id is permitted this cross-region copy.
-    let req = copy("arn:aws:rds:us-west-2:123456789012:cluster-snapshot:orders-aurora-west-snap", "ci-copy");
+    let req = copy_req("arn:aws:rds:us-west-2:123456789012:cluster-snapshot:orders-aurora-west-snap", "ci-copy");
     let made = client.copy_cluster_snapshot(req).await.expect("the CI runner may copy anything");
     assert!(made.into_inner().name.ends_with(":ci-copy"));
 
@@ -298,7 +293,7 @@ async fn a_client_certificate_names_the_caller_and_other_cas_are_refused() {
         Err(_) => {}
         Ok(channel) => {
             let status = client_with(channel, None)
-                .copy_cluster_snapshot(copy("billing-pg-daily", "stranger"))
+                .copy_cluster_snapshot(copy_req("billing-pg-daily", "stranger"))
                 .await
                 .expect_err("a certificate from another CA");
             assert!(matches!(status.code(), Code::Unavailable | Code::Unknown), "{status:?}");
@@ -317,7 +312,7 @@ async fn required_client_certificates_refuse_connections_without_one() {
         Err(_) => {}
         Ok(channel) => {
             let status = client_with(channel, Some(&token))
-                .copy_cluster_snapshot(copy("billing-pg-daily", "no-cert"))
+                .copy_cluster_snapshot(copy_req("billing-pg-daily", "no-cert"))
                 .await
                 .expect_err("no client certificate");
             assert!(matches!(status.code(), Code::Unavailable | Code::Unknown), "{status:?}");
@@ -325,7 +320,7 @@ async fn required_client_certificates_refuse_connections_without_one() {
     }
     assert_eq!(aws_calls(&s.emu), 0);
     let channel = tls_channel(s.server.addr, &s.pki.ca, Some(&s.client_cert)).await.unwrap();
-    client_with(channel, None).copy_cluster_snapshot(copy("billing-pg-daily", "with-cert")).await.expect("with one");
+    client_with(channel, None).copy_cluster_snapshot(copy_req("billing-pg-daily", "with-cert")).await.expect("with one");
 }
 
 #[tokio::test]
@@ -342,7 +337,7 @@ async fn policies_decide_by_account_region_engine_kms_key_and_tags() {
 
     // The seed snapshots carry team=platform: the platform team copies them in place.
     let mut c = platform.clone();
-    let mut req = copy("billing-pg-daily", "platform-copy");
+    let mut req = copy_req("billing-pg-daily", "platform-copy");
     req.copy_tags = true;
     let made = c.copy_cluster_snapshot(req).await.expect("own cluster, same region");
     // ...and may watch what it copied (the copy kept the team tag).
@@ -358,12 +353,12 @@ async fn policies_decide_by_account_region_engine_kms_key_and_tags() {
     };
     // Another team's snapshot (by tag): denied by default, no copy call.
     let (message, policies) =
-        denied(payments.clone().copy_cluster_snapshot(copy("billing-pg-daily", "payments-copy")).await.unwrap_err());
+        denied(payments.clone().copy_cluster_snapshot(copy_req("billing-pg-daily", "payments-copy")).await.unwrap_err());
     assert!(message.contains("no policy permits"), "{message}");
     assert_eq!(policies, None);
     // Its own team, but across regions: denied.
     let mut cross =
-        copy("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:orders-aurora-2026-11-20", "platform-west");
+        copy_req("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:orders-aurora-2026-11-20", "platform-west");
     cross.destination_region = "us-west-2".into();
     denied(platform.clone().copy_cluster_snapshot(cross.clone()).await.unwrap_err());
     // The backup service crosses regions only with the backup key.
@@ -376,7 +371,7 @@ async fn policies_decide_by_account_region_engine_kms_key_and_tags() {
     assert_eq!(s.emu.emulator.calls().get("CopyDBClusterSnapshot"), 0, "denied copies make no copy call");
     backup.clone().copy_cluster_snapshot(with_key).await.expect("backup key, cross-region");
     // A forbid wins over the backup permit and is named.
-    let mut graph = copy("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:graph-neptune-snap", "graph-west");
+    let mut graph = copy_req("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:graph-neptune-snap", "graph-west");
     graph.destination_region = "us-west-2".into();
     graph.kms_key_id = "alias/snapgate-backup".into();
     let (message, policies) = denied(backup.clone().copy_cluster_snapshot(graph).await.unwrap_err());
@@ -393,30 +388,30 @@ async fn policy_reloads_take_effect_and_a_broken_file_keeps_the_last_good_set() 
     let s = setup("reload", ClientCertificates::Optional, &key).await;
     let channel = tls_channel(s.server.addr, &s.pki.ca, None).await.unwrap();
     let mut payments = client_with(channel, Some(&sign(&key, &claims("svc-payments", Some("payments"), &[]))));
-    let status = payments.copy_cluster_snapshot(copy("billing-pg-daily", "reload-1")).await.unwrap_err();
+    let status = payments.copy_cluster_snapshot(copy_req("billing-pg-daily", "reload-1")).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 
     let added = format!(
         "{POLICIES}\n@id(\"payments-too\")\npermit(principal == Snapgate::Caller::\"svc-payments\", action, resource);\n"
     );
     std::fs::write(&s.policy_file, &added).unwrap();
-    let allowed = eventually(|| {
+    let allowed = eventually(Duration::from_secs(10), || {
         let mut c = payments.clone();
-        async move { c.copy_cluster_snapshot(copy("billing-pg-daily", "reload-1")).await.is_ok() }
+        async move { c.copy_cluster_snapshot(copy_req("billing-pg-daily", "reload-1")).await.is_ok() }
     })
     .await;
     assert!(allowed, "the added permit took effect without a restart");
 
     std::fs::write(&s.policy_file, "permit(principal, action, resource) when { nonsense").unwrap();
     let metrics = format!("http://{}/metrics", s.server.admin.unwrap());
-    let failed_reload = eventually(|| {
+    let failed_reload = eventually(Duration::from_secs(10), || {
         let metrics = metrics.clone();
         async move { scrape(&metrics).await.contains(r#"snapgate_policy_reloads_total{reason="failed"} 1"#) }
     })
     .await;
     assert!(failed_reload, "the broken file was read and refused");
     payments
-        .copy_cluster_snapshot(copy("billing-pg-daily", "reload-2"))
+        .copy_cluster_snapshot(copy_req("billing-pg-daily", "reload-2"))
         .await
         .expect("the last good set stays in force");
 }
@@ -496,20 +491,6 @@ async fn a_jwks_url_is_refetched_for_a_new_key_id_and_at_most_so_often() {
     assert_eq!(fetches.load(Ordering::SeqCst), 2, "unknown key ids refetch at most every 30 s");
 }
 
-async fn eventually<F, Fut>(mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 async fn scrape(url: &str) -> String {
     let addr: SocketAddr = url.trim_start_matches("http://").trim_end_matches("/metrics").parse().unwrap();
     raw_http(addr, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.1
@@ -540,6 +521,6 @@ async fn certificates_reload_without_a_restart() {
     assert!(!works(partner.clone()).await, "the partner CA is not trusted yet");
     // The operator switches the trusted client CA on disk; no restart.
     std::fs::copy(&other.ca, &s.pki.ca).unwrap();
-    assert!(eventually(|| works(partner.clone())).await, "the new CA is trusted after the reload");
+    assert!(eventually(Duration::from_secs(10), || works(partner.clone())).await, "the new CA is trusted after the reload");
     assert!(!works(s.client_cert.clone()).await, "the old CA no longer is");
 }

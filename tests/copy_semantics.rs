@@ -1,36 +1,21 @@
 //! CopyClusterSnapshot's full AWS semantics: engine rules before any copy call, presigned
 //! URLs where AWS needs them, cross-account roles, idempotent retries, and pacing under
 //! AWS's throttling.
+// A test reports failure by panicking: unwrapping in its helpers is that report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::gateway::{self, Gateway};
+use common::gateway;
 use common::*;
-use snapgate_emulator::{EmulatorConfig, EmulatorHandle, Faults, SEED_PARTNER_ACCOUNT, Throttle};
+use snapgate_emulator::{EmulatorConfig, Faults, SEED_PARTNER_ACCOUNT, Throttle};
 use snapgate_proto::{self as pb, CopyClusterSnapshotRequest};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-async fn setup_with(config: EmulatorConfig, settings: snapgate_gateway::config::Settings) -> (EmulatorHandle, Gateway) {
-    let emu = emulator_with(config).await;
-    let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
-    (emu, gw)
-}
-
-fn seeded() -> EmulatorConfig {
-    EmulatorConfig { seed: true, copy_gib_per_sec: 0.01, ..quiet_config() }
-}
-
-fn req(source: &str, target: &str) -> CopyClusterSnapshotRequest {
-    CopyClusterSnapshotRequest {
-        source_snapshot: source.into(),
-        target_snapshot_id: target.into(),
-        ..Default::default()
-    }
-}
-
-fn tags(pairs: &[(&str, &str)]) -> Vec<pb::Tag> {
-    pairs.iter().map(|(k, v)| pb::Tag { key: k.to_string(), value: v.to_string() }).collect()
+/// Seed data with copies slow enough to stay `copying` through a test.
+fn slow_seeded() -> EmulatorConfig {
+    EmulatorConfig { copy_gib_per_sec: 0.01, ..seeded() }
 }
 
 const ORDERS_ENC: &str = "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:orders-aurora-2026-11-20";
@@ -38,8 +23,8 @@ const WEST_PLAIN: &str = "arn:aws:rds:us-west-2:123456789012:cluster-snapshot:or
 
 #[tokio::test]
 async fn forty_bad_requests_are_refused_with_their_field_and_no_copy_call() {
-    let (emu, mut gw) = setup_with(seeded(), gateway::settings()).await;
-    gw.client.copy_cluster_snapshot(req("billing-pg-daily", "in-flight")).await.expect("a copy in progress");
+    let (emu, mut gw) = setup_with(slow_seeded(), gateway::settings()).await;
+    gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "in-flight")).await.expect("a copy in progress");
     emu.emulator.reset_calls();
 
     let partner_vault = format!("arn:aws:rds:us-east-1:{SEED_PARTNER_ACCOUNT}:cluster-snapshot:partner-vault-share");
@@ -50,37 +35,37 @@ async fn forty_bad_requests_are_refused_with_their_field_and_no_copy_call() {
         f(&mut r);
         r
     };
-    let base = || req("billing-pg-daily", "target");
+    let base = || copy_req("billing-pg-daily", "target");
     let cases: Vec<(&str, CopyClusterSnapshotRequest, Code, &str)> = vec![
-        ("no source", req("", "t"), Code::InvalidArgument, "source_snapshot"),
-        ("no target", req("billing-pg-daily", ""), Code::InvalidArgument, "target_snapshot_id"),
-        ("target starts with a digit", req("billing-pg-daily", "1abc"), Code::InvalidArgument, "target_snapshot_id"),
-        ("target starts with a hyphen", req("billing-pg-daily", "-abc"), Code::InvalidArgument, "target_snapshot_id"),
-        ("target ends with a hyphen", req("billing-pg-daily", "abc-"), Code::InvalidArgument, "target_snapshot_id"),
-        ("target has two hyphens", req("billing-pg-daily", "a--b"), Code::InvalidArgument, "target_snapshot_id"),
-        ("target has an underscore", req("billing-pg-daily", "a_b"), Code::InvalidArgument, "target_snapshot_id"),
-        ("target has a dot", req("billing-pg-daily", "a.b"), Code::InvalidArgument, "target_snapshot_id"),
+        ("no source", copy_req("", "t"), Code::InvalidArgument, "source_snapshot"),
+        ("no target", copy_req("billing-pg-daily", ""), Code::InvalidArgument, "target_snapshot_id"),
+        ("target starts with a digit", copy_req("billing-pg-daily", "1abc"), Code::InvalidArgument, "target_snapshot_id"),
+        ("target starts with a hyphen", copy_req("billing-pg-daily", "-abc"), Code::InvalidArgument, "target_snapshot_id"),
+        ("target ends with a hyphen", copy_req("billing-pg-daily", "abc-"), Code::InvalidArgument, "target_snapshot_id"),
+        ("target has two hyphens", copy_req("billing-pg-daily", "a--b"), Code::InvalidArgument, "target_snapshot_id"),
+        ("target has an underscore", copy_req("billing-pg-daily", "a_b"), Code::InvalidArgument, "target_snapshot_id"),
+        ("target has a dot", copy_req("billing-pg-daily", "a.b"), Code::InvalidArgument, "target_snapshot_id"),
         (
             "target of 64 characters",
-            req("billing-pg-daily", &"a".repeat(64)),
+            copy_req("billing-pg-daily", &"a".repeat(64)),
             Code::InvalidArgument,
             "target_snapshot_id",
         ),
-        ("target not ASCII", req("billing-pg-daily", "copié"), Code::InvalidArgument, "target_snapshot_id"),
+        ("target not ASCII", copy_req("billing-pg-daily", "copié"), Code::InvalidArgument, "target_snapshot_id"),
         (
             "source is a cluster ARN",
-            req("arn:aws:rds:us-east-1:123456789012:cluster:orders-aurora", "t"),
+            copy_req("arn:aws:rds:us-east-1:123456789012:cluster:orders-aurora", "t"),
             Code::InvalidArgument,
             "source_snapshot",
         ),
         (
             "source ARN without region",
-            req("arn:aws:rds::123456789012:cluster-snapshot:x", "t"),
+            copy_req("arn:aws:rds::123456789012:cluster-snapshot:x", "t"),
             Code::InvalidArgument,
             "source_snapshot",
         ),
-        ("source is an S3 ARN", req("arn:aws:s3:::bucket", "t"), Code::InvalidArgument, "source_snapshot"),
-        ("source identifier with symbols", req("bad_id!", "t"), Code::InvalidArgument, "source_snapshot"),
+        ("source is an S3 ARN", copy_req("arn:aws:s3:::bucket", "t"), Code::InvalidArgument, "source_snapshot"),
+        ("source identifier with symbols", copy_req("bad_id!", "t"), Code::InvalidArgument, "source_snapshot"),
         (
             "other-region source by identifier",
             with(base(), &|r| r.source_region = "us-west-2".into()),
@@ -89,7 +74,7 @@ async fn forty_bad_requests_are_refused_with_their_field_and_no_copy_call() {
         ),
         (
             "source_region disagrees with the ARN",
-            with(req(WEST_PLAIN, "t"), &|r| r.source_region = "eu-west-1".into()),
+            with(copy_req(WEST_PLAIN, "t"), &|r| r.source_region = "eu-west-1".into()),
             Code::InvalidArgument,
             "source_region",
         ),
@@ -126,7 +111,7 @@ async fn forty_bad_requests_are_refused_with_their_field_and_no_copy_call() {
         ("empty KMS alias", with(base(), &|r| r.kms_key_id = "alias/".into()), Code::InvalidArgument, "kms_key_id"),
         (
             "KMS key ARN in another region",
-            with(req(ORDERS_ENC, "t"), &|r| r.kms_key_id = west_key.into()),
+            with(copy_req(ORDERS_ENC, "t"), &|r| r.kms_key_id = west_key.into()),
             Code::InvalidArgument,
             "kms_key_id",
         ),
@@ -183,17 +168,17 @@ async fn forty_bad_requests_are_refused_with_their_field_and_no_copy_call() {
         ),
         (
             "@ in a Neptune tag",
-            with(req("graph-neptune-snap", "t"), &|r| r.tags = tags(&[("owner", "a@b")])),
+            with(copy_req("graph-neptune-snap", "t"), &|r| r.tags = tags(&[("owner", "a@b")])),
             Code::InvalidArgument,
             "tags[0].value",
         ),
         (
             "@ in a DocumentDB tag",
-            with(req("catalog-docdb-snap", "t"), &|r| r.tags = tags(&[("a@b", "x")])),
+            with(copy_req("catalog-docdb-snap", "t"), &|r| r.tags = tags(&[("a@b", "x")])),
             Code::InvalidArgument,
             "tags[0].key",
         ),
-        ("source still copying", req("in-flight", "t"), Code::FailedPrecondition, "source_snapshot"),
+        ("source still copying", copy_req("in-flight", "t"), Code::FailedPrecondition, "source_snapshot"),
         (
             "KMS key for an unencrypted source",
             with(base(), &|r| r.kms_key_id = "alias/snapgate-backup".into()),
@@ -202,22 +187,22 @@ async fn forty_bad_requests_are_refused_with_their_field_and_no_copy_call() {
         ),
         (
             "encrypted copy to another region without a key",
-            with(req(ORDERS_ENC, "t"), &|r| r.destination_region = "us-west-2".into()),
+            with(copy_req(ORDERS_ENC, "t"), &|r| r.destination_region = "us-west-2".into()),
             Code::FailedPrecondition,
             "kms_key_id",
         ),
         (
             "encrypted Multi-AZ copy to another region without a key",
-            with(req("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:reports-postgres-snap", "t"), &|r| {
+            with(copy_req("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:reports-postgres-snap", "t"), &|r| {
                 r.destination_region = "us-west-2".into()
             }),
             Code::FailedPrecondition,
             "kms_key_id",
         ),
-        ("shared encrypted source without a key", req(&partner_vault, "t"), Code::FailedPrecondition, "kms_key_id"),
+        ("shared encrypted source without a key", copy_req(&partner_vault, "t"), Code::FailedPrecondition, "kms_key_id"),
         (
             "shared encrypted source to another region",
-            with(req(&partner_vault, "t"), &|r| {
+            with(copy_req(&partner_vault, "t"), &|r| {
                 r.destination_region = "us-west-2".into();
                 r.kms_key_id = "alias/snapgate-backup".into();
             }),
@@ -234,14 +219,14 @@ async fn forty_bad_requests_are_refused_with_their_field_and_no_copy_call() {
         assert!(violations.iter().any(|v| v.field == field), "{name}: {violations:?}");
         assert!(violations.iter().all(|v| !v.description.is_empty()), "{name}");
     }
-    let status = gw.client.copy_cluster_snapshot(req("no-such-snapshot", "t")).await.unwrap_err();
+    let status = gw.client.copy_cluster_snapshot(copy_req("no-such-snapshot", "t")).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(emu.emulator.calls().get("CopyDBClusterSnapshot"), 0, "no copy was sent for any of them");
 }
 
 #[tokio::test]
 async fn copies_of_every_engine_go_through() {
-    let (_emu, mut gw) = setup_with(seeded(), gateway::settings()).await;
+    let (_emu, mut gw) = setup_with(slow_seeded(), gateway::settings()).await;
     let sources = [
         ("orders-aurora-2026-11-20", "aurora-mysql"),
         ("billing-pg-daily", "aurora-postgresql"),
@@ -252,15 +237,15 @@ async fn copies_of_every_engine_go_through() {
     ];
     for (source, engine) in sources {
         let copy =
-            gw.client.copy_cluster_snapshot(req(source, &format!("{engine}-copy"))).await.expect(engine).into_inner();
+            gw.client.copy_cluster_snapshot(copy_req(source, &format!("{engine}-copy"))).await.expect(engine).into_inner();
         assert_eq!((copy.engine.as_str(), copy.state()), (engine, pb::copy::State::Copying));
     }
 }
 
 #[tokio::test]
 async fn a_cross_region_documentdb_copy_carries_a_presigned_url_the_emulator_verifies() {
-    let (emu, mut gw) = setup_with(seeded(), gateway::settings()).await;
-    let mut r = req("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:catalog-docdb-snap", "catalog-west");
+    let (emu, mut gw) = setup_with(slow_seeded(), gateway::settings()).await;
+    let mut r = copy_req("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:catalog-docdb-snap", "catalog-west");
     r.destination_region = "us-west-2".into();
     r.kms_key_id = "alias/snapgate-backup".into();
     let copy = gw.client.copy_cluster_snapshot(r).await.expect("the emulator accepted the presigned URL").into_inner();
@@ -268,7 +253,7 @@ async fn a_cross_region_documentdb_copy_carries_a_presigned_url_the_emulator_ver
     assert!(copy.kms_key_id.starts_with("arn:aws:kms:us-west-2:"));
 
     // Neptune takes no presigned URL: the copy would be refused if one were built.
-    let mut r = req("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:graph-neptune-snap", "graph-west");
+    let mut r = copy_req("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:graph-neptune-snap", "graph-west");
     r.destination_region = "us-west-2".into();
     r.kms_key_id = "alias/snapgate-backup".into();
     gw.client.copy_cluster_snapshot(r).await.expect("no presigned URL for Neptune");
@@ -295,11 +280,11 @@ async fn a_cross_region_documentdb_copy_carries_a_presigned_url_the_emulator_ver
 
 #[tokio::test]
 async fn a_retry_returns_the_same_copy_and_twenty_at_once_make_one() {
-    let (emu, mut gw) = setup_with(seeded(), gateway::settings()).await;
-    let first = gw.client.copy_cluster_snapshot(req("billing-pg-daily", "once")).await.unwrap().into_inner();
-    let second = gw.client.copy_cluster_snapshot(req("billing-pg-daily", "ONCE")).await.unwrap().into_inner();
+    let (emu, mut gw) = setup_with(slow_seeded(), gateway::settings()).await;
+    let first = gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "once")).await.unwrap().into_inner();
+    let second = gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "ONCE")).await.unwrap().into_inner();
     assert_eq!(first.name, second.name);
-    let status = gw.client.copy_cluster_snapshot(req("ledger-mysql-snap", "once")).await.unwrap_err();
+    let status = gw.client.copy_cluster_snapshot(copy_req("ledger-mysql-snap", "once")).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "another source for the same target is a conflict");
 
     emu.emulator.reset_calls();
@@ -307,7 +292,7 @@ async fn a_retry_returns_the_same_copy_and_twenty_at_once_make_one() {
     for _ in 0..20 {
         let mut client = gw.client.clone();
         calls
-            .push(tokio::spawn(async move { client.copy_cluster_snapshot(req("billing-pg-daily", "together")).await }));
+            .push(tokio::spawn(async move { client.copy_cluster_snapshot(copy_req("billing-pg-daily", "together")).await }));
     }
     let mut names = std::collections::BTreeSet::new();
     for call in calls {
@@ -318,7 +303,7 @@ async fn a_retry_returns_the_same_copy_and_twenty_at_once_make_one() {
 
     // Long after, a retry still finds the copy (through AWS's AlreadyExists and a describe).
     let mut gw2 = gateway::start(gateway::settings(), &emu.endpoint_url(), "AKIDTEST").await;
-    let again = gw2.client.copy_cluster_snapshot(req("billing-pg-daily", "together")).await.unwrap().into_inner();
+    let again = gw2.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "together")).await.unwrap().into_inner();
     assert!(names.contains(&again.name));
 }
 
@@ -334,7 +319,7 @@ async fn a_burst_of_two_hundred_copies_stays_under_the_throttle() {
     for i in 0..200 {
         let mut client = gw.client.clone();
         calls.push(tokio::spawn(async move {
-            client.copy_cluster_snapshot(req("billing-pg-daily", &format!("burst-{i}"))).await
+            client.copy_cluster_snapshot(copy_req("billing-pg-daily", &format!("burst-{i}"))).await
         }));
     }
     for call in calls {
@@ -388,7 +373,7 @@ async fn a_copy_into_another_account_assumes_its_role_against_moto() {
         },
     );
     let mut gw = gateway::start(settings, &moto.endpoint, "AKIDTEST").await;
-    let mut r = req("tenant-snap", "tenant-copy");
+    let mut r = copy_req("tenant-snap", "tenant-copy");
     r.destination_account = OTHER.into();
     let copy = gw.client.copy_cluster_snapshot(r).await.expect("copied in the other account").into_inner();
     assert_eq!(copy.account_id, OTHER);
@@ -396,9 +381,9 @@ async fn a_copy_into_another_account_assumes_its_role_against_moto() {
     assert_eq!(got.account_id, OTHER);
 
     // The gateway's own account does not see the other account's snapshot.
-    let status = gw.client.copy_cluster_snapshot(req("tenant-snap", "stolen")).await.unwrap_err();
+    let status = gw.client.copy_cluster_snapshot(copy_req("tenant-snap", "stolen")).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    let mut r = req("tenant-snap", "x");
+    let mut r = copy_req("tenant-snap", "x");
     r.destination_account = "222222222222".into();
     let status = gw.client.copy_cluster_snapshot(r).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);

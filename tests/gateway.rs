@@ -1,4 +1,6 @@
 //! The real gateway on port 0, called over gRPC, against the emulator and against moto's server.
+// A test reports failure by panicking: unwrapping in its helpers is that report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -12,25 +14,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 async fn setup(config: EmulatorConfig) -> (EmulatorHandle, Gateway) {
-    let emu = emulator_with(config).await;
-    let gw = gateway::start(gateway::settings(), &emu.endpoint_url(), "AKIDTEST").await;
-    (emu, gw)
-}
-
-fn seeded() -> EmulatorConfig {
-    EmulatorConfig { seed: true, ..quiet_config() }
-}
-
-fn copy_req(source: &str, target: &str) -> CopyClusterSnapshotRequest {
-    CopyClusterSnapshotRequest {
-        source_snapshot: source.into(),
-        target_snapshot_id: target.into(),
-        ..Default::default()
-    }
-}
-
-fn error_reason(status: &tonic::Status) -> String {
-    status.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
+    setup_with(config, gateway::settings()).await
 }
 
 #[tokio::test]

@@ -1,4 +1,6 @@
 //! WatchCopy, GetCopy and CancelCopy against the emulator, whose copies take time.
+// A test reports failure by panicking: unwrapping in its helpers is that report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -7,22 +9,14 @@ use std::time::Duration;
 use common::gateway::{self, Gateway};
 use common::*;
 use snapgate_emulator::{EmulatorConfig, EmulatorHandle, FailCopies, Faults};
-use snapgate_gateway::config::Settings;
 use snapgate_proto::{
     self as pb, CancelCopyRequest, CopyClusterSnapshotRequest, CopyEvent, GetCopyRequest, WatchCopyRequest,
 };
 use tonic::Code;
 use tonic_types::StatusExt;
 
-async fn setup_with(config: EmulatorConfig, settings: Settings) -> (EmulatorHandle, Gateway) {
-    let emu = emulator_with(config).await;
-    let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
-    (emu, gw)
-}
-
 async fn setup(gib_per_sec: f64) -> (EmulatorHandle, Gateway) {
-    setup_with(EmulatorConfig { seed: true, copy_gib_per_sec: gib_per_sec, ..quiet_config() }, gateway::settings())
-        .await
+    setup_with(EmulatorConfig { copy_gib_per_sec: gib_per_sec, ..seeded() }, gateway::settings()).await
 }
 
 async fn start_copy(gw: &mut Gateway, source: &str, target: &str) -> pb::Copy {
@@ -55,7 +49,7 @@ async fn drain(stream: &mut tonic::Streaming<CopyEvent>) -> (Vec<CopyEvent>, Opt
 }
 
 fn state_of(e: &CopyEvent) -> pb::copy::State {
-    e.copy.as_ref().unwrap().state()
+    e.copy.as_ref().expect("events carry the copy").state()
 }
 
 #[tokio::test]
@@ -155,11 +149,12 @@ async fn a_client_that_goes_away_frees_its_watcher() {
     stream.message().await.unwrap().unwrap();
     assert_eq!((gw.hub.open_streams(), gw.hub.watched_snapshots()), (1, 1));
     drop(stream);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while gw.hub.open_streams() + gw.hub.watched_snapshots() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "watcher still held");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let hub = gw.hub.clone();
+    let released = eventually(Duration::from_secs(5), || {
+        let held = hub.open_streams() + hub.watched_snapshots();
+        async move { held == 0 }
+    });
+    assert!(released.await, "watcher still held");
 }
 
 #[tokio::test]
@@ -169,14 +164,23 @@ async fn transient_aws_errors_and_throttling_do_not_end_the_stream() {
     let mut stream = watch(&mut gw, &copy.name).await;
     stream.message().await.unwrap().unwrap();
     emu.emulator.set_faults(Faults { throttle: None, internal_failure_rate: 1.0, ..Faults::default() }).unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Several poll rounds fail before AWS recovers.
+    let failed = eventually(Duration::from_secs(10), || {
+        let n = emu.emulator.calls().internal_failures;
+        async move { n >= 3 }
+    });
+    assert!(failed.await, "the pollers kept polling through the failures");
     emu.emulator
         .set_faults(Faults {
             throttle: Some(snapgate_emulator::Throttle { burst: 1, per_second: 0.01 }),
             ..Faults::default()
         })
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let throttled = eventually(Duration::from_secs(10), || {
+        let n = emu.emulator.calls().throttled;
+        async move { n >= 2 }
+    });
+    assert!(throttled.await, "the pollers kept polling while throttled");
     emu.emulator.set_faults(Faults { throttle: None, ..Faults::default() }).unwrap();
     let (events, end) = drain(&mut stream).await;
     assert!(end.is_none(), "{end:?}");
@@ -214,9 +218,12 @@ async fn two_hundred_watchers_of_twenty_copies_cost_one_describe_per_round() {
     assert_eq!((gw.hub.open_streams(), gw.hub.watched_snapshots()), (200, 20));
     emu.emulator.reset_calls();
     let rounds_before = gw.hub.poll_rounds();
-    while gw.hub.poll_rounds() < rounds_before + 10 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let hub = gw.hub.clone();
+    let polled = eventually(Duration::from_secs(30), || {
+        let rounds = hub.poll_rounds();
+        async move { rounds >= rounds_before + 10 }
+    });
+    assert!(polled.await, "ten poll rounds");
     let rounds = gw.hub.poll_rounds() - rounds_before;
     let describes = emu.emulator.calls().get("DescribeDBClusterSnapshots");
     // A round counts itself when it starts and the emulator when its call lands: the round in

@@ -37,6 +37,60 @@ pub fn quiet_config() -> EmulatorConfig {
     }
 }
 
+/// The emulator with its seed data (every engine, two regions, shared snapshots), quiet.
+pub fn seeded() -> EmulatorConfig {
+    EmulatorConfig { seed: true, ..quiet_config() }
+}
+
+/// The emulator with `config` and the gateway with `settings` in front of it.
+pub async fn setup_with(
+    config: EmulatorConfig,
+    settings: snapgate_gateway::config::Settings,
+) -> (EmulatorHandle, gateway::Gateway) {
+    let emu = emulator_with(config).await;
+    let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
+    (emu, gw)
+}
+
+/// A copy of `source` named `target`, everything else default.
+pub fn copy_req(source: &str, target: &str) -> snapgate_proto::CopyClusterSnapshotRequest {
+    snapgate_proto::CopyClusterSnapshotRequest {
+        source_snapshot: source.into(),
+        target_snapshot_id: target.into(),
+        ..Default::default()
+    }
+}
+
+/// Tags as the proto carries them.
+pub fn tags(pairs: &[(&str, &str)]) -> Vec<snapgate_proto::Tag> {
+    pairs.iter().map(|(k, v)| snapgate_proto::Tag { key: k.to_string(), value: v.to_string() }).collect()
+}
+
+/// The `google.rpc.ErrorInfo` reason of a status, or "".
+pub fn error_reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
+}
+
+/// Checks `check` every 50 ms until it holds or `within` has passed; returns whether it held.
+/// A bounded wait on a condition: how the tests wait for something that happens on its own.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Sends raw bytes as one HTTP/1.1 request and returns (status, body).
 pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
@@ -185,7 +239,7 @@ pub mod gateway {
     pub async fn start(settings: Settings, endpoint: &str, access_key: &str) -> Gateway {
         let Server { addr, hub, admin, stop: tx } =
             try_serve(settings, endpoint, access_key).await.expect("gateway builds");
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("gateway accepts");
+        let channel = Channel::from_shared(format!("http://{addr}")).expect("a URI").connect().await.expect("gateway accepts");
         let client = client_with(channel.clone(), Some(TOKEN));
         Gateway { addr, channel, client, hub, admin, stop: Some(tx) }
     }
@@ -209,14 +263,14 @@ pub mod moto {
         let path = venv.join("bin").join("moto_server");
         assert!(
             path.exists(),
-            "{} is missing: run scripts/test, which creates .venv with moto[server]",
+            "{} is missing: run scripts/venv (scripts/test runs it), which creates .venv with moto[server]",
             path.display()
         );
         path
     }
 
     pub async fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let child = tokio::process::Command::new(moto_server_path())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())

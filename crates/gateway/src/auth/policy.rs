@@ -24,7 +24,6 @@ pub const SCHEMA_TEXT: &str = include_str!("../../../../deploy/policies/snapgate
 
 static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     // The schema ships with the binary and a unit test parses it, so this cannot fail at run time.
-    #[allow(clippy::expect_used)]
     Schema::from_cedarschema_str(SCHEMA_TEXT).expect("the shipped Cedar schema parses").0
 });
 
@@ -175,7 +174,6 @@ fn evaluate(
 
 fn entity_uid(kind: &str, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(
-        #[allow(clippy::expect_used)]
         cedar_policy::EntityTypeName::from_str(&format!("Snapgate::{kind}")).expect("a valid type name"),
         cedar_policy::EntityId::new(id),
     )
