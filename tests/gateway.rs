@@ -214,6 +214,11 @@ async fn metrics_move_with_calls() {
     assert!(after.contains(r#"snapgate_rpc_requests_total{method="CopyClusterSnapshot",code="InvalidArgument"} 1"#));
     assert!(after.contains(r#"snapgate_aws_calls_total{action="CopyDBClusterSnapshot",outcome="ok"} 1"#));
     assert!(after.contains(r#"snapgate_aws_calls_total{action="DescribeDBClusterSnapshots",outcome="ok"} 1"#));
+    // A call refused before any handler is counted too, by the layer outside authentication.
+    let mut stranger = gateway::client_with(gw.channel.clone(), None);
+    stranger.get_copy(GetCopyRequest { name: "metered".into() }).await.unwrap_err();
+    let refused = scrape().await;
+    assert!(refused.contains(r#"snapgate_rpc_requests_total{method="GetCopy",code="Unauthenticated"} 1"#), "{refused}");
     let (status, body) = raw_http(admin, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
     assert_eq!((status, body.trim()), (200, "SERVING"));
 }
