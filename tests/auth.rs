@@ -212,7 +212,6 @@ async fn tls_channel(addr: SocketAddr, ca: &Path, identity: Option<&(PathBuf, Pa
         .map_err(|e| format!("{e:?}"))
 }
 
-
 fn aws_calls(emu: &EmulatorHandle) -> u64 {
     emu.emulator.calls().calls.values().sum()
 }
@@ -320,7 +319,10 @@ async fn required_client_certificates_refuse_connections_without_one() {
     }
     assert_eq!(aws_calls(&s.emu), 0);
     let channel = tls_channel(s.server.addr, &s.pki.ca, Some(&s.client_cert)).await.unwrap();
-    client_with(channel, None).copy_cluster_snapshot(copy_req("billing-pg-daily", "with-cert")).await.expect("with one");
+    client_with(channel, None)
+        .copy_cluster_snapshot(copy_req("billing-pg-daily", "with-cert"))
+        .await
+        .expect("with one");
 }
 
 #[tokio::test]
@@ -352,8 +354,9 @@ async fn policies_decide_by_account_region_engine_kms_key_and_tags() {
         (status.message().to_owned(), info.metadata.get("policies").cloned())
     };
     // Another team's snapshot (by tag): denied by default, no copy call.
-    let (message, policies) =
-        denied(payments.clone().copy_cluster_snapshot(copy_req("billing-pg-daily", "payments-copy")).await.unwrap_err());
+    let (message, policies) = denied(
+        payments.clone().copy_cluster_snapshot(copy_req("billing-pg-daily", "payments-copy")).await.unwrap_err(),
+    );
     assert!(message.contains("no policy permits"), "{message}");
     assert_eq!(policies, None);
     // Its own team, but across regions: denied.
@@ -521,6 +524,9 @@ async fn certificates_reload_without_a_restart() {
     assert!(!works(partner.clone()).await, "the partner CA is not trusted yet");
     // The operator switches the trusted client CA on disk; no restart.
     std::fs::copy(&other.ca, &s.pki.ca).unwrap();
-    assert!(eventually(Duration::from_secs(10), || works(partner.clone())).await, "the new CA is trusted after the reload");
+    assert!(
+        eventually(Duration::from_secs(10), || works(partner.clone())).await,
+        "the new CA is trusted after the reload"
+    );
     assert!(!works(s.client_cert.clone()).await, "the old CA no longer is");
 }

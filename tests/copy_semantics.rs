@@ -39,9 +39,24 @@ async fn forty_bad_requests_are_refused_with_their_field_and_no_copy_call() {
     let cases: Vec<(&str, CopyClusterSnapshotRequest, Code, &str)> = vec![
         ("no source", copy_req("", "t"), Code::InvalidArgument, "source_snapshot"),
         ("no target", copy_req("billing-pg-daily", ""), Code::InvalidArgument, "target_snapshot_id"),
-        ("target starts with a digit", copy_req("billing-pg-daily", "1abc"), Code::InvalidArgument, "target_snapshot_id"),
-        ("target starts with a hyphen", copy_req("billing-pg-daily", "-abc"), Code::InvalidArgument, "target_snapshot_id"),
-        ("target ends with a hyphen", copy_req("billing-pg-daily", "abc-"), Code::InvalidArgument, "target_snapshot_id"),
+        (
+            "target starts with a digit",
+            copy_req("billing-pg-daily", "1abc"),
+            Code::InvalidArgument,
+            "target_snapshot_id",
+        ),
+        (
+            "target starts with a hyphen",
+            copy_req("billing-pg-daily", "-abc"),
+            Code::InvalidArgument,
+            "target_snapshot_id",
+        ),
+        (
+            "target ends with a hyphen",
+            copy_req("billing-pg-daily", "abc-"),
+            Code::InvalidArgument,
+            "target_snapshot_id",
+        ),
         ("target has two hyphens", copy_req("billing-pg-daily", "a--b"), Code::InvalidArgument, "target_snapshot_id"),
         ("target has an underscore", copy_req("billing-pg-daily", "a_b"), Code::InvalidArgument, "target_snapshot_id"),
         ("target has a dot", copy_req("billing-pg-daily", "a.b"), Code::InvalidArgument, "target_snapshot_id"),
@@ -199,7 +214,12 @@ async fn forty_bad_requests_are_refused_with_their_field_and_no_copy_call() {
             Code::FailedPrecondition,
             "kms_key_id",
         ),
-        ("shared encrypted source without a key", copy_req(&partner_vault, "t"), Code::FailedPrecondition, "kms_key_id"),
+        (
+            "shared encrypted source without a key",
+            copy_req(&partner_vault, "t"),
+            Code::FailedPrecondition,
+            "kms_key_id",
+        ),
         (
             "shared encrypted source to another region",
             with(copy_req(&partner_vault, "t"), &|r| {
@@ -236,8 +256,12 @@ async fn copies_of_every_engine_go_through() {
         ("catalog-docdb-snap", "docdb"),
     ];
     for (source, engine) in sources {
-        let copy =
-            gw.client.copy_cluster_snapshot(copy_req(source, &format!("{engine}-copy"))).await.expect(engine).into_inner();
+        let copy = gw
+            .client
+            .copy_cluster_snapshot(copy_req(source, &format!("{engine}-copy")))
+            .await
+            .expect(engine)
+            .into_inner();
         assert_eq!((copy.engine.as_str(), copy.state()), (engine, pb::copy::State::Copying));
     }
 }
@@ -291,8 +315,9 @@ async fn a_retry_returns_the_same_copy_and_twenty_at_once_make_one() {
     let mut calls = vec![];
     for _ in 0..20 {
         let mut client = gw.client.clone();
-        calls
-            .push(tokio::spawn(async move { client.copy_cluster_snapshot(copy_req("billing-pg-daily", "together")).await }));
+        calls.push(tokio::spawn(async move {
+            client.copy_cluster_snapshot(copy_req("billing-pg-daily", "together")).await
+        }));
     }
     let mut names = std::collections::BTreeSet::new();
     for call in calls {

@@ -239,7 +239,8 @@ pub mod gateway {
     pub async fn start(settings: Settings, endpoint: &str, access_key: &str) -> Gateway {
         let Server { addr, hub, admin, stop: tx } =
             try_serve(settings, endpoint, access_key).await.expect("gateway builds");
-        let channel = Channel::from_shared(format!("http://{addr}")).expect("a URI").connect().await.expect("gateway accepts");
+        let channel =
+            Channel::from_shared(format!("http://{addr}")).expect("a URI").connect().await.expect("gateway accepts");
         let client = client_with(channel.clone(), Some(TOKEN));
         Gateway { addr, channel, client, hub, admin, stop: Some(tx) }
     }
