@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use snapgate_emulator::{self as emulator, EmulatorConfig};
 use snapgate_gateway::config::{
-    AdminSettings, AuthSettings, AuthzSettings, AwsSettings, Secret, Settings, StaticToken,
+    AdminSettings, AuthSettings, AuthzSettings, AwsSettings, Secret, Settings, StaticToken, StoreSettings,
 };
 use snapgate_gateway::telemetry::{self, LogFormat, TelemetryGuard};
 use snapgate_gateway::{Application, fixed_sdk_config, load_sdk_config};
@@ -169,8 +169,11 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         ..EmulatorConfig::default()
     };
     let emulator = emulator::spawn(emulator_config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    // The emulator's world lives in memory, so do dev's jobs: a scratch store, removed at exit.
+    let scratch = ScratchDir::new("dev")?;
     let settings = Settings {
         listen: args.listen,
+        store: StoreSettings { data_dir: scratch.path().to_owned(), ..StoreSettings::default() },
         aws: AwsSettings {
             region: Some("us-east-1".into()),
             account_id: Some(emulator::DEFAULT_ACCOUNT.into()),
@@ -256,4 +259,31 @@ pub(crate) async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// A directory for a run's scratch files (dev's and the benchmarks' job stores), removed when
+/// dropped.
+pub(crate) struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub(crate) fn new(what: &str) -> anyhow::Result<ScratchDir> {
+        let dir = std::env::temp_dir().join(format!("snapgate-{what}-{}-{}", std::process::id(), uuid_like()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(ScratchDir(dir))
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A name part no other run uses at the same time.
+fn uuid_like() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }

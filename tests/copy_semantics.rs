@@ -354,7 +354,11 @@ async fn a_burst_of_two_hundred_copies_stays_under_the_throttle() {
     let counts = emu.emulator.calls();
     assert_eq!(counts.get("CopyDBClusterSnapshot"), 200);
     assert_eq!(counts.throttled, 0, "the gateway paced itself under the emulator's bucket");
-    assert_eq!(counts.get("DescribeDBClusterSnapshots"), 1, "one describe of the shared source");
+    // One describe of the shared source; the others are the pollers following the 200 jobs to
+    // their end, 100 snapshots a call.
+    let rounds = gw.hub.poll_rounds();
+    let describes = counts.get("DescribeDBClusterSnapshots");
+    assert!(describes <= 1 + 2 * rounds, "one describe of the shared source: {describes} in {rounds} poll rounds");
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::Channel;
 
+use crate::cli::ScratchDir;
 use snapgate_emulator::{self as emulator, EmulatorConfig, Faults, Throttle};
 use snapgate_gateway::Application;
 use snapgate_gateway::config::{AwsSettings, Settings, WatchSettings};
@@ -51,6 +52,7 @@ pub(crate) struct CopyBurstArgs {
 /// copy must succeed, none may surface throttling, and the burst's time is set against the
 /// lower bound the gateway's client-side limit implies.
 pub(crate) async fn copy_burst(args: CopyBurstArgs) -> anyhow::Result<()> {
+    let scratch = ScratchDir::new("bench")?;
     let emu = emulator::spawn(
         EmulatorConfig { seed: true, snapshot_quota: args.copies + 100, ..EmulatorConfig::default() },
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -64,7 +66,7 @@ pub(crate) async fn copy_burst(args: CopyBurstArgs) -> anyhow::Result<()> {
     let (rate, burst) = (aws.rate_limit_per_sec(), aws.rate_limit_burst());
     let sdk = snapgate_gateway::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
     let admin = snapgate_gateway::config::AdminSettings { listen: None };
-    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, admin, ..bench_settings() };
+    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, admin, ..bench_settings(&scratch) };
     let app = Application::build(settings, sdk).await?;
     let addr = app.local_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
@@ -128,6 +130,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
+    let scratch = ScratchDir::new("bench")?;
     let baseline_kib = rss_kib(std::process::id());
     // A 1000 GiB source copied at 10 GiB/s: every copy moves one percent a second.
     let emu = emulator::spawn(
@@ -169,7 +172,8 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
         ..WatchSettings::default()
     };
     let admin = snapgate_gateway::config::AdminSettings { listen: None };
-    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, watch, admin, ..bench_settings() };
+    let settings =
+        Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, watch, admin, ..bench_settings(&scratch) };
     let app = Application::build(settings, sdk).await?;
     let addr = app.local_addr();
     let hub = app.watch_hub();
@@ -296,8 +300,9 @@ async fn waiter_way(endpoint: &str, names: &[String], watchers: usize, seconds: 
 /// every call pays for authentication and authorization as in production.
 const BENCH_TOKEN: &str = "snapgate-bench-token";
 
-pub(crate) fn bench_settings() -> Settings {
+pub(crate) fn bench_settings(scratch: &ScratchDir) -> Settings {
     Settings {
+        store: snapgate_gateway::config::StoreSettings { data_dir: scratch.path().to_owned(), ..Default::default() },
         auth: snapgate_gateway::config::AuthSettings {
             static_tokens: vec![snapgate_gateway::config::StaticToken {
                 token: snapgate_gateway::config::Secret::new(BENCH_TOKEN),
@@ -332,7 +337,9 @@ pub(crate) type BenchClient = SnapshotCopyServiceClient<
 /// The gateway on an emulator with RDS's throttling off and no client-side pacing: for
 /// benchmarks that measure a call, not AWS's rate limit. Returns the emulator (stop it at the
 /// end) and a client that authenticates as the bench caller.
-pub(crate) async fn unthrottled_gateway() -> anyhow::Result<(snapgate_emulator::EmulatorHandle, BenchClient)> {
+pub(crate) async fn unthrottled_gateway() -> anyhow::Result<(snapgate_emulator::EmulatorHandle, BenchClient, ScratchDir)>
+{
+    let scratch = ScratchDir::new("bench")?;
     let emu = emulator::spawn(
         EmulatorConfig {
             seed: true,
@@ -351,11 +358,11 @@ pub(crate) async fn unthrottled_gateway() -> anyhow::Result<(snapgate_emulator::
     };
     let sdk = snapgate_gateway::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
     let admin = snapgate_gateway::config::AdminSettings { listen: None };
-    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, admin, ..bench_settings() };
+    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, admin, ..bench_settings(&scratch) };
     let app = Application::build(settings, sdk).await?;
     let addr = app.local_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
-    Ok((emu, bench_client(&addr.to_string()).await?))
+    Ok((emu, bench_client(&addr.to_string()).await?, scratch))
 }
 
 pub(crate) async fn bench_client(addr: &str) -> anyhow::Result<BenchClient> {

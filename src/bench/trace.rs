@@ -53,7 +53,7 @@ pub(crate) async fn trace(args: TraceBenchArgs, format: LogFormat) -> anyhow::Re
     tracing_subscriber::registry().with(telemetry::log_layer("warn", format)).with(traces).try_init()?;
     let _guard = TelemetryGuard::new(Some(provider));
 
-    let (emu, client) = crate::bench::unthrottled_gateway().await?;
+    let (emu, client, _scratch) = crate::bench::unthrottled_gateway().await?;
 
     println!(
         "snapgate bench trace: GetCopy through the gateway and the emulator, {} callers, 4 phases of {} s",

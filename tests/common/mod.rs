@@ -124,6 +124,7 @@ pub mod gateway {
     use snapgate_gateway::Application;
     use snapgate_gateway::config::{AuthSettings, AuthzSettings, AwsSettings, Secret, Settings, StaticToken};
     use snapgate_proto::snapshot_copy_service_client::SnapshotCopyServiceClient;
+    use std::path::PathBuf;
     use tonic::service::interceptor::InterceptedService;
     use tonic::transport::Channel;
 
@@ -177,9 +178,19 @@ pub mod gateway {
         }
     }
 
+    /// A fresh directory for one gateway's job store, under cargo's scratch directory.
+    pub fn scratch_store() -> snapgate_gateway::config::StoreSettings {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("store-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        snapgate_gateway::config::StoreSettings { data_dir: dir, ..Default::default() }
+    }
+
     pub fn settings() -> Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            store: scratch_store(),
             aws: AwsSettings {
                 region: Some("us-east-1".into()),
                 max_attempts: Some(2),

@@ -30,6 +30,8 @@ pub struct ClusterSnapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyState {
     Unknown,
+    /// Waiting in snapgate's queue for a slot within AWS's limit of copies in progress.
+    Queued,
     Copying,
     Available,
     Failed,

@@ -55,3 +55,20 @@ impl DecisionEvent<'_> {
         );
     }
 }
+
+/// A copy job's start or end, with the AWS request id that started it.
+pub(crate) fn job_event(event: &str, job: &crate::store::Job, aws_request_id: Option<&str>, failure: Option<&str>) {
+    let j = &job.new;
+    tracing::info!(
+        target: AUDIT_TARGET,
+        event = "copy_job",
+        job_event = event,
+        job = %j.id,
+        caller = %j.caller,
+        source = %j.source_arn,
+        destination = %format!("{}/{}/{}", j.account, j.region, j.target),
+        aws_request_id,
+        failure,
+        "copy job {event}"
+    );
+}

@@ -22,6 +22,108 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub auth: AuthSettings,
     pub authz: AuthzSettings,
+    pub store: StoreSettings,
+    pub jobs: JobSettings,
+}
+
+/// Where copy jobs are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` for PostgreSQL (replicas share its queue), or
+    /// `sqlite:PATH`; empty: the SQLite file `snapgate.sqlite` in `data_dir`.
+    pub url: Option<Secret>,
+    /// Directory of the default SQLite file (created when missing).
+    pub data_dir: PathBuf,
+    /// Connections to PostgreSQL at most (SQLite uses a few).
+    pub max_connections: u32,
+}
+
+impl Default for StoreSettings {
+    fn default() -> StoreSettings {
+        StoreSettings { url: None, data_dir: PathBuf::from("snapgate-data"), max_connections: 10 }
+    }
+}
+
+impl StoreSettings {
+    /// The URL to connect to.
+    pub fn url(&self) -> String {
+        match &self.url {
+            Some(url) if !url.expose().is_empty() => url.expose().to_owned(),
+            _ => format!("sqlite://{}?mode=rwc", self.data_dir.join("snapgate.sqlite").display()),
+        }
+    }
+
+    /// The URL without its password, for messages.
+    pub fn redacted_url(&self) -> String {
+        let url = self.url();
+        match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let credentials = &url[scheme + 3..at];
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+            }
+            _ => url,
+        }
+    }
+}
+
+/// Copy jobs: how many copies may be in progress at once, and how the queue is worked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSettings {
+    /// Copies from another region in progress at once per destination account and region
+    /// (AWS allows 5 for cluster snapshots).
+    pub cross_region_limit: u32,
+    /// Copies within a region in progress at once per account and region; none: no limit.
+    pub same_region_limit: Option<u32>,
+    /// Other limits for particular destinations.
+    pub limits: Vec<DestinationLimit>,
+    /// How long a gateway holds a job it is starting; a gateway that dies holding it lets
+    /// another take it after this.
+    pub lease_secs: u64,
+    /// How often the queue is looked at even when nothing wakes the dispatcher (other
+    /// replicas' jobs, backoffs that end).
+    pub dispatch_interval_ms: u64,
+    /// First wait before a job AWS refused for its own limit (or throttling) is tried again;
+    /// doubles up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+/// The in-progress limit of one destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationLimit {
+    /// The destination account; none: every account.
+    pub account: Option<String>,
+    pub region: String,
+    /// Cross-region copies in progress at once there.
+    pub cross_region_limit: u32,
+}
+
+impl Default for JobSettings {
+    fn default() -> JobSettings {
+        JobSettings {
+            cross_region_limit: 5,
+            same_region_limit: None,
+            limits: Vec::new(),
+            lease_secs: 30,
+            dispatch_interval_ms: 1000,
+            retry_initial_ms: 2000,
+            retry_max_ms: 60_000,
+        }
+    }
+}
+
+impl JobSettings {
+    /// The cross-region limit of a destination.
+    pub fn cross_region_limit_for(&self, account: &str, region: &str) -> u32 {
+        self.limits
+            .iter()
+            .find(|l| l.region == region && l.account.as_deref().is_none_or(|a| a == account))
+            .map_or(self.cross_region_limit, |l| l.cross_region_limit)
+    }
 }
 
 /// How callers prove who they are. A call must carry a valid bearer token or come over mTLS
@@ -270,6 +372,8 @@ impl Default for Settings {
             admin: AdminSettings::default(),
             auth: AuthSettings::default(),
             authz: AuthzSettings::default(),
+            store: StoreSettings::default(),
+            jobs: JobSettings::default(),
         }
     }
 }
@@ -307,7 +411,7 @@ impl AwsSettings {
 }
 
 /// The top-level keys of [`Settings`], which `SNAPGATE_` variables may set.
-const SECTIONS: [&str; 7] = ["listen", "server", "aws", "watch", "admin", "auth", "authz"];
+const SECTIONS: [&str; 9] = ["listen", "server", "aws", "watch", "admin", "auth", "authz", "store", "jobs"];
 
 impl Settings {
     /// Loads defaults, then `file`, then `SNAPGATE_`-prefixed environment variables (nested
@@ -391,6 +495,26 @@ impl Settings {
         }
         if self.aws.max_attempts == Some(0) || self.aws.max_attempts.is_some_and(|n| n > 20) {
             return Err("aws.max_attempts must be between 1 and 20".into());
+        }
+        let j = &self.jobs;
+        if j.cross_region_limit == 0
+            || j.same_region_limit == Some(0)
+            || j.limits.iter().any(|l| l.cross_region_limit == 0)
+        {
+            return Err("jobs: limits of copies in progress must be at least 1".into());
+        }
+        if j.lease_secs < 2
+            || j.dispatch_interval_ms < 10
+            || j.retry_initial_ms == 0
+            || j.retry_max_ms < j.retry_initial_ms
+        {
+            return Err("jobs: lease_secs must be at least 2, dispatch_interval_ms at least 10, and retry_initial_ms positive and at most retry_max_ms".into());
+        }
+        if let Some(l) = j.limits.iter().find(|l| !snapgate_domain::is_region_name(&l.region)) {
+            return Err(format!("jobs.limits: '{}' is not a region name", l.region));
+        }
+        if self.store.max_connections == 0 {
+            return Err("store.max_connections must be at least 1".into());
         }
         self.auth.validate()?;
         if self.authz.policy_file.is_some() && self.authz.policies.is_some() {

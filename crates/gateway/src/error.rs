@@ -38,6 +38,9 @@ pub enum Error {
     /// What a request names does not exist (or is not visible to the gateway's credentials).
     #[error("{what} {name} not found")]
     NotFound { what: &'static str, name: String },
+    /// What the request would make exists already, made another way.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The gateway cannot serve the call now; a retry may (a stopped poller, for instance).
     #[error("{0}; retry")]
     Unavailable(String),
@@ -151,6 +154,10 @@ impl From<Error> for Status {
                 let reason = format!("{}_NOT_FOUND", what.to_ascii_uppercase());
                 let details = ErrorDetails::with_error_info(reason, SNAPGATE_DOMAIN, metadata);
                 Status::with_error_details(Code::NotFound, err.to_string(), details)
+            }
+            Error::AlreadyExists(_) => {
+                let details = ErrorDetails::with_error_info("ALREADY_EXISTS", SNAPGATE_DOMAIN, HashMap::new());
+                Status::with_error_details(Code::AlreadyExists, err.to_string(), details)
             }
             Error::Unavailable(why) => {
                 tracing::warn!(%why, "call answered UNAVAILABLE");

@@ -21,6 +21,7 @@ mod metrics;
 mod observe;
 mod reload;
 mod startup;
+mod store;
 mod tasks;
 pub mod telemetry;
 mod watch;

@@ -40,7 +40,22 @@ struct ReasonLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    account: String,
+    region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
 pub struct Metrics {
+    jobs_queued: Family<DestinationLabels, Gauge>,
+    jobs_in_progress: Family<DestinationLabels, Gauge>,
+    job_queued_seconds: Histogram,
+    jobs_finished: Family<OutcomeLabels, Counter>,
     registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_seconds: Family<MethodLabels, Histogram>,
@@ -100,7 +115,36 @@ impl Metrics {
         registry.register("authn_failures", "Calls refused as UNAUTHENTICATED, by reason", authn_failures.clone());
         let policy_reloads = Family::<ReasonLabels, Counter>::default();
         registry.register("policy_reloads", "Policy reloads by outcome (ok, failed)", policy_reloads.clone());
+        let jobs_queued = Family::<DestinationLabels, Gauge>::default();
+        registry.register(
+            "jobs_queued",
+            "Copies waiting in the queue, per destination account and region",
+            jobs_queued.clone(),
+        );
+        let jobs_in_progress = Family::<DestinationLabels, Gauge>::default();
+        registry.register(
+            "jobs_in_progress",
+            "Copies being started or copied by AWS, per destination account and region",
+            jobs_in_progress.clone(),
+        );
+        // 0.1 s to about 2 days.
+        let job_queued_seconds = Histogram::new(exponential_buckets(0.1, 2.0, 21));
+        registry.register(
+            "job_queued_seconds",
+            "Time from admission to AWS starting the copy",
+            job_queued_seconds.clone(),
+        );
+        let jobs_finished = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "jobs_finished",
+            "Copy jobs ended, by outcome (available, failed, cancelled, deleted)",
+            jobs_finished.clone(),
+        );
         Arc::new(Metrics {
+            jobs_queued,
+            jobs_in_progress,
+            job_queued_seconds,
+            jobs_finished,
             registry,
             rpc_requests,
             rpc_seconds,
@@ -144,6 +188,22 @@ impl Metrics {
     pub fn policy_reload(&self, ok: bool) {
         let reason = if ok { "ok" } else { "failed" }.to_owned();
         self.policy_reloads.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Queued and in-progress copies of one destination, as the store counts them.
+    pub(crate) fn job_depths(&self, account: &str, region: &str, queued: i64, active: i64) {
+        let labels = DestinationLabels { account: account.to_owned(), region: region.to_owned() };
+        self.jobs_queued.get_or_create(&labels).set(queued);
+        self.jobs_in_progress.get_or_create(&labels).set(active);
+    }
+
+    /// A job started after waiting `queued_ms` since its admission.
+    pub(crate) fn job_started(&self, queued_ms: i64) {
+        self.job_queued_seconds.observe(queued_ms.max(0) as f64 / 1000.0);
+    }
+
+    pub(crate) fn job_finished(&self, outcome: &str) {
+        self.jobs_finished.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
     }
 
     pub fn poll_round(&self, elapsed: Duration) {

@@ -20,10 +20,11 @@ use crate::auth::tls::TlsReloader;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::aws::Accounts;
 use crate::config::Settings;
-use crate::copy::CopyService;
+use crate::copy::{CopyService, Jobs};
 use crate::metrics::Metrics;
 use crate::observe::ObserveLayer;
 use crate::reload::{self, Reload};
+use crate::store::Store;
 use crate::tasks::Tasks;
 use crate::watch::WatchHub;
 use snapgate_proto::snapshot_copy_service_server::SnapshotCopyServiceServer;
@@ -54,8 +55,11 @@ impl Application {
         let tls = settings.auth.tls.clone().map(TlsReloader::new).transpose()?;
         let accounts = Arc::new(Accounts::new(sdk, &settings.aws, metrics.clone()).await.map_err(anyhow::Error::msg)?);
         let hub = Arc::new(WatchHub::new(accounts.clone(), settings.watch.clone(), tasks.clone(), metrics.clone()));
-        let copies = Arc::new(CopyService::new(accounts, hub.clone()));
-        let api = Api::new(copies, hub.clone(), policies.clone());
+        let store = Arc::new(Store::open(&settings.store).await?);
+        let jobs =
+            Jobs::new(store, accounts.clone(), hub.clone(), settings.jobs.clone(), metrics.clone(), tasks.clone());
+        let copies = Arc::new(CopyService::new(accounts, hub.clone(), jobs));
+        let api = Api::new(copies, policies.clone());
         let admin = match settings.admin.listen {
             Some(addr) => {
                 Some(TcpListener::bind(addr).await.with_context(|| format!("admin.listen: cannot bind {addr}"))?)

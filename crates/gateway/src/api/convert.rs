@@ -1,6 +1,6 @@
 //! Between the proto messages and the gateway's own types.
 
-use crate::copy::CopyRequest;
+use crate::copy::{CopyRequest, CopyView};
 use crate::watch::{Change, WatchEvent};
 use snapgate_domain::{ClusterSnapshot, CopyState};
 use snapgate_proto as pb;
@@ -21,6 +21,7 @@ pub(crate) fn copy_request(req: pb::CopyClusterSnapshotRequest) -> CopyRequest {
 pub(crate) fn state(state: CopyState) -> pb::copy::State {
     match state {
         CopyState::Unknown => pb::copy::State::Unspecified,
+        CopyState::Queued => pb::copy::State::Queued,
         CopyState::Copying => pb::copy::State::Copying,
         CopyState::Available => pb::copy::State::Available,
         CopyState::Failed => pb::copy::State::Failed,
@@ -29,8 +30,17 @@ pub(crate) fn state(state: CopyState) -> pb::copy::State {
     }
 }
 
-pub(crate) fn copy(s: &ClusterSnapshot) -> pb::Copy {
-    copy_in_state(s, s.state())
+/// A copy as the API shows it, with what the gateway knows of its job.
+pub(crate) fn view(v: &CopyView) -> pb::Copy {
+    let (position, limit) = v.queue.unwrap_or((0, 0));
+    pb::Copy {
+        queue_position: i32::try_from(position).unwrap_or(i32::MAX),
+        queue_limit: i32::try_from(limit).unwrap_or(i32::MAX),
+        requested_by: v.requested_by.clone().unwrap_or_default(),
+        request_time: v.request_time.map(prost_types::Timestamp::from),
+        failure_reason: v.failure.clone().unwrap_or_default(),
+        ..copy_in_state(&v.snapshot, v.state)
+    }
 }
 
 pub(crate) fn copy_in_state(s: &ClusterSnapshot, state: CopyState) -> pb::Copy {
@@ -53,6 +63,11 @@ pub(crate) fn copy_in_state(s: &ClusterSnapshot, state: CopyState) -> pb::Copy {
         tags: s.tags.iter().map(|(k, v)| pb::Tag { key: k.clone(), value: v.clone() }).collect(),
         snapshot_type: s.snapshot_type.clone(),
         cluster_create_time: s.cluster_create_time.map(prost_types::Timestamp::from),
+        queue_position: 0,
+        queue_limit: 0,
+        requested_by: String::new(),
+        request_time: None,
+        failure_reason: String::new(),
     }
 }
 
@@ -65,11 +80,30 @@ pub(crate) fn event(e: WatchEvent, trace_id: &str) -> pb::CopyEvent {
         Change::Heartbeat => pb::copy_event::Change::Heartbeat,
         Change::Terminal => pb::copy_event::Change::Terminal,
     };
+    let (position, limit) = e.queue.unwrap_or((0, 0));
+    let copy = pb::Copy {
+        queue_position: i32::try_from(position).unwrap_or(i32::MAX),
+        queue_limit: i32::try_from(limit).unwrap_or(i32::MAX),
+        ..copy_in_state(&e.snapshot, e.state)
+    };
     pb::CopyEvent {
-        copy: Some(copy_in_state(&e.snapshot, e.state)),
+        copy: Some(copy),
         observe_time: Some(prost_types::Timestamp::from(e.observed)),
         change: change as i32,
         terminal: e.terminal,
         trace_id: trace_id.to_owned(),
+    }
+}
+
+pub(crate) fn state_of(state: pb::copy::State) -> Option<crate::store::JobState> {
+    use crate::store::JobState;
+    match state {
+        pb::copy::State::Unspecified => None,
+        pb::copy::State::Queued => Some(JobState::Queued),
+        pb::copy::State::Copying => Some(JobState::Copying),
+        pb::copy::State::Available => Some(JobState::Available),
+        pb::copy::State::Failed => Some(JobState::Failed),
+        pb::copy::State::Cancelled => Some(JobState::Cancelled),
+        pb::copy::State::Deleted => Some(JobState::Deleted),
     }
 }

@@ -15,9 +15,10 @@ use tonic::{Request, Response, Status};
 use crate::audit::DecisionEvent;
 use crate::auth::Caller;
 use crate::auth::policy::{Action, CopyContext, Decision, PolicyStore};
-use crate::copy::{CopyService, Located};
-use crate::error::Error;
-use crate::watch::{Change, WatchHub, WatchTarget};
+use crate::copy::CopyService;
+use crate::error::{Error, FieldViolation};
+use crate::store::{JobFilter, JobState};
+use crate::watch::Change;
 use deadline::CallerDeadline;
 use snapgate_domain::ClusterSnapshot;
 use snapgate_proto as pb;
@@ -25,13 +26,12 @@ use snapgate_proto::snapshot_copy_service_server::SnapshotCopyService;
 
 pub(crate) struct Api {
     copies: Arc<CopyService>,
-    hub: Arc<WatchHub>,
     policies: Arc<PolicyStore>,
 }
 
 impl Api {
-    pub(crate) fn new(copies: Arc<CopyService>, hub: Arc<WatchHub>, policies: Arc<PolicyStore>) -> Api {
-        Api { copies, hub, policies }
+    pub(crate) fn new(copies: Arc<CopyService>, policies: Arc<PolicyStore>) -> Api {
+        Api { copies, policies }
     }
 
     /// Decides `action` on `snapshot` for `caller`, with its audit event.
@@ -73,7 +73,7 @@ impl SnapshotCopyService for Api {
             decided = Some((decision, source.arn.clone(), destination));
             verdict
         };
-        let copied = self.copies.copy(&convert::copy_request(message), authorize).await;
+        let copied = self.copies.copy(&convert::copy_request(message), &caller.id, authorize).await;
         if let Some((decision, resource, destination)) = &decided {
             let (aws_request_id, outcome) = match &copied {
                 Ok(c) => (c.aws_request_id.clone(), "ok".to_owned()),
@@ -90,15 +90,15 @@ impl SnapshotCopyService for Api {
             }
             .emit();
         }
-        Ok(Response::new(convert::copy(&copied?.snapshot)))
+        Ok(Response::new(convert::view(&copied?)))
     }
 
     async fn get_copy(&self, request: Request<pb::GetCopyRequest>) -> Result<Response<pb::Copy>, Status> {
         let (_, extensions, message) = request.into_parts();
         let caller = caller(&extensions)?;
-        let snapshot = self.copies.get(&message.name).await?;
-        self.authorize(&caller, Action::GetCopy, &snapshot)?;
-        Ok(Response::new(convert::copy(&snapshot)))
+        let copy = self.copies.get(&message.name).await?;
+        self.authorize(&caller, Action::GetCopy, &copy.snapshot)?;
+        Ok(Response::new(convert::view(&copy)))
     }
 
     type WatchCopyStream = EventStream;
@@ -106,13 +106,10 @@ impl SnapshotCopyService for Api {
     async fn watch_copy(&self, request: Request<pb::WatchCopyRequest>) -> Result<Response<EventStream>, Status> {
         let (_, extensions, message) = request.into_parts();
         let caller = caller(&extensions)?;
-        let Located { account, region, id, arn, .. } = self.copies.locate(&message.name)?;
-        let target =
-            WatchTarget { account: &account, region: &region, id: &id, name: &message.name, arn: arn.as_deref() };
         // The gateway's request timeout does not bound a stream; the caller's deadline does.
         let deadline = extensions.get::<CallerDeadline>().and_then(|d| d.0);
         let authorize = |snapshot: &ClusterSnapshot| self.authorize(&caller, Action::WatchCopy, snapshot);
-        let events = self.hub.watch(target, deadline, authorize).await?;
+        let events = self.copies.watch(&message.name, deadline, authorize).await?;
         // The server span lasts as long as the stream; each change is an event on it.
         let span = tracing::Span::current();
         let trace_id = crate::telemetry::trace_id_of(&span).unwrap_or_default();
@@ -137,8 +134,44 @@ impl SnapshotCopyService for Api {
         let (_, extensions, message) = request.into_parts();
         let caller = caller(&extensions)?;
         let authorize = |snapshot: &ClusterSnapshot| self.authorize(&caller, Action::CancelCopy, snapshot);
-        let (snapshot, state) = self.copies.cancel(&message.name, authorize).await?;
-        Ok(Response::new(convert::copy_in_state(&snapshot, state)))
+        let copy = self.copies.cancel(&message.name, authorize).await?;
+        Ok(Response::new(convert::view(&copy)))
+    }
+
+    async fn list_copies(
+        &self,
+        request: Request<pb::ListCopiesRequest>,
+    ) -> Result<Response<pb::ListCopiesResponse>, Status> {
+        let (_, extensions, message) = request.into_parts();
+        let caller = caller(&extensions)?;
+        let filter = list_filter(&message)?;
+        let (copies, next) = self.copies.list(filter).await?;
+        // Each copy is shown only where a policy permits it (audited as one event a page).
+        let mut shown = Vec::with_capacity(copies.len());
+        let mut hidden = 0;
+        for copy in &copies {
+            let own = copy.requested_by.as_deref() == Some(caller.id.as_str());
+            if self.policies.decide_list(&caller, &copy.snapshot, own).allowed {
+                shown.push(convert::view(copy));
+            } else {
+                hidden += 1;
+            }
+        }
+        tracing::info!(
+            target: crate::telemetry::AUDIT_TARGET,
+            event = "authorization",
+            caller = %caller.id,
+            authn = caller.method.as_str(),
+            action = Action::ListCopies.name(),
+            shown = shown.len(),
+            hidden,
+            trace_id = crate::telemetry::current_trace_id(),
+            "list decision"
+        );
+        Ok(Response::new(pb::ListCopiesResponse {
+            copies: shown,
+            next_page_token: next.map(|(created, id)| format!("{created}.{id}")).unwrap_or_default(),
+        }))
     }
 }
 
@@ -148,6 +181,57 @@ fn caller(extensions: &tonic::Extensions) -> Result<Caller, Error> {
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| Error::Internal("a call reached a handler unauthenticated".into()))
+}
+
+/// The filter and page a ListCopies request asks for; a malformed one is INVALID_ARGUMENT.
+fn list_filter(message: &pb::ListCopiesRequest) -> Result<JobFilter, Error> {
+    let mut violations = Vec::new();
+    let limit = match message.page_size {
+        0 => 100,
+        n @ 1..=500 => i64::from(n),
+        _ => {
+            violations.push(FieldViolation::new("page_size", "must be between 1 and 500 (0: 100)"));
+            100
+        }
+    };
+    let after = if message.page_token.is_empty() {
+        None
+    } else {
+        let parsed =
+            message.page_token.split_once('.').and_then(|(created, id)| Some((created.parse().ok()?, id.to_owned())));
+        if parsed.is_none() {
+            violations.push(FieldViolation::new("page_token", "is not a token this service gave out"));
+        }
+        parsed
+    };
+    let mut states = Vec::new();
+    for (i, raw) in message.states.iter().enumerate() {
+        match pb::copy::State::try_from(*raw).ok().and_then(convert::state_of) {
+            Some(JobState::Queued) => states.extend([JobState::Queued, JobState::Starting]),
+            Some(state) => states.push(state),
+            None => violations.push(FieldViolation::new(format!("states[{i}]"), "is not a state of a copy")),
+        }
+    }
+    if !message.destination_region.is_empty() && !snapgate_domain::is_region_name(&message.destination_region) {
+        violations.push(FieldViolation::new("destination_region", "must be a region name such as us-east-1"));
+    }
+    if !message.account_id.is_empty()
+        && let Err(rule) = snapgate_domain::AccountId::parse(&message.account_id)
+    {
+        violations.push(FieldViolation::new("account_id", rule));
+    }
+    if !violations.is_empty() {
+        return Err(Error::InvalidArgument(violations));
+    }
+    let given = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+    Ok(JobFilter {
+        states,
+        region: given(&message.destination_region),
+        account: given(&message.account_id),
+        caller: given(&message.requested_by),
+        after,
+        limit,
+    })
 }
 
 fn permitted(action: Action, decision: Decision) -> Result<(), Error> {

@@ -38,6 +38,7 @@ pub enum Action {
     GetCopy,
     WatchCopy,
     CancelCopy,
+    ListCopies,
 }
 
 impl Action {
@@ -47,11 +48,12 @@ impl Action {
             Action::GetCopy => "GetCopy",
             Action::WatchCopy => "WatchCopy",
             Action::CancelCopy => "CancelCopy",
+            Action::ListCopies => "ListCopies",
         }
     }
 
     pub fn parse(name: &str) -> Option<Action> {
-        [Action::CopyClusterSnapshot, Action::GetCopy, Action::WatchCopy, Action::CancelCopy]
+        [Action::CopyClusterSnapshot, Action::GetCopy, Action::WatchCopy, Action::CancelCopy, Action::ListCopies]
             .into_iter()
             .find(|a| a.name() == name)
     }
@@ -140,12 +142,44 @@ pub fn decide(
     }
 }
 
+/// Decides whether a ListCopies call shows one copy: the resource is the copy (the snapshot
+/// it makes), and the context says whether the caller asked for it. Pure: no I/O, no clock.
+pub fn decide_list(
+    policies: &PolicySet,
+    caller: &Caller,
+    snapshot: &ClusterSnapshot,
+    requested_by_self: bool,
+) -> Decision {
+    let context = vec![("requested_by_self".to_owned(), RestrictedExpression::new_bool(requested_by_self))];
+    evaluate_in(policies, caller, Action::ListCopies, snapshot, context).unwrap_or_else(|error| Decision {
+        allowed: false,
+        policies: Vec::new(),
+        errors: vec![error],
+    })
+}
+
 fn evaluate(
     policies: &PolicySet,
     caller: &Caller,
     action: Action,
     snapshot: &ClusterSnapshot,
     copy: Option<&CopyContext>,
+) -> Result<Decision, String> {
+    let context = match (action, copy) {
+        (Action::CopyClusterSnapshot, Some(copy)) => copy_context(copy),
+        (Action::CopyClusterSnapshot, None) => return Err("CopyClusterSnapshot needs its context".into()),
+        (Action::ListCopies, _) => return Err("ListCopies is decided with decide_list".into()),
+        _ => Vec::new(),
+    };
+    evaluate_in(policies, caller, action, snapshot, context)
+}
+
+fn evaluate_in(
+    policies: &PolicySet,
+    caller: &Caller,
+    action: Action,
+    snapshot: &ClusterSnapshot,
+    context: Vec<(String, RestrictedExpression)>,
 ) -> Result<Decision, String> {
     let principal = entity_uid("Caller", &caller.id);
     let resource = entity_uid("Snapshot", &snapshot.arn);
@@ -156,11 +190,6 @@ fn evaluate(
         None,
     )
     .map_err(|e| format!("entities: {e}"))?;
-    let context = match (action, copy) {
-        (Action::CopyClusterSnapshot, Some(copy)) => copy_context(copy),
-        (Action::CopyClusterSnapshot, None) => return Err("CopyClusterSnapshot needs its context".into()),
-        _ => Vec::new(),
-    };
     let context = Context::from_pairs(context).map_err(|e| format!("context: {e}"))?;
     let request = Request::new(principal, action.uid(), resource, context, Some(schema()))
         .map_err(|e| format!("request: {e}"))?;
@@ -265,6 +294,14 @@ impl PolicyStore {
             interval: Duration::from_secs(settings.reload_secs),
             metrics,
         }))
+    }
+
+    /// Decides with the policies in force whether a ListCopies call shows a copy, counting
+    /// the outcome.
+    pub(crate) fn decide_list(&self, caller: &Caller, snapshot: &ClusterSnapshot, requested_by_self: bool) -> Decision {
+        let decision = decide_list(&self.current.load(), caller, snapshot, requested_by_self);
+        self.metrics.authz_decision(Action::ListCopies.name(), decision.allowed);
+        decision
     }
 
     /// Decides with the policies in force, counting the outcome.

@@ -1,37 +1,71 @@
-//! The copy workflow: validate the request, know the source, apply its engine's rules, build
-//! a presigned URL where AWS needs one, and start the copy exactly once however often it is
-//! asked for; read a copy's state (from the watch hub's observation when it is fresh, else
-//! from AWS); cancel a copy in progress.
+//! The copy workflow: validate the request, know the source, apply its engine's rules, and
+//! admit the copy as a job (`jobs`), started at once when a slot is free; read a copy's state
+//! (its job while it waits, then the watch hub's fresh observation or AWS); watch it; cancel
+//! it; list the jobs.
 
+mod jobs;
 mod source_rules;
 mod validate;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+pub(crate) use jobs::Jobs;
+use jobs::{Started, now_ms, store_error};
 pub(crate) use validate::CopyRequest;
 use validate::{ValidCopy, parse_copy_name, validate};
 
 use crate::auth::policy::CopyContext;
-use crate::aws::{Accounts, AwsErrorKind, CopyInput, Rds, presign};
+use crate::aws::{Accounts, AwsErrorKind, Rds};
 use crate::error::{Error, FieldViolation};
-use crate::watch::WatchHub;
+use crate::store::{Admitted, Job, JobFilter, JobState, NewJob, Store};
+use crate::watch::{Change, WatchEvent, WatchHub, WatchStream, WatchTarget};
 use snapgate_domain::rules::SnapshotRef;
-use snapgate_domain::{Arn, ClusterSnapshot, CopyState, Engine};
+use snapgate_domain::{Arn, ClusterSnapshot, CopyState};
 
 /// How long a described source is trusted, so a burst of copies of one source costs one call.
 const SOURCE_TTL: Duration = Duration::from_secs(5);
-/// How long a finished copy answers identical requests that waited for it; later retries go
-/// through AWS's AlreadyExists and a describe, which also sees a copy deleted since.
-const RECENT_TTL: Duration = Duration::from_secs(5);
-/// Entries each cache holds at most (they live seconds; this bounds a burst's memory).
+/// Entries the source cache holds at most (they live seconds; this bounds a burst's memory).
 const CACHE_CAPACITY: u64 = 100_000;
+/// How long a request waits for a job another request (or replica) is starting.
+const SETTLE: Duration = Duration::from_secs(30);
 
-/// A copy started (or found already started by the same request).
-pub(crate) struct Copied {
+/// A copy as the API shows it: the snapshot (as AWS describes it, or as it will be while the
+/// copy waits), its state, and what the gateway knows of the job behind it.
+pub(crate) struct CopyView {
     pub snapshot: ClusterSnapshot,
-    /// The request id of the AWS call that started it, for the audit trail.
+    pub state: CopyState,
+    /// While queued: place (1: next; 0: being started) and the limit it waits on.
+    pub queue: Option<(i64, u32)>,
+    pub requested_by: Option<String>,
+    pub request_time: Option<SystemTime>,
+    pub failure: Option<String>,
+    /// The request id of the AWS call that started the copy, for the audit trail.
     pub aws_request_id: Option<String>,
+}
+
+impl CopyView {
+    pub(super) fn of_snapshot(snapshot: ClusterSnapshot) -> CopyView {
+        let state = snapshot.state();
+        CopyView {
+            snapshot,
+            state,
+            queue: None,
+            requested_by: None,
+            request_time: None,
+            failure: None,
+            aws_request_id: None,
+        }
+    }
+
+    pub(super) fn with_job(mut self, job: &Job) -> CopyView {
+        self.requested_by = Some(job.new.caller.clone());
+        self.request_time =
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(job.new.created_ms).unwrap_or(0)));
+        self.failure = job.failure.clone().filter(|_| job.state == JobState::Failed);
+        self.aws_request_id = job.aws_request_id.clone();
+        self
+    }
 }
 
 /// Where a copy named by a request lives.
@@ -52,36 +86,36 @@ impl Located {
     }
 }
 
-/// A copy in flight or just made, shared by identical requests: the source it came from and
-/// the snapshot AWS answered.
-type Made = Arc<(String, ClusterSnapshot, Option<String>)>;
-
 pub(crate) struct CopyService {
     accounts: Arc<Accounts>,
     hub: Arc<WatchHub>,
+    jobs: Arc<Jobs>,
+    store: Arc<Store>,
     /// Described sources, by (account, region, reference): concurrent requests for one
     /// source share one describe (moka's single flight), and the answer serves for seconds.
     sources: moka::future::Cache<String, ClusterSnapshot>,
-    /// Copies by (account, region, target): identical concurrent requests share one
-    /// CopyDBClusterSnapshot call.
-    made: moka::future::Cache<String, Made>,
 }
 
 impl CopyService {
-    pub(crate) fn new(accounts: Arc<Accounts>, hub: Arc<WatchHub>) -> CopyService {
-        CopyService { accounts, hub, sources: cache(SOURCE_TTL), made: cache(RECENT_TTL) }
+    pub(crate) fn new(accounts: Arc<Accounts>, hub: Arc<WatchHub>, jobs: Arc<Jobs>) -> CopyService {
+        let sources = moka::future::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(SOURCE_TTL).build();
+        let store = jobs.store.clone();
+        CopyService { accounts, hub, jobs, store, sources }
     }
 
-    /// Validates and starts a copy; returns the new snapshot as AWS reports it. Repeating a
-    /// request that succeeded returns the same copy; concurrent identical requests make one.
+    /// Validates a copy, admits it as a job for `caller`, and starts it when a slot is free.
+    /// Repeating a request returns the same copy whatever its state; a copy whose start fails
+    /// for good (a KMS key that is not there, a quota) is this request's error and leaves no
+    /// job behind.
     ///
     /// `authorize` decides once the source is known (its engine, tags and encryption are what
     /// policies look at) and before the engine's rules or any call that changes anything.
     pub(crate) async fn copy(
         &self,
         request: &CopyRequest,
+        caller: &str,
         authorize: impl FnOnce(&ClusterSnapshot, &CopyContext) -> Result<(), Error>,
-    ) -> Result<Copied, Error> {
+    ) -> Result<CopyView, Error> {
         let valid = tracing::info_span!("validate", otel.name = "validate")
             .in_scope(|| validate(request, self.accounts.default_region()))
             .map_err(Error::InvalidArgument)?;
@@ -98,85 +132,76 @@ impl CopyService {
             valid.destination_account.clone().or_else(|| self.accounts.own_account().map(str::to_owned));
         let source = self.resolve_source(&rds, &valid, destination_account.as_deref()).await?;
         let destination = destination_account.clone().unwrap_or_default();
+        let cross_region = source.region != valid.destination_region;
         authorize(
             &source,
             &CopyContext {
                 cross_account: !destination.is_empty() && !source.account.is_empty() && destination != source.account,
-                destination_account: destination,
+                destination_account: destination.clone(),
                 destination_region: valid.destination_region.clone(),
                 target: valid.target.clone(),
                 kms_key: valid.kms_key.as_ref().map(|(text, _)| text.clone()),
                 tags: valid.tags.clone(),
                 copy_tags: valid.copy_tags,
-                cross_region: source.region != valid.destination_region,
+                cross_region,
             },
         )?;
         source_rules::check(&valid, &source, destination_account.as_deref())?;
 
-        let key =
-            format!("{}/{}/{}", destination_account.as_deref().unwrap_or(""), valid.destination_region, valid.target);
-        let made = self
-            .made
-            .try_get_with_by_ref(&key, async {
-                let (snapshot, request_id) = self.start(&rds, &valid, &source).await?;
-                Ok::<_, Error>(Arc::new((source.arn.clone(), snapshot, request_id)))
-            })
-            .await
-            .map_err(unshare)?;
-        if made.0 == source.arn {
-            return Ok(Copied { snapshot: made.1.clone(), aws_request_id: made.2.clone() });
-        }
-        // Another source made (or is making) this target: AWS decides, and answers that the
-        // snapshot exists, which is ALREADY_EXISTS for this request.
-        let (snapshot, aws_request_id) = self.start(&rds, &valid, &source).await?;
-        Ok(Copied { snapshot, aws_request_id })
-    }
-
-    /// Presigns where AWS needs it and calls CopyDBClusterSnapshot. A target that exists
-    /// already, copied from the same source, is that copy (a retry after success: AWS has no
-    /// client token for this action); from another source, it is ALREADY_EXISTS.
-    async fn start(
-        &self,
-        rds: &Rds,
-        valid: &ValidCopy,
-        source: &ClusterSnapshot,
-    ) -> Result<(ClusterSnapshot, Option<String>), Error> {
-        let family = Engine::parse(&source.engine).family();
-        let kms = valid.kms_key.as_ref().map(|(text, _)| text.as_str());
-        let presigned_url = if family.needs_presigned_url(&source.region, &valid.destination_region) {
-            let credentials = rds.credentials().await?;
-            Some(
-                presign::presign_copy(&credentials, &source.arn, &source.region, &valid.destination_region, kms)
-                    .map_err(|e| Error::Internal(format!("presigning failed: {e}")))?,
-            )
-        } else {
-            None
-        };
-        let input = CopyInput {
-            source: match &valid.source {
+        let new = NewJob {
+            id: uuid::Uuid::new_v4().to_string(),
+            caller: caller.to_owned(),
+            source_ref: match &valid.source {
                 SnapshotRef::Id(id) => id.clone(),
                 SnapshotRef::Arn(arn) => arn.to_string(),
             },
+            source_arn: source.arn.clone(),
+            source_region: source.region.clone(),
+            engine: source.engine.clone(),
+            engine_version: source.engine_version.clone(),
+            cluster_id: source.cluster_id.clone(),
+            allocated_storage_gib: i64::from(source.allocated_storage_gib),
+            encrypted: source.encrypted,
+            account: destination,
+            region: valid.destination_region.clone(),
             target: valid.target.clone(),
-            kms_key_id: kms.map(str::to_owned),
+            kms_key_id: valid.kms_key.as_ref().map(|(text, _)| text.clone()),
             copy_tags: valid.copy_tags,
             tags: valid.tags.clone(),
-            presigned_url,
+            cross_region,
+            created_ms: now_ms(),
         };
-        match rds.copy_cluster_snapshot(&valid.destination_region, &input).await {
-            Ok(copied) => Ok(copied),
-            Err(e) if e.kind == AwsErrorKind::AlreadyExists => {
-                let existing = rds.describe_cluster_snapshot(&valid.destination_region, &valid.target).await?;
-                match existing {
-                    Some(existing) if existing.source_arn.as_deref() == Some(source.arn.as_str()) => {
-                        let request_id = e.request_id.clone();
-                        Ok((existing, request_id))
-                    }
-                    _ => Err(e.into()),
+        let job = match self.store.admit(&new).await.map_err(store_error)? {
+            Admitted::Existing(job) if job.new.source_arn != new.source_arn => {
+                if job.snapshot_arn.is_none() {
+                    return Err(Error::AlreadyExists(format!(
+                        "the copy {} waits in the queue to be made from another source, {}; choose another target_snapshot_id",
+                        new.target, job.new.source_arn
+                    )));
                 }
+                // The snapshot exists (or did): AWS says how it stands, as it would without a job.
+                let job = self.jobs.supersede(job, new).await?;
+                return self.jobs.view(&job).await;
             }
-            Err(e) => Err(e.into()),
-        }
+            Admitted::Existing(job) => self.jobs.settled(job, SETTLE).await?,
+            Admitted::New(job) => {
+                let outcomes = self.jobs.dispatch(&job.new.account, &job.new.region).await?;
+                match outcomes.into_iter().find(|(id, _)| *id == job.new.id).map(|(_, outcome)| outcome) {
+                    Some(Started::Failed(error)) => {
+                        self.store.forget(&job.new.id).await.map_err(store_error)?;
+                        return Err(error);
+                    }
+                    Some(Started::Copying(snapshot)) => {
+                        let job = self.store.get(&job.new.id).await.map_err(store_error)?.unwrap_or(job);
+                        return Ok(CopyView::of_snapshot(*snapshot).with_job(&job));
+                    }
+                    _ => {}
+                }
+                let job = self.store.get(&job.new.id).await.map_err(store_error)?.unwrap_or(job);
+                self.jobs.settled(job, SETTLE).await?
+            }
+        };
+        self.jobs.view(&job).await
     }
 
     /// Describes the source in its own region, as the destination account sees it. Requests
@@ -199,19 +224,41 @@ impl CopyService {
                     .ok_or_else(|| Error::NotFound { what: "snapshot", name: reference.clone() })
             })
             .await
-            .map_err(unshare)
+            .map_err(Arc::unwrap_or_clone)
     }
 
-    /// The current state of a copy, by name: the watch hub's observation when a poller saw it
-    /// within the shortest poll interval (no AWS call), else a describe.
-    pub(crate) async fn get(&self, name: &str) -> Result<ClusterSnapshot, Error> {
+    /// The job behind a copy's name, if the gateway made it.
+    async fn job_of(&self, located: &Located) -> Result<Option<Job>, Error> {
+        let account =
+            if located.account.is_empty() { self.accounts.own_account().unwrap_or("") } else { &located.account };
+        self.store.find(account, &located.region, &located.id).await.map_err(store_error)
+    }
+
+    /// The current state of a copy, by name: its job while it waits (or when it never
+    /// started), then the watch hub's observation when a poller saw it within the shortest
+    /// poll interval (no AWS call), else a describe.
+    pub(crate) async fn get(&self, name: &str) -> Result<CopyView, Error> {
         let located = self.locate(name)?;
-        if let Some(snapshot) = self.hub.fresh(&located.account, &located.region, &located.id)
-            && located.is(&snapshot)
+        let job = self.job_of(&located).await?;
+        if let Some(job) = &job
+            && (matches!(job.state, JobState::Queued | JobState::Starting) || job.snapshot_arn.is_none())
         {
-            return Ok(snapshot);
+            return self.jobs.view(job).await;
         }
-        self.describe(&located, name).await
+        let snapshot = match self.hub.fresh(&located.account, &located.region, &located.id) {
+            Some(snapshot) if located.is(&snapshot) => Ok(snapshot),
+            _ => self.describe(&located, name).await,
+        };
+        match (snapshot, job) {
+            (Ok(snapshot), Some(job)) => Ok(CopyView::of_snapshot(snapshot).with_job(&job)),
+            (Ok(snapshot), None) => Ok(CopyView::of_snapshot(snapshot)),
+            // Gone from AWS since: the job remembers how it ended.
+            (Err(Error::NotFound { .. }), Some(job)) if job.state.is_final() => self.jobs.view(&job).await,
+            (Err(Error::Aws(e)), Some(job)) if e.kind == AwsErrorKind::NotFound && job.state.is_final() => {
+                self.jobs.view(&job).await
+            }
+            (Err(error), _) => Err(error),
+        }
     }
 
     /// A describe of the copy, never a cached observation.
@@ -229,9 +276,141 @@ impl CopyService {
         Ok(Located { rds: self.accounts.for_snapshot_account(&account), account, region, id, arn })
     }
 
-    /// Cancels a copy in progress the way the AWS documentation prescribes: by deleting the
-    /// target snapshot while it is `copying`; `authorize` decides on the snapshot before
-    /// anything else is said about it. Its watchers are told it was cancelled.
+    /// Watches a copy: while it waits in the queue, QUEUED events as its place changes; from
+    /// its start, the watch hub's events. `authorize` decides on the copy before any event.
+    pub(crate) async fn watch(
+        &self,
+        name: &str,
+        deadline: Option<tokio::time::Instant>,
+        authorize: impl FnOnce(&ClusterSnapshot) -> Result<(), Error>,
+    ) -> Result<WatchStream, Error> {
+        let located = self.locate(name)?;
+        match self.job_of(&located).await? {
+            Some(job) if matches!(job.state, JobState::Queued | JobState::Starting) || job.snapshot_arn.is_none() => {
+                let view = self.jobs.view(&job).await?;
+                authorize(&view.snapshot)?;
+                Ok(self.watch_queued(job, view, name.to_owned(), deadline))
+            }
+            _ => {
+                let target = WatchTarget {
+                    account: &located.account,
+                    region: &located.region,
+                    id: &located.id,
+                    name,
+                    arn: located.arn.as_deref(),
+                };
+                self.hub.watch(target, deadline, authorize).await
+            }
+        }
+    }
+
+    /// The events of a copy that waits: its place as it changes, then, once AWS copies it,
+    /// the hub's events (its first one as a change of state).
+    fn watch_queued(
+        &self,
+        job: Job,
+        first: CopyView,
+        name: String,
+        deadline: Option<tokio::time::Instant>,
+    ) -> WatchStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let (store, hub, jobs) = (self.store.clone(), self.hub.clone(), self.jobs.clone());
+        let stop = jobs.stopping();
+        let interval = Duration::from_millis(jobs.settings.dispatch_interval_ms)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        self.jobs.clone().spawn(async move {
+            let event = |view: &CopyView, change: Change| WatchEvent {
+                snapshot: Arc::new(view.snapshot.clone()),
+                state: view.state,
+                observed: SystemTime::now(),
+                change,
+                terminal: view.state.is_terminal(),
+                queue: view.queue,
+            };
+            let mut last = first;
+            if tx.send(Ok(event(&last, Change::Initial))).await.is_err() || last.state.is_terminal() {
+                return;
+            }
+            let until = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(until);
+            let mut id = job.new.id.clone();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => { let _ = tx.send(Err(Error::ShuttingDown)).await; return; }
+                    () = tx.closed() => return,
+                    () = &mut until => { let _ = tx.send(Err(Error::DeadlineExceeded)).await; return; }
+                    () = tokio::time::sleep(interval) => {}
+                }
+                let job = match store.get(&id).await {
+                    Ok(Some(job)) => job,
+                    Ok(None) => {
+                        let _ = tx.send(Err(Error::NotFound { what: "copy", name: name.clone() })).await;
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "reading a queued copy failed; retrying");
+                        continue;
+                    }
+                };
+                id = job.new.id.clone();
+                if job.state == JobState::Copying {
+                    // From here the hub's events; the stream already showed the copy.
+                    let target = WatchTarget {
+                        account: &job.new.account,
+                        region: &job.new.region,
+                        id: &job.new.target,
+                        name: &name,
+                        arn: None,
+                    };
+                    match hub.watch(target, deadline, |_| Ok(())).await {
+                        Ok(mut events) => {
+                            use tokio_stream::StreamExt;
+                            while let Some(item) = events.next().await {
+                                let item = item.map(|e| {
+                                    if e.change == Change::Initial {
+                                        WatchEvent { change: Change::State, ..e }
+                                    } else {
+                                        e
+                                    }
+                                });
+                                if tx.send(item).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            let _ = tx.send(Err(error)).await;
+                        }
+                    }
+                    return;
+                }
+                let Ok(view) = jobs.view(&job).await else { continue };
+                let change = if view.state != last.state {
+                    if view.state.is_terminal() { Change::Terminal } else { Change::State }
+                } else if view.queue != last.queue {
+                    Change::Progress
+                } else {
+                    continue;
+                };
+                let done = view.state.is_terminal();
+                if tx.send(Ok(event(&view, change))).await.is_err() || done {
+                    return;
+                }
+                last = view;
+            }
+        });
+        WatchStream::from_receiver(rx)
+    }
+
+    /// Cancels a copy: a queued one leaves the queue with no AWS call; one in progress is
+    /// cancelled the way the AWS documentation prescribes, by deleting the target snapshot
+    /// while it is `copying`. `authorize` decides on the copy before anything else is said
+    /// about it. Its watchers are told it was cancelled.
     ///
     /// AWS offers no conditional delete, so the check and the delete are two calls. The
     /// window between them is kept to one round trip: the check is a fresh describe (never a
@@ -241,36 +420,111 @@ impl CopyService {
         &self,
         name: &str,
         authorize: impl FnOnce(&ClusterSnapshot) -> Result<(), Error>,
-    ) -> Result<(ClusterSnapshot, CopyState), Error> {
+    ) -> Result<CopyView, Error> {
         let located = self.locate(name)?;
+        let job = self.job_of(&located).await?;
+        if let Some(job) = &job {
+            match job.state {
+                JobState::Queued => {
+                    let view = self.jobs.view(job).await?;
+                    authorize(&view.snapshot)?;
+                    if self
+                        .store
+                        .finish(&job.new.id, JobState::Queued, JobState::Cancelled, None, now_ms())
+                        .await
+                        .map_err(store_error)?
+                    {
+                        crate::audit::job_event("cancelled", job, None, None);
+                        let ended = Job { state: JobState::Cancelled, ..job.clone() };
+                        return self.jobs.view(&ended).await;
+                    }
+                    return Err(Error::Unavailable("the copy left the queue while it was being cancelled".into()));
+                }
+                JobState::Starting => {
+                    return Err(Error::Unavailable("the copy is being started; cancel it again in a moment".into()));
+                }
+                _ if job.snapshot_arn.is_none() => {
+                    let view = self.jobs.view(job).await?;
+                    authorize(&view.snapshot)?;
+                    return Err(not_in_progress(&format!("{:?}", view.state).to_ascii_lowercase()));
+                }
+                _ => {}
+            }
+        }
         let current = self.describe(&located, name).await?;
         authorize(&current)?;
         if current.status != "copying" {
-            return Err(Error::FailedPrecondition(vec![FieldViolation::new(
-                "name",
-                format!(
-                    "the snapshot is {}; only a copy in progress can be cancelled, and a finished snapshot is never deleted",
-                    current.status
-                ),
-            )]));
+            return Err(not_in_progress(&current.status));
         }
         let deleted = located.rds.delete_cluster_snapshot(&current.region, &current.id).await?;
-        if deleted.status == "copying" {
+        let (state, ended) = if deleted.status == "copying" {
             self.hub.record_cancelled(&deleted);
-            Ok((deleted, CopyState::Cancelled))
+            (CopyState::Cancelled, JobState::Cancelled)
         } else {
             tracing::warn!(snapshot = %deleted.arn, status = %deleted.status, "the copy finished between the check and the delete");
-            Ok((deleted, CopyState::Deleted))
+            (CopyState::Deleted, JobState::Deleted)
+        };
+        let mut view = CopyView { state, ..CopyView::of_snapshot(deleted) };
+        if let Some(job) = &job {
+            if self.store.finish(&job.new.id, JobState::Copying, ended, None, now_ms()).await.map_err(store_error)? {
+                crate::audit::job_event(ended.as_str(), job, None, None);
+            }
+            view = view.with_job(job);
         }
+        Ok(view)
+    }
+
+    /// A page of the jobs, newest first, as the API shows them, and the cursor of the next.
+    pub(crate) async fn list(&self, filter: JobFilter) -> Result<(Vec<CopyView>, Option<(i64, String)>), Error> {
+        let limit = filter.limit;
+        let jobs = self.store.list(&JobFilter { limit: limit + 1, ..filter }).await.map_err(store_error)?;
+        let more = jobs.len() as i64 > limit;
+        let mut views = Vec::with_capacity(jobs.len());
+        for job in jobs.iter().take(usize::try_from(limit).unwrap_or(0)) {
+            views.push(self.jobs.view(job).await?);
+        }
+        let next = more
+            .then(|| jobs.get(views.len().saturating_sub(1)).map(|j| (j.new.created_ms, j.new.id.clone())))
+            .flatten();
+        Ok((views, next))
     }
 }
 
-/// A bounded cache whose entries live `ttl`.
-fn cache<V: Clone + Send + Sync + 'static>(ttl: Duration) -> moka::future::Cache<String, V> {
-    moka::future::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(ttl).build()
+fn not_in_progress(status: &str) -> Error {
+    Error::FailedPrecondition(vec![FieldViolation::new(
+        "name",
+        format!(
+            "the snapshot is {status}; only a copy in progress can be cancelled, and a finished snapshot is never deleted"
+        ),
+    )])
 }
 
-/// An error shared by the requests that waited on one call, as each one's own.
-fn unshare(error: Arc<Error>) -> Error {
-    Arc::unwrap_or_clone(error)
+/// The snapshot a job will make, as far as the gateway knows it before AWS does: what
+/// policies decide on and what a queued copy shows.
+pub(super) fn planned_snapshot(job: &Job) -> ClusterSnapshot {
+    let j = &job.new;
+    let arn = if j.account.is_empty() {
+        job.snapshot_arn.clone().unwrap_or_default()
+    } else {
+        Arn::cluster_snapshot(&j.region, &j.account, &j.target).to_string()
+    };
+    ClusterSnapshot {
+        arn,
+        id: j.target.clone(),
+        region: j.region.clone(),
+        account: j.account.clone(),
+        status: job.state.as_str().to_owned(),
+        percent_progress: 0,
+        source_arn: Some(j.source_arn.clone()),
+        cluster_id: j.cluster_id.clone(),
+        engine: j.engine.clone(),
+        engine_version: j.engine_version.clone(),
+        allocated_storage_gib: i32::try_from(j.allocated_storage_gib).unwrap_or(i32::MAX),
+        encrypted: j.encrypted,
+        kms_key_id: j.kms_key_id.clone(),
+        create_time: None,
+        cluster_create_time: None,
+        tags: j.tags.clone(),
+        snapshot_type: "manual".into(),
+    }
 }

@@ -272,6 +272,21 @@ impl WatchHub {
         }
     }
 
+    /// Waits until a poll sees snapshot `id` of `account` in `region` in a final state (or
+    /// gone), and returns that observation; `None` at shutdown. Failing polls are waited out.
+    pub(crate) async fn final_observation(&self, account: &str, region: &str, id: &str) -> Option<Arc<Observation>> {
+        let mut subscription = self.subscribe(account, region, id);
+        let is_final = |o: &Option<Arc<Observation>>| match o.as_deref() {
+            Some(Observation::Present { snapshot, .. }) => snapshot.state().is_terminal(),
+            Some(Observation::Gone { .. }) => true,
+            _ => false,
+        };
+        tokio::select! {
+            () = self.shutdown.cancelled() => None,
+            seen = subscription.rx.wait_for(is_final) => seen.ok().and_then(|o| o.clone()),
+        }
+    }
+
     /// Opens a watch of `target`. The first observation decides: a copy that is not there is
     /// NOT_FOUND, a failing poll the error it failed with, and a copy that is there is shown
     /// to `authorize` before any event is sent. The stream ends at the copy's terminal state,

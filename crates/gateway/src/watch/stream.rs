@@ -36,6 +36,8 @@ pub(crate) struct WatchEvent {
     pub observed: SystemTime,
     pub change: Change,
     pub terminal: bool,
+    /// For a copy waiting in the gateway's queue: its place (1: next) and the limit it waits on.
+    pub queue: Option<(i64, u32)>,
 }
 
 pub(super) struct StreamTask {
@@ -50,6 +52,13 @@ pub(super) struct StreamTask {
 /// The events of one watch, as a `Stream`.
 pub(crate) struct WatchStream {
     rx: mpsc::Receiver<Result<WatchEvent, Error>>,
+}
+
+impl WatchStream {
+    /// A stream fed by another task (a queued copy's watch).
+    pub(crate) fn from_receiver(rx: mpsc::Receiver<Result<WatchEvent, Error>>) -> WatchStream {
+        WatchStream { rx }
+    }
 }
 
 impl Stream for WatchStream {
@@ -88,7 +97,7 @@ fn event(observation: &Observation, last: Option<&WatchEvent>) -> Result<WatchEv
         Some(prev) if prev.snapshot.percent_progress != percent => Change::Progress,
         Some(_) => Change::Heartbeat,
     };
-    Ok(WatchEvent { snapshot, state, observed, change, terminal })
+    Ok(WatchEvent { snapshot, state, observed, change, terminal, queue: None })
 }
 
 async fn run(mut task: StreamTask, tx: mpsc::Sender<Result<WatchEvent, Error>>) {
