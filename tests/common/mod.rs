@@ -298,3 +298,188 @@ pub mod moto {
         Moto { endpoint: format!("http://127.0.0.1:{port}"), _child: child }
     }
 }
+
+pub mod postgres {
+    //! A private PostgreSQL cluster from Debian's `postgresql` package, on a free loopback port:
+    //! `initdb` in a scratch directory, run as the `postgres` user when the tests run as root
+    //! (PostgreSQL refuses root). Stopped and removed when dropped.
+
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    pub struct Postgres {
+        pub url: String,
+        dir: PathBuf,
+        bin: PathBuf,
+        as_postgres: bool,
+    }
+
+    fn bin_dir() -> PathBuf {
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|dirs| {
+                dirs.filter_map(Result::ok)
+                    .map(|d| d.path().join("bin"))
+                    .filter(|b| b.join("initdb").exists())
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        found.pop().expect(
+            "PostgreSQL is missing: scripts/test installs Debian's postgresql package (apt-get install postgresql)",
+        )
+    }
+
+    fn run(as_postgres: bool, program: &Path, args: &[&str]) {
+        let mut command = if as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        let out = command.args(args).output().expect("runs");
+        assert!(out.status.success(), "{} {args:?}: {}", program.display(), String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn start() -> Postgres {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let bin = bin_dir();
+        let as_postgres = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("snapgate-pg-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        if as_postgres {
+            let ok =
+                Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().is_ok_and(|s| s.success());
+            assert!(ok, "chown of the scratch directory to postgres");
+        }
+        let data = dir.join("data");
+        let data_text = data.display().to_string();
+        run(
+            as_postgres,
+            &bin.join("initdb"),
+            &["-D", &data_text, "-A", "trust", "-U", "snapgate", "--no-sync", "-E", "UTF8"],
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let options = format!("-p {port} -k {} -h 127.0.0.1 -c fsync=off", dir.display());
+        let log = dir.join("log").display().to_string();
+        run(
+            as_postgres,
+            &bin.join("pg_ctl"),
+            &["-D", &data_text, "-o", &options, "-l", &log, "-w", "-t", "60", "start"],
+        );
+        Postgres { url: format!("postgres://snapgate@127.0.0.1:{port}/postgres"), dir, bin, as_postgres }
+    }
+
+    impl Drop for Postgres {
+        fn drop(&mut self) {
+            let data = self.dir.join("data").display().to_string();
+            let mut command = if self.as_postgres {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl"));
+                c
+            } else {
+                Command::new(self.bin.join("pg_ctl"))
+            };
+            let _ = command.args(["-D", &data, "-m", "immediate", "-w", "stop"]).output();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub mod serve {
+    //! `snapgate serve` as its own process, to be killed with SIGKILL and started again.
+
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::process::Stdio;
+
+    use tokio::io::AsyncBufReadExt;
+
+    pub struct Process {
+        pub addr: SocketAddr,
+        child: tokio::process::Child,
+    }
+
+    impl Process {
+        /// SIGKILL: no shutdown, no flush, as a crash or an OOM kill would end it.
+        pub async fn kill(mut self) {
+            let _ = self.child.kill().await;
+        }
+    }
+
+    /// The configuration of a gateway in front of `emulator` keeping its jobs in `store`
+    /// (a TOML `[store]` body), with the tests' static token and quick queue settings.
+    pub fn config(emulator: &str, store: &str) -> String {
+        format!(
+            r#"listen = "127.0.0.1:0"
+[server]
+shutdown_grace_secs = 1
+[aws]
+region = "us-east-1"
+endpoint_url = "{emulator}"
+account_id = "123456789012"
+max_attempts = 2
+rate_limit_per_sec = 1000.0
+rate_limit_burst = 1000
+[watch]
+min_poll_interval_ms = 100
+max_poll_interval_ms = 300
+[admin]
+listen = "127.0.0.1:0"
+[auth]
+static_tokens = [{{ token = "{token}", principal = "tester", groups = ["tests"] }}]
+[authz]
+policies = 'permit(principal == Snapgate::Caller::"tester", action, resource);'
+[store]
+{store}
+[jobs]
+lease_secs = 2
+dispatch_interval_ms = 100
+retry_initial_ms = 200
+retry_max_ms = 1000
+"#,
+            token = super::gateway::TOKEN
+        )
+    }
+
+    /// Starts `snapgate serve` with `config` (written to `dir`) and waits for its address.
+    pub async fn spawn(config: &str, dir: &Path, name: &str) -> Process {
+        std::fs::create_dir_all(dir).expect("config directory");
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).expect("config written");
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_snapgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("snapgate serve starts");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let addr = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("snapgate listening")
+                    && let Some(addr) = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next())
+                {
+                    return addr.parse::<SocketAddr>().ok();
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("snapgate serve printed its address");
+        // Keep reading its log, so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Process { addr, child }
+    }
+}

@@ -20,6 +20,7 @@ pub(crate) struct Ctx<'a> {
     pub now: Instant,
     pub copy_gib_per_sec: f64,
     pub snapshot_quota: usize,
+    pub cross_region_copy_limit: usize,
     pub fail_at_percent: &'a dyn Fn(&str) -> Option<i32>,
     pub presigned: &'a dyn Fn(&str, &PresignedExpectation) -> Result<(), String>,
 }
@@ -198,6 +199,16 @@ fn copy_db_cluster_snapshot(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) ->
             ),
         ));
     }
+    // Aurora, Neptune and DocumentDB user guides: "up to five snapshot copy requests in progress
+    // to a single destination Region per account"; the next answers SnapshotQuotaExceeded.
+    let cross_region = source.key.region != ctx.region;
+    let (in_progress, _) = world.copies_in_progress(ctx.account, ctx.region);
+    if cross_region && in_progress >= ctx.cross_region_copy_limit {
+        return Err(AwsError::client(
+            "SnapshotQuotaExceeded",
+            format!("Cannot copy more than {} snapshots across regions", ctx.cross_region_copy_limit),
+        ));
+    }
     if world.manual_snapshot_count(ctx.account, ctx.region) >= ctx.snapshot_quota {
         return Err(AwsError::client(
             "SnapshotQuotaExceeded",
@@ -228,6 +239,11 @@ fn copy_db_cluster_snapshot(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) ->
         ..source
     };
     world.snapshots.insert(target_key, copy.clone());
+    *world.copies_made.entry((ctx.account.to_owned(), ctx.region.to_owned())).or_default() += 1;
+    if cross_region {
+        let peak = world.peak_cross_region_copies.entry((ctx.account.to_owned(), ctx.region.to_owned())).or_default();
+        *peak = (*peak).max(in_progress + 1);
+    }
     Ok(xml::response("CopyDBClusterSnapshot", ctx.request_id, Some(&|w| xml::snapshot(w, &copy))))
 }
 

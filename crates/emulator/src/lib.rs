@@ -46,6 +46,8 @@ pub struct EmulatorConfig {
     pub copy_gib_per_sec: f64,
     /// Manual cluster snapshots allowed per account and region (RDS's default quota is 100).
     pub snapshot_quota: usize,
+    /// Copies from other regions in progress at once into one region per account (AWS: 5).
+    pub cross_region_copy_limit: usize,
     /// Load the dev seed data (clusters and snapshots of every engine in two regions).
     pub seed: bool,
     /// Largest request body accepted, in bytes.
@@ -61,6 +63,7 @@ impl Default for EmulatorConfig {
             secret_keys: BTreeMap::new(),
             copy_gib_per_sec: 2.0,
             snapshot_quota: 100,
+            cross_region_copy_limit: 5,
             seed: false,
             max_body_bytes: 1 << 20,
             faults: Faults::default(),
@@ -134,6 +137,36 @@ impl Emulator {
         self.fault_state().counts.clone()
     }
 
+    /// Copies in progress per destination (account, region) now, with the most cross-region
+    /// copies ever in progress at once there.
+    pub fn copies(&self) -> Vec<CopiesInProgress> {
+        let mut world = self.world();
+        world.advance(std::time::Instant::now());
+        let mut destinations: std::collections::BTreeSet<(String, String)> = world
+            .snapshots
+            .values()
+            .filter(|s| s.copy.is_some())
+            .map(|s| (s.key.account.clone(), s.key.region.clone()))
+            .collect();
+        destinations.extend(world.copies_made.keys().cloned());
+        destinations
+            .into_iter()
+            .map(|(account, region)| {
+                let (cross_region, all) = world.copies_in_progress(&account, &region);
+                let peak = world.peak_cross_region_copies.get(&(account.clone(), region.clone())).copied().unwrap_or(0);
+                let made = world.copies_made.get(&(account.clone(), region.clone())).copied().unwrap_or(0);
+                CopiesInProgress {
+                    account,
+                    region,
+                    cross_region_in_progress: cross_region,
+                    in_progress: all,
+                    peak_cross_region_in_progress: peak,
+                    copies_made: made,
+                }
+            })
+            .collect()
+    }
+
     pub fn reset_calls(&self) {
         self.fault_state().counts = CallCounts::default();
     }
@@ -163,6 +196,21 @@ impl Emulator {
             None => false,
         }
     }
+}
+
+/// The copies of one destination, as `/_emulator/copies` shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopiesInProgress {
+    pub account: String,
+    pub region: String,
+    /// Copies from other regions in progress now (what AWS's limit counts).
+    pub cross_region_in_progress: usize,
+    /// All copies in progress now.
+    pub in_progress: usize,
+    /// The most cross-region copies ever in progress at once.
+    pub peak_cross_region_in_progress: usize,
+    /// Copies made there so far (each CopyDBClusterSnapshot that made a snapshot).
+    pub copies_made: usize,
 }
 
 /// A running emulator: its address, its state, and a way to stop it.

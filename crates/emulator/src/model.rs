@@ -136,6 +136,10 @@ pub(crate) struct World {
     pub clusters: BTreeMap<Key, Cluster>,
     pub snapshots: BTreeMap<Key, Snapshot>,
     pub kms_keys: Vec<KmsKey>,
+    /// The most cross-region copies ever in progress at once, per (account, destination region).
+    pub peak_cross_region_copies: BTreeMap<(String, String), usize>,
+    /// Copies made (snapshots CopyDBClusterSnapshot created), per (account, region).
+    pub copies_made: BTreeMap<(String, String), usize>,
 }
 
 /// The alias of the AWS-managed RDS key, present in every account and region.
@@ -201,6 +205,21 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Copies in progress into `region` of `account`: (from other regions, all).
+    pub(crate) fn copies_in_progress(&self, account: &str, region: &str) -> (usize, usize) {
+        let copying = self.snapshots.values().filter(|s| {
+            s.key.account == account && s.key.region == region && s.copy.is_some() && s.status == "copying"
+        });
+        let (mut cross, mut all) = (0, 0);
+        for s in copying {
+            all += 1;
+            if s.source_arn.as_deref().and_then(snapgate_domain::Arn::parse).is_some_and(|a| a.region != region) {
+                cross += 1;
+            }
+        }
+        (cross, all)
     }
 
     pub(crate) fn manual_snapshot_count(&self, account: &str, region: &str) -> usize {

@@ -24,6 +24,7 @@ pub(crate) fn router(emulator: Emulator) -> Router {
         .route("/", post(query_endpoint).get(query_endpoint))
         .route("/_emulator/calls", get(get_calls).delete(reset_calls))
         .route("/_emulator/faults", get(get_faults).put(put_faults))
+        .route("/_emulator/copies", get(get_copies))
         .route("/_emulator/kms-keys", post(post_kms_key))
         .route("/_emulator/cluster-status", put(put_cluster_status))
         .route("/_emulator/health", get(|| async { "ok" }))
@@ -120,6 +121,7 @@ async fn handle(emulator: &Emulator, request: Request, request_id: &str) -> Resu
         now: Instant::now(),
         copy_gib_per_sec: emulator.config().copy_gib_per_sec,
         snapshot_quota: emulator.config().snapshot_quota,
+        cross_region_copy_limit: emulator.config().cross_region_copy_limit,
         fail_at_percent: &fail_at,
         presigned: &presigned,
     };
@@ -157,6 +159,10 @@ fn bad_request(message: String) -> Response {
 
 async fn get_calls(State(emulator): State<Emulator>) -> Response {
     Json(emulator.calls()).into_response()
+}
+
+async fn get_copies(State(emulator): State<Emulator>) -> Response {
+    Json(emulator.copies()).into_response()
 }
 
 async fn reset_calls(State(emulator): State<Emulator>) -> StatusCode {

@@ -1,0 +1,253 @@
+//! Copy jobs against the emulator with AWS's limit of 5 cross-region copies in progress per
+//! destination: fleets that all finish without a caller seeing the limit, on SQLite and on a
+//! real PostgreSQL; the queue seen through GetCopy, WatchCopy, ListCopies and CancelCopy; and
+//! gateways killed with SIGKILL mid-run whose copies are finished by a restart or a replica.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::gateway::{self, Gateway};
+use common::*;
+use snapgate_emulator::{EmulatorConfig, EmulatorHandle};
+use snapgate_gateway::config::{Secret, Settings, StoreSettings};
+use snapgate_proto::{self as pb, CancelCopyRequest, GetCopyRequest, ListCopiesRequest, WatchCopyRequest};
+
+/// An unencrypted snapshot in us-west-2: copies of it into us-east-1 count against the limit.
+const WEST: &str = "arn:aws:rds:us-west-2:123456789012:cluster-snapshot:orders-aurora-west-snap";
+
+fn quick_jobs(mut settings: Settings) -> Settings {
+    settings.jobs.dispatch_interval_ms = 100;
+    settings.jobs.retry_initial_ms = 200;
+    settings.jobs.retry_max_ms = 1000;
+    settings.jobs.lease_secs = 2;
+    settings
+}
+
+/// Copies of the 150 GiB west snapshot take 150 / `gib_per_sec` seconds.
+fn emulator_config(gib_per_sec: f64) -> EmulatorConfig {
+    EmulatorConfig { copy_gib_per_sec: gib_per_sec, snapshot_quota: 1000, ..seeded() }
+}
+
+async fn list(client: &mut gateway::Client, states: &[pb::copy::State]) -> Vec<pb::Copy> {
+    let request =
+        ListCopiesRequest { page_size: 500, states: states.iter().map(|s| *s as i32).collect(), ..Default::default() };
+    client.list_copies(request).await.unwrap().into_inner().copies
+}
+
+fn us_east(emu: &EmulatorHandle) -> snapgate_emulator::CopiesInProgress {
+    emu.emulator.copies().into_iter().find(|c| c.account == ACCOUNT && c.region == "us-east-1").unwrap_or(
+        snapgate_emulator::CopiesInProgress {
+            account: ACCOUNT.into(),
+            region: "us-east-1".into(),
+            cross_region_in_progress: 0,
+            in_progress: 0,
+            peak_cross_region_in_progress: 0,
+            copies_made: 0,
+        },
+    )
+}
+
+/// Waits (bounded) until `n` copies are AVAILABLE, sampling the emulator's copies in progress;
+/// returns the most seen at once.
+async fn all_available(client: &gateway::Client, emu: &EmulatorHandle, n: usize, within: Duration) -> usize {
+    let mut most = 0;
+    let done = eventually(within, || {
+        most = most.max(us_east(emu).cross_region_in_progress);
+        let mut client = client.clone();
+        async move { list(&mut client, &[pb::copy::State::Available]).await.len() >= n }
+    })
+    .await;
+    assert!(done, "all {n} copies available within {within:?}");
+    most
+}
+
+/// Fifty cross-region copies asked for at once, while another client of the account copies
+/// into the same region too: all end AVAILABLE, no caller sees AWS's limit, the emulator never
+/// has more than 5 in progress, and each copy is made once.
+async fn a_fleet_of_fifty(store: StoreSettings) {
+    let emu = emulator_with(emulator_config(300.0)).await;
+    let settings = Settings { store, ..quick_jobs(gateway::settings()) };
+    let mut gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
+    // Someone else (the console, a script) copies into the same region first.
+    let other = rds_client(&emu.endpoint_url(), "us-east-1", "AKIDTEST");
+    for target in ["outside-1", "outside-2"] {
+        other
+            .copy_db_cluster_snapshot()
+            .source_db_cluster_snapshot_identifier(WEST)
+            .target_db_cluster_snapshot_identifier(target)
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut calls = Vec::new();
+    for i in 0..50 {
+        let mut client = gw.client.clone();
+        calls.push(tokio::spawn(
+            async move { client.copy_cluster_snapshot(copy_req(WEST, &format!("fleet-{i}"))).await },
+        ));
+    }
+    let mut queued = 0;
+    for call in calls {
+        let copy = call.await.unwrap().expect("every copy is admitted; none sees AWS's limit").into_inner();
+        assert!(matches!(copy.state(), pb::copy::State::Copying | pb::copy::State::Queued), "{copy:?}");
+        if copy.state() == pb::copy::State::Queued {
+            queued += 1;
+            assert!(copy.queue_position >= 1 && copy.queue_limit == 5, "{copy:?}");
+        }
+    }
+    assert!(queued >= 45, "at most 5 start at once: {queued} queued");
+    let most = all_available(&gw.client, &emu, 50, Duration::from_secs(120)).await;
+    let east = us_east(&emu);
+    assert!(most <= 5 && east.peak_cross_region_in_progress <= 5, "{most} sampled, {east:?}");
+    assert_eq!(east.copies_made, 52, "each copy made once (and the other client's two)");
+    assert!(list(&mut gw.client, &[pb::copy::State::Failed]).await.is_empty());
+}
+
+#[tokio::test]
+async fn fifty_cross_region_copies_all_finish_within_aws_limit_on_sqlite() {
+    a_fleet_of_fifty(gateway::scratch_store()).await;
+}
+
+#[tokio::test]
+async fn fifty_cross_region_copies_all_finish_within_aws_limit_on_postgres() {
+    let pg = postgres::start();
+    a_fleet_of_fifty(StoreSettings { url: Some(Secret::new(pg.url.clone())), ..gateway::scratch_store() }).await;
+}
+
+#[tokio::test]
+async fn a_queued_copy_is_watched_listed_and_cancelled_without_an_aws_call() {
+    let emu = emulator_with(emulator_config(100.0)).await; // 1.5 s a copy
+    let mut settings = quick_jobs(gateway::settings());
+    settings.jobs.cross_region_limit = 1;
+    let mut gw: Gateway = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
+    let first = gw.client.copy_cluster_snapshot(copy_req(WEST, "q-first")).await.unwrap().into_inner();
+    let second = gw.client.copy_cluster_snapshot(copy_req(WEST, "q-second")).await.unwrap().into_inner();
+    let third = gw.client.copy_cluster_snapshot(copy_req(WEST, "q-third")).await.unwrap().into_inner();
+    assert_eq!(first.state(), pb::copy::State::Copying);
+    assert_eq!((second.state(), second.queue_position, second.queue_limit), (pb::copy::State::Queued, 1, 1));
+    assert_eq!((third.state(), third.queue_position), (pb::copy::State::Queued, 2));
+    assert_eq!(third.name, "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:q-third");
+    assert_eq!(third.requested_by, "tester");
+    // A retry of the same request is the same copy, still queued.
+    let again = gw.client.copy_cluster_snapshot(copy_req(WEST, "q-third")).await.unwrap().into_inner();
+    assert_eq!((again.name.as_str(), again.state()), (third.name.as_str(), pb::copy::State::Queued));
+    let got = gw.client.get_copy(GetCopyRequest { name: "q-third".into() }).await.unwrap().into_inner();
+    assert_eq!((got.state(), got.queue_position), (pb::copy::State::Queued, 2));
+    assert_eq!(list(&mut gw.client, &[pb::copy::State::Queued]).await.len(), 2);
+
+    // Cancelling a queued copy calls no AWS API.
+    let copies_before = emu.emulator.calls().get("CopyDBClusterSnapshot");
+    let cancelled = gw.client.cancel_copy(CancelCopyRequest { name: third.name.clone() }).await.unwrap().into_inner();
+    assert_eq!(cancelled.state(), pb::copy::State::Cancelled);
+    assert_eq!(emu.emulator.calls().get("DeleteDBClusterSnapshot"), 0);
+
+    // The second copy's watch: queued, then copying, then available.
+    let mut stream = gw.client.watch_copy(WatchCopyRequest { name: second.name.clone() }).await.unwrap().into_inner();
+    let mut states = Vec::new();
+    let watched = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = stream.message().await.unwrap() {
+            let copy = event.copy.unwrap();
+            states.push((copy.state(), copy.queue_position));
+            if event.terminal {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(watched.is_ok(), "the watch ends: {states:?}");
+    assert_eq!(states.first(), Some(&(pb::copy::State::Queued, 1)), "{states:?}");
+    assert!(states.iter().any(|(s, _)| *s == pb::copy::State::Copying), "{states:?}");
+    assert_eq!(states.last().map(|s| s.0), Some(pb::copy::State::Available), "{states:?}");
+    assert_eq!(
+        emu.emulator.calls().get("CopyDBClusterSnapshot"),
+        copies_before + 1,
+        "the cancelled copy never started"
+    );
+
+    // Pages: one copy a page, newest first, filtered by caller.
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = gw
+            .client
+            .list_copies(ListCopiesRequest {
+                page_size: 1,
+                page_token: token.clone(),
+                requested_by: "tester".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        names.extend(page.copies.into_iter().map(|c| c.snapshot_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(names, ["q-third", "q-second", "q-first"]);
+    let status = gw.client.list_copies(ListCopiesRequest { page_size: 9999, ..Default::default() }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn connect(addr: std::net::SocketAddr) -> gateway::Client {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    gateway::client_with(channel, Some(gateway::TOKEN))
+}
+
+#[tokio::test]
+async fn a_gateway_killed_mid_run_finishes_its_copies_after_a_restart() {
+    let emu = emulator_with(emulator_config(100.0)).await; // 1.5 s a copy
+    let dir = scratch("restart");
+    let store = format!("data_dir = \"{}\"", dir.join("data").display());
+    let config = serve::config(&emu.endpoint_url(), &store);
+    let first = serve::spawn(&config, &dir, "first").await;
+    let mut client = connect(first.addr).await;
+    for i in 0..12 {
+        client.copy_cluster_snapshot(copy_req(WEST, &format!("restart-{i}"))).await.unwrap();
+    }
+    assert!(!list(&mut client, &[pb::copy::State::Queued]).await.is_empty(), "some copies wait");
+    first.kill().await;
+
+    let second = serve::spawn(&config, &dir, "second").await;
+    let mut client = connect(second.addr).await;
+    // A watcher that reconnects sees the copy's current state at once.
+    let mut stream = client.watch_copy(WatchCopyRequest { name: "restart-11".into() }).await.unwrap().into_inner();
+    let current = stream.message().await.unwrap().unwrap().copy.unwrap();
+    assert!(matches!(current.state(), pb::copy::State::Queued | pb::copy::State::Copying), "{current:?}");
+    let most = all_available(&client, &emu, 12, Duration::from_secs(90)).await;
+    let east = us_east(&emu);
+    assert!(most <= 5 && east.peak_cross_region_in_progress <= 5, "{east:?}");
+    assert_eq!(east.copies_made, 12, "each copy made once across the restart");
+    second.kill().await;
+}
+
+#[tokio::test]
+async fn two_replicas_share_a_postgres_queue_and_one_killed_loses_nothing() {
+    let pg = postgres::start();
+    let emu = emulator_with(emulator_config(150.0)).await; // 1 s a copy
+    let dir = scratch("replicas");
+    let config = serve::config(&emu.endpoint_url(), &format!("url = \"{}\"", pg.url));
+    let a = serve::spawn(&config, &dir, "a").await;
+    let b = serve::spawn(&config, &dir, "b").await;
+    let (mut to_a, mut to_b) = (connect(a.addr).await, connect(b.addr).await);
+    for i in 0..20 {
+        let client = if i % 2 == 0 { &mut to_a } else { &mut to_b };
+        client.copy_cluster_snapshot(copy_req(WEST, &format!("replica-{i}"))).await.unwrap();
+    }
+    // Replica A dies with copies it started still copying and its queue not done.
+    a.kill().await;
+    let most = all_available(&to_b, &emu, 20, Duration::from_secs(120)).await;
+    let east = us_east(&emu);
+    assert!(most <= 5 && east.peak_cross_region_in_progress <= 5, "{east:?}");
+    assert_eq!(east.copies_made, 20, "each copy started exactly once across the replicas");
+    b.kill().await;
+}
