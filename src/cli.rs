@@ -51,6 +51,8 @@ pub(crate) enum BenchCommand {
     Watch(crate::bench::WatchBenchArgs),
     /// A burst of copies at once: all succeed, none throttled, time against the limit.
     CopyBurst(crate::bench::CopyBurstArgs),
+    /// A fleet of cross-region copies at once, queued within AWS's limit of 5 in progress.
+    CopyQueue(crate::bench::queue::CopyQueueArgs),
     /// The cost of authentication and authorization per call, next to a whole call's.
     Auth(crate::bench::auth::AuthBenchArgs),
     /// Throughput with trace export on against off, in one run.
@@ -116,6 +118,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Watch(args)) => with_telemetry("warn", format, crate::bench::watch(args)).await,
         Command::Bench(BenchCommand::CopyBurst(args)) => {
             with_telemetry("warn", format, crate::bench::copy_burst(args)).await
+        }
+        Command::Bench(BenchCommand::CopyQueue(args)) => {
+            with_telemetry("warn", format, crate::bench::queue::copy_queue(args)).await
         }
         Command::Bench(BenchCommand::Auth(args)) => {
             with_telemetry("warn", format, crate::bench::auth::auth(args)).await

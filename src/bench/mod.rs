@@ -7,6 +7,7 @@
 //! measured is the gateway's (with the in-process emulator), not the load generator's.
 
 pub(crate) mod auth;
+pub(crate) mod queue;
 pub(crate) mod trace;
 
 use std::net::SocketAddr;

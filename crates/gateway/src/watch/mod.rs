@@ -211,10 +211,19 @@ impl WatchHub {
 
     /// Watches snapshot `id` (lowercased) of `account` ("" for the gateway's own) in `region`.
     pub fn subscribe(&self, account: &str, region: &str, id: &str) -> Subscription {
+        self.subscribe_with(account, region, id, true)
+    }
+
+    /// Subscribes; `eager` wakes the poller for a first observation now (a watcher waits for
+    /// it), otherwise the snapshot joins the poller's next round (the gateway following its own
+    /// copy to the end needs no extra call).
+    fn subscribe_with(&self, account: &str, region: &str, id: &str, eager: bool) -> Subscription {
         let id = id.to_ascii_lowercase();
         let poller = self.poller(account, region);
-        let (rx, fresh) = {
+        let (rx, fresh, alone) = {
             let mut entries = poller.lock();
+            // An idle poller sleeps until woken: the first snapshot always wakes it.
+            let alone = entries.is_empty();
             let entry = entries.entry(id.clone()).or_insert_with(|| Entry {
                 slot: watch::channel(None).0,
                 watchers: 0,
@@ -232,9 +241,9 @@ impl WatchHub {
                 }
                 entry.watcher_spans.push_back(watcher);
             }
-            (entry.slot.subscribe(), entry.slot.borrow().is_some())
+            (entry.slot.subscribe(), entry.slot.borrow().is_some(), alone)
         };
-        if !fresh {
+        if !fresh && (eager || alone) {
             poller.wake.notify_one();
         }
         Subscription { poller, id, rx }
@@ -275,7 +284,7 @@ impl WatchHub {
     /// Waits until a poll sees snapshot `id` of `account` in `region` in a final state (or
     /// gone), and returns that observation; `None` at shutdown. Failing polls are waited out.
     pub(crate) async fn final_observation(&self, account: &str, region: &str, id: &str) -> Option<Arc<Observation>> {
-        let mut subscription = self.subscribe(account, region, id);
+        let mut subscription = self.subscribe_with(account, region, id, false);
         let is_final = |o: &Option<Arc<Observation>>| match o.as_deref() {
             Some(Observation::Present { snapshot, .. }) => snapshot.state().is_terminal(),
             Some(Observation::Gone { .. }) => true,
