@@ -43,6 +43,20 @@ pub(crate) enum Command {
     /// Benchmarks that print a report.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Copy snapshots through a gateway (one, or many with --from-file); --wait follows them
+    /// to the end and the exit code says how they ended.
+    Copy(crate::client_cmd::CopyArgs),
+    /// Wait for copies to end (exit 0 available, 1 failed, 3 cancelled or deleted, 4 timed
+    /// out, 5 not found, 6 refused, 7 gateway unreachable).
+    Wait(crate::client_cmd::NamesArgs),
+    /// Follow copies' progress until they end (as wait).
+    Watch(crate::client_cmd::NamesArgs),
+    /// Show a copy's state.
+    Get(crate::client_cmd::NameArgs),
+    /// Cancel a copy (a queued one leaves the queue; one in progress is deleted).
+    Cancel(crate::client_cmd::NameArgs),
+    /// List the gateway's copies, newest first.
+    List(crate::client_cmd::ListArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +129,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev(args) => with_telemetry("info", format, run_dev(args)).await,
         Command::Emulator(args) => with_telemetry("info", format, run_emulator(args)).await,
         Command::Policy(command) => return crate::policy_cmd::run(command),
+        Command::Copy(args) => return client(format, crate::client_cmd::copy(args)).await,
+        Command::Wait(args) | Command::Watch(args) => return client(format, crate::client_cmd::wait(args)).await,
+        Command::Get(args) => return client(format, crate::client_cmd::get(args)).await,
+        Command::Cancel(args) => return client(format, crate::client_cmd::cancel(args)).await,
+        Command::List(args) => return client(format, crate::client_cmd::list(args)).await,
         Command::Bench(BenchCommand::Watch(args)) => with_telemetry("warn", format, crate::bench::watch(args)).await,
         Command::Bench(BenchCommand::CopyBurst(args)) => {
             with_telemetry("warn", format, crate::bench::copy_burst(args)).await
@@ -131,6 +150,15 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     done.map(|()| ExitCode::SUCCESS)
+}
+
+/// Runs a client command: its own output is the report, so only warnings are logged.
+async fn client(
+    format: LogFormat,
+    command: impl Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    let _telemetry: TelemetryGuard = telemetry::init("warn", format).map_err(anyhow::Error::msg)?;
+    command.await
 }
 
 /// Runs `command` with logs (and traces, when the `OTEL_*` variables ask for them); traces

@@ -4,6 +4,7 @@
 
 mod bench;
 mod cli;
+mod client_cmd;
 mod policy_cmd;
 
 use clap::Parser;
