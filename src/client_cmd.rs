@@ -493,25 +493,23 @@ pub(crate) async fn wait(args: NamesArgs) -> anyhow::Result<ExitCode> {
 
 /// `get`: a copy's state now.
 pub(crate) async fn get(args: NameArgs) -> anyhow::Result<ExitCode> {
-    let reporter = Reporter::new(args.connection.output);
-    let result = match args.connection.client().await {
-        Ok(client) => client.get(&args.name).await,
-        Err(error) => Err(error),
-    };
-    Ok(match result {
-        Ok(copy) => {
-            reporter.result(&args.name, Outcome::Available, Some(&copy), None, None);
-            ExitCode::SUCCESS
-        }
-        Err(error) => fail(&reporter, &args.name, &error),
-    })
+    one_copy(args, |client, name| async move { client.get(&name).await }).await
 }
 
 /// `cancel`: cancel a copy (a queued one leaves the queue; one in progress is deleted).
 pub(crate) async fn cancel(args: NameArgs) -> anyhow::Result<ExitCode> {
+    one_copy(args, |client, name| async move { client.cancel(&name).await }).await
+}
+
+/// A call about one copy that answers the copy: printed, exit 0; or the error's code.
+async fn one_copy<F, Fut>(args: NameArgs, call: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = Result<pb::Copy, ClientError>>,
+{
     let reporter = Reporter::new(args.connection.output);
     let result = match args.connection.client().await {
-        Ok(client) => client.cancel(&args.name).await,
+        Ok(client) => call(client, args.name.clone()).await,
         Err(error) => Err(error),
     };
     Ok(match result {

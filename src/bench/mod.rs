@@ -65,12 +65,7 @@ pub(crate) async fn copy_burst(args: CopyBurstArgs) -> anyhow::Result<()> {
         ..AwsSettings::default()
     };
     let (rate, burst) = (aws.rate_limit_per_sec(), aws.rate_limit_burst());
-    let sdk = snapgate_gateway::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
-    let admin = snapgate_gateway::config::AdminSettings { listen: None };
-    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, admin, ..bench_settings(&scratch) };
-    let app = Application::build(settings, sdk).await?;
-    let addr = app.local_addr();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let addr = start_gateway(&emu, aws, bench_settings(&scratch)).await?;
     let client = bench_client(&addr.to_string()).await?;
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.copies);
@@ -335,6 +330,22 @@ pub(crate) type BenchClient = SnapshotCopyServiceClient<
     >,
 >;
 
+/// Starts the gateway on `emulator` as the bench caller's, with `aws` and the rest of
+/// `settings` (listen and admin are set here); returns its address.
+pub(crate) async fn start_gateway(
+    emulator: &snapgate_emulator::EmulatorHandle,
+    aws: AwsSettings,
+    settings: Settings,
+) -> anyhow::Result<SocketAddr> {
+    let sdk = snapgate_gateway::fixed_sdk_config(&aws, &emulator.endpoint_url(), "AKIDBENCH", "bench-secret").await;
+    let admin = snapgate_gateway::config::AdminSettings { listen: None };
+    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, admin, ..settings };
+    let app = Application::build(settings, sdk).await?;
+    let addr = app.local_addr();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    Ok(addr)
+}
+
 /// The gateway on an emulator with RDS's throttling off and no client-side pacing: for
 /// benchmarks that measure a call, not AWS's rate limit. Returns the emulator (stop it at the
 /// end) and a client that authenticates as the bench caller.
@@ -357,12 +368,7 @@ pub(crate) async fn unthrottled_gateway() -> anyhow::Result<(snapgate_emulator::
         rate_limit_burst: Some(1_000_000),
         ..AwsSettings::default()
     };
-    let sdk = snapgate_gateway::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
-    let admin = snapgate_gateway::config::AdminSettings { listen: None };
-    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), aws, admin, ..bench_settings(&scratch) };
-    let app = Application::build(settings, sdk).await?;
-    let addr = app.local_addr();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let addr = start_gateway(&emu, aws, bench_settings(&scratch)).await?;
     Ok((emu, bench_client(&addr.to_string()).await?, scratch))
 }
 

@@ -8,8 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use snapgate_emulator::{self as emulator, EmulatorConfig};
-use snapgate_gateway::Application;
-use snapgate_gateway::config::{AdminSettings, AwsSettings, JobSettings, Settings, WatchSettings};
+use snapgate_gateway::config::{AwsSettings, JobSettings, Settings, WatchSettings};
 use snapgate_proto::{self as pb, CopyClusterSnapshotRequest, ListCopiesRequest};
 
 use super::{bench_client, bench_settings};
@@ -55,18 +54,7 @@ pub(crate) async fn copy_queue(args: CopyQueueArgs) -> anyhow::Result<()> {
     let watch = WatchSettings { min_poll_interval_ms: 200, max_poll_interval_ms: 1_000, ..WatchSettings::default() };
     let jobs =
         JobSettings { dispatch_interval_ms: 200, retry_initial_ms: 500, retry_max_ms: 5_000, ..JobSettings::default() };
-    let sdk = snapgate_gateway::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
-    let settings = Settings {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        aws,
-        watch,
-        jobs,
-        admin: AdminSettings { listen: None },
-        ..bench_settings(&scratch)
-    };
-    let app = Application::build(settings, sdk).await?;
-    let addr = app.local_addr();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let addr = super::start_gateway(&emu, aws, Settings { watch, jobs, ..bench_settings(&scratch) }).await?;
     let client = bench_client(&addr.to_string()).await?;
 
     println!(
