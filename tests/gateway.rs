@@ -222,3 +222,41 @@ async fn metrics_move_with_calls() {
     let (status, body) = raw_http(admin, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
     assert_eq!((status, body.trim()), (200, "SERVING"));
 }
+
+#[tokio::test]
+async fn every_region_a_request_names_is_checked_before_any_aws_call() {
+    let (emu, mut gw) = setup(seeded()).await;
+    emu.emulator.reset_calls();
+    let with = |f: &dyn Fn(&mut pb::CopyClusterSnapshotRequest)| {
+        let mut r = copy_req("billing-pg-daily", "regions");
+        f(&mut r);
+        r
+    };
+    let cases = [
+        (
+            with(&|r| r.source_snapshot = "arn:aws:rds:us-east!:123456789012:cluster-snapshot:s".into()),
+            "source_snapshot",
+        ),
+        (
+            with(&|r| r.source_snapshot = "arn:aws:rds:mars-north-9:123456789012:cluster-snapshot:s".into()),
+            "source_snapshot",
+        ),
+        (with(&|r| r.destination_region = "mars-north-9".into()), "destination_region"),
+        (with(&|r| r.destination_region = "US-EAST-1".into()), "destination_region"),
+        (with(&|r| r.source_region = "mars-north-9".into()), "source_region"),
+        (with(&|r| r.destination_region = "cn-north-1".into()), "destination_region"),
+    ];
+    for (request, field) in cases {
+        let status = gw.client.copy_cluster_snapshot(request.clone()).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{request:?}: {status:?}");
+        let violations = status.get_error_details().bad_request().cloned().unwrap().field_violations;
+        assert!(violations.iter().any(|v| v.field == field), "{field} in {violations:?}");
+    }
+    let status = gw
+        .client
+        .get_copy(GetCopyRequest { name: "arn:aws:rds:mars-north-9:123456789012:cluster-snapshot:c".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(emu.emulator.calls().calls.values().sum::<u64>(), 0, "no AWS call for any of them");
+}

@@ -9,6 +9,7 @@
 mod account;
 mod arn;
 mod engine;
+pub mod region;
 pub mod rules;
 mod snapshot;
 pub mod source;

@@ -347,6 +347,10 @@ pub struct AwsSettings {
     pub rate_limit_per_sec: Option<f64>,
     /// Calls allowed at once before the rate applies.
     pub rate_limit_burst: Option<u32>,
+    /// The regions requests may name (in source ARNs, `source_region`, `destination_region`,
+    /// copy names); default: every region of AWS's commercial partition. Add GovCloud or China
+    /// regions where the gateway's credentials reach them.
+    pub regions: Option<Vec<String>>,
     /// Other accounts copies may go to, each with the role the gateway assumes there.
     pub accounts: std::collections::BTreeMap<String, AccountRole>,
 }
@@ -399,6 +403,14 @@ impl ServerSettings {
 }
 
 impl AwsSettings {
+    /// The regions requests may name.
+    pub fn served_regions(&self) -> Vec<String> {
+        match &self.regions {
+            Some(regions) => regions.clone(),
+            None => snapgate_domain::region::COMMERCIAL_REGIONS.iter().map(|r| (*r).to_owned()).collect(),
+        }
+    }
+
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts.unwrap_or(5)
     }
@@ -459,6 +471,14 @@ impl Settings {
             && !snapgate_domain::is_region_name(region)
         {
             return Err(format!("aws.region: '{region}' is not a region name (like us-east-1)"));
+        }
+        if let Some(bad) = self.aws.served_regions().iter().find(|r| !snapgate_domain::is_region_name(r)) {
+            return Err(format!("aws.regions: '{bad}' is not a region name (like us-east-1)"));
+        }
+        if let Some(region) = &self.aws.region
+            && !self.aws.served_regions().contains(region)
+        {
+            return Err(format!("aws.region: '{region}' is not among aws.regions"));
         }
         if let Some(url) = &self.aws.endpoint_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

@@ -58,7 +58,7 @@ impl Application {
         let store = Arc::new(Store::open(&settings.store).await?);
         let jobs =
             Jobs::new(store, accounts.clone(), hub.clone(), settings.jobs.clone(), metrics.clone(), tasks.clone());
-        let copies = Arc::new(CopyService::new(accounts, hub.clone(), jobs));
+        let copies = Arc::new(CopyService::new(accounts, hub.clone(), jobs, settings.aws.served_regions()));
         let api = Api::new(copies, policies.clone());
         let admin = match settings.admin.listen {
             Some(addr) => {

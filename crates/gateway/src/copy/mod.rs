@@ -5,7 +5,7 @@
 
 mod jobs;
 mod source_rules;
-mod validate;
+pub(crate) mod validate;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 pub(crate) use jobs::Jobs;
 use jobs::{Started, now_ms, store_error};
 pub(crate) use validate::CopyRequest;
-use validate::{ValidCopy, parse_copy_name, validate};
+use validate::{Served, ValidCopy, parse_copy_name, validate};
 
 use crate::auth::policy::CopyContext;
 use crate::aws::{Accounts, AwsErrorKind, Rds};
@@ -94,13 +94,20 @@ pub(crate) struct CopyService {
     /// Described sources, by (account, region, reference): concurrent requests for one
     /// source share one describe (moka's single flight), and the answer serves for seconds.
     sources: moka::future::Cache<String, ClusterSnapshot>,
+    /// The regions the gateway serves (`aws.regions`).
+    regions: Vec<String>,
 }
 
 impl CopyService {
-    pub(crate) fn new(accounts: Arc<Accounts>, hub: Arc<WatchHub>, jobs: Arc<Jobs>) -> CopyService {
+    pub(crate) fn new(
+        accounts: Arc<Accounts>,
+        hub: Arc<WatchHub>,
+        jobs: Arc<Jobs>,
+        regions: Vec<String>,
+    ) -> CopyService {
         let sources = moka::future::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(SOURCE_TTL).build();
         let store = jobs.store.clone();
-        CopyService { accounts, hub, jobs, store, sources }
+        CopyService { accounts, hub, jobs, store, sources, regions }
     }
 
     /// Validates a copy, admits it as a job for `caller`, and starts it when a slot is free.
@@ -117,7 +124,7 @@ impl CopyService {
         authorize: impl FnOnce(&ClusterSnapshot, &CopyContext) -> Result<(), Error>,
     ) -> Result<CopyView, Error> {
         let valid = tracing::info_span!("validate", otel.name = "validate")
-            .in_scope(|| validate(request, self.accounts.default_region()))
+            .in_scope(|| validate(request, self.accounts.default_region(), &Served(&self.regions)))
             .map_err(Error::InvalidArgument)?;
         let rds = self.accounts.destination(valid.destination_account.as_deref()).ok_or_else(|| {
             Error::InvalidArgument(vec![FieldViolation::new(
@@ -270,8 +277,8 @@ impl CopyService {
 
     /// Where a copy is, by name.
     pub(crate) fn locate(&self, name: &str) -> Result<Located, Error> {
-        let (region, id, arn) =
-            parse_copy_name(name, self.accounts.default_region()).map_err(Error::InvalidArgument)?;
+        let (region, id, arn) = parse_copy_name(name, self.accounts.default_region(), &Served(&self.regions))
+            .map_err(Error::InvalidArgument)?;
         let account = arn.as_deref().and_then(Arn::parse).map(|a| a.account).unwrap_or_default();
         Ok(Located { rds: self.accounts.for_snapshot_account(&account), account, region, id, arn })
     }

@@ -68,7 +68,8 @@ mod tests {
             destination_region: destination_region.into(),
             ..CopyRequest::default()
         };
-        validate(&req, "us-east-1").unwrap()
+        validate(&req, "us-east-1", &crate::copy::validate::Served(&["us-east-1".to_owned(), "us-west-2".to_owned()]))
+            .unwrap()
     }
 
     fn fields(r: Result<(), Error>) -> (String, Vec<String>) {

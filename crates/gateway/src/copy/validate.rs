@@ -34,7 +34,27 @@ pub(super) struct ValidCopy {
     pub destination_account: Option<String>,
 }
 
-pub(super) fn validate(req: &CopyRequest, default_region: &str) -> Result<ValidCopy, Vec<FieldViolation>> {
+/// The regions the gateway serves (`aws.regions`): every region a request names must be one.
+pub(crate) struct Served<'a>(pub &'a [String]);
+
+impl Served<'_> {
+    /// The rule a region breaks, if any.
+    fn check(&self, region: &str) -> Option<String> {
+        if !is_region_name(region) {
+            Some("must be a region name such as us-east-1".to_owned())
+        } else if !self.0.iter().any(|r| r == region) {
+            Some(format!("{region} is not a region this gateway serves (aws.regions)"))
+        } else {
+            None
+        }
+    }
+}
+
+pub(super) fn validate(
+    req: &CopyRequest,
+    default_region: &str,
+    served: &Served<'_>,
+) -> Result<ValidCopy, Vec<FieldViolation>> {
     let mut v = Vec::new();
     let source = SnapshotRef::parse(&req.source_snapshot)
         .map_err(|rule| {
@@ -53,13 +73,20 @@ pub(super) fn validate(req: &CopyRequest, default_region: &str) -> Result<ValidC
     let destination_region = if req.destination_region.is_empty() {
         default_region.to_owned()
     } else {
-        if !is_region_name(&req.destination_region) {
-            v.push(FieldViolation::new("destination_region", "must be a region name such as us-east-1"));
+        if let Some(rule) = served.check(&req.destination_region) {
+            v.push(FieldViolation::new("destination_region", rule));
         }
         req.destination_region.clone()
     };
-    if !req.source_region.is_empty() && !is_region_name(&req.source_region) {
-        v.push(FieldViolation::new("source_region", "must be a region name such as us-east-1"));
+    if !req.source_region.is_empty()
+        && let Some(rule) = served.check(&req.source_region)
+    {
+        v.push(FieldViolation::new("source_region", rule));
+    }
+    if let Some(SnapshotRef::Arn(arn)) = &source
+        && let Some(rule) = served.check(&arn.region)
+    {
+        v.push(FieldViolation::new("source_snapshot", format!("names region {}: {rule}", arn.region)));
     }
     let source_region = match &source {
         Some(SnapshotRef::Arn(arn)) => {
@@ -74,6 +101,17 @@ pub(super) fn validate(req: &CopyRequest, default_region: &str) -> Result<ValidC
         _ if !req.source_region.is_empty() => req.source_region.clone(),
         _ => destination_region.clone(),
     };
+    if is_region_name(&source_region)
+        && is_region_name(&destination_region)
+        && !snapgate_domain::region::same_partition(&source_region, &destination_region)
+    {
+        v.push(FieldViolation::new(
+            "destination_region",
+            format!(
+                "{destination_region} is in another AWS partition than the source's {source_region}; a copy never crosses partitions"
+            ),
+        ));
+    }
     if matches!(source, Some(SnapshotRef::Id(_))) && source_region != destination_region {
         v.push(FieldViolation::new(
             "source_snapshot",
@@ -133,8 +171,13 @@ pub(super) fn validate(req: &CopyRequest, default_region: &str) -> Result<ValidC
 pub(super) fn parse_copy_name(
     name: &str,
     default_region: &str,
+    served: &Served<'_>,
 ) -> Result<(String, String, Option<String>), Vec<FieldViolation>> {
     match SnapshotRef::parse(name) {
+        Ok(SnapshotRef::Arn(arn)) if served.check(&arn.region).is_some() => Err(vec![FieldViolation::new(
+            "name",
+            format!("names region {}: {}", arn.region, served.check(&arn.region).unwrap_or_default()),
+        )]),
         Ok(SnapshotRef::Arn(arn)) => {
             let id = arn.cluster_snapshot_id().unwrap_or_default().to_owned();
             Ok((arn.region.clone(), id, Some(arn.to_string())))
@@ -151,6 +194,33 @@ pub(super) fn parse_copy_name(
 mod tests {
     use super::*;
 
+    fn all() -> Served<'static> {
+        static REGIONS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+            snapgate_domain::region::COMMERCIAL_REGIONS.iter().map(|r| (*r).to_owned()).collect()
+        });
+        Served(&REGIONS)
+    }
+
+    #[test]
+    fn every_region_a_request_names_must_be_served_and_in_one_partition() {
+        let mut r = req("arn:aws:rds:mars-north-9:123456789012:cluster-snapshot:s", "c");
+        assert_eq!(fields(validate(&r, "us-east-1", &all())), ["source_snapshot"]);
+        r.source_snapshot = "arn:aws:rds:us-east!:123456789012:cluster-snapshot:s".into();
+        assert!(fields(validate(&r, "us-east-1", &all())).contains(&"source_snapshot".to_owned()));
+        let mut r = req("s", "c");
+        r.destination_region = "mars-north-9".into();
+        assert_eq!(fields(validate(&r, "us-east-1", &all())), ["destination_region"]);
+        let mut r = req("arn:aws:rds:us-west-2:123456789012:cluster-snapshot:s", "c");
+        r.source_region = "mars-north-9".into();
+        assert!(fields(validate(&r, "us-east-1", &all())).contains(&"source_region".to_owned()));
+        let r = req("arn:aws-cn:rds:cn-north-1:123456789012:cluster-snapshot:s", "c");
+        let china = vec!["cn-north-1".to_owned(), "us-east-1".to_owned()];
+        assert_eq!(fields(validate(&r, "us-east-1", &Served(&china))), ["destination_region"]);
+        assert!(
+            parse_copy_name("arn:aws:rds:mars-north-9:123456789012:cluster-snapshot:c1", "us-east-1", &all()).is_err()
+        );
+    }
+
     fn req(source: &str, target: &str) -> CopyRequest {
         CopyRequest { source_snapshot: source.into(), target_snapshot_id: target.into(), ..CopyRequest::default() }
     }
@@ -161,51 +231,51 @@ mod tests {
 
     #[test]
     fn a_plain_same_region_copy_is_valid_and_lowercased() {
-        let ok = validate(&req("snap-1", "Copy-1"), "us-east-1").unwrap();
+        let ok = validate(&req("snap-1", "Copy-1"), "us-east-1", &all()).unwrap();
         assert_eq!(ok.target, "copy-1");
         assert_eq!((ok.source_region.as_str(), ok.destination_region.as_str()), ("us-east-1", "us-east-1"));
     }
 
     #[test]
     fn required_fields_are_named() {
-        assert_eq!(fields(validate(&req("", ""), "us-east-1")), ["source_snapshot", "target_snapshot_id"]);
+        assert_eq!(fields(validate(&req("", ""), "us-east-1", &all())), ["source_snapshot", "target_snapshot_id"]);
     }
 
     #[test]
     fn cross_region_sources_must_be_arns_that_agree_with_source_region() {
         let mut r = req("snap-1", "c");
         r.source_region = "us-west-2".into();
-        assert_eq!(fields(validate(&r, "us-east-1")), ["source_snapshot"]);
+        assert_eq!(fields(validate(&r, "us-east-1", &all())), ["source_snapshot"]);
         let mut r = req("arn:aws:rds:us-west-2:123456789012:cluster-snapshot:s", "c");
         r.source_region = "eu-west-1".into();
-        assert_eq!(fields(validate(&r, "us-east-1")), ["source_region"]);
+        assert_eq!(fields(validate(&r, "us-east-1", &all())), ["source_region"]);
         r.source_region = "us-west-2".into();
-        assert_eq!(validate(&r, "us-east-1").unwrap().source_region, "us-west-2");
+        assert_eq!(validate(&r, "us-east-1", &all()).unwrap().source_region, "us-west-2");
     }
 
     #[test]
     fn kms_key_arns_must_name_the_destination_region() {
         let mut r = req("s", "c");
         r.kms_key_id = "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab".into();
-        assert_eq!(fields(validate(&r, "us-east-1")), ["kms_key_id"]);
+        assert_eq!(fields(validate(&r, "us-east-1", &all())), ["kms_key_id"]);
         r.destination_region = "us-west-2".into();
-        assert!(validate(&r, "us-east-1").is_ok());
+        assert!(validate(&r, "us-east-1", &all()).is_ok());
     }
 
     #[test]
     fn tag_violations_name_the_tag() {
         let mut r = req("s", "c");
         r.tags = vec![("ok".into(), "1".into()), ("aws:x".into(), "2".into())];
-        assert_eq!(fields(validate(&r, "us-east-1")), ["tags[1].key"]);
+        assert_eq!(fields(validate(&r, "us-east-1", &all())), ["tags[1].key"]);
     }
 
     #[test]
     fn copy_names_are_arns_or_identifiers() {
         let (region, id, arn) =
-            parse_copy_name("arn:aws:rds:eu-west-1:123456789012:cluster-snapshot:c1", "us-east-1").unwrap();
+            parse_copy_name("arn:aws:rds:eu-west-1:123456789012:cluster-snapshot:c1", "us-east-1", &all()).unwrap();
         assert_eq!((region.as_str(), id.as_str()), ("eu-west-1", "c1"));
         assert!(arn.is_some());
-        assert_eq!(parse_copy_name("c1", "us-east-1").unwrap().0, "us-east-1");
-        assert_eq!(parse_copy_name("", "us-east-1").unwrap_err()[0].field, "name");
+        assert_eq!(parse_copy_name("c1", "us-east-1", &all()).unwrap().0, "us-east-1");
+        assert_eq!(parse_copy_name("", "us-east-1", &all()).unwrap_err()[0].field, "name");
     }
 }
