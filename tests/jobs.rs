@@ -97,7 +97,9 @@ async fn a_fleet_of_fifty(store: StoreSettings) {
             assert!(copy.queue_position >= 1 && copy.queue_limit == 5, "{copy:?}");
         }
     }
-    assert!(queued >= 45, "at most 5 start at once: {queued} queued");
+    // Copies finish while the fifty are admitted, so how many start at once is the emulator's
+    // peak below, not this count.
+    assert!(queued > 0, "copies beyond the limit wait in the queue");
     let most = all_available(&gw.client, &emu, 50, Duration::from_secs(120)).await;
     let east = us_east(&emu);
     assert!(most <= 5 && east.peak_cross_region_in_progress <= 5, "{most} sampled, {east:?}");
