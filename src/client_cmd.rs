@@ -435,8 +435,8 @@ pub(crate) async fn copy(args: CopyArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .collect();
-    for call in calls {
-        let (target, result) = call.await;
+    // All asked for at once; the gateway queues what exceeds AWS's limit.
+    for (target, result) in futures_util::future::join_all(calls).await {
         match result {
             Ok(copy) => {
                 if !args.wait {
