@@ -115,6 +115,8 @@ audiences = ["snapgate"]
 jwks_file = "{pki['jwks']}"
 [authz]
 policy_file = "{pki['policies']}"
+[store]
+data_dir = "{pki['dir'] / 'store'}"
 """
     )
     env = dict(os.environ, AWS_ACCESS_KEY_ID="AKIDTEST", AWS_SECRET_ACCESS_KEY="test-secret-key", AWS_EC2_METADATA_DISABLED="true")
