@@ -137,7 +137,8 @@ async fn throttling_that_outlives_the_retries_is_unavailable_with_retry_info() {
     let faults = Faults { throttle: Some(Throttle { burst: 1, per_second: 0.001 }), ..Faults::default() };
     let (emu, mut gw) = setup(EmulatorConfig { faults, ..seeded() }).await;
     gw.client.get_copy(GetCopyRequest { name: "billing-pg-daily".into() }).await.expect("first call fits the burst");
-    let status = gw.client.get_copy(GetCopyRequest { name: "billing-pg-daily".into() }).await.unwrap_err();
+    // Another snapshot: a read of the first one within the freshness window costs no call.
+    let status = gw.client.get_copy(GetCopyRequest { name: "ledger-mysql-snap".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(error_reason(&status), "ThrottlingException");
     assert!(status.get_error_details().retry_info().is_some());

@@ -302,3 +302,34 @@ async fn get_copy_answers_from_a_fresh_poll_without_an_aws_call() {
     }
     assert!(answered_locally);
 }
+
+#[tokio::test]
+async fn reads_of_one_snapshot_share_a_call_and_reads_of_many_share_a_batch() {
+    let (emu, gw) = setup(1.0).await;
+    emu.emulator.reset_calls();
+    let mut reads = Vec::new();
+    for _ in 0..20 {
+        let mut client = gw.client.clone();
+        reads.push(tokio::spawn(
+            async move { client.get_copy(GetCopyRequest { name: "ledger-mysql-snap".into() }).await },
+        ));
+    }
+    for read in reads {
+        assert_eq!(read.await.unwrap().unwrap().into_inner().snapshot_id, "ledger-mysql-snap");
+    }
+    assert_eq!(emu.emulator.calls().get("DescribeDBClusterSnapshots"), 1, "twenty reads, one call");
+
+    // Reads of different snapshots arriving together share the poller's batched describe.
+    let names = ["billing-pg-daily", "orders-aurora-2026-11-20", "graph-neptune-snap", "catalog-docdb-snap"];
+    emu.emulator.reset_calls();
+    let mut reads = Vec::new();
+    for name in names {
+        let mut client = gw.client.clone();
+        reads.push(tokio::spawn(async move { client.get_copy(GetCopyRequest { name: name.into() }).await }));
+    }
+    for read in reads {
+        read.await.unwrap().unwrap();
+    }
+    let describes = emu.emulator.calls().get("DescribeDBClusterSnapshots");
+    assert!(describes <= 2, "{} reads, {describes} calls", names.len());
+}

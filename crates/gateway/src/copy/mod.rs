@@ -252,9 +252,12 @@ impl CopyService {
         {
             return self.jobs.view(job).await;
         }
-        let snapshot = match self.hub.fresh(&located.account, &located.region, &located.id) {
-            Some(snapshot) if located.is(&snapshot) => Ok(snapshot),
-            _ => self.describe(&located, name).await,
+        // Through the watch hub: concurrent reads share one call, reads of many snapshots
+        // share a batched one. What the poll did not see is asked of AWS, for its exact answer.
+        let snapshot = match self.hub.read(&located.account, &located.region, &located.id).await {
+            Ok(Some(snapshot)) if located.is(&snapshot) => Ok(snapshot),
+            Ok(_) => self.describe(&located, name).await,
+            Err(error) => Err(error),
         };
         match (snapshot, job) {
             (Ok(snapshot), Some(job)) => Ok(CopyView::of_snapshot(snapshot).with_job(&job)),

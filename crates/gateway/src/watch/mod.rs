@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use stream::{Change, WatchEvent, WatchStream};
 
-use crate::aws::{Accounts, Rds};
+use crate::aws::{Accounts, AwsError, Rds};
 use crate::config::WatchSettings;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -63,6 +63,9 @@ struct Poller {
     entries: Mutex<HashMap<String, Entry>>,
     cancelled: Mutex<HashSet<String>>,
     wake: Notify,
+    /// (rounds begun, rounds ended, the last round's error): a reader that joined when
+    /// `begun` was n has its answer once `ended` passes n.
+    rounds: watch::Sender<(u64, u64, Option<AwsError>)>,
     /// Makes the next round panic: how the tests prove a poller's failure is survived.
     #[cfg(test)]
     crash: std::sync::atomic::AtomicBool,
@@ -89,6 +92,9 @@ pub struct WatchHub {
     shutdown: CancellationToken,
     /// Owns the pollers and the streams' tasks; shutdown waits for them.
     tasks: Tasks,
+    /// Reads in flight, by (credentials, region, id): concurrent reads of one snapshot share
+    /// one wait for a round, and its answer serves for the shortest poll interval.
+    reads: moka::future::Cache<(String, String, String), Option<ClusterSnapshot>>,
     metrics: Arc<Metrics>,
 }
 
@@ -140,7 +146,11 @@ impl WatchHub {
     ) -> WatchHub {
         let streams = Arc::new(Semaphore::new(settings.max_streams));
         let shutdown = tasks.stopping();
-        WatchHub { accounts, settings, pollers: Mutex::new(HashMap::new()), streams, shutdown, tasks, metrics }
+        let reads = moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_millis(settings.min_poll_interval_ms))
+            .build();
+        WatchHub { accounts, settings, pollers: Mutex::new(HashMap::new()), streams, shutdown, tasks, reads, metrics }
     }
 
     /// Poll rounds made so far, by every poller (the `watch_poll_rounds` metric).
@@ -176,6 +186,7 @@ impl WatchHub {
                     entries: Mutex::new(HashMap::new()),
                     cancelled: Mutex::new(HashSet::new()),
                     wake: Notify::new(),
+                    rounds: watch::channel((0, 0, None)).0,
                     #[cfg(test)]
                     crash: std::sync::atomic::AtomicBool::new(false),
                 });
@@ -281,6 +292,39 @@ impl WatchHub {
         }
     }
 
+    /// Reads snapshot `id` of `account` in `region` the cheap way: the poller's observation
+    /// when it is fresh; otherwise the snapshot joins its poller's next round (reads of other
+    /// snapshots in that region arriving together share the round's one batched describe), and
+    /// concurrent reads of one snapshot share one wait. `Ok(None)`: the poll did not see it (the
+    /// caller asks AWS itself for its exact answer); `Err` with AWS's error when the round
+    /// failed, or UNAVAILABLE when none ended in time.
+    pub(crate) async fn read(&self, account: &str, region: &str, id: &str) -> Result<Option<ClusterSnapshot>, Error> {
+        if let Some(snapshot) = self.fresh(account, region, id) {
+            return Ok(Some(snapshot));
+        }
+        let key = (self.accounts.credentials_key(account), region.to_owned(), id.to_ascii_lowercase());
+        let read = async {
+            let subscription = self.subscribe(account, region, id);
+            let poller = subscription.poller.clone();
+            let mut rounds = poller.rounds.subscribe();
+            let joined = rounds.borrow_and_update().0;
+            poller.wake.notify_one();
+            let failure = match tokio::time::timeout(READ_WAIT, rounds.wait_for(|r| r.1 > joined)).await {
+                Ok(Ok(ended)) => ended.2.clone(),
+                _ => return Err(Error::Unavailable(format!("no poll of {region} completed within {READ_WAIT:?}"))),
+            };
+            if let Some(error) = failure {
+                return Err(Error::Aws(error));
+            }
+            let observation = subscription.rx.borrow().clone();
+            match observation.as_deref() {
+                Some(Observation::Present { snapshot, .. }) => Ok(Some(ClusterSnapshot::clone(snapshot))),
+                _ => Ok(None),
+            }
+        };
+        self.reads.try_get_with(key, read).await.map_err(Arc::unwrap_or_clone)
+    }
+
     /// Waits until a poll sees snapshot `id` of `account` in `region` in a final state (or
     /// gone), and returns that observation; `None` at shutdown. Failing polls are waited out.
     pub(crate) async fn final_observation(&self, account: &str, region: &str, id: &str) -> Option<Arc<Observation>> {
@@ -341,6 +385,9 @@ pub(crate) fn observed_state(observation: &Observation) -> Option<(CopyState, i3
         Observation::Failing { .. } => None,
     }
 }
+
+/// How long a read waits for a poll round before it gives up on the poller.
+const READ_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a stopped poller waits before it starts again.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);

@@ -49,8 +49,16 @@ pub(super) async fn run(
             interval = min;
             tokio::time::sleep(COALESCE).await;
         }
+        // The round's number is taken with its ids: a reader waits for a round that began
+        // after it joined (see `WatchHub::read`).
+        let round = poller.rounds.borrow().0 + 1;
         let mut ids: Vec<String> = poller.lock().keys().cloned().collect();
+        poller.rounds.send_modify(|r| r.0 = round);
         if ids.is_empty() {
+            poller.rounds.send_modify(|r| {
+                r.1 = round;
+                r.2 = None;
+            });
             continue;
         }
         ids.sort();
@@ -78,6 +86,11 @@ pub(super) async fn run(
             Err(_) => span.record("otel.status_code", "ERROR"),
         };
         metrics.poll_round(started.elapsed());
+        let failure = outcome.as_ref().err().cloned();
+        poller.rounds.send_modify(|r| {
+            r.1 = round;
+            r.2 = failure;
+        });
         match outcome {
             Ok(changed) => {
                 failing_since = None;
