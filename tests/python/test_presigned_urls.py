@@ -124,3 +124,45 @@ def test_a_url_presigned_by_botocore_is_accepted_once_and_every_forgery_refused(
     snapshots = client.describe_db_cluster_snapshots(SnapshotType="manual")["DBClusterSnapshots"]
     assert [s["DBClusterSnapshotIdentifier"] for s in snapshots if s["DBClusterSnapshotIdentifier"].startswith("catalog-west-")] == ["catalog-west-1"]
     assert admin(emulator.endpoint, "/_emulator/calls")["calls"]["CopyDBClusterSnapshot"] == 5
+
+
+def emulator_with(tmp_path, toml):
+    config = tmp_path / "emulator.toml"
+    config.write_text(toml)
+    return start_emulator("--config", str(config))
+
+
+def test_neptune_accepts_the_url_boto3_adds_and_ignores_it(emulator):
+    # The Neptune seed: PreSignedUrl is "not currently supported" and "automatically populated
+    # if it is not provided" -- botocore adds one for SourceRegion; AWS ignores it.
+    client = boto3.client(
+        "neptune",
+        region_name="us-west-2",
+        endpoint_url=emulator.endpoint,
+        aws_access_key_id="AKIDTEST",
+        aws_secret_access_key="test-secret-key",
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+    )
+    out = client.copy_db_cluster_snapshot(
+        SourceDBClusterSnapshotIdentifier="arn:aws:rds:us-east-1:123456789012:cluster-snapshot:graph-neptune-snap",
+        TargetDBClusterSnapshotIdentifier="graph-west",
+        KmsKeyId="alias/snapgate-backup",
+        SourceRegion="us-east-1",
+    )
+    assert out["DBClusterSnapshot"]["Status"] == "copying"
+
+
+def test_a_url_signed_with_an_unknown_key_passes_unless_strict(tmp_path):
+    # Credentials as a user would have them: the emulator does not know this key's secret.
+    lenient = emulator_with(tmp_path, "seed = true\n")
+    try:
+        _, answer, error = copy(docdb(lenient.endpoint), "catalog-lenient")
+        assert error is None and answer["DBClusterSnapshot"]["Status"] == "copying", error
+    finally:
+        lenient.stop()
+    strict = emulator_with(tmp_path, "seed = true\nstrict_presign = true\n")
+    try:
+        _, _, error = copy(docdb(strict.endpoint), "catalog-strict")
+        assert error["Code"] == "InvalidParameterValue" and "does not know" in error["Message"], error
+    finally:
+        strict.stop()

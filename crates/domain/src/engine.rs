@@ -78,11 +78,6 @@ impl EngineFamily {
         matches!(self, EngineFamily::Rds)
     }
 
-    /// Whether the service accepts a `PreSignedUrl` at all. Neptune: "not currently supported".
-    pub fn supports_presigned_url(self) -> bool {
-        !matches!(self, EngineFamily::Neptune)
-    }
-
     /// Whether a copy from `source_region` into `destination_region` needs a presigned URL.
     /// DocumentDB needs one for every cross-region copy; RDS only between GovCloud regions
     /// (elsewhere RDS ignores it); Neptune never takes one.
@@ -139,6 +134,5 @@ mod tests {
         assert!(!EngineFamily::Rds.needs_presigned_url("us-east-1", "us-west-2"));
         assert!(EngineFamily::Rds.needs_presigned_url("us-gov-west-1", "us-gov-east-1"));
         assert!(!EngineFamily::Neptune.needs_presigned_url("us-east-1", "us-west-2"));
-        assert!(!EngineFamily::Neptune.supports_presigned_url());
     }
 }

@@ -42,6 +42,10 @@ pub struct EmulatorConfig {
     pub access_keys: BTreeMap<String, String>,
     /// Access key id to secret key, for verifying the signatures of presigned URLs.
     pub secret_keys: BTreeMap<String, String>,
+    /// Refuse a presigned URL signed with a key not in `secret_keys`; by default such a URL
+    /// passes every other check (algorithm, scope and region, expiry, what it asks for) and
+    /// its signature is logged as not verifiable.
+    pub strict_presign: bool,
     /// Simulated copy throughput; a copy of N GiB takes N / this seconds.
     pub copy_gib_per_sec: f64,
     /// Manual cluster snapshots allowed per account and region (RDS's default quota is 100).
@@ -61,6 +65,7 @@ impl Default for EmulatorConfig {
             default_account: DEFAULT_ACCOUNT.to_owned(),
             access_keys: BTreeMap::new(),
             secret_keys: BTreeMap::new(),
+            strict_presign: false,
             copy_gib_per_sec: 2.0,
             snapshot_quota: 100,
             cross_region_copy_limit: 5,

@@ -30,12 +30,21 @@ const EMPTY_PAYLOAD_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b
 
 /// Checks a presigned URL as the source region would; the error says what is wrong with it
 /// (never the URL itself, which is a credential).
+/// What verifying a URL came to, when it passed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verified {
+    /// Every check, the signature included.
+    Signed,
+    /// Every check but the signature: the signing key's secret is not known here.
+    UnknownKey(String),
+}
+
 pub(crate) fn verify(
     url: &str,
     expected: &PresignedExpectation,
     now: SystemTime,
     secret_for: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), String> {
+) -> Result<Verified, String> {
     let url = Url::parse(url)?;
     let get = |name: &str| url.params.peek(name).ok_or(format!("it lacks {name}"));
     if get("Action")? != "CopyDBClusterSnapshot" {
@@ -80,10 +89,15 @@ pub(crate) fn verify(
         return Err("it must sign exactly the host header".into());
     }
     let signature = get("X-Amz-Signature")?;
-    let secret = secret_for(&scope.access_key).ok_or("it is signed with an access key this service does not know")?;
+    if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("its X-Amz-Signature is not a SigV4 signature".into());
+    }
+    let Some(secret) = secret_for(&scope.access_key) else {
+        return Ok(Verified::UnknownKey(scope.access_key));
+    };
     let expected_signature = signature_of(&url, &scope, amz_date, &secret);
     match constant_time::verify_slices_are_equal(expected_signature.as_bytes(), signature.as_bytes()) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(Verified::Signed),
         Err(_) => Err("its signature does not match".into()),
     }
 }
@@ -247,7 +261,7 @@ mod tests {
     #[test]
     fn a_signed_url_verifies_and_every_change_to_it_does_not() {
         let url = signed(&unsigned("20261121T100000Z"));
-        assert_eq!(verify(&url, &expectation(), at(SIGNED_AT + 60), &secret), Ok(()));
+        assert_eq!(verify(&url, &expectation(), at(SIGNED_AT + 60), &secret), Ok(Verified::Signed));
         let tampered = url.replace("TargetDBClusterSnapshotIdentifier=t1", "TargetDBClusterSnapshotIdentifier=t2");
         assert_eq!(
             verify(&tampered, &expectation(), at(SIGNED_AT + 60), &secret),
@@ -257,7 +271,9 @@ mod tests {
         let other_key = |_: &str| Some("other".to_owned());
         assert!(verify(&url, &expectation(), at(SIGNED_AT + 60), &other_key).is_err());
         let unknown = |_: &str| None;
-        assert!(verify(&url, &expectation(), at(SIGNED_AT + 60), &unknown).unwrap_err().contains("does not know"));
+        assert_eq!(verify(&url, &expectation(), at(SIGNED_AT + 60), &unknown), Ok(Verified::UnknownKey("AKID".into())));
+        // Everything but the signature is still checked for an unknown key.
+        assert!(verify(&url, &expectation(), at(SIGNED_AT + 7200), &unknown).is_err());
     }
 
     #[test]

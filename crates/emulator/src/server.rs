@@ -111,8 +111,20 @@ async fn handle(emulator: &Emulator, request: Request, request_id: &str) -> Resu
     }
     let fail_at = |target: &str| fail_copies.fail_at_percent(target);
     let secret_for = |key: &str| emulator.config().secret_keys.get(key).cloned();
-    let presigned = |url: &str, expected: &actions::PresignedExpectation| {
-        presign::verify(url, expected, SystemTime::now(), &secret_for)
+    let presigned = |url: &str, expected: &actions::PresignedExpectation| match presign::verify(
+        url,
+        expected,
+        SystemTime::now(),
+        &secret_for,
+    )? {
+        presign::Verified::Signed => Ok(()),
+        presign::Verified::UnknownKey(key) if emulator.config().strict_presign => {
+            Err(format!("it is signed with an access key this service does not know ({key})"))
+        }
+        presign::Verified::UnknownKey(key) => {
+            tracing::info!(access_key = %key, "a presigned URL passed every check but its signature, whose key's secret is not configured (secret_keys)");
+            Ok(())
+        }
     };
     let ctx = Ctx {
         account: &account,
