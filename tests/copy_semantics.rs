@@ -417,3 +417,24 @@ async fn a_copy_into_another_account_assumes_its_role_against_moto() {
     let status = gw.client.copy_cluster_snapshot(r).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn cross_region_copies_of_every_engine_pass_an_emulator_that_verifies_strictly() {
+    // The emulator knows the gateway's secret and refuses URLs it cannot verify: what the
+    // gateway presigns (DocumentDB) is checked exactly as botocore's URLs are.
+    let config = EmulatorConfig { strict_presign: true, ..slow_seeded() };
+    let (emu, mut gw) = setup_with(config, gateway::settings()).await;
+    for (source, target) in [
+        (ORDERS_ENC, "strict-aurora"),
+        ("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:graph-neptune-snap", "strict-neptune"),
+        ("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:catalog-docdb-snap", "strict-docdb"),
+    ] {
+        let mut request = copy_req(source, target);
+        request.destination_region = "us-west-2".into();
+        request.kms_key_id = "alias/snapgate-backup".into();
+        let copy =
+            gw.client.copy_cluster_snapshot(request).await.unwrap_or_else(|s| panic!("{target}: {s:?}")).into_inner();
+        assert_eq!((copy.region.as_str(), copy.state()), ("us-west-2", pb::copy::State::Copying), "{target}");
+    }
+    assert_eq!(emu.emulator.calls().get("CopyDBClusterSnapshot"), 3);
+}
