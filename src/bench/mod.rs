@@ -54,16 +54,15 @@ pub(crate) struct CopyBurstArgs {
 /// lower bound the gateway's client-side limit implies.
 pub(crate) async fn copy_burst(args: CopyBurstArgs) -> anyhow::Result<()> {
     let scratch = ScratchDir::new("bench")?;
-    let emu = emulator::spawn(
-        EmulatorConfig { seed: true, snapshot_quota: args.copies + 100, ..EmulatorConfig::default() },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
+    let emu = loopback_emulator(EmulatorConfig {
+        seed: true,
+        snapshot_quota: args.copies + 100,
+        ..EmulatorConfig::default()
+    })
     .await?;
-    let aws = AwsSettings {
-        region: Some("us-east-1".into()),
-        account_id: Some(emulator::DEFAULT_ACCOUNT.into()),
-        ..AwsSettings::default()
-    };
+    // The gateway's own default pacing, which the report sets against RDS's limit.
+    let defaults = AwsSettings::default();
+    let aws = bench_aws(defaults.rate_limit_per_sec(), defaults.rate_limit_burst());
     let (rate, burst) = (aws.rate_limit_per_sec(), aws.rate_limit_burst());
     let addr = start_gateway(&emu, aws, bench_settings(&scratch)).await?;
     let client = bench_client(&addr.to_string()).await?;
@@ -129,15 +128,12 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
     let scratch = ScratchDir::new("bench")?;
     let baseline_kib = rss_kib(std::process::id());
     // A 1000 GiB source copied at 10 GiB/s: every copy moves one percent a second.
-    let emu = emulator::spawn(
-        EmulatorConfig {
-            copy_gib_per_sec: 10.0,
-            snapshot_quota: args.copies + 10,
-            faults: Faults { throttle: None, ..Faults::default() },
-            ..EmulatorConfig::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
+    let emu = loopback_emulator(EmulatorConfig {
+        copy_gib_per_sec: 10.0,
+        snapshot_quota: args.copies + 10,
+        faults: Faults { throttle: None, ..Faults::default() },
+        ..EmulatorConfig::default()
+    })
     .await?;
     // Setting up a thousand copies should not wait on the client-side pacing; the watch itself
     // makes ten calls a round, far below any limit.
@@ -330,6 +326,23 @@ pub(crate) type BenchClient = SnapshotCopyServiceClient<
     >,
 >;
 
+/// The emulator with `config` on a free loopback port.
+pub(crate) async fn loopback_emulator(config: EmulatorConfig) -> anyhow::Result<snapgate_emulator::EmulatorHandle> {
+    emulator::spawn(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// The AWS side of a benchmark's gateway: the emulator's default account in us-east-1, paced
+/// at `per_second` with `burst`.
+pub(crate) fn bench_aws(per_second: f64, burst: u32) -> AwsSettings {
+    AwsSettings {
+        region: Some("us-east-1".into()),
+        account_id: Some(emulator::DEFAULT_ACCOUNT.into()),
+        rate_limit_per_sec: Some(per_second),
+        rate_limit_burst: Some(burst),
+        ..AwsSettings::default()
+    }
+}
+
 /// Starts the gateway on `emulator` as the bench caller's, with `aws` and the rest of
 /// `settings` (listen and admin are set here); returns its address.
 pub(crate) async fn start_gateway(
@@ -352,23 +365,13 @@ pub(crate) async fn start_gateway(
 pub(crate) async fn unthrottled_gateway() -> anyhow::Result<(snapgate_emulator::EmulatorHandle, BenchClient, ScratchDir)>
 {
     let scratch = ScratchDir::new("bench")?;
-    let emu = emulator::spawn(
-        EmulatorConfig {
-            seed: true,
-            faults: Faults { throttle: None, ..Faults::default() },
-            ..EmulatorConfig::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await?;
-    let aws = AwsSettings {
-        region: Some("us-east-1".into()),
-        account_id: Some(emulator::DEFAULT_ACCOUNT.into()),
-        rate_limit_per_sec: Some(1e6),
-        rate_limit_burst: Some(1_000_000),
-        ..AwsSettings::default()
+    let config = EmulatorConfig {
+        seed: true,
+        faults: Faults { throttle: None, ..Faults::default() },
+        ..EmulatorConfig::default()
     };
-    let addr = start_gateway(&emu, aws, bench_settings(&scratch)).await?;
+    let emu = loopback_emulator(config).await?;
+    let addr = start_gateway(&emu, bench_aws(1e6, 1_000_000), bench_settings(&scratch)).await?;
     Ok((emu, bench_client(&addr.to_string()).await?, scratch))
 }
 

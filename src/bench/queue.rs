@@ -4,11 +4,10 @@
 //! one copy's duration), the most copies ever in progress at the emulator, AWS calls per copy,
 //! and what callers saw.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use snapgate_emulator::{self as emulator, EmulatorConfig};
-use snapgate_gateway::config::{AwsSettings, JobSettings, Settings, WatchSettings};
+use snapgate_emulator::EmulatorConfig;
+use snapgate_gateway::config::{JobSettings, Settings, WatchSettings};
 use snapgate_proto::{self as pb, CopyClusterSnapshotRequest, ListCopiesRequest};
 
 use super::{bench_client, bench_settings};
@@ -32,25 +31,16 @@ const LIMIT: usize = 5;
 pub(crate) async fn copy_queue(args: CopyQueueArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.copies > 0 && args.copy_secs > 0.0, "--copies and --copy-secs must be positive");
     let scratch = ScratchDir::new("bench")?;
-    let emu = emulator::spawn(
-        EmulatorConfig {
-            seed: true,
-            copy_gib_per_sec: SOURCE_GIB / args.copy_secs,
-            snapshot_quota: args.copies + 100,
-            cross_region_copy_limit: LIMIT,
-            ..EmulatorConfig::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
+    let emu = super::loopback_emulator(EmulatorConfig {
+        seed: true,
+        copy_gib_per_sec: SOURCE_GIB / args.copy_secs,
+        snapshot_quota: args.copies + 100,
+        cross_region_copy_limit: LIMIT,
+        ..EmulatorConfig::default()
+    })
     .await?;
     // Below RDS's 12/s, so that the gateway's own calls leave the account some room.
-    let aws = AwsSettings {
-        region: Some("us-east-1".into()),
-        account_id: Some(emulator::DEFAULT_ACCOUNT.into()),
-        rate_limit_per_sec: Some(10.0),
-        rate_limit_burst: Some(40),
-        ..AwsSettings::default()
-    };
+    let aws = super::bench_aws(10.0, 40);
     let watch = WatchSettings { min_poll_interval_ms: 200, max_poll_interval_ms: 1_000, ..WatchSettings::default() };
     let jobs =
         JobSettings { dispatch_interval_ms: 200, retry_initial_ms: 500, retry_max_ms: 5_000, ..JobSettings::default() };

@@ -16,27 +16,9 @@ import urllib.request
 
 import pytest
 
-from conftest import SNAPGATE, Server, admin, free_port, start_emulator
+from conftest import SNAPGATE, admin, free_port, start_dev, start_emulator
 
 TOKEN = "snapgate-dev-token"
-
-
-def start_dev(gib_per_sec):
-    proc = subprocess.Popen(
-        [str(SNAPGATE), "dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--copy-gib-per-sec", str(gib_per_sec)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    for _ in range(20):
-        line = proc.stdout.readline()
-        match = re.search(r"gateway on (\S+), RDS emulator on (\S+) ", line or "")
-        if match:
-            server = Server(proc, match.group(1))
-            server.emulator = match.group(2)
-            return server
-    proc.kill()
-    raise RuntimeError("snapgate dev did not start")
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,11 @@
 everything through reflection, no proto files given."""
 
 import json
-import re
 import subprocess
 
 import pytest
 
-from conftest import SNAPGATE, VENV_BIN, Server
+from conftest import VENV_BIN, start_dev
 
 SERVICE = "snapgate.v1.SnapshotCopyService"
 # `snapgate dev`'s static token (its caller "dev" may do everything under the dev policy).
@@ -16,22 +15,9 @@ AUTH = ("-H", "authorization: Bearer snapgate-dev-token")
 
 @pytest.fixture(scope="module")
 def dev():
-    proc = subprocess.Popen(
-        [str(SNAPGATE), "dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--copy-gib-per-sec", "50"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    for _ in range(20):
-        line = proc.stdout.readline()
-        match = re.search(r"gateway on (\S+),", line or "")
-        if match:
-            server = Server(proc, match.group(1))
-            yield server
-            server.stop()
-            return
-    proc.kill()
-    raise RuntimeError("snapgate dev did not start")
+    server = start_dev(50)
+    yield server
+    server.stop()
 
 
 def grpcurl(*args, check=True):

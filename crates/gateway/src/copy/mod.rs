@@ -18,7 +18,7 @@ use validate::{Served, ValidCopy, parse_copy_name, validate};
 use crate::auth::policy::CopyContext;
 use crate::aws::{Accounts, AwsErrorKind, Rds};
 use crate::error::{Error, FieldViolation};
-use crate::store::{Admitted, Job, JobFilter, JobState, NewJob, Store};
+use crate::store::{Admitted, Job, JobFilter, JobState, NewJob};
 use crate::watch::{Change, WatchEvent, WatchHub, WatchStream, WatchTarget};
 use snapgate_domain::rules::SnapshotRef;
 use snapgate_domain::{Arn, ClusterSnapshot, CopyState};
@@ -90,7 +90,6 @@ pub(crate) struct CopyService {
     accounts: Arc<Accounts>,
     hub: Arc<WatchHub>,
     jobs: Arc<Jobs>,
-    store: Arc<Store>,
     /// Described sources, by (account, region, reference): concurrent requests for one
     /// source share one describe (moka's single flight), and the answer serves for seconds.
     sources: moka::future::Cache<String, ClusterSnapshot>,
@@ -106,8 +105,7 @@ impl CopyService {
         regions: Vec<String>,
     ) -> CopyService {
         let sources = moka::future::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(SOURCE_TTL).build();
-        let store = jobs.store.clone();
-        CopyService { accounts, hub, jobs, store, sources, regions }
+        CopyService { accounts, hub, jobs, sources, regions }
     }
 
     /// Validates a copy, admits it as a job for `caller`, and starts it when a slot is free.
@@ -178,7 +176,7 @@ impl CopyService {
             cross_region,
             created_ms: now_ms(),
         };
-        let job = match self.store.admit(&new).await.map_err(store_error)? {
+        let job = match self.jobs.store.admit(&new).await.map_err(store_error)? {
             Admitted::Existing(job) if job.new.source_arn != new.source_arn => {
                 if job.snapshot_arn.is_none() {
                     return Err(Error::AlreadyExists(format!(
@@ -195,16 +193,16 @@ impl CopyService {
                 let outcomes = self.jobs.dispatch(&job.new.account, &job.new.region).await?;
                 match outcomes.into_iter().find(|(id, _)| *id == job.new.id).map(|(_, outcome)| outcome) {
                     Some(Started::Failed(error)) => {
-                        self.store.forget(&job.new.id).await.map_err(store_error)?;
+                        self.jobs.store.forget(&job.new.id).await.map_err(store_error)?;
                         return Err(error);
                     }
                     Some(Started::Copying(snapshot)) => {
-                        let job = self.store.get(&job.new.id).await.map_err(store_error)?.unwrap_or(job);
+                        let job = self.jobs.store.get(&job.new.id).await.map_err(store_error)?.unwrap_or(job);
                         return Ok(CopyView::of_snapshot(*snapshot).with_job(&job));
                     }
                     _ => {}
                 }
-                let job = self.store.get(&job.new.id).await.map_err(store_error)?.unwrap_or(job);
+                let job = self.jobs.store.get(&job.new.id).await.map_err(store_error)?.unwrap_or(job);
                 self.jobs.settled(job, SETTLE).await?
             }
         };
@@ -238,7 +236,7 @@ impl CopyService {
     async fn job_of(&self, located: &Located) -> Result<Option<Job>, Error> {
         let account =
             if located.account.is_empty() { self.accounts.own_account().unwrap_or("") } else { &located.account };
-        self.store.find(account, &located.region, &located.id).await.map_err(store_error)
+        self.jobs.store.find(account, &located.region, &located.id).await.map_err(store_error)
     }
 
     /// The current state of a copy, by name: its job while it waits (or when it never
@@ -324,7 +322,7 @@ impl CopyService {
         deadline: Option<tokio::time::Instant>,
     ) -> WatchStream {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let (store, hub, jobs) = (self.store.clone(), self.hub.clone(), self.jobs.clone());
+        let (store, hub, jobs) = (self.jobs.store.clone(), self.hub.clone(), self.jobs.clone());
         let stop = jobs.stopping();
         let interval = Duration::from_millis(jobs.settings.dispatch_interval_ms)
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -439,6 +437,7 @@ impl CopyService {
                     let view = self.jobs.view(job).await?;
                     authorize(&view.snapshot)?;
                     if self
+                        .jobs
                         .store
                         .finish(&job.new.id, JobState::Queued, JobState::Cancelled, None, now_ms())
                         .await
@@ -476,7 +475,13 @@ impl CopyService {
         };
         let mut view = CopyView { state, ..CopyView::of_snapshot(deleted) };
         if let Some(job) = &job {
-            if self.store.finish(&job.new.id, JobState::Copying, ended, None, now_ms()).await.map_err(store_error)? {
+            if self
+                .jobs
+                .store
+                .finish(&job.new.id, JobState::Copying, ended, None, now_ms())
+                .await
+                .map_err(store_error)?
+            {
                 crate::audit::job_event(ended.as_str(), job, None, None);
             }
             view = view.with_job(job);
@@ -487,7 +492,7 @@ impl CopyService {
     /// A page of the jobs, newest first, as the API shows them, and the cursor of the next.
     pub(crate) async fn list(&self, filter: JobFilter) -> Result<(Vec<CopyView>, Option<(i64, String)>), Error> {
         let limit = filter.limit;
-        let jobs = self.store.list(&JobFilter { limit: limit + 1, ..filter }).await.map_err(store_error)?;
+        let jobs = self.jobs.store.list(&JobFilter { limit: limit + 1, ..filter }).await.map_err(store_error)?;
         let more = jobs.len() as i64 > limit;
         let mut views = Vec::with_capacity(jobs.len());
         for job in jobs.iter().take(usize::try_from(limit).unwrap_or(0)) {
