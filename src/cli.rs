@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use snapgate_emulator::{self as emulator, EmulatorConfig};
 use snapgate_gateway::config::{
-    AdminSettings, AuthSettings, AuthzSettings, AwsSettings, Secret, Settings, StaticToken, StoreSettings,
+    AdminSettings, AuthSettings, AuthzSettings, AwsSettings, HttpSettings, Secret, Settings, StaticToken, StoreSettings,
 };
 use snapgate_gateway::telemetry::{self, LogFormat, TelemetryGuard};
 use snapgate_gateway::{Application, fixed_sdk_config, load_sdk_config};
@@ -81,6 +81,9 @@ pub(crate) struct ServeArgs {
     /// Address of the gRPC server [default: 127.0.0.1:50051, or `listen` in the config].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Address of the HTTP/JSON listener [default: off, or `http.listen` in the config].
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
     /// TOML configuration file; `SNAPGATE_`-prefixed variables override it.
     #[arg(long, env = "SNAPGATE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -97,6 +100,9 @@ pub(crate) struct DevArgs {
     /// Address of the plaintext admin listener (/metrics, /healthz).
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub admin_listen: SocketAddr,
+    /// Address of the HTTP/JSON listener (curl, workflow engines).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
     /// Cedar policies to run with instead of the dev policy (which lets the dev token do
     /// everything); reloaded when the file changes.
     #[arg(long)]
@@ -177,9 +183,12 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         settings.listen = listen;
     }
+    if let Some(listen) = args.http_listen {
+        settings.http.listen = Some(listen);
+    }
     let sdk = load_sdk_config(&settings.aws).await;
     let app = Application::build(settings, sdk).await?;
-    tracing::info!(addr = %app.local_addr(), "snapgate listening");
+    tracing::info!(addr = %app.local_addr(), http = ?app.http_addr(), "snapgate listening");
     app.run_until_stopped(shutdown_signal()).await
 }
 
@@ -213,6 +222,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             ..AwsSettings::default()
         },
         admin: AdminSettings { listen: Some(args.admin_listen) },
+        http: HttpSettings { listen: Some(args.http_listen) },
         auth: AuthSettings {
             static_tokens: vec![StaticToken {
                 token: Secret::new(DEV_TOKEN),
@@ -245,6 +255,13 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "  grpcurl -plaintext -H 'authorization: Bearer {DEV_TOKEN}' -d '{{\"name\": \"billing-pg-copy\"}}' {addr} snapgate.v1.SnapshotCopyService/WatchCopy"
     );
+    if let Some(http) = app.http_addr() {
+        println!("HTTP/JSON on http://{http}:");
+        println!(
+            "  curl -H 'authorization: Bearer {DEV_TOKEN}' -d '{{\"sourceSnapshot\": \"billing-pg-daily\", \"targetSnapshotId\": \"billing-pg-copy\"}}' http://{http}/v1/copies"
+        );
+        println!("  curl -N -H 'authorization: Bearer {DEV_TOKEN}' http://{http}/v1/copies/billing-pg-copy:watch");
+    }
     app.run_until_stopped(shutdown_signal()).await?;
     emulator.stop().await;
     Ok(())

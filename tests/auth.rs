@@ -17,7 +17,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use serde_json::json;
 use snapgate_emulator::{EmulatorConfig, EmulatorHandle};
-use snapgate_gateway::config::{AuthSettings, AuthzSettings, ClientCertificates, JwtSettings, Settings, TlsSettings};
+use snapgate_gateway::config::{
+    AuthSettings, AuthzSettings, ClientCertificates, HttpSettings, JwtSettings, Settings, TlsSettings,
+};
 use snapgate_proto::GetCopyRequest;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -173,6 +175,7 @@ fn auth_settings(
             static_tokens: Vec::new(),
         },
         authz: AuthzSettings { policy_file: Some(policy_file), policies: None, reload_secs: 1 },
+        http: HttpSettings { listen: Some("127.0.0.1:0".parse().unwrap()) },
         ..gateway::settings()
     }
 }
@@ -299,6 +302,49 @@ async fn a_client_certificate_names_the_caller_and_other_cas_are_refused() {
         }
     }
     assert_eq!(aws_calls(&s.emu), 0);
+}
+
+/// curl against the HTTP/JSON listener over TLS: `(HTTP status, body)`.
+async fn curl_tls(args: &[&str]) -> (u16, serde_json::Value) {
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or_else(|| panic!("curl: {text} {output:?}"));
+    (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test]
+async fn http_json_takes_the_same_client_certificates_and_policies_over_tls() {
+    let key = rsa_key("k1");
+    let s = setup("mtls-http", ClientCertificates::Optional, &key).await;
+    let base = format!("https://127.0.0.1:{}", s.server.http.expect("the HTTP/JSON listener").port());
+    let ca = s.pki.ca.to_str().unwrap();
+    let (cert, key_file) = (s.client_cert.0.to_str().unwrap(), s.client_cert.1.to_str().unwrap());
+    let body = r#"{"sourceSnapshot": "arn:aws:rds:us-west-2:123456789012:cluster-snapshot:orders-aurora-west-snap", "targetSnapshotId": "ci-http-copy"}"#;
+    // The CI runner's certificate is its identity, as on the gRPC listener, over HTTP/1.1.
+    let url = format!("{base}/v1/copies");
+    let (code, copy) =
+        curl_tls(&["--http1.1", "--cacert", ca, "--cert", cert, "--key", key_file, "-d", body, &url]).await;
+    assert_eq!(code, 200, "{copy}");
+    assert!(copy["name"].as_str().unwrap().ends_with(":ci-http-copy"), "{copy}");
+    // And over HTTP/2.
+    let url = format!("{base}/v1/copies/{}", copy["name"].as_str().unwrap());
+    let (code, got) = curl_tls(&["--http2", "--cacert", ca, "--cert", cert, "--key", key_file, &url]).await;
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["snapshotId"], "ci-http-copy");
+
+    // No certificate and no token: 401; a JWT whose team owns nothing there: 403.
+    s.emu.emulator.reset_calls();
+    let (code, refused) = curl_tls(&["--cacert", ca, &url]).await;
+    assert_eq!((code, refused["code"].as_i64()), (401, Some(16)), "{refused}");
+    let token = format!("authorization: Bearer {}", sign(&key, &claims("alice", Some("payments"), &[])));
+    let (code, denied) = curl_tls(&["--cacert", ca, "-H", &token, &url]).await;
+    assert_eq!((code, denied["code"].as_i64()), (403, Some(7)), "{denied}");
+    assert_eq!(denied["details"][0]["reason"], "POLICY_DENIED", "{denied}");
 }
 
 #[tokio::test]

@@ -3,15 +3,18 @@
 
 use std::path::PathBuf;
 
-use prost::Message;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The contract lives at the top of the repository, where callers look for it.
     let proto = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     println!("cargo:rerun-if-changed={}", proto.display());
-    let fds = protox::compile(["snapgate/v1/snapgate.proto"], [&proto])?;
+    let mut compiler = protox::Compiler::new([&proto])?;
+    compiler.include_imports(true).include_source_info(false);
+    compiler.open_file("snapgate/v1/snapgate.proto")?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("snapgate_descriptor.bin"), fds.encode_to_vec())?;
+    // Encoded from the compiler's own descriptors: prost's `FileDescriptorSet` would drop the
+    // `google.api.http` options (extensions), which the HTTP/JSON routes and reflection need.
+    std::fs::write(out_dir.join("snapgate_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    let fds = compiler.file_descriptor_set();
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -229,6 +229,8 @@ pub mod gateway {
         pub addr: SocketAddr,
         pub hub: std::sync::Arc<snapgate_gateway::WatchHub>,
         pub admin: Option<SocketAddr>,
+        /// The HTTP/JSON listener, when the settings turn it on.
+        pub http: Option<SocketAddr>,
         pub stop: tokio::sync::oneshot::Sender<()>,
     }
 
@@ -239,16 +241,17 @@ pub mod gateway {
         let addr = app.local_addr();
         let hub = app.watch_hub();
         let admin = app.admin_addr();
+        let http = app.http_addr();
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        Ok(Server { addr, hub, admin, stop })
+        Ok(Server { addr, hub, admin, http, stop })
     }
 
     /// Starts the gateway against `endpoint` with `settings`, signing as `access_key`.
     pub async fn start(settings: Settings, endpoint: &str, access_key: &str) -> Gateway {
-        let Server { addr, hub, admin, stop: tx } =
+        let Server { addr, hub, admin, stop: tx, .. } =
             try_serve(settings, endpoint, access_key).await.expect("gateway builds");
         let channel =
             Channel::from_shared(format!("http://{addr}")).expect("a URI").connect().await.expect("gateway accepts");

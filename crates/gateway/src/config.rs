@@ -20,6 +20,7 @@ pub struct Settings {
     pub aws: AwsSettings,
     pub watch: WatchSettings,
     pub admin: AdminSettings,
+    pub http: HttpSettings,
     pub auth: AuthSettings,
     pub authz: AuthzSettings,
     pub store: StoreSettings,
@@ -279,6 +280,16 @@ impl Default for AdminSettings {
     }
 }
 
+/// The HTTP/JSON listener: the same RPCs, authentication and authorization as gRPC, for curl,
+/// Step Functions HTTP tasks and Argo HTTP templates. It takes the gRPC listener's TLS
+/// (`auth.tls`) and limits (`server`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of the HTTP/JSON listener (HTTP/1.1 and HTTP/2); none turns it off.
+    pub listen: Option<SocketAddr>,
+}
+
 /// Progress streaming: how the coalesced pollers pace themselves and how streams are kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -374,6 +385,7 @@ impl Default for Settings {
             aws: AwsSettings::default(),
             watch: WatchSettings::default(),
             admin: AdminSettings::default(),
+            http: HttpSettings::default(),
             auth: AuthSettings::default(),
             authz: AuthzSettings::default(),
             store: StoreSettings::default(),

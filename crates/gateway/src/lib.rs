@@ -7,7 +7,8 @@
 //! The path of a request, one module a stage: `observe` (metrics and the server span) →
 //! `auth` (authentication layer) → `api::deadline` → `api` (decode, authorize, encode) →
 //! `copy` / `watch` (the core) → `aws` (the only module that knows aws-sdk-rds). Errors are
-//! typed once in `error` and become statuses there.
+//! typed once in `error` and become statuses there. `http` serves the same RPCs as HTTP/JSON
+//! by sending each request through that same path, in process.
 
 mod admin;
 mod api;
@@ -17,6 +18,7 @@ mod aws;
 pub mod config;
 mod copy;
 mod error;
+mod http;
 mod metrics;
 mod observe;
 mod reload;

@@ -11,16 +11,18 @@ use aws_config::SdkConfig;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
+use tower::ServiceExt;
 
 use crate::admin;
 use crate::api::Api;
 use crate::api::deadline::DeadlineLayer;
 use crate::auth::policy::PolicyStore;
-use crate::auth::tls::TlsReloader;
+use crate::auth::tls::{Alpn, TlsReloader};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::aws::Accounts;
 use crate::config::Settings;
 use crate::copy::{CopyService, Jobs};
+use crate::http::{GrpcService, Transcoder};
 use crate::metrics::Metrics;
 use crate::observe::ObserveLayer;
 use crate::reload::{self, Reload};
@@ -37,6 +39,7 @@ pub struct Application {
     hub: Arc<WatchHub>,
     metrics: Arc<Metrics>,
     admin: Option<TcpListener>,
+    http: Option<TcpListener>,
     authenticator: Arc<Authenticator>,
     policies: Arc<PolicyStore>,
     tls: Option<Arc<TlsReloader>>,
@@ -66,11 +69,30 @@ impl Application {
             }
             None => None,
         };
+        let http = match settings.http.listen {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.with_context(|| format!("http.listen: cannot bind {addr}"))?)
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listen: cannot bind {}", settings.listen))?;
         let addr = listener.local_addr()?;
-        Ok(Application { listener, addr, settings, api, hub, metrics, admin, authenticator, policies, tls, tasks })
+        Ok(Application {
+            listener,
+            addr,
+            settings,
+            api,
+            hub,
+            metrics,
+            admin,
+            http,
+            authenticator,
+            policies,
+            tls,
+            tasks,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -80,6 +102,11 @@ impl Application {
     /// The admin listener's address, when it is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The HTTP/JSON listener's address, when it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The progress hub, for its gauges and counters.
@@ -110,6 +137,23 @@ impl Application {
             .max_decoding_message_size(limits.max_request_bytes)
             .max_encoding_message_size(limits.max_response_bytes);
 
+        if let Some(listener) = self.http {
+            // The same layers as the gRPC server's, in the same order, around the same service:
+            // an HTTP/JSON call is a gRPC call made in process.
+            let stack = tower::ServiceBuilder::new()
+                .layer(ObserveLayer::new(self.metrics.clone()))
+                .layer(AuthLayer::new(self.authenticator.clone()))
+                .layer(DeadlineLayer::new(limits.request_timeout()))
+                .service(tonic::service::Routes::new(copy_service.clone()));
+            let stack = ServiceExt::<http::Request<tonic::body::Body>>::map_response(stack, |response| {
+                response.map(tonic::body::Body::new)
+            });
+            let name = <SnapshotCopyServiceServer<Api> as tonic::server::NamedService>::NAME;
+            let transcoder = Transcoder::new(name, GrpcService::new(stack), limits.max_request_bytes)
+                .map_err(|e| anyhow::anyhow!("HTTP/JSON routes: {e}"))?;
+            crate::http::spawn(listener, self.tls.clone(), Arc::new(transcoder), limits, &self.tasks);
+        }
+
         let grace = Duration::from_secs(limits.shutdown_grace_secs);
         let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let tasks = self.tasks.clone();
@@ -128,7 +172,12 @@ impl Application {
             reloaders.push(tls.clone());
         }
         tasks.spawn(reload::run(reloaders, tasks.stopping()));
-        let incoming = crate::auth::tls::incoming(self.listener, self.tls.clone(), tasks.stopping(), tasks.tracker());
+        let incoming = crate::auth::tls::incoming(
+            self.listener,
+            self.tls.clone().map(|t| (t, Alpn::Grpc)),
+            tasks.stopping(),
+            tasks.tracker(),
+        );
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let reporter = health_reporter.clone();
         let not_serving = serving.clone();

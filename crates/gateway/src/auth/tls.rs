@@ -55,11 +55,27 @@ pub(crate) fn load(settings: &TlsSettings) -> anyhow::Result<ServerConfig> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
+    builder
         .with_single_cert(certs, key)
-        .context("auth.tls: the certificate and the key do not make a usable server identity")?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+        .context("auth.tls: the certificate and the key do not make a usable server identity")
+}
+
+/// What a listener speaks over TLS, offered by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alpn {
+    /// gRPC: HTTP/2 only.
+    Grpc,
+    /// HTTP/JSON: HTTP/2 or HTTP/1.1 (curl and most workflow engines).
+    Http,
+}
+
+impl Alpn {
+    fn protocols(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::Grpc => vec![b"h2".to_vec()],
+            Alpn::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
 }
 
 /// The PEM certificates in a file (at least one).
@@ -71,23 +87,40 @@ pub(crate) fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
-/// The current TLS configuration, replaced when its files change.
+/// The current TLS configurations (one per ALPN offer), replaced when their files change.
 pub(crate) struct TlsReloader {
     settings: TlsSettings,
-    current: ArcSwap<ServerConfig>,
+    grpc: ArcSwap<ServerConfig>,
+    http: ArcSwap<ServerConfig>,
     files: WatchedFiles,
 }
 
 impl TlsReloader {
     pub(crate) fn new(settings: TlsSettings) -> anyhow::Result<Arc<TlsReloader>> {
-        let config = load(&settings)?;
+        let (grpc, http) = Self::configs(&settings)?;
         let paths = [Some(&settings.cert_file), Some(&settings.key_file), settings.client_ca_file.as_ref()];
         let files = WatchedFiles::new(paths.into_iter().flatten().cloned().collect());
-        Ok(Arc::new(TlsReloader { settings, current: ArcSwap::from_pointee(config), files }))
+        Ok(Arc::new(TlsReloader {
+            settings,
+            grpc: ArcSwap::from_pointee(grpc),
+            http: ArcSwap::from_pointee(http),
+            files,
+        }))
     }
 
-    fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.load_full())
+    fn configs(settings: &TlsSettings) -> anyhow::Result<(ServerConfig, ServerConfig)> {
+        let mut grpc = load(settings)?;
+        let mut http = grpc.clone();
+        grpc.alpn_protocols = Alpn::Grpc.protocols();
+        http.alpn_protocols = Alpn::Http.protocols();
+        Ok((grpc, http))
+    }
+
+    fn acceptor(&self, alpn: Alpn) -> TlsAcceptor {
+        match alpn {
+            Alpn::Grpc => TlsAcceptor::from(self.grpc.load_full()),
+            Alpn::Http => TlsAcceptor::from(self.http.load_full()),
+        }
     }
 }
 
@@ -101,9 +134,10 @@ impl Reload for TlsReloader {
         if !self.files.changed(force) {
             return;
         }
-        match load(&self.settings) {
-            Ok(config) => {
-                self.current.store(Arc::new(config));
+        match Self::configs(&self.settings) {
+            Ok((grpc, http)) => {
+                self.grpc.store(Arc::new(grpc));
+                self.http.store(Arc::new(http));
                 tracing::info!("TLS certificates reloaded");
             }
             Err(error) => {
@@ -125,6 +159,12 @@ pub(crate) struct ConnInfo {
     pub remote: Option<SocketAddr>,
     /// The verified client certificate's caller id, or why it has none; `None` without one.
     pub certificate: Option<Result<String, String>>,
+}
+
+impl Conn {
+    pub(crate) fn info(&self) -> &ConnInfo {
+        &self.info
+    }
 }
 
 impl Connected for Conn {
@@ -169,11 +209,11 @@ impl AsyncWrite for Conn {
 }
 
 /// Accepts connections on `listener`, doing TLS handshakes (each in its own task, bounded in
-/// time) when `tls` is set, until `stop` fires or the server drops the stream. The accept
+/// time, offering the ALPN protocols given) when `tls` is set, until `stop` fires or the server drops the stream. The accept
 /// loop and the handshakes are `tasks`'.
 pub(crate) fn incoming(
     listener: TcpListener,
-    tls: Option<Arc<TlsReloader>>,
+    tls: Option<(Arc<TlsReloader>, Alpn)>,
     stop: CancellationToken,
     tasks: &TaskTracker,
 ) -> ReceiverStream<io::Result<Conn>> {
@@ -196,14 +236,14 @@ pub(crate) fn incoming(
                 }
             };
             let _ = stream.set_nodelay(true);
-            let Some(tls) = &tls else {
+            let Some((tls, alpn)) = &tls else {
                 let info = ConnInfo { remote: Some(remote), certificate: None };
                 if tx.send(Ok(Conn { io: Either::Left(stream), info })).await.is_err() {
                     break;
                 }
                 continue;
             };
-            let acceptor = tls.acceptor();
+            let acceptor = tls.acceptor(*alpn);
             let tx = tx.clone();
             handshakes.spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
