@@ -8,7 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     println!("cargo:rerun-if-changed={}", proto.display());
     let mut compiler = protox::Compiler::new([&proto])?;
-    compiler.include_imports(true).include_source_info(false);
+    // Source info keeps the comments, which reflection serves (grpcurl describe shows them).
+    compiler.include_imports(true).include_source_info(true);
     compiler.open_file("snapgate/v1/snapgate.proto")?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     // Encoded from the compiler's own descriptors: prost's `FileDescriptorSet` would drop the

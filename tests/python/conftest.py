@@ -58,21 +58,29 @@ def start_emulator(*args):
     raise RuntimeError("emulator did not start")
 
 
-def start_dev(gib_per_sec):
+def start_dev(gib_per_sec, *args):
     """Starts `snapgate dev` on port 0 with copies at `gib_per_sec`; the Server it returns has the
-    gateway's address as `endpoint` and its emulator's URL as `emulator`."""
+    gateway's address as `endpoint`, its emulator's URL as `emulator` and its HTTP/JSON base URL
+    as `http`."""
     proc = subprocess.Popen(
-        [str(SNAPGATE), "dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--copy-gib-per-sec", str(gib_per_sec)],
+        [
+            str(SNAPGATE), "dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0", "--copy-gib-per-sec", str(gib_per_sec), *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    for _ in range(20):
+    server = None
+    for _ in range(30):
         line = proc.stdout.readline()
         match = re.search(r"gateway on (\S+), RDS emulator on (\S+) ", line or "")
         if match:
             server = Server(proc, match.group(1))
             server.emulator = match.group(2)
+        match = re.search(r"HTTP/JSON on (http://[^\s:]+:\d+)", line or "")
+        if match and server:
+            server.http = match.group(1)
             return server
     proc.kill()
     raise RuntimeError("snapgate dev did not start")

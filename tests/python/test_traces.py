@@ -110,7 +110,7 @@ def dev(collector, request, tmp_path_factory):
         RUST_LOG="info",
     )
     proc = subprocess.Popen(
-        [str(SNAPGATE), "--log-format", "json", "dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--copy-gib-per-sec", "20"],
+        [str(SNAPGATE), "--log-format", "json", "dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--copy-gib-per-sec", "20"],
         env=env, stdout=subprocess.PIPE, stderr=logs.open("w"), text=True,
     )
     for _ in range(20):
