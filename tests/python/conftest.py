@@ -106,8 +106,13 @@ def start_moto():
 
 
 def rds(endpoint, region="us-east-1", access_key="AKIDTEST"):
+    return aws_client("rds", endpoint, region, access_key)
+
+
+def aws_client(service, endpoint, region="us-east-1", access_key="AKIDTEST"):
+    """A boto3 client of `service` (rds, neptune, docdb: one API) at `endpoint`, without retries."""
     return boto3.client(
-        "rds",
+        service,
         region_name=region,
         endpoint_url=endpoint,
         aws_access_key_id=access_key,

@@ -169,7 +169,8 @@ impl Params {
 }
 
 fn malformed(message: &str) -> AwsError {
-    AwsError::client("MalformedQueryString", message)
+    // AWS's common errors list MalformedQueryString as 404, oddly but documented.
+    AwsError::not_found("MalformedQueryString", message)
 }
 
 fn percent_decode(raw: &[u8]) -> Result<String, AwsError> {

@@ -95,6 +95,10 @@ pub(crate) fn snapshot(scope: &mut ScopeWriter<'_, '_>, s: &Snapshot) {
     leaf(&mut el, "SnapshotType", &s.snapshot_type);
     leaf(&mut el, "PercentProgress", &s.percent_progress.to_string());
     leaf(&mut el, "StorageEncrypted", if s.encrypted { "true" } else { "false" });
+    // Encrypted snapshots here always have a KMS key (the account's default or a named one).
+    leaf(&mut el, "StorageEncryptionType", if s.encrypted { "sse-kms" } else { "none" });
+    leaf(&mut el, "BackupRetentionPeriod", "7");
+    leaf(&mut el, "PreferredBackupWindow", "07:00-07:30");
     if let Some(kms) = &s.kms_key_arn {
         leaf(&mut el, "KmsKeyId", kms);
     }
@@ -104,8 +108,25 @@ pub(crate) fn snapshot(scope: &mut ScopeWriter<'_, '_>, s: &Snapshot) {
     }
     leaf(&mut el, "IAMDatabaseAuthenticationEnabled", "false");
     tag_list(&mut el, &s.tags);
+    let (storage_type, throughput) = storage(&s.engine);
+    leaf(&mut el, "StorageType", storage_type);
+    if let Some(throughput) = throughput {
+        leaf(&mut el, "StorageThroughput", &throughput.to_string());
+    }
     leaf(&mut el, "DbClusterResourceId", &s.resource_id);
     el.finish();
+}
+
+/// The storage type of an engine's clusters, and the throughput (MiB/s) AWS reports only for
+/// Multi-AZ DB clusters: Aurora's own storage, gp3 for Multi-AZ clusters, Neptune's and
+/// DocumentDB's `standard` (their defaults).
+fn storage(engine: &snapgate_domain::Engine) -> (&'static str, Option<u32>) {
+    use snapgate_domain::Engine::*;
+    match engine {
+        AuroraMysql | AuroraPostgresql => ("aurora", None),
+        Mysql | Postgres => ("gp3", Some(125)),
+        Neptune | Docdb | Other(_) => ("standard", None),
+    }
 }
 
 pub(crate) fn cluster(scope: &mut ScopeWriter<'_, '_>, c: &Cluster) {
