@@ -336,6 +336,31 @@ pub struct ServerSettings {
     pub request_timeout_secs: u64,
     /// How long shutdown waits for calls in flight before it stops anyway.
     pub shutdown_grace_secs: u64,
+    /// Open connections at most, per listener; more are closed at once. Default: three
+    /// quarters of what the open-file limit leaves after a reserve for AWS connections, the
+    /// store and files.
+    pub max_connections: Option<usize>,
+    /// Open connections at most from one IP address. Off by default: behind a sidecar or a
+    /// load balancer every caller is one peer.
+    pub max_connections_per_peer: Option<usize>,
+    /// Time a new connection has to complete TLS and send its HTTP/2 preface and SETTINGS (or,
+    /// on the HTTP/JSON listener, its first bytes); silent peers are closed after it.
+    pub handshake_timeout_secs: u64,
+    /// A connection with no call in progress for this long is closed (HTTP/2: with GOAWAY).
+    pub idle_timeout_secs: u64,
+    /// Largest request header block (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`); JWTs included.
+    pub max_header_list_bytes: u32,
+    /// HTTP/2 flow-control window of each stream.
+    pub initial_stream_window_bytes: u32,
+    /// HTTP/2 flow-control window of each connection.
+    pub initial_connection_window_bytes: u32,
+    /// Unary calls in progress at most, gateway-wide; more are RESOURCE_EXHAUSTED with
+    /// RetryInfo at once. (Open streams are bounded by `watch.max_streams`.)
+    pub max_in_flight_calls: usize,
+    /// Resident memory above which new WatchCopy streams and copy requests are refused
+    /// (UNAVAILABLE with RetryInfo) until it falls. Default: 80% of the container's memory
+    /// limit (cgroup `memory.max`), none without one.
+    pub max_memory_bytes: Option<u64>,
 }
 
 /// The AWS side. Credentials always come from the standard chain (environment, profile, web
@@ -404,6 +429,15 @@ impl Default for ServerSettings {
             keepalive_timeout_secs: 10,
             request_timeout_secs: 60,
             shutdown_grace_secs: 10,
+            max_connections: None,
+            max_connections_per_peer: None,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            max_header_list_bytes: 64 * 1024,
+            initial_stream_window_bytes: 64 * 1024,
+            initial_connection_window_bytes: 1024 * 1024,
+            max_in_flight_calls: 1024,
+            max_memory_bytes: None,
         }
     }
 }
@@ -411,6 +445,14 @@ impl Default for ServerSettings {
 impl ServerSettings {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
     }
 }
 
@@ -469,6 +511,21 @@ impl Settings {
         }
         if s.max_response_bytes < 64 * 1024 {
             return Err("server.max_response_bytes must be at least 65536".into());
+        }
+        if s.handshake_timeout_secs == 0 || s.idle_timeout_secs == 0 {
+            return Err("server.handshake_timeout_secs and server.idle_timeout_secs must be positive".into());
+        }
+        if s.max_connections == Some(0) || s.max_connections_per_peer == Some(0) || s.max_in_flight_calls == 0 {
+            return Err("server.max_connections, server.max_connections_per_peer and server.max_in_flight_calls must be at least 1".into());
+        }
+        if s.max_header_list_bytes < 8 * 1024 {
+            return Err("server.max_header_list_bytes must be at least 8192 (a JWT alone can take 4 KiB)".into());
+        }
+        if s.initial_stream_window_bytes < 65_535 || s.initial_connection_window_bytes < s.initial_stream_window_bytes {
+            return Err(
+                "server.initial_stream_window_bytes must be at least 65535 and the connection window at least as large"
+                    .into(),
+            );
         }
         if s.max_concurrent_streams == 0 {
             return Err("server.max_concurrent_streams must be at least 1".into());

@@ -187,7 +187,11 @@ impl From<Error> for Status {
                     ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
                 )
             }
-            Error::TooManyStreams(_) => Status::resource_exhausted(err.to_string()),
+            Error::TooManyStreams(_) => Status::with_error_details(
+                Code::ResourceExhausted,
+                err.to_string(),
+                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+            ),
             Error::ShuttingDown => Status::with_error_details(
                 Code::Unavailable,
                 err.to_string(),

@@ -17,6 +17,7 @@ mod auth;
 mod aws;
 pub mod config;
 mod copy;
+mod edge;
 mod error;
 mod http;
 mod metrics;

@@ -47,6 +47,17 @@ struct DestinationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    listener: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
 }
@@ -69,6 +80,10 @@ pub struct Metrics {
     aws_retries: Family<MethodLabels, Counter>,
     authn_failures: Family<ReasonLabels, Counter>,
     policy_reloads: Family<ReasonLabels, Counter>,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_refused: Family<RefusalLabels, Counter>,
+    calls_shed: Family<ReasonLabels, Counter>,
+    resident_bytes: Gauge,
 }
 
 fn latency_buckets() -> Histogram {
@@ -115,6 +130,26 @@ impl Metrics {
         registry.register("authn_failures", "Calls refused as UNAUTHENTICATED, by reason", authn_failures.clone());
         let policy_reloads = Family::<ReasonLabels, Counter>::default();
         registry.register("policy_reloads", "Policy reloads by outcome (ok, failed)", policy_reloads.clone());
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register("connections_open", "Open connections by listener (grpc, http)", connections_open.clone());
+        let connections_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused or closed by the edge, by listener and reason (cap, per_peer, handshake_timeout, bad_preface, idle)",
+            connections_refused.clone(),
+        );
+        let calls_shed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "calls_shed",
+            "Calls refused at once to shed load, by reason (in_flight, streams, memory)",
+            calls_shed.clone(),
+        );
+        let resident_bytes = Gauge::default();
+        registry.register(
+            "resident_memory_bytes",
+            "Resident set size of the gateway, as the shedder reads it",
+            resident_bytes.clone(),
+        );
         let jobs_queued = Family::<DestinationLabels, Gauge>::default();
         registry.register(
             "jobs_queued",
@@ -158,6 +193,10 @@ impl Metrics {
             aws_retries,
             authn_failures,
             policy_reloads,
+            connections_open,
+            connections_refused,
+            calls_shed,
+            resident_bytes,
         })
     }
 
@@ -188,6 +227,24 @@ impl Metrics {
     pub fn policy_reload(&self, ok: bool) {
         let reason = if ok { "ok" } else { "failed" }.to_owned();
         self.policy_reloads.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A connection of `listener` opened (+1) or closed (-1).
+    pub(crate) fn connection(&self, listener: &str, delta: i64) {
+        self.connections_open.get_or_create(&ListenerLabels { listener: listener.to_owned() }).inc_by(delta);
+    }
+
+    pub(crate) fn connection_refused(&self, listener: &str, reason: &str) {
+        let labels = RefusalLabels { listener: listener.to_owned(), reason: reason.to_owned() };
+        self.connections_refused.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn call_shed(&self, reason: &str) {
+        self.calls_shed.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+    }
+
+    pub(crate) fn resident_bytes(&self, bytes: u64) {
+        self.resident_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Queued and in-progress copies of one destination, as the store counts them.

@@ -8,20 +8,26 @@ use std::time::Duration;
 
 use anyhow::Context;
 use aws_config::SdkConfig;
+use http_body_util::BodyExt;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tower::ServiceExt;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 use crate::admin;
 use crate::api::Api;
 use crate::api::deadline::DeadlineLayer;
 use crate::auth::policy::PolicyStore;
-use crate::auth::tls::{Alpn, TlsReloader};
+use crate::auth::tls::TlsReloader;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::aws::Accounts;
 use crate::config::Settings;
 use crate::copy::{CopyService, Jobs};
+use crate::edge::accept;
+use crate::edge::serve::{self, Handler};
+use crate::edge::shed::{self, Memory, ShedLayer};
+use crate::edge::{EdgeLimits, Listener};
 use crate::http::{GrpcService, Transcoder};
 use crate::metrics::Metrics;
 use crate::observe::ObserveLayer;
@@ -137,26 +143,87 @@ impl Application {
             .max_decoding_message_size(limits.max_request_bytes)
             .max_encoding_message_size(limits.max_response_bytes);
 
+        let tasks = self.tasks.clone();
+        let metrics = self.metrics.clone();
+        let memory_limit = limits.max_memory_bytes.or_else(shed::default_memory_limit);
+        let memory = Memory::watch(memory_limit, metrics.clone(), &tasks);
+        let routes = tonic::service::Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(copy_service);
+        // One stack serves both listeners: an HTTP/JSON call is a gRPC call made in process.
+        let stack = tower::ServiceBuilder::new()
+            // Outermost: every call is counted and has its server span, refused ones included,
+            // and the span covers authentication, the handler and the whole response body (a
+            // WatchCopy stream to its end).
+            .layer(ObserveLayer::new(metrics.clone()))
+            // Before authentication: shedding load must cost less than serving it.
+            .layer(ShedLayer::new(limits.max_in_flight_calls, memory, metrics.clone()))
+            // Outside every service: an unauthenticated call never reaches a handler.
+            .layer(AuthLayer::new(self.authenticator.clone()))
+            // Inside authentication, so a refused call costs no deadline timer.
+            .layer(DeadlineLayer::new(limits.request_timeout()))
+            .service(routes);
+        let stack = GrpcService::new(ServiceExt::<http::Request<tonic::body::Body>>::map_response(stack, |response| {
+            response.map(tonic::body::Body::new)
+        }));
+
+        let edge = EdgeLimits::new(limits);
+        tracing::info!(
+            max_connections = edge.max_connections,
+            handshake_timeout = ?edge.handshake_timeout,
+            idle_timeout = ?edge.idle_timeout,
+            max_memory_bytes = ?memory_limit,
+            "edge limits"
+        );
+        let grpc = stack.clone();
+        let handler: Handler = Arc::new(move |request, info| {
+            let mut request = request.map(tonic::body::Body::new);
+            request.extensions_mut().insert(info);
+            let call = grpc.clone().oneshot(request);
+            Box::pin(async move {
+                let Ok(response) = call.await;
+                response.map(|body| body.map_err(|status| Box::new(status) as BoxError).boxed_unsync())
+            })
+        });
+        let incoming = accept::incoming(
+            self.listener,
+            Listener::Grpc,
+            self.tls.clone(),
+            &edge,
+            metrics.clone(),
+            tasks.stopping(),
+            tasks.tracker(),
+        );
+        let builder = serve::builder(Listener::Grpc, limits);
+        serve::serve(
+            incoming,
+            Listener::Grpc,
+            builder,
+            handler,
+            &edge,
+            metrics.clone(),
+            tasks.stopping(),
+            tasks.tracker(),
+        );
+
         if let Some(listener) = self.http {
-            // The same layers as the gRPC server's, in the same order, around the same service:
-            // an HTTP/JSON call is a gRPC call made in process.
-            let stack = tower::ServiceBuilder::new()
-                .layer(ObserveLayer::new(self.metrics.clone()))
-                .layer(AuthLayer::new(self.authenticator.clone()))
-                .layer(DeadlineLayer::new(limits.request_timeout()))
-                .service(tonic::service::Routes::new(copy_service.clone()));
-            let stack = ServiceExt::<http::Request<tonic::body::Body>>::map_response(stack, |response| {
-                response.map(tonic::body::Body::new)
-            });
             let name = <SnapshotCopyServiceServer<Api> as tonic::server::NamedService>::NAME;
-            let transcoder = Transcoder::new(name, GrpcService::new(stack), limits.max_request_bytes)
+            let transcoder = Transcoder::new(name, stack, limits.max_request_bytes)
                 .map_err(|e| anyhow::anyhow!("HTTP/JSON routes: {e}"))?;
-            crate::http::spawn(listener, self.tls.clone(), Arc::new(transcoder), limits, &self.tasks);
+            crate::http::spawn(
+                listener,
+                self.tls.clone(),
+                Arc::new(transcoder),
+                limits,
+                &edge,
+                metrics.clone(),
+                &tasks,
+            );
         }
 
         let grace = Duration::from_secs(limits.shutdown_grace_secs);
         let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let tasks = self.tasks.clone();
         if let Some(listener) = self.admin {
             let router = admin::router(self.metrics.clone(), self.hub.clone(), serving.clone());
             let stopping = tasks.stopping();
@@ -172,61 +239,17 @@ impl Application {
             reloaders.push(tls.clone());
         }
         tasks.spawn(reload::run(reloaders, tasks.stopping()));
-        let incoming = crate::auth::tls::incoming(
-            self.listener,
-            self.tls.clone().map(|t| (t, Alpn::Grpc)),
-            tasks.stopping(),
-            tasks.tracker(),
-        );
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let reporter = health_reporter.clone();
-        let not_serving = serving.clone();
-        let stop = tasks.stopping();
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down: reporting NOT_SERVING, ending streams, draining calls");
-            // Stops accepting, ends every stream with UNAVAILABLE (tonic's graceful shutdown
-            // would wait for open streams forever), and stops the pollers and reloaders.
-            stop.cancel();
-            not_serving.store(false, std::sync::atomic::Ordering::Relaxed);
-            reporter.set_not_serving::<SnapshotCopyServiceServer<Api>>().await;
-            reporter.set_service_status("", ServingStatus::NotServing).await;
-            let _ = stopping_tx.send(());
-        };
 
-        let server = Server::builder()
-            // Outermost: every call is counted and has its server span, refused ones included,
-            // and the span covers authentication, the handler and the whole response body (a
-            // WatchCopy stream to its end).
-            .layer(ObserveLayer::new(self.metrics.clone()))
-            // Outside every service: an unauthenticated call never reaches a handler.
-            .layer(AuthLayer::new(self.authenticator.clone()))
-            // Inside authentication, so a refused call costs no deadline timer.
-            .layer(DeadlineLayer::new(limits.request_timeout()))
-            .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
-            .max_concurrent_streams(Some(limits.max_concurrent_streams))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(copy_service)
-            .serve_with_incoming_shutdown(incoming, signal);
-        tokio::pin!(server);
-        let started = tokio::time::Instant::now();
-        let grace_over = async move {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            served = &mut server => served.context("gRPC server failed")?,
-            () = grace_over => tracing::warn!(?grace, "grace period over; stopping with calls still in flight"),
-        }
-        let left = grace.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
-        if !tasks.stop(left).await {
-            tracing::warn!("some background tasks did not end within the grace period");
+        shutdown.await;
+        tracing::info!("shutting down: reporting NOT_SERVING, ending streams, draining calls");
+        serving.store(false, std::sync::atomic::Ordering::Relaxed);
+        health_reporter.set_not_serving::<SnapshotCopyServiceServer<Api>>().await;
+        health_reporter.set_service_status("", ServingStatus::NotServing).await;
+        // Stops accepting, asks every connection to close (GOAWAY) once its calls are done,
+        // ends every stream with UNAVAILABLE, and stops the pollers and reloaders; all of it
+        // within the grace.
+        if !tasks.stop(grace).await {
+            tracing::warn!(?grace, "grace period over; stopping with calls or tasks still in flight");
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The caller id of a DER certificate, or why it has none.
-pub(super) fn from_certificate(der: &[u8]) -> Result<String, String> {
+pub(crate) fn from_certificate(der: &[u8]) -> Result<String, String> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| "the certificate cannot be parsed".to_string())?;
     let san =
         cert.subject_alternative_name().map_err(|_| "the certificate has a malformed SAN extension".to_string())?;

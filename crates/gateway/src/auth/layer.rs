@@ -10,7 +10,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::Authenticator;
-use super::tls::ConnInfo;
+use crate::edge::accept::ConnInfo;
 
 const OPEN_PREFIXES: [&str; 3] =
     ["/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];

@@ -3,7 +3,7 @@
 //! UNAUTHENTICATED before the call reaches a handler (and so before any AWS call).
 //! Authorization, which needs the resource, is [`policy`].
 
-mod identity;
+pub(crate) mod identity;
 mod jwks;
 mod jwt;
 mod layer;

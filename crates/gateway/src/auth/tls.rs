@@ -1,37 +1,22 @@
-//! TLS on the gRPC listener with certificates that reload from disk: the accept loop takes
-//! the current rustls configuration for each new connection, so a renewed certificate or CA
-//! bundle applies to new connections without a restart and without touching open ones. The
-//! client certificate's identity is read once per connection.
+//! TLS on the listeners with certificates that reload from disk: the accept loop
+//! (`edge::accept`) takes the current rustls configuration for each new connection, so a
+//! renewed certificate or CA bundle applies to new connections without a restart and without
+//! touching open ones. The client certificate's identity is read once per connection.
 
-use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::either::Either;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tonic::transport::server::Connected;
 
 use crate::config::{ClientCertificates, TlsSettings};
 use crate::reload::{Reload, WatchedFiles};
-
-/// A TLS handshake that takes longer than this is dropped, so slow or idle peers cannot hold
-/// handshake slots.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the rustls configuration from the files `settings` names.
 pub(crate) fn load(settings: &TlsSettings) -> anyhow::Result<ServerConfig> {
@@ -116,7 +101,8 @@ impl TlsReloader {
         Ok((grpc, http))
     }
 
-    fn acceptor(&self, alpn: Alpn) -> TlsAcceptor {
+    /// An acceptor with the current certificates, offering `alpn`.
+    pub(crate) fn acceptor(&self, alpn: Alpn) -> TlsAcceptor {
         match alpn {
             Alpn::Grpc => TlsAcceptor::from(self.grpc.load_full()),
             Alpn::Http => TlsAcceptor::from(self.http.load_full()),
@@ -145,124 +131,4 @@ impl Reload for TlsReloader {
             }
         }
     }
-}
-
-/// One accepted connection, plain or TLS, with what the server knows of its peer.
-pub(crate) struct Conn {
-    io: Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>,
-    info: ConnInfo,
-}
-
-/// Put into every request's extensions by tonic.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnInfo {
-    pub remote: Option<SocketAddr>,
-    /// The verified client certificate's caller id, or why it has none; `None` without one.
-    pub certificate: Option<Result<String, String>>,
-}
-
-impl Conn {
-    pub(crate) fn info(&self) -> &ConnInfo {
-        &self.info
-    }
-}
-
-impl Connected for Conn {
-    type ConnectInfo = ConnInfo;
-
-    fn connect_info(&self) -> ConnInfo {
-        self.info.clone()
-    }
-}
-
-// The connection's bytes are its stream's, plain or TLS (`Either` delegates both ways).
-impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-/// Accepts connections on `listener`, doing TLS handshakes (each in its own task, bounded in
-/// time, offering the ALPN protocols given) when `tls` is set, until `stop` fires or the server drops the stream. The accept
-/// loop and the handshakes are `tasks`'.
-pub(crate) fn incoming(
-    listener: TcpListener,
-    tls: Option<(Arc<TlsReloader>, Alpn)>,
-    stop: CancellationToken,
-    tasks: &TaskTracker,
-) -> ReceiverStream<io::Result<Conn>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let handshakes = tasks.clone();
-    tasks.spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = stop.cancelled() => break,
-                () = tx.closed() => break,
-            };
-            let (stream, remote) = match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let Some((tls, alpn)) = &tls else {
-                let info = ConnInfo { remote: Some(remote), certificate: None };
-                if tx.send(Ok(Conn { io: Either::Left(stream), info })).await.is_err() {
-                    break;
-                }
-                continue;
-            };
-            let acceptor = tls.acceptor(*alpn);
-            let tx = tx.clone();
-            handshakes.spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let certificate = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|certs| certs.first())
-                            .map(|leaf| super::identity::from_certificate(leaf));
-                        let info = ConnInfo { remote: Some(remote), certificate };
-                        let _ = tx.send(Ok(Conn { io: Either::Right(Box::new(stream)), info })).await;
-                    }
-                    // A refused client certificate ends here: the peer sees the TLS alert.
-                    Ok(Err(error)) => tracing::info!(%remote, %error, "TLS handshake failed"),
-                    Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }

@@ -24,7 +24,7 @@ use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
 use super::routes::{BodyRule, Found, Route, Routes};
-use crate::auth::tls::ConnInfo;
+use crate::edge::accept::ConnInfo;
 use crate::error::{Error, FieldViolation};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,83 @@
+//! Where callers meet the gateway: the accept loop with its connection caps and handshake
+//! deadline (`accept`), the serving of each connection with its HTTP/2 limits and idle timeout
+//! (`serve`), and load shedding before any work is done for a call (`shed`). Both listeners,
+//! gRPC and HTTP/JSON, go through it, so a peer that connects and stays silent, floods, or
+//! overloads the gateway costs other callers nothing.
+
+pub(crate) mod accept;
+pub(crate) mod serve;
+pub(crate) mod shed;
+
+use std::time::Duration;
+
+use crate::config::ServerSettings;
+
+/// Which listener a connection came to; metrics and the handshake differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    Grpc,
+    Http,
+}
+
+impl Listener {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Listener::Grpc => "grpc",
+            Listener::Http => "http",
+        }
+    }
+}
+
+/// The edge's limits, resolved from the settings and the machine.
+#[derive(Debug, Clone)]
+pub(crate) struct EdgeLimits {
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_peer: Option<usize>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) shutdown_grace: Duration,
+}
+
+impl EdgeLimits {
+    pub(crate) fn new(settings: &ServerSettings) -> EdgeLimits {
+        let max_connections =
+            settings.max_connections.unwrap_or_else(|| default_max_connections(open_file_limit().unwrap_or(1024)));
+        EdgeLimits {
+            max_connections,
+            max_connections_per_peer: settings.max_connections_per_peer,
+            handshake_timeout: settings.handshake_timeout(),
+            idle_timeout: settings.idle_timeout(),
+            shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
+        }
+    }
+}
+
+/// The process's soft limit of open files, from `/proc/self/limits`.
+pub(crate) fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Connections per listener from the open-file limit: a reserve for AWS connections, the store,
+/// the admin listener and files (256 plus a tenth), then three quarters of the rest (the other
+/// listener shares it).
+fn default_max_connections(open_files: u64) -> usize {
+    let reserve = (256 + open_files / 10).min(open_files / 2);
+    let usable = open_files.saturating_sub(reserve) * 3 / 4;
+    usize::try_from(usable.max(16)).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_caps_leave_room_for_the_rest_of_the_process() {
+        assert_eq!(default_max_connections(1024), 499);
+        assert_eq!(default_max_connections(65_536), 44_045);
+        assert_eq!(default_max_connections(64), 24);
+        assert_eq!(default_max_connections(8), 16);
+        assert!(open_file_limit().is_some_and(|n| n > 0));
+    }
+}

@@ -1,0 +1,188 @@
+//! Serving accepted connections: HTTP/2 (and HTTP/1.1 on the HTTP/JSON listener) with the
+//! configured limits, every request handed to the listener's handler with its connection's
+//! `ConnInfo`. A connection with no call in progress for `idle_timeout` is closed (HTTP/2:
+//! GOAWAY); at shutdown each is asked to close, finishing what it has in hand within the grace.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::accept::{Conn, ConnInfo};
+use super::{EdgeLimits, Listener};
+use crate::config::ServerSettings;
+use crate::metrics::Metrics;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response the edge writes.
+pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// What serves a listener's requests.
+pub(crate) type Handler =
+    Arc<dyn Fn(http::Request<Incoming>, ConnInfo) -> BoxFuture<'static, http::Response<ResponseBody>> + Send + Sync>;
+
+const IDLE_CLOSE: Duration = Duration::from_secs(5);
+
+/// The HTTP protocol settings of a listener, from the server settings.
+pub(crate) fn builder(kind: Listener, settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(settings.max_header_list_bytes)
+        .initial_stream_window_size(settings.initial_stream_window_bytes)
+        .initial_connection_window_size(settings.initial_connection_window_bytes)
+        .keep_alive_interval(Duration::from_secs(settings.keepalive_interval_secs))
+        .keep_alive_timeout(Duration::from_secs(settings.keepalive_timeout_secs));
+    match kind {
+        Listener::Grpc => builder.http2_only(),
+        Listener::Http => {
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.handshake_timeout())
+                .max_buf_size(usize::try_from(settings.max_header_list_bytes).unwrap_or(usize::MAX).max(8192));
+            builder
+        }
+    }
+}
+
+/// Serves every connection `incoming` yields until `stop` fires; the loop and the connections
+/// are `tasks`'.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn serve(
+    mut incoming: mpsc::Receiver<Conn>,
+    kind: Listener,
+    builder: auto::Builder<TokioExecutor>,
+    handler: Handler,
+    limits: &EdgeLimits,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let connections = tasks.clone();
+    let (idle, grace) = (limits.idle_timeout, limits.shutdown_grace);
+    // An idle connection has nothing to finish: a peer that does not answer GOAWAY's ping
+    // within this is closed anyway.
+    let idle_close = grace.min(IDLE_CLOSE);
+    tasks.spawn(async move {
+        loop {
+            let conn = tokio::select! {
+                conn = incoming.recv() => match conn {
+                    Some(conn) => conn,
+                    None => break,
+                },
+                () = stop.cancelled() => break,
+            };
+            let info = conn.info().clone();
+            let (open, calls) = watch::channel(0usize);
+            let open = Arc::new(open);
+            let handler = handler.clone();
+            let service = tower::service_fn(move |request: http::Request<Incoming>| {
+                let call = handler(request, info.clone());
+                let open = open.clone();
+                open.send_modify(|n| *n += 1);
+                async move {
+                    let response = call.await;
+                    Ok::<_, Infallible>(response.map(|body| Tracked { body, open: Some(open) }))
+                }
+            });
+            let (stop, metrics, builder) = (stop.clone(), metrics.clone(), builder.clone());
+            connections.spawn(async move {
+                let connection = builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(service));
+                tokio::pin!(connection);
+                let outcome = tokio::select! {
+                    served = connection.as_mut() => Ok(served),
+                    () = stop.cancelled() => Err(grace),
+                    () = idle_for(calls, idle) => {
+                        metrics.connection_refused(kind.as_str(), "idle");
+                        Err(idle_close)
+                    }
+                };
+                let served = match outcome {
+                    Ok(served) => served,
+                    Err(within) => {
+                        connection.as_mut().graceful_shutdown();
+                        match tokio::time::timeout(within, connection).await {
+                            Ok(served) => served,
+                            Err(_) => return,
+                        }
+                    }
+                };
+                if let Err(error) = served {
+                    tracing::debug!(listener = kind.as_str(), %error, "connection ended with an error");
+                }
+            });
+        }
+    });
+}
+
+/// Resolves once the connection has had no call in progress for `idle`.
+async fn idle_for(mut calls: watch::Receiver<usize>, idle: Duration) {
+    loop {
+        if *calls.borrow_and_update() == 0 {
+            tokio::select! {
+                () = tokio::time::sleep(idle) => return,
+                changed = calls.changed() => if changed.is_err() { return std::future::pending().await },
+            }
+        } else if calls.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// A response body that counts as a call in progress until it ends or is dropped.
+struct Tracked {
+    body: ResponseBody,
+    open: Option<Arc<watch::Sender<usize>>>,
+}
+
+impl Tracked {
+    fn done(&mut self) {
+        if let Some(open) = self.open.take() {
+            open.send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

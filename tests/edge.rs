@@ -1,0 +1,230 @@
+//! The gateway's edge against peers that misbehave at the transport: connections over the cap,
+//! peers that connect and stay silent (plaintext and after TLS), idle HTTP/2 connections, header
+//! blocks too large, and more calls than the gateway takes at once. Every wait is bounded.
+// A test reports failure by panicking: unwrapping in its helpers is that report.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::gateway::{self, Gateway};
+use common::*;
+use snapgate_emulator::{EmulatorConfig, Faults};
+use snapgate_gateway::config::Settings;
+use snapgate_proto::GetCopyRequest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame: the rest of a client's connection preface.
+const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+async fn start(tune: impl FnOnce(&mut Settings)) -> (snapgate_emulator::EmulatorHandle, Gateway) {
+    let emu = emulator_with(EmulatorConfig { seed: true, ..quiet_config() }).await;
+    let mut settings = gateway::settings();
+    tune(&mut settings);
+    let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
+    (emu, gw)
+}
+
+/// Reads until the peer closes the connection; `None` if it is still open after `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|()| received)
+}
+
+/// The frame types in a server's bytes (9-byte headers, payloads skipped).
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let length = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + length).min(bytes.len())..];
+    }
+    types
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    raw_http(gw.admin.unwrap(), b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.1
+}
+
+fn get(name: &str) -> GetCopyRequest {
+    GetCopyRequest { name: name.into() }
+}
+
+#[tokio::test]
+async fn over_the_cap_the_next_connection_is_closed_and_open_ones_still_serve() {
+    let (_emu, mut gw) = start(|s| s.server.max_connections = Some(2)).await;
+    // The client's connection is one; a second peer that opened HTTP/2 is the other.
+    gw.client.get_copy(get("billing-pg-daily")).await.unwrap();
+    let mut second = TcpStream::connect(gw.addr).await.unwrap();
+    second.write_all(&[PREFACE, SETTINGS].concat()).await.unwrap();
+    // Let the server take the second connection before the third arrives.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metrics(&gw).await.contains("snapgate_connections_open{listener=\"grpc\"} 2")
+        })
+        .await
+    );
+    let mut third = TcpStream::connect(gw.addr).await.unwrap();
+    let _ = third.write_all(&[PREFACE, SETTINGS].concat()).await;
+    let answer = closed_within(&mut third, Duration::from_secs(5)).await.expect("the third connection is closed");
+    assert!(answer.is_empty(), "closed before any HTTP/2: {answer:?}");
+    gw.client.get_copy(get("billing-pg-daily")).await.expect("the open connection still serves");
+    let scraped = metrics(&gw).await;
+    assert!(scraped.contains("snapgate_connections_refused_total{listener=\"grpc\",reason=\"cap\"} 1"), "{scraped}");
+    // A closed connection gives its place back.
+    drop(second);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let mut fourth = TcpStream::connect(gw.addr).await.unwrap();
+            fourth.write_all(&[PREFACE, SETTINGS].concat()).await.unwrap();
+            // Served: the server's SETTINGS come back.
+            let mut buf = [0u8; 9];
+            matches!(tokio::time::timeout(Duration::from_secs(1), fourth.read_exact(&mut buf)).await, Ok(Ok(_)))
+                && buf[3] == 4
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
+    let (_emu, gw) = start(|s| s.server.handshake_timeout_secs = 1).await;
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    // A trickled preface does not extend the deadline.
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(&PREFACE[..4]).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(5)).await.is_some());
+    assert!(closed_within(&mut slow, Duration::from_secs(5)).await.is_some());
+    // Something that is not HTTP/2 is closed at once.
+    let mut http1 = TcpStream::connect(gw.addr).await.unwrap();
+    http1.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    assert!(closed_within(&mut http1, Duration::from_millis(900)).await.is_some());
+    let scraped = metrics(&gw).await;
+    assert!(scraped.contains("reason=\"handshake_timeout\"} 2"), "{scraped}");
+    assert!(scraped.contains("reason=\"bad_handshake\"} 1"), "{scraped}");
+}
+
+#[tokio::test]
+async fn a_peer_that_completes_tls_and_stays_silent_is_closed_too() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("edge-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (_emu, gw) = start(|s| {
+        s.server.handshake_timeout_secs = 1;
+        s.auth.tls = Some(snapgate_gateway::config::TlsSettings {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: None,
+            client_certificates: snapgate_gateway::config::ClientCertificates::Optional,
+            reload_secs: 60,
+        });
+    })
+    .await;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut tls = connector.connect("localhost".try_into().unwrap(), tcp).await.expect("TLS completes");
+    let mut buf = [0u8; 64];
+    let ended = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
+    assert!(matches!(ended, Ok(Ok(0)) | Ok(Err(_))), "still open after the handshake timeout: {ended:?}");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_gets_goaway_after_the_idle_timeout() {
+    let emu = emulator_with(EmulatorConfig { seed: true, copy_gib_per_sec: 1.0, ..quiet_config() }).await;
+    let mut settings = gateway::settings();
+    settings.server.idle_timeout_secs = 1;
+    let mut gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(&[PREFACE, SETTINGS].concat()).await.unwrap();
+    let received = closed_within(&mut idle, Duration::from_secs(10)).await.expect("the idle connection is closed");
+    assert!(frame_types(&received).contains(&7), "GOAWAY before the close: {:?}", frame_types(&received));
+    // A connection with a stream open is not idle: a watch outlives the timeout.
+    gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "idle-watch")).await.unwrap();
+    let watch = snapgate_proto::WatchCopyRequest { name: "idle-watch".into() };
+    let mut stream = gw.client.watch_copy(watch).await.unwrap().into_inner();
+    let opened = std::time::Instant::now();
+    let outlived = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = stream.message().await.unwrap() {
+            if opened.elapsed() > Duration::from_millis(2_500) {
+                return event;
+            }
+        }
+        panic!("the stream ended");
+    })
+    .await;
+    assert!(outlived.is_ok(), "the watch's connection was closed as idle");
+    let scraped = metrics(&gw).await;
+    assert!(scraped.contains("reason=\"idle\"}"), "{scraped}");
+}
+
+#[tokio::test]
+async fn an_oversized_header_block_fails_its_call_and_not_the_connection() {
+    let (_emu, mut gw) = start(|s| s.server.max_header_list_bytes = 8 * 1024).await;
+    let mut request = tonic::Request::new(get("billing-pg-daily"));
+    request.metadata_mut().insert("x-padding", "a".repeat(16 * 1024).parse().unwrap());
+    let refused = gw.client.get_copy(request).await.expect_err("the header block is over the limit");
+    // h2 answers the stream alone with 431; tonic reports that as UNKNOWN.
+    assert!(refused.message().contains("431"), "{refused:?}");
+    // The same connection (the same channel) still serves the next call.
+    gw.client.get_copy(get("billing-pg-daily")).await.expect("the connection survived");
+}
+
+#[tokio::test]
+async fn calls_past_the_in_flight_limit_are_refused_at_once_with_retry_info() {
+    let emu = emulator_with(EmulatorConfig { seed: true, ..quiet_config() }).await;
+    let mut settings = gateway::settings();
+    settings.server.max_in_flight_calls = 1;
+    let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
+    // AWS answers slowly: the first call holds the only place while the second arrives.
+    emu.emulator.set_faults(Faults { latency_ms: 3_000, throttle: None, ..Faults::default() }).unwrap();
+    emu.emulator.reset_calls();
+    let mut slow_client = gw.client.clone();
+    let slow = tokio::spawn(async move { slow_client.get_copy(get("ledger-mysql-snap")).await });
+    // The first call holds its place once AWS has it.
+    let at_aws = || async { emu.emulator.calls().calls.get("DescribeDBClusterSnapshots").copied().unwrap_or(0) >= 1 };
+    assert!(eventually(Duration::from_secs(5), at_aws).await);
+    let mut client = gw.client.clone();
+    let shed = client.get_copy(get("billing-pg-daily")).await.expect_err("the second call is shed");
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    assert!(!slow.is_finished(), "refused while the first call was still in progress");
+    assert_eq!(shed.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_secs(1)));
+    emu.emulator.set_faults(Faults { throttle: None, ..Faults::default() }).unwrap();
+    slow.await.unwrap().expect("the first call completes");
+    // Health is never shed.
+    let addr: SocketAddr = gw.addr;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    let scraped = metrics(&gw).await;
+    assert!(scraped.contains("snapgate_calls_shed_total{reason=\"in_flight\"}"), "{scraped}");
+}
