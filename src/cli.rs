@@ -71,6 +71,12 @@ pub(crate) enum BenchCommand {
     Auth(crate::bench::auth::AuthBenchArgs),
     /// Throughput with trace export on against off, in one run.
     Trace(crate::bench::trace::TraceBenchArgs),
+    /// The gateway under transport abuse: idle connections, slowloris, rapid reset, oversized
+    /// headers, call and stream floods, against a well-behaved client's latency.
+    Flood(crate::bench::flood::FloodBenchArgs),
+    /// One attack of `bench flood`, in a child process.
+    #[command(hide = true)]
+    FloodAttack(crate::bench::flood::FloodAttackArgs),
     /// The load generator `bench watch` starts in a child process.
     #[command(hide = true)]
     WatchClients(crate::bench::WatchClientsArgs),
@@ -149,6 +155,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Auth(args)) => {
             with_telemetry("warn", format, crate::bench::auth::auth(args)).await
+        }
+        Command::Bench(BenchCommand::Flood(args)) => {
+            with_telemetry("warn", format, crate::bench::flood::flood(args)).await
+        }
+        Command::Bench(BenchCommand::FloodAttack(args)) => {
+            with_telemetry("error", format, crate::bench::flood::flood_attack(args)).await
         }
         Command::Bench(BenchCommand::Trace(args)) => crate::bench::trace::trace(args, format).await,
         Command::Bench(BenchCommand::WatchClients(args)) => {

@@ -7,6 +7,7 @@
 //! measured is the gateway's (with the in-process emulator), not the load generator's.
 
 pub(crate) mod auth;
+pub(crate) mod flood;
 pub(crate) mod queue;
 pub(crate) mod trace;
 
@@ -290,7 +291,7 @@ async fn waiter_way(endpoint: &str, names: &[String], watchers: usize, seconds: 
 
 /// The benchmarks' one caller: a static token and a policy that lets it do everything, so
 /// every call pays for authentication and authorization as in production.
-const BENCH_TOKEN: &str = "snapgate-bench-token";
+pub(crate) const BENCH_TOKEN: &str = "snapgate-bench-token";
 
 pub(crate) fn bench_settings(scratch: &ScratchDir) -> Settings {
     Settings {

@@ -17,7 +17,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::{mpsc, watch};
+use snapgate_domain::TokenBucket;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -91,15 +92,15 @@ pub(crate) fn serve(
             };
             let info = conn.info().clone();
             let (open, calls) = watch::channel(0usize);
-            let open = Arc::new(open);
+            let conn_state = Arc::new(ConnState { open, resets: ResetGuard::new() });
             let handler = handler.clone();
+            let state = conn_state.clone();
             let service = tower::service_fn(move |request: http::Request<Incoming>| {
                 let call = handler(request, info.clone());
-                let open = open.clone();
-                open.send_modify(|n| *n += 1);
+                let guard = CallGuard::begin(state.clone());
                 async move {
                     let response = call.await;
-                    Ok::<_, Infallible>(response.map(|body| Tracked { body, open: Some(open) }))
+                    Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))
                 }
             });
             let (stop, metrics, builder) = (stop.clone(), metrics.clone(), builder.clone());
@@ -111,6 +112,11 @@ pub(crate) fn serve(
                     () = stop.cancelled() => Err(grace),
                     () = idle_for(calls, idle) => {
                         metrics.connection_refused(kind.as_str(), "idle");
+                        Err(idle_close)
+                    }
+                    () = conn_state.resets.tripped.notified() => {
+                        tracing::info!(listener = kind.as_str(), "closing a connection that resets its streams too often");
+                        metrics.connection_refused(kind.as_str(), "reset_flood");
                         Err(idle_close)
                     }
                 };
@@ -146,23 +152,64 @@ async fn idle_for(mut calls: watch::Receiver<usize>, idle: Duration) {
     }
 }
 
-/// A response body that counts as a call in progress until it ends or is dropped.
-struct Tracked {
-    body: ResponseBody,
-    open: Option<Arc<watch::Sender<usize>>>,
+/// Premature resets (calls the client gave up before their response ended) a connection may
+/// make per second, and in a burst; past them it is closed (CVE-2023-44487's rapid reset: hyper
+/// bounds resets of streams it has not accepted yet, this bounds those of accepted ones).
+const PREMATURE_RESETS_PER_SEC: f64 = 100.0;
+const PREMATURE_RESETS_BURST: u32 = 500;
+
+/// What a connection's calls share: how many are in progress, and its reset budget.
+struct ConnState {
+    open: watch::Sender<usize>,
+    resets: ResetGuard,
 }
 
-impl Tracked {
-    fn done(&mut self) {
-        if let Some(open) = self.open.take() {
-            open.send_modify(|n| *n = n.saturating_sub(1));
+struct ResetGuard {
+    bucket: TokenBucket,
+    tripped: Notify,
+}
+
+impl ResetGuard {
+    fn new() -> ResetGuard {
+        let bucket = TokenBucket::new(PREMATURE_RESETS_PER_SEC, PREMATURE_RESETS_BURST, std::time::Instant::now());
+        ResetGuard { bucket, tripped: Notify::new() }
+    }
+}
+
+/// One call in progress on a connection, from its request to the end of its response body.
+struct CallGuard {
+    state: Arc<ConnState>,
+    finished: bool,
+}
+
+impl CallGuard {
+    fn begin(state: Arc<ConnState>) -> CallGuard {
+        state.open.send_modify(|n| *n += 1);
+        CallGuard { state, finished: false }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.state.open.send_modify(|n| *n = n.saturating_sub(1));
+        if !self.finished && !self.state.resets.bucket.try_take(std::time::Instant::now()) {
+            self.state.resets.tripped.notify_one();
         }
     }
 }
 
+/// A response body that counts as a call in progress until it ends or is dropped.
+struct Tracked {
+    body: ResponseBody,
+    guard: CallGuard,
+}
+
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.done();
+        // hyper stops polling a body that says it has ended.
+        if self.body.is_end_stream() {
+            self.guard.finished = true;
+        }
     }
 }
 
@@ -173,7 +220,7 @@ impl Body for Tracked {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.done();
+            self.guard.finished = true;
         }
         polled
     }
@@ -184,5 +231,46 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> Arc<ConnState> {
+        Arc::new(ConnState { open: watch::channel(0).0, resets: ResetGuard::new() })
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_resets_its_calls_too_often_is_marked_for_closing() {
+        let conn = state();
+        // Calls that finish cost nothing, however many.
+        for _ in 0..2_000 {
+            let mut call = CallGuard::begin(conn.clone());
+            call.finished = true;
+        }
+        assert_eq!(*conn.open.borrow(), 0);
+        let tripped = conn.resets.tripped.notified();
+        tokio::pin!(tripped);
+        assert!(futures_util::poll!(tripped.as_mut()).is_pending());
+        // Abandoned calls spend the burst, then trip the guard.
+        for _ in 0..=PREMATURE_RESETS_BURST {
+            drop(CallGuard::begin(conn.clone()));
+        }
+        assert!(futures_util::poll!(tripped.as_mut()).is_ready());
+    }
+
+    #[tokio::test]
+    async fn idle_is_counted_from_the_last_call() {
+        let conn = state();
+        let calls = conn.open.subscribe();
+        let call = CallGuard::begin(conn.clone());
+        let idle = idle_for(calls, Duration::from_millis(20));
+        tokio::pin!(idle);
+        // Not idle while a call is in progress, whatever the time.
+        assert!(tokio::time::timeout(Duration::from_millis(60), idle.as_mut()).await.is_err());
+        drop(call);
+        assert!(tokio::time::timeout(Duration::from_secs(5), idle).await.is_ok());
     }
 }

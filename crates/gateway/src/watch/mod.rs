@@ -171,7 +171,10 @@ impl WatchHub {
 
     /// A permit for one more stream, or RESOURCE_EXHAUSTED over the cap.
     fn stream_permit(&self) -> Result<OwnedSemaphorePermit, Error> {
-        self.streams.clone().try_acquire_owned().map_err(|_| Error::TooManyStreams(self.settings.max_streams))
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.call_shed("streams");
+            Error::TooManyStreams(self.settings.max_streams)
+        })
     }
 
     fn poller(&self, account: &str, region: &str) -> Arc<Poller> {

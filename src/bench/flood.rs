@@ -1,0 +1,509 @@
+//! `snapgate bench flood`: the gateway (`snapgate serve`, a child process, so its descriptors
+//! and memory are its own) under transport abuse, one attack at a time, while a well-behaved
+//! client on its own connection calls GetCopy every few milliseconds. For each attack it
+//! reports the client's p50/p99 next to the baseline of the same run, the edge's refusals by
+//! reason, the gateway's peak resident memory and open descriptors, and how long the
+//! descriptors take to come back to the baseline once the attack stops.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use super::{BENCH_TOKEN, BenchClient, bench_client, loopback_emulator};
+use crate::cli::ScratchDir;
+use snapgate_emulator::{EmulatorConfig, Faults};
+use snapgate_proto::{GetCopyRequest, WatchCopyRequest};
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FloodBenchArgs {
+    /// How long each attack (and the baseline) runs.
+    #[arg(long, default_value_t = 8)]
+    pub attack_secs: u64,
+    /// Connections the idle attack opens and never speaks on.
+    #[arg(long, default_value_t = 4_000)]
+    pub idle_connections: usize,
+    /// Connections the slowloris attack trickles its preface on, a byte at a time.
+    #[arg(long, default_value_t = 1_000)]
+    pub slowloris_connections: usize,
+    /// The gateway's handshake timeout for this run (seconds).
+    #[arg(long, default_value_t = 3)]
+    pub handshake_timeout_secs: u64,
+    /// The gateway's idle timeout for this run (seconds).
+    #[arg(long, default_value_t = 10)]
+    pub idle_timeout_secs: u64,
+    /// The gateway's limit of unary calls in progress, which the call flood goes past.
+    #[arg(long, default_value_t = 64)]
+    pub max_in_flight_calls: usize,
+    /// The gateway's limit of open streams, which the stream flood goes past.
+    #[arg(long, default_value_t = 1_000)]
+    pub max_streams: usize,
+    /// The gateway's memory watermark (MiB).
+    #[arg(long, default_value_t = 512)]
+    pub max_memory_mib: u64,
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The gateway child: its pid, gRPC and admin addresses.
+struct Gateway {
+    child: tokio::process::Child,
+    pid: u32,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn start(args: &FloodBenchArgs, emulator: &str, scratch: &ScratchDir) -> anyhow::Result<Gateway> {
+    let (port, admin_port) = (free_port()?, free_port()?);
+    let config = scratch.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:{port}"
+[server]
+shutdown_grace_secs = 2
+handshake_timeout_secs = {handshake}
+idle_timeout_secs = {idle}
+max_in_flight_calls = {in_flight}
+max_memory_bytes = {memory}
+[watch]
+max_streams = {streams}
+[aws]
+region = "us-east-1"
+endpoint_url = "{emulator}"
+account_id = "{account}"
+rate_limit_per_sec = 100000.0
+rate_limit_burst = 100000
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[auth]
+static_tokens = [{{ token = "{BENCH_TOKEN}", principal = "bench" }}]
+[authz]
+policies = 'permit(principal, action, resource);'
+[store]
+data_dir = "{data}"
+"#,
+            handshake = args.handshake_timeout_secs,
+            idle = args.idle_timeout_secs,
+            in_flight = args.max_in_flight_calls,
+            memory = args.max_memory_mib * 1024 * 1024,
+            streams = args.max_streams,
+            account = snapgate_emulator::DEFAULT_ACCOUNT,
+            data = scratch.path().join("data").display(),
+        ),
+    )?;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&config)
+        .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
+        .env("AWS_SECRET_ACCESS_KEY", "bench-secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "warn,snapgate=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("the gateway exited at once")?;
+    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let started = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains("snapgate listening") {
+                return Ok::<_, anyhow::Error>(());
+            }
+        }
+        anyhow::bail!("the gateway exited before it listened")
+    })
+    .await;
+    started.context("the gateway did not start within 30 s")??;
+    // Keep reading its log, or it would block on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    Ok(Gateway { child, pid, addr, admin: SocketAddr::from(([127, 0, 0, 1], admin_port)) })
+}
+
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// The edge's counters from the gateway's `/metrics`: refusals by reason and shed calls.
+async fn refusals(admin: SocketAddr) -> Vec<(String, u64)> {
+    let Ok(mut stream) = TcpStream::connect(admin).await else { return Vec::new() };
+    if stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.is_err() {
+        return Vec::new();
+    }
+    let mut text = String::new();
+    let _ = tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut text).await;
+    text.lines()
+        .filter(|l| l.starts_with("snapgate_connections_refused_total") || l.starts_with("snapgate_calls_shed_total"))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            let name = name.trim_start_matches("snapgate_").replace("_total", "");
+            Some((name, value.parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
+/// The well-behaved client: a GetCopy every 5 ms on its own connection; latencies in µs.
+async fn measure(client: &BenchClient, until: Instant) -> (Vec<u64>, u64) {
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    while Instant::now() < until {
+        tick.tick().await;
+        let started = Instant::now();
+        let mut client = client.clone();
+        match client.get_copy(GetCopyRequest { name: "billing-pg-daily".into() }).await {
+            Ok(_) => latencies.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
+            Err(_) => errors += 1,
+        }
+    }
+    (latencies, errors)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum Attack {
+    Idle,
+    Slowloris,
+    RapidReset,
+    OversizedHeaders,
+    CallFlood,
+    StreamFlood,
+}
+
+impl Attack {
+    fn name_arg(self) -> String {
+        clap::ValueEnum::to_possible_value(&self).map(|v| v.get_name().to_owned()).unwrap_or_default()
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Attack::Idle => "idle connections",
+            Attack::Slowloris => "slowloris preface",
+            Attack::RapidReset => "rapid reset",
+            Attack::OversizedHeaders => "oversized headers",
+            Attack::CallFlood => "unary call flood",
+            Attack::StreamFlood => "stream flood",
+        }
+    }
+}
+
+/// One attack, run by a child process (`bench flood-attack`) so that its work does not share
+/// the measuring client's runtime.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FloodAttackArgs {
+    #[arg(long, value_enum)]
+    pub attack: Attack,
+    #[arg(long)]
+    pub addr: SocketAddr,
+    #[arg(long)]
+    pub secs: u64,
+    #[arg(long)]
+    pub idle_connections: usize,
+    #[arg(long)]
+    pub slowloris_connections: usize,
+    #[arg(long)]
+    pub callers: usize,
+    #[arg(long)]
+    pub streams: usize,
+}
+
+/// Runs one attack and prints what it did.
+pub(crate) async fn flood_attack(args: FloodAttackArgs) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(args.secs);
+    println!("{}", run_attack(&args, until).await);
+    Ok(())
+}
+
+/// Runs the attack against its address until `until`; returns what it did.
+async fn run_attack(args: &FloodAttackArgs, until: Instant) -> String {
+    let (attack, addr) = (args.attack, args.addr);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    match attack {
+        Attack::Idle => {
+            let mut held = Vec::new();
+            for _ in 0..args.idle_connections {
+                if let Ok(stream) = TcpStream::connect(addr).await {
+                    held.push(stream);
+                }
+            }
+            count.store(held.len() as u64, Ordering::Relaxed);
+            tokio::time::sleep_until(until.into()).await;
+            drop(held);
+        }
+        Attack::Slowloris => {
+            for _ in 0..args.slowloris_connections {
+                let count = count.clone();
+                tasks.push(tokio::spawn(async move {
+                    let Ok(mut stream) = TcpStream::connect(addr).await else { return };
+                    count.fetch_add(1, Ordering::Relaxed);
+                    for byte in PREFACE.iter().cycle() {
+                        if Instant::now() >= until || stream.write_all(&[*byte]).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }));
+            }
+        }
+        Attack::RapidReset => {
+            for _ in 0..4 {
+                let count = count.clone();
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < until {
+                        let _ = rapid_reset(addr, until, &count).await;
+                    }
+                }));
+            }
+        }
+        Attack::OversizedHeaders => {
+            let padding: tonic::metadata::MetadataValue<_> = match "x".repeat(100 * 1024).parse() {
+                Ok(value) => value,
+                Err(_) => return "no attack: the padding is not a header value".into(),
+            };
+            for _ in 0..8 {
+                let (count, padding) = (count.clone(), padding.clone());
+                tasks.push(tokio::spawn(async move {
+                    let Ok(client) = bench_client(&addr.to_string()).await else { return };
+                    while Instant::now() < until {
+                        let mut request = tonic::Request::new(GetCopyRequest { name: "billing-pg-daily".into() });
+                        request.metadata_mut().insert("x-padding", padding.clone());
+                        let _ = client.clone().get_copy(request).await;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+        }
+        Attack::CallFlood => {
+            let Ok(client) = bench_client(&addr.to_string()).await else { return "no attack: cannot connect".into() };
+            for _ in 0..args.callers {
+                let (count, client) = (count.clone(), client.clone());
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < until {
+                        let _ = client.clone().get_copy(GetCopyRequest { name: "ledger-mysql-snap".into() }).await;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+        }
+        Attack::StreamFlood => {
+            let mut clients = Vec::new();
+            for _ in 0..8 {
+                if let Ok(client) = bench_client(&addr.to_string()).await {
+                    clients.push(client);
+                }
+            }
+            for i in 0..args.streams {
+                let Some(client) = clients.get(i % clients.len().max(1)).cloned() else { break };
+                let (count, stop) = (count.clone(), stop.clone());
+                tasks.push(tokio::spawn(async move {
+                    let watch = WatchCopyRequest { name: "stream-flood-copy".into() };
+                    if let Ok(response) = client.clone().watch_copy(watch).await {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let mut stream = response.into_inner();
+                        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                            let next = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+                            if matches!(next, Ok(Err(_)) | Ok(Ok(None))) {
+                                break;
+                            }
+                        }
+                    }
+                }));
+            }
+        }
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let n = count.load(Ordering::Relaxed);
+    match attack {
+        Attack::Idle => format!("{n} connections held silent"),
+        Attack::Slowloris => format!("{n} connections trickling"),
+        Attack::RapidReset => format!("{n} streams opened and reset"),
+        Attack::OversizedHeaders => format!("{n} calls with 100 KiB headers"),
+        Attack::CallFlood => format!("{n} calls from {} callers", args.callers),
+        Attack::StreamFlood => format!("{n} of {} streams opened", args.streams),
+    }
+}
+
+/// One HTTP/2 connection that opens streams and resets them at once (CVE-2023-44487).
+async fn rapid_reset(addr: SocketAddr, until: Instant, count: &AtomicU64) -> anyhow::Result<()> {
+    let tcp = TcpStream::connect(addr).await?;
+    let (client, connection) = h2::client::handshake(tcp).await?;
+    let driver = tokio::spawn(connection);
+    let mut client = client;
+    while Instant::now() < until {
+        let mut ready = client.ready().await?;
+        let request = http::Request::post(format!("http://{addr}/snapgate.v1.SnapshotCopyService/GetCopy"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {BENCH_TOKEN}"))
+            .body(())?;
+        let (_response, mut stream) = ready.send_request(request, false)?;
+        stream.send_reset(h2::Reason::CANCEL);
+        count.fetch_add(1, Ordering::Relaxed);
+        client = ready;
+    }
+    driver.abort();
+    Ok(())
+}
+
+pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
+    let scratch = ScratchDir::new("bench-flood")?;
+    let emu = loopback_emulator(EmulatorConfig {
+        seed: true,
+        copy_gib_per_sec: 0.01,
+        faults: Faults { throttle: None, ..Faults::default() },
+        ..EmulatorConfig::default()
+    })
+    .await?;
+    let mut gateway = start(&args, &emu.endpoint_url(), &scratch).await?;
+    let client = bench_client(&gateway.addr.to_string()).await?;
+    // A copy in progress for the stream flood to watch.
+    let copy = snapgate_proto::CopyClusterSnapshotRequest {
+        source_snapshot: "billing-pg-daily".into(),
+        target_snapshot_id: "stream-flood-copy".into(),
+        ..Default::default()
+    };
+    client.clone().copy_cluster_snapshot(copy).await.context("starting the stream flood's copy")?;
+    let attack_time = Duration::from_secs(args.attack_secs);
+    let settle = Duration::from_secs(args.idle_timeout_secs + args.handshake_timeout_secs + 5);
+
+    let baseline_fds = open_fds(gateway.pid);
+    let (mut base, base_errors) = measure(&client, Instant::now() + attack_time).await;
+    base.sort_unstable();
+    let (base_p50, base_p99) = (percentile(&base, 50.0), percentile(&base, 99.0));
+    println!(
+        "snapgate bench flood: gateway pid {}, handshake timeout {} s, idle timeout {} s, {} unary calls in flight at most, {} streams, memory watermark {} MiB",
+        gateway.pid,
+        args.handshake_timeout_secs,
+        args.idle_timeout_secs,
+        args.max_in_flight_calls,
+        args.max_streams,
+        args.max_memory_mib
+    );
+    println!(
+        "baseline: {} calls, p50 {:.2} ms, p99 {:.2} ms, {} errors, {} open descriptors, RSS {} MiB",
+        base.len(),
+        base_p50 as f64 / 1000.0,
+        base_p99 as f64 / 1000.0,
+        base_errors,
+        baseline_fds,
+        proc_kib(gateway.pid, "VmRSS:") / 1024
+    );
+    println!(
+        "{:<20} {:>9} {:>9} {:>7} {:>6} {:>9} {:>9} {:>9}  attack / refusals",
+        "attack", "p50 ms", "p99 ms", "p99 ×", "errors", "peak fds", "RSS MiB", "fds back"
+    );
+    let mut all_within = true;
+    for attack in [
+        Attack::Idle,
+        Attack::Slowloris,
+        Attack::RapidReset,
+        Attack::OversizedHeaders,
+        Attack::CallFlood,
+        Attack::StreamFlood,
+    ] {
+        let before = refusals(gateway.admin).await;
+        let until = Instant::now() + attack_time;
+        let pid = gateway.pid;
+        let peak_fds = Arc::new(AtomicU64::new(0));
+        let sampler = {
+            let peak_fds = peak_fds.clone();
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    peak_fds.fetch_max(open_fds(pid) as u64, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        let attacker = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["bench", "flood-attack", "--attack"])
+            .arg(attack.name_arg())
+            .args(["--addr", &gateway.addr.to_string(), "--secs", &args.attack_secs.to_string()])
+            .args(["--idle-connections", &args.idle_connections.to_string()])
+            .args(["--slowloris-connections", &args.slowloris_connections.to_string()])
+            .args(["--callers", &(args.max_in_flight_calls * 4).to_string()])
+            .args(["--streams", &(args.max_streams + args.max_streams / 2).to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let measuring = measure(&client, until);
+        let (attacked, (mut latencies, errors)) = tokio::join!(attacker, measuring);
+        let did =
+            attacked.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_else(|e| e.to_string());
+        let _ = sampler.await;
+        latencies.sort_unstable();
+        let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
+        // Descriptors back to the baseline (a few of slack for pooled AWS connections).
+        let stopped = Instant::now();
+        let mut back = None;
+        while stopped.elapsed() < settle {
+            if open_fds(gateway.pid) <= baseline_fds + 4 {
+                back = Some(stopped.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let after = refusals(gateway.admin).await;
+        let delta: Vec<String> = after
+            .iter()
+            .filter_map(|(name, value)| {
+                let old = before.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v);
+                (*value > old).then(|| format!("{name} +{}", value - old))
+            })
+            .collect();
+        let ratio = if base_p99 == 0 { 0.0 } else { p99 as f64 / base_p99 as f64 };
+        all_within &= ratio <= 2.0 && back.is_some();
+        println!(
+            "{:<20} {:>9.2} {:>9.2} {:>7.2} {:>6} {:>9} {:>9} {:>9}  {did}; {}",
+            attack.name(),
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0,
+            ratio,
+            errors,
+            peak_fds.load(Ordering::Relaxed),
+            proc_kib(gateway.pid, "VmHWM:") / 1024,
+            back.map_or_else(|| "never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+            if delta.is_empty() { "no refusals".to_owned() } else { delta.join(", ") }
+        );
+    }
+    let alive = gateway.child.try_wait()?.is_none();
+    let peak = proc_kib(gateway.pid, "VmHWM:") / 1024;
+    println!(
+        "gateway alive: {alive}; peak RSS {peak} MiB against the {} MiB watermark; targets (p99 within 2× baseline, descriptors back within {} s): {}",
+        args.max_memory_mib,
+        settle.as_secs(),
+        if all_within && alive && peak < args.max_memory_mib { "met" } else { "MISSED" }
+    );
+    let _ = gateway.child.kill().await;
+    emu.stop().await;
+    Ok(())
+}
