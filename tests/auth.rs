@@ -304,6 +304,53 @@ async fn a_client_certificate_names_the_caller_and_other_cas_are_refused() {
     assert_eq!(aws_calls(&s.emu), 0);
 }
 
+#[tokio::test]
+async fn a_reload_that_withdraws_access_ends_open_watches() {
+    let key = rsa_key("k1");
+    let s = setup("revoke", ClientCertificates::Optional, &key).await;
+    // The CI runner (by certificate) copies; the copy carries the payments team's tag.
+    let ci = client_with(tls_channel(s.server.addr, &s.pki.ca, Some(&s.client_cert)).await.unwrap(), None);
+    let mut request = copy_req("billing-pg-daily", "revoke-watch");
+    request.tags = tags(&[("team", "payments")]);
+    ci.clone().copy_cluster_snapshot(request).await.unwrap();
+    // A payments caller may watch it, by "watch-what-you-may-copy".
+    let channel = tls_channel(s.server.addr, &s.pki.ca, None).await.unwrap();
+    let mut payments = client_with(channel, Some(&sign(&key, &claims("svc-payments", Some("payments"), &[]))));
+    let watch = snapgate_proto::WatchCopyRequest { name: "revoke-watch".into() };
+    let mut stream = payments.watch_copy(watch).await.unwrap().into_inner();
+    stream.message().await.unwrap().expect("the first event");
+    // Another caller's watch of the same copy, still permitted after the reload.
+    let mut ci_stream = ci
+        .clone()
+        .watch_copy(snapgate_proto::WatchCopyRequest { name: "revoke-watch".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    ci_stream.message().await.unwrap().expect("the CI runner's first event");
+
+    let revoked = format!(
+        "{POLICIES}\n@id(\"payments-stop-watching\")\nforbid(principal, action == Snapgate::Action::\"WatchCopy\", resource)\nwhen {{ principal has team && principal.team == \"payments\" }};\n"
+    );
+    std::fs::write(&s.policy_file, &revoked).unwrap();
+    // The copy takes hours at this speed: the stream ends only because access was withdrawn.
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the watch ends within the reload interval");
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    assert!(ended.message().contains("payments-stop-watching"), "{ended:?}");
+    // The CI runner's watch goes on: no error, no end (the copy moves a percent in 12 s).
+    let still = tokio::time::timeout(Duration::from_secs(2), ci_stream.message()).await;
+    assert!(matches!(still, Err(_) | Ok(Ok(Some(_)))), "{still:?}");
+}
+
 /// curl against the HTTP/JSON listener over TLS: `(HTTP status, body)`.
 async fn curl_tls(args: &[&str]) -> (u16, serde_json::Value) {
     let output = tokio::process::Command::new("curl")

@@ -18,7 +18,7 @@ use crate::auth::policy::{Action, CopyContext, Decision, PolicyStore};
 use crate::copy::CopyService;
 use crate::error::{Error, FieldViolation};
 use crate::store::{JobFilter, JobState};
-use crate::watch::Change;
+use crate::watch::{Change, WatchEvent};
 use deadline::CallerDeadline;
 use snapgate_domain::ClusterSnapshot;
 use snapgate_proto as pb;
@@ -52,6 +52,63 @@ impl Api {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::CopyEvent, Status>> + Send>>;
+
+/// A watch that is authorized again whenever the policies change: access withdrawn by a reload
+/// ends the stream with PERMISSION_DENIED naming the policy, within the reload interval, rather
+/// than hours later when the copy ends.
+struct Revocable {
+    policies: Arc<PolicyStore>,
+    caller: Caller,
+    reloads: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Revocable {
+    fn watch(
+        mut self,
+        events: impl Stream<Item = Result<WatchEvent, Status>> + Send + 'static,
+    ) -> impl Stream<Item = Result<WatchEvent, Status>> + Send + 'static {
+        self.reloads.mark_unchanged();
+        let state = (self, Box::pin(events), None::<Arc<ClusterSnapshot>>, false);
+        futures_util::stream::unfold(state, |(mut this, mut events, mut last, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                tokio::select! {
+                    item = events.next() => {
+                        let item = item?;
+                        if let Ok(event) = &item {
+                            last = Some(event.snapshot.clone());
+                        }
+                        return Some((item, (this, events, last, false)));
+                    }
+                    changed = this.reloads.changed() => {
+                        if changed.is_err() {
+                            // The store is gone (shutdown); the events end the stream.
+                            this.reloads = tokio::sync::watch::channel(0).1;
+                            continue;
+                        }
+                        let Some(snapshot) = &last else { continue };
+                        let decision = this.policies.decide(&this.caller, Action::WatchCopy, snapshot, None);
+                        DecisionEvent {
+                            caller: &this.caller,
+                            action: Action::WatchCopy,
+                            resource: &snapshot.arn,
+                            destination: None,
+                            decision: &decision,
+                            aws_request_id: None,
+                            outcome: Some(if decision.allowed { "still permitted" } else { "revoked" }),
+                        }
+                        .emit();
+                        if let Err(error) = permitted(Action::WatchCopy, decision) {
+                            return Some((Err(Status::from(error)), (this, events, last, true)));
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
 
 #[tonic::async_trait]
 impl SnapshotCopyService for Api {
@@ -113,7 +170,7 @@ impl SnapshotCopyService for Api {
         // The server span lasts as long as the stream; each change is an event on it.
         let span = tracing::Span::current();
         let trace_id = crate::telemetry::trace_id_of(&span).unwrap_or_default();
-        let stream = events.map(move |item| {
+        let events = events.map(move |item| {
             let event = item.map_err(Status::from)?;
             if event.change != Change::Heartbeat {
                 tracing::debug!(
@@ -125,8 +182,10 @@ impl SnapshotCopyService for Api {
                     "copy progress"
                 );
             }
-            Ok(convert::event(event, &trace_id))
+            Ok(event)
         });
+        let revocable = Revocable { policies: self.policies.clone(), caller, reloads: self.policies.reloads() };
+        let stream = revocable.watch(events).map(move |item| item.map(|event| convert::event(event, &trace_id)));
         Ok(Response::new(Box::pin(stream) as EventStream))
     }
 

@@ -274,6 +274,8 @@ pub(crate) struct PolicyStore {
     current: ArcSwap<PolicySet>,
     interval: Duration,
     metrics: Arc<Metrics>,
+    /// Bumped at every reload that changed the policies in force: open streams re-decide.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl PolicyStore {
@@ -293,7 +295,13 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(policies),
             interval: Duration::from_secs(settings.reload_secs),
             metrics,
+            generation: tokio::sync::watch::channel(0).0,
         }))
+    }
+
+    /// Changes whenever a reload puts new policies in force.
+    pub(crate) fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Decides with the policies in force whether a ListCopies call shows a copy, counting
@@ -351,6 +359,7 @@ impl Reload for PolicyStore {
                 tracing::info!(policies = policies.num_of_policies(), file = %path.display(), "authorization policies reloaded");
                 self.current.store(Arc::new(policies));
                 self.metrics.policy_reload(true);
+                self.generation.send_modify(|g| *g += 1);
             }
             Err(error) => {
                 tracing::error!(%error, file = %path.display(), "policy reload failed; keeping the policies in force");
