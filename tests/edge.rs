@@ -228,3 +228,35 @@ async fn calls_past_the_in_flight_limit_are_refused_at_once_with_retry_info() {
     let scraped = metrics(&gw).await;
     assert!(scraped.contains("snapgate_calls_shed_total{reason=\"in_flight\"}"), "{scraped}");
 }
+
+#[tokio::test]
+async fn one_callers_flood_is_refused_while_another_caller_is_served() {
+    const FLOOD_TOKEN: &str = "flood-token-0123456789";
+    let (_emu, mut gw) = start(|s| {
+        s.fair_share.calls_per_sec = 1.0;
+        s.fair_share.burst = 5;
+        s.auth.static_tokens.push(snapgate_gateway::config::StaticToken {
+            token: snapgate_gateway::config::Secret::new(FLOOD_TOKEN),
+            principal: "flood".into(),
+            groups: Vec::new(),
+            team: None,
+        });
+        s.authz.policies = Some("permit(principal, action, resource);".into());
+    })
+    .await;
+    let mut flood = gateway::client_with(gw.channel.clone(), Some(FLOOD_TOKEN));
+    let mut refused = None;
+    for _ in 0..20 {
+        if let Err(status) = flood.get_copy(get("billing-pg-daily")).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    let refused = refused.expect("the flood is refused once its burst is spent");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("flood"), "{refused:?}");
+    assert!(refused.get_details_retry_info().unwrap().retry_delay.unwrap() >= Duration::from_secs(1));
+    // The other caller, on the same connection, is served.
+    gw.client.get_copy(get("billing-pg-daily")).await.expect("another caller's share is its own");
+    assert!(metrics(&gw).await.contains("snapgate_calls_shed_total{reason=\"fair_share\"}"));
+}

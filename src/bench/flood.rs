@@ -15,7 +15,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{BENCH_TOKEN, BenchClient, bench_client, loopback_emulator};
+use super::{ATTACKER_TOKEN, BENCH_TOKEN, BenchClient, attacker_client, bench_client, loopback_emulator};
 use crate::cli::ScratchDir;
 use snapgate_emulator::{EmulatorConfig, Faults};
 use snapgate_proto::{GetCopyRequest, WatchCopyRequest};
@@ -77,6 +77,13 @@ max_in_flight_calls = {in_flight}
 max_memory_bytes = {memory}
 [watch]
 max_streams = {streams}
+[fair_share]
+calls_per_sec = 100000.0
+burst = 100000
+[[fair_share.overrides]]
+principal = "attacker"
+calls_per_sec = 2000.0
+burst = 2000
 [aws]
 region = "us-east-1"
 endpoint_url = "{emulator}"
@@ -86,7 +93,7 @@ rate_limit_burst = 100000
 [admin]
 listen = "127.0.0.1:{admin_port}"
 [auth]
-static_tokens = [{{ token = "{BENCH_TOKEN}", principal = "bench" }}]
+static_tokens = [{{ token = "{BENCH_TOKEN}", principal = "bench" }}, {{ token = "{ATTACKER_TOKEN}", principal = "attacker" }}]
 [authz]
 policies = 'permit(principal, action, resource);'
 [store]
@@ -289,7 +296,7 @@ async fn run_attack(args: &FloodAttackArgs, until: Instant) -> String {
             for _ in 0..8 {
                 let (count, padding) = (count.clone(), padding.clone());
                 tasks.push(tokio::spawn(async move {
-                    let Ok(client) = bench_client(&addr.to_string()).await else { return };
+                    let Ok(client) = attacker_client(&addr.to_string()).await else { return };
                     while Instant::now() < until {
                         let mut request = tonic::Request::new(GetCopyRequest { name: "billing-pg-daily".into() });
                         request.metadata_mut().insert("x-padding", padding.clone());
@@ -300,7 +307,9 @@ async fn run_attack(args: &FloodAttackArgs, until: Instant) -> String {
             }
         }
         Attack::CallFlood => {
-            let Ok(client) = bench_client(&addr.to_string()).await else { return "no attack: cannot connect".into() };
+            let Ok(client) = attacker_client(&addr.to_string()).await else {
+                return "no attack: cannot connect".into();
+            };
             for _ in 0..args.callers {
                 let (count, client) = (count.clone(), client.clone());
                 tasks.push(tokio::spawn(async move {
@@ -314,7 +323,7 @@ async fn run_attack(args: &FloodAttackArgs, until: Instant) -> String {
         Attack::StreamFlood => {
             let mut clients = Vec::new();
             for _ in 0..8 {
-                if let Ok(client) = bench_client(&addr.to_string()).await {
+                if let Ok(client) = attacker_client(&addr.to_string()).await {
                     clients.push(client);
                 }
             }
@@ -363,7 +372,7 @@ async fn rapid_reset(addr: SocketAddr, until: Instant, count: &AtomicU64) -> any
         let request = http::Request::post(format!("http://{addr}/snapgate.v1.SnapshotCopyService/GetCopy"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .header("authorization", format!("Bearer {BENCH_TOKEN}"))
+            .header("authorization", format!("Bearer {ATTACKER_TOKEN}"))
             .body(())?;
         let (_response, mut stream) = ready.send_request(request, false)?;
         stream.send_reset(h2::Reason::CANCEL);

@@ -309,6 +309,12 @@ pub(crate) fn bench_settings(scratch: &ScratchDir) -> Settings {
             policies: Some(r#"permit(principal == Snapgate::Caller::"bench", action, resource);"#.into()),
             ..Default::default()
         },
+        // The benchmarks' one caller is every client at once: no share to hold it to.
+        fair_share: snapgate_gateway::config::FairShareSettings {
+            calls_per_sec: 1e9,
+            burst: u32::MAX,
+            overrides: Vec::new(),
+        },
         ..Settings::default()
     }
 }
@@ -379,6 +385,22 @@ pub(crate) async fn unthrottled_gateway() -> anyhow::Result<(snapgate_emulator::
 pub(crate) async fn bench_client(addr: &str) -> anyhow::Result<BenchClient> {
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
     Ok(SnapshotCopyServiceClient::with_interceptor(channel, bearer as fn(_) -> _))
+}
+
+/// The token of `bench flood`'s attackers: a caller of its own, held to its share.
+pub(crate) const ATTACKER_TOKEN: &str = "snapgate-bench-attacker-token";
+
+fn attacker_bearer(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    request
+        .metadata_mut()
+        .insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer snapgate-bench-attacker-token"));
+    Ok(request)
+}
+
+/// A client that authenticates as the attacker.
+pub(crate) async fn attacker_client(addr: &str) -> anyhow::Result<BenchClient> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    Ok(SnapshotCopyServiceClient::with_interceptor(channel, attacker_bearer as fn(_) -> _))
 }
 
 /// The load generator: opens the streams, records the lag of every change event, prints

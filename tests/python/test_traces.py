@@ -108,6 +108,8 @@ def dev(collector, request, tmp_path_factory):
         OTEL_SERVICE_NAME=f"snapgate-{protocol.replace('/', '-')}",
         OTEL_BSP_SCHEDULE_DELAY="100",
         RUST_LOG="info",
+        # One run with the old RPC names only (the default), one with old and current both.
+        OTEL_SEMCONV_STABILITY_OPT_IN="rpc/dup" if protocol == "http/protobuf" else "",
     )
     proc = subprocess.Popen(
         [str(SNAPGATE), "--log-format", "json", "dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--copy-gib-per-sec", "20"],
@@ -162,14 +164,24 @@ def test_a_copy_is_one_trace_from_the_callers_span_to_each_aws_call(dev, collect
     assert server["service"] == f"snapgate-{dev.protocol.replace('/', '-')}"
     assert server["parent"] == parent, "the server span is a child of the caller's span"
     assert server["kind"] == "SPAN_KIND_SERVER"
-    assert server["attrs"]["rpc.system"] == "grpc" and server["attrs"]["rpc.method"] == "CopyClusterSnapshot"
-    assert server["attrs"]["rpc.grpc.status_code"] == "0"
+    assert server["attrs"]["rpc.system"] == "grpc" and server["attrs"]["rpc.grpc.status_code"] == "0"
+    if dev.protocol == "grpc":
+        assert server["attrs"]["rpc.method"] == "CopyClusterSnapshot"
+        assert "rpc.system.name" not in server["attrs"]
+    else:
+        # OTEL_SEMCONV_STABILITY_OPT_IN=rpc/dup: the current names too, rpc.method qualified.
+        assert server["attrs"]["rpc.system.name"] == "grpc"
+        assert server["attrs"]["rpc.method"] == f"{SERVICE}/CopyClusterSnapshot"
+        assert server["attrs"]["rpc.response.status_code"] == "OK"
     for child in ["authenticate", "authorize", "validate", "RDS/DescribeDBClusterSnapshots", "RDS/CopyDBClusterSnapshot"]:
         assert by_name(spans, child)["parent"] == server["id"], child
     assert by_name(spans, "authorize")["attrs"]["authz.decision"] == "allow"
     copy = by_name(spans, "RDS/CopyDBClusterSnapshot")
     assert copy["kind"] == "SPAN_KIND_CLIENT"
     assert copy["attrs"]["rpc.system"] == "aws-api" and copy["attrs"]["rpc.service"] == "RDS"
+    if dev.protocol != "grpc":
+        assert copy["attrs"]["rpc.system.name"] == "aws-api"
+        assert copy["attrs"]["rpc.method"] == "RDS/CopyDBClusterSnapshot"
     assert copy["attrs"]["cloud.region"] == "us-east-1"
     issued = [r["request_id"] for r in recent_requests(dev) if r["action"] == "CopyDBClusterSnapshot"]
     assert copy["attrs"]["aws.request_id"] in issued, "the span carries the id the emulator issued"

@@ -42,6 +42,17 @@ impl TokenBucket {
         true
     }
 
+    /// Takes a token if one is there; otherwise says how long until one will be.
+    pub fn take_or_wait(&self, now: Instant) -> Result<(), Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let tokens = self.refill(&mut state, now);
+        if tokens < 1.0 {
+            return Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second));
+        }
+        state.0 = tokens - 1.0;
+        Ok(())
+    }
+
     /// Takes a token, reserving a future one when none is left, and returns how long the
     /// caller must wait before using it (the gateway's pacing). Reservations queue callers in
     /// order; a caller that gives up early does not give its reservation back, which errs on
@@ -57,6 +68,16 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_bucket_says_when_the_next_token_comes() {
+        let start = Instant::now();
+        let bucket = TokenBucket::new(4.0, 2, start);
+        assert_eq!(bucket.take_or_wait(start), Ok(()));
+        assert_eq!(bucket.take_or_wait(start), Ok(()));
+        assert_eq!(bucket.take_or_wait(start), Err(Duration::from_millis(250)));
+        assert_eq!(bucket.take_or_wait(start + Duration::from_millis(250)), Ok(()));
+    }
 
     #[test]
     fn a_burst_passes_at_once_then_calls_are_spaced_at_the_rate() {

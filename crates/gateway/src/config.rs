@@ -21,6 +21,7 @@ pub struct Settings {
     pub watch: WatchSettings,
     pub admin: AdminSettings,
     pub http: HttpSettings,
+    pub fair_share: FairShareSettings,
     pub auth: AuthSettings,
     pub authz: AuthzSettings,
     pub store: StoreSettings,
@@ -290,6 +291,37 @@ pub struct HttpSettings {
     pub listen: Option<SocketAddr>,
 }
 
+/// Each caller's share of the gateway: a token bucket of calls per caller (its principal id),
+/// so one team's flood delays nobody else. Past it a call is RESOURCE_EXHAUSTED with RetryInfo
+/// saying when the next is welcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FairShareSettings {
+    /// Calls a second each caller may make, sustained.
+    pub calls_per_sec: f64,
+    /// Calls a caller may make at once (a fleet's watches open together: keep it above the
+    /// largest fleet).
+    pub burst: u32,
+    /// Other shares for some principals or groups; the first that matches a caller applies.
+    pub overrides: Vec<CallerShare>,
+}
+
+impl Default for FairShareSettings {
+    fn default() -> FairShareSettings {
+        FairShareSettings { calls_per_sec: 200.0, burst: 1000, overrides: Vec::new() }
+    }
+}
+
+/// The share of the callers a principal id or a group names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerShare {
+    pub principal: Option<String>,
+    pub group: Option<String>,
+    pub calls_per_sec: f64,
+    pub burst: u32,
+}
+
 /// Progress streaming: how the coalesced pollers pace themselves and how streams are kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -411,6 +443,7 @@ impl Default for Settings {
             watch: WatchSettings::default(),
             admin: AdminSettings::default(),
             http: HttpSettings::default(),
+            fair_share: FairShareSettings::default(),
             auth: AuthSettings::default(),
             authz: AuthzSettings::default(),
             store: StoreSettings::default(),
@@ -511,6 +544,17 @@ impl Settings {
         }
         if s.max_response_bytes < 64 * 1024 {
             return Err("server.max_response_bytes must be at least 65536".into());
+        }
+        let f = &self.fair_share;
+        let shares =
+            std::iter::once((f.calls_per_sec, f.burst)).chain(f.overrides.iter().map(|o| (o.calls_per_sec, o.burst)));
+        for (rate, burst) in shares {
+            if !(rate > 0.0 && rate.is_finite()) || burst == 0 {
+                return Err("fair_share: calls_per_sec must be positive and burst at least 1".into());
+            }
+        }
+        if f.overrides.iter().any(|o| o.principal.is_some() == o.group.is_some()) {
+            return Err("fair_share.overrides: each names exactly one of principal or group".into());
         }
         if s.handshake_timeout_secs == 0 || s.idle_timeout_secs == 0 {
             return Err("server.handshake_timeout_secs and server.idle_timeout_secs must be positive".into());

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::Metrics;
+use crate::telemetry::RpcConventions;
 
 pub(crate) const TRACE_ID_HEADER: &str = "x-trace-id";
 
@@ -82,13 +83,16 @@ where
             otel.name = format!("{service}/{method}"),
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method,
+            rpc.system = tracing::field::Empty,
+            rpc.service = tracing::field::Empty,
+            rpc.method = tracing::field::Empty,
             rpc.grpc.status_code = tracing::field::Empty,
+            rpc.system.name = tracing::field::Empty,
+            rpc.response.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
+        RpcConventions::get().record_names(&span, "grpc", service, method);
         let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(request.headers())));
         // Before the span is entered: entering starts its OpenTelemetry context.
         let _ = span.set_parent(parent);
@@ -128,10 +132,30 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
 }
 
 fn record_status(span: &tracing::Span, code: i32) {
-    span.record("rpc.grpc.status_code", code);
+    let conventions = RpcConventions::get();
+    if conventions.old() {
+        span.record("rpc.grpc.status_code", code);
+    }
+    if conventions.current() {
+        // The current conventions name the code: "OK", "NOT_FOUND", ...
+        let name = format!("{:?}", tonic::Code::from_i32(code));
+        span.record("rpc.response.status_code", screaming_snake(&name).as_str());
+    }
     // Server spans are errors for the codes the gRPC conventions name as server faults.
     let error = matches!(code, 2 | 4 | 12 | 13 | 14 | 15);
     span.record("otel.status_code", if error { "ERROR" } else { "OK" });
+}
+
+/// `NotFound` as `NOT_FOUND`.
+fn screaming_snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
 
 /// A call whose status is not known yet.

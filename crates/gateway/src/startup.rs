@@ -25,6 +25,7 @@ use crate::aws::Accounts;
 use crate::config::Settings;
 use crate::copy::{CopyService, Jobs};
 use crate::edge::accept;
+use crate::edge::fair::FairShareLayer;
 use crate::edge::serve::{self, Handler};
 use crate::edge::shed::{self, Memory, ShedLayer};
 use crate::edge::{EdgeLimits, Listener};
@@ -161,6 +162,8 @@ impl Application {
             .layer(ShedLayer::new(limits.max_in_flight_calls, memory, metrics.clone()))
             // Outside every service: an unauthenticated call never reaches a handler.
             .layer(AuthLayer::new(self.authenticator.clone()))
+            // Each caller's share, once the caller is known.
+            .layer(FairShareLayer::new(self.settings.fair_share.clone(), metrics.clone()))
             // Inside authentication, so a refused call costs no deadline timer.
             .layer(DeadlineLayer::new(limits.request_timeout()))
             .service(routes);

@@ -276,3 +276,71 @@ mod tests {
         );
     }
 }
+
+/// Which OpenTelemetry RPC conventions spans follow: the names most collectors and dashboards
+/// still read (before semantic conventions 1.39: `rpc.system`, `rpc.service`, `rpc.method`,
+/// `rpc.grpc.status_code`), the current ones (`rpc.system.name`, a fully qualified
+/// `rpc.method`, `rpc.response.status_code`), or both, chosen the standard way with
+/// `OTEL_SEMCONV_STABILITY_OPT_IN=rpc` (current) or `rpc/dup` (both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcConventions {
+    Old,
+    Current,
+    Both,
+}
+
+impl RpcConventions {
+    /// From the value of `OTEL_SEMCONV_STABILITY_OPT_IN` (a comma-separated list).
+    pub fn from_opt_in(value: Option<&str>) -> RpcConventions {
+        let options: Vec<&str> = value.unwrap_or_default().split(',').map(str::trim).collect();
+        if options.contains(&"rpc/dup") {
+            RpcConventions::Both
+        } else if options.contains(&"rpc") {
+            RpcConventions::Current
+        } else {
+            RpcConventions::Old
+        }
+    }
+
+    /// The process's choice, read once.
+    pub fn get() -> RpcConventions {
+        static CHOSEN: std::sync::OnceLock<RpcConventions> = std::sync::OnceLock::new();
+        *CHOSEN
+            .get_or_init(|| RpcConventions::from_opt_in(std::env::var("OTEL_SEMCONV_STABILITY_OPT_IN").ok().as_deref()))
+    }
+
+    pub fn old(self) -> bool {
+        self != RpcConventions::Current
+    }
+
+    pub fn current(self) -> bool {
+        self != RpcConventions::Old
+    }
+
+    /// Records the RPC's names on `span` (declared with the fields empty): `system`, then
+    /// `service` and `method` (`rpc.method` is fully qualified when the current names are on).
+    pub(crate) fn record_names(self, span: &tracing::Span, system: &str, service: &str, method: &str) {
+        if self.old() {
+            span.record("rpc.system", system);
+            span.record("rpc.service", service);
+            span.record("rpc.method", method);
+        }
+        if self.current() {
+            span.record("rpc.system.name", system);
+            span.record("rpc.method", format!("{service}/{method}").as_str());
+        }
+    }
+}
+
+#[cfg(test)]
+mod conventions_tests {
+    use super::RpcConventions;
+
+    #[test]
+    fn the_opt_in_variable_chooses_the_conventions() {
+        assert_eq!(RpcConventions::from_opt_in(None), RpcConventions::Old);
+        assert_eq!(RpcConventions::from_opt_in(Some("http")), RpcConventions::Old);
+        assert_eq!(RpcConventions::from_opt_in(Some("http, rpc")), RpcConventions::Current);
+        assert_eq!(RpcConventions::from_opt_in(Some("rpc/dup,http")), RpcConventions::Both);
+    }
+}

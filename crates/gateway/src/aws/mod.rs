@@ -303,19 +303,22 @@ impl Rds {
 /// The CLIENT span of one AWS call (retries included). The SDK's own spans are DEBUG-level
 /// and carry no request id; this one does.
 fn call_span(action: &'static str, region: &str) -> tracing::Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "aws",
         otel.name = format!("RDS/{action}"),
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
-        rpc.system = "aws-api",
-        rpc.service = "RDS",
-        rpc.method = action,
+        rpc.system = tracing::field::Empty,
+        rpc.service = tracing::field::Empty,
+        rpc.method = tracing::field::Empty,
+        rpc.system.name = tracing::field::Empty,
         cloud.region = region,
         aws.request_id = tracing::field::Empty,
         aws.attempts = tracing::field::Empty,
         aws.error_code = tracing::field::Empty,
-    )
+    );
+    crate::telemetry::RpcConventions::get().record_names(&span, "aws-api", "RDS", action);
+    span
 }
 
 /// Puts the attempt number on the current AWS call's span, so retries show in the trace.

@@ -5,6 +5,7 @@
 //! overloads the gateway costs other callers nothing.
 
 pub(crate) mod accept;
+pub(crate) mod fair;
 pub(crate) mod serve;
 pub(crate) mod shed;
 

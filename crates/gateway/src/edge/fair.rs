@@ -1,0 +1,148 @@
+//! Fair share: a token bucket of calls per caller, after authentication (the caller is known)
+//! and before any work for the call. One caller's flood empties its own bucket and is refused
+//! with RESOURCE_EXHAUSTED and RetryInfo; every other caller's calls go on.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use snapgate_domain::TokenBucket;
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+use tower::{Layer, Service};
+
+use crate::auth::Caller;
+use crate::config::FairShareSettings;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub(crate) struct FairShareLayer {
+    settings: Arc<FairShareSettings>,
+    /// One bucket per caller id; a caller idle for ten minutes starts again full.
+    buckets: moka::future::Cache<String, Arc<TokenBucket>>,
+    metrics: Arc<Metrics>,
+}
+
+impl FairShareLayer {
+    pub(crate) fn new(settings: FairShareSettings, metrics: Arc<Metrics>) -> FairShareLayer {
+        let buckets =
+            moka::future::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build();
+        FairShareLayer { settings: Arc::new(settings), buckets, metrics }
+    }
+
+    /// The share of `caller`: the first override naming it or one of its groups, else the
+    /// default.
+    fn share(&self, caller: &Caller) -> (f64, u32) {
+        let s = &self.settings;
+        s.overrides
+            .iter()
+            .find(|o| {
+                o.principal.as_deref() == Some(caller.id.as_str())
+                    || o.group.as_ref().is_some_and(|g| caller.groups.contains(g))
+            })
+            .map_or((s.calls_per_sec, s.burst), |o| (o.calls_per_sec, o.burst))
+    }
+
+    async fn admit(&self, caller: &Caller) -> Result<(), Duration> {
+        let (rate, burst) = self.share(caller);
+        let bucket = self
+            .buckets
+            .get_with_by_ref(&caller.id, async { Arc::new(TokenBucket::new(rate, burst, Instant::now())) })
+            .await;
+        bucket.take_or_wait(Instant::now())
+    }
+}
+
+impl<S> Layer<S> for FairShareLayer {
+    type Service = FairShare<S>;
+
+    fn layer(&self, inner: S) -> FairShare<S> {
+        FairShare { inner, layer: self.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct FairShare<S> {
+    inner: S,
+    layer: FairShareLayer,
+}
+
+impl<S, B> Service<http::Request<B>> for FairShare<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            // Health and reflection carry no caller: they are not shared out.
+            let caller = request.extensions().get::<Caller>().cloned();
+            if let Some(caller) = caller
+                && let Err(wait) = layer.admit(&caller).await
+            {
+                layer.metrics.call_shed("fair_share");
+                tracing::debug!(caller = caller.id, ?wait, "call over the caller's share");
+                let delay = Duration::from_secs(wait.as_secs() + 1);
+                let details = ErrorDetails::with_retry_info(Some(delay));
+                let message = format!("{} is over its share of calls; retry in {} s", caller.id, delay.as_secs());
+                return Ok(tonic::Status::with_error_details(Code::ResourceExhausted, message, details).into_http());
+            }
+            inner.call(request).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthMethod;
+    use crate::config::CallerShare;
+
+    fn caller(id: &str, groups: &[&str]) -> Caller {
+        Caller {
+            id: id.into(),
+            method: AuthMethod::StaticToken,
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            team: None,
+            issuer: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_caller_has_its_own_bucket_and_overrides_apply() {
+        let settings = FairShareSettings {
+            calls_per_sec: 1.0,
+            burst: 2,
+            overrides: vec![CallerShare {
+                principal: None,
+                group: Some("backup".into()),
+                calls_per_sec: 1.0,
+                burst: 5,
+            }],
+        };
+        let layer = FairShareLayer::new(settings, Metrics::new());
+        let flood = caller("flood", &[]);
+        assert!(layer.admit(&flood).await.is_ok() && layer.admit(&flood).await.is_ok());
+        let wait = layer.admit(&flood).await.unwrap_err();
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        // Another caller is untouched by the first one's flood.
+        assert!(layer.admit(&caller("quiet", &[])).await.is_ok());
+        let backup = caller("dr-runner", &["backup"]);
+        for _ in 0..5 {
+            assert!(layer.admit(&backup).await.is_ok());
+        }
+        assert!(layer.admit(&backup).await.is_err());
+    }
+}
