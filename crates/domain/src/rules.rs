@@ -259,3 +259,46 @@ mod tests {
         assert_eq!(check_tags(&tags(&[("k", "tab\there")]), EngineFamily::Rds).len(), 1);
     }
 }
+
+/// Property tests: the rules take untrusted text; whatever it is, they answer and never panic,
+/// and what they accept is what AWS's rules describe.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{AccountId, Arn, EngineFamily, is_region_name, partition_for_region};
+
+    proptest! {
+        #[test]
+        fn any_text_is_judged_without_panicking(text in "\\PC{0,80}", raw in proptest::collection::vec(any::<char>(), 0..80)) {
+            let raw: String = raw.into_iter().collect();
+            for t in [text.as_str(), raw.as_str()] {
+                let _ = Arn::parse(t);
+                let _ = SnapshotRef::parse(t);
+                let _ = KmsKeyRef::parse(t).map(|k| k.region().map(str::to_owned));
+                let _ = AccountId::parse(t);
+                let _ = is_region_name(t);
+                let _ = partition_for_region(t);
+                let _ = check_tags(&[(t.to_owned(), t.to_owned())], EngineFamily::Neptune);
+            }
+        }
+
+        #[test]
+        fn accepted_identifiers_follow_the_documented_rule(id in "[a-zA-Z0-9-]{0,70}") {
+            if check_snapshot_identifier(&id).is_ok() {
+                prop_assert!((1..=63).contains(&id.len()));
+                prop_assert!(id.starts_with(|c: char| c.is_ascii_alphabetic()));
+                prop_assert!(!id.ends_with('-') && !id.contains("--"));
+            }
+        }
+
+        #[test]
+        fn snapshot_arns_parse_back_to_their_parts(region in "[a-z]{2}-[a-z]{4,9}-[1-9]", account in "[0-9]{12}", id in "[a-z][a-z0-9]{0,20}") {
+            let arn = Arn::cluster_snapshot(&region, &account, &id);
+            let parsed = Arn::parse(&arn.to_string()).expect("an ARN this crate made parses");
+            prop_assert_eq!(parsed.cluster_snapshot_id(), Some(id.as_str()));
+            prop_assert_eq!(parsed.account, account);
+        }
+    }
+}

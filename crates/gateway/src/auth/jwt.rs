@@ -117,3 +117,51 @@ mod tests {
         assert!(parse_algorithm("none").is_err());
     }
 }
+
+/// Property test: any bearer token, random or shaped like a JWT, is refused with a reason and
+/// never panics the verifier.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `{"alg":"RS256","kid":"k1"}`: a header that gets the token as far as the key lookup.
+    const HEADER: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0";
+
+    fn verifier(runtime: &tokio::runtime::Runtime) -> JwtVerifier {
+        let dir = std::env::temp_dir().join(format!("snapgate-jwt-prop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, r#"{"keys": []}"#).unwrap();
+        let settings = JwtSettings {
+            issuer: "https://idp.test".into(),
+            audiences: vec!["snapgate".into()],
+            jwks_file: Some(jwks),
+            jwks_url: None,
+            jwks_ca_file: None,
+            jwks_refresh_secs: 300,
+            algorithms: vec!["RS256".into(), "ES256".into()],
+            leeway_secs: 5,
+            groups_claim: "groups".into(),
+            team_claim: "team".into(),
+        };
+        runtime.block_on(JwtVerifier::new(&settings, &Tasks::new())).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn any_token_is_refused_with_a_reason(
+            token in prop_oneof![
+                "\\PC{0,120}",
+                "[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_-]{0,60}",
+                "[A-Za-z0-9_-]{0,200}".prop_map(|p| format!("{HEADER}.{p}.c2ln")),
+            ],
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let verifier = verifier(&runtime);
+            let refused = runtime.block_on(verifier.verify(&token));
+            prop_assert!(matches!(refused, Err(AuthError::InvalidToken(_))), "{refused:?}");
+        }
+    }
+}

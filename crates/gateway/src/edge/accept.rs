@@ -370,3 +370,25 @@ mod tests {
         assert!(peers.0.lock().unwrap().is_empty());
     }
 }
+
+/// Property test: whatever a peer sends first, the handshake reader asks for more, accepts or
+/// refuses, without a panic, on both listeners.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_opening_bytes_are_judged(bytes in proptest::collection::vec(any::<u8>(), 0..128), prefix in 0usize..=24) {
+            let mut opening = PREFACE[..prefix].to_vec();
+            opening.extend_from_slice(&bytes);
+            for kind in [Listener::Grpc, Listener::Http] {
+                if let Ok(more) = needed(&opening, kind) {
+                    prop_assert!(more <= PREFACE.len() + 9 + MAX_SETTINGS_PAYLOAD);
+                }
+            }
+        }
+    }
+}

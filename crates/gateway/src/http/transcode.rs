@@ -585,3 +585,34 @@ mod tests {
         assert!(take_message(&mut buffer).is_err());
     }
 }
+
+/// Property test: any path, query and body an HTTP client sends is routed and decoded, or
+/// refused with field violations, without a panic.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn transcoder() -> Transcoder {
+        let grpc = BoxCloneSyncService::new(tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+            Ok::<_, Infallible>(tonic::Status::unavailable("not wired").into_http())
+        }));
+        Transcoder::new("snapgate.v1.SnapshotCopyService", grpc, 1024).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn any_request_is_routed_or_refused(
+            path in prop_oneof!["/v1/copies\\PC{0,40}", "/\\PC{0,40}", "/v1/copies/[a-z:%0-9A-F]{0,30}(:watch|:cancel)?"],
+            query in "\\PC{0,60}",
+            body in prop_oneof![Just(String::new()), "\\PC{0,80}", "\\{\"[a-zA-Z_]{1,20}\": ?(\"\\PC{0,10}\"|[0-9]{1,12}|\\[\\]|null|true)\\}"],
+            method in proptest::sample::select(vec![http::Method::GET, http::Method::POST, http::Method::DELETE, http::Method::HEAD]),
+        ) {
+            let t = transcoder();
+            if let Found::Route(route, bound) = t.routes().find(&method, &path) {
+                let _ = request_message(route, &bound, Some(&query), body.as_bytes());
+            }
+        }
+    }
+}
