@@ -438,3 +438,81 @@ async fn cross_region_copies_of_every_engine_pass_an_emulator_that_verifies_stri
     }
     assert_eq!(emu.emulator.calls().get("CopyDBClusterSnapshot"), 3);
 }
+
+/// botocore, the reference client, signs the same presigned request: given snapgate's URL's
+/// parameters, credentials and time, `SigV4QueryAuth` (what botocore's RDS and DocumentDB
+/// presigning uses) produces the identical query, signature included, so the canonical requests
+/// are the same. DocumentDB across commercial regions and RDS between GovCloud regions.
+#[test]
+fn presigned_urls_match_botocores_for_the_same_request_credentials_and_time() {
+    let venv = std::env::var_os("SNAPGATE_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let python = venv.join("bin").join("python");
+    assert!(python.exists(), "{} is missing: run scripts/venv (scripts/test runs it)", python.display());
+    const BOTOCORE: &str = r#"
+import datetime, json, sys, urllib.parse
+import botocore.auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+a = json.loads(sys.argv[1])
+when = datetime.datetime.strptime(a["date"], "%Y%m%dT%H%M%SZ")
+botocore.auth.get_current_datetime = lambda *args, **kwargs: when
+# As botocore's inject_presigned_url_rds: the request's parameters in the body of a GET to the
+# source region's endpoint, presigned for the source region with query authentication.
+request = AWSRequest(method="GET", url=f"https://{a['host']}/", data=a["params"])
+botocore.auth.SigV4QueryAuth(Credentials(a["key"], a["secret"]), "rds", a["region"], expires=3600).add_auth(request)
+print(request.prepare().url)
+"#;
+    let creds = aws_credential_types::Credentials::new(
+        "AKIAIOSFODNN7EXAMPLE",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        None,
+        None,
+        "test",
+    );
+    let cases = [
+        (
+            "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:catalog-docdb-snap",
+            "us-east-1",
+            "us-west-2",
+            Some("alias/snapgate-backup"),
+        ),
+        (
+            "arn:aws-us-gov:rds:us-gov-west-1:123456789012:cluster-snapshot:gov-aurora",
+            "us-gov-west-1",
+            "us-gov-east-1",
+            Some("arn:aws-us-gov:kms:us-gov-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+        ),
+        ("arn:aws:rds:eu-west-1:123456789012:cluster-snapshot:no-kms", "eu-west-1", "eu-central-1", None),
+    ];
+    for (source, source_region, destination_region, kms) in cases {
+        let ours = snapgate_gateway::presign_copy(&creds, source, source_region, destination_region, kms).unwrap();
+        let parts = url_parts(&ours);
+        let host = ours.trim_start_matches("https://").split('/').next().unwrap().to_owned();
+        let signed: std::collections::BTreeMap<&str, &str> =
+            parts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let params: serde_json::Map<String, serde_json::Value> = parts
+            .iter()
+            .filter(|(k, _)| !k.starts_with("X-Amz-"))
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let args = serde_json::json!({
+            "date": signed["X-Amz-Date"], "host": host, "params": params, "region": source_region,
+            "key": "AKIAIOSFODNN7EXAMPLE", "secret": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        });
+        let out = std::process::Command::new(&python).args(["-c", BOTOCORE, &args.to_string()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let theirs = String::from_utf8(out.stdout).unwrap();
+        let theirs = url_parts(theirs.trim());
+        let theirs: std::collections::BTreeMap<&str, &str> =
+            theirs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(signed, theirs, "{source_region} → {destination_region}");
+    }
+}
+
+/// The decoded query parameters of a URL.
+fn url_parts(url: &str) -> Vec<(String, String)> {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
