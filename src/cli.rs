@@ -52,7 +52,7 @@ pub(crate) enum Command {
     /// Follow copies' progress until they end (as wait).
     Watch(crate::client_cmd::NamesArgs),
     /// Show a copy's state.
-    Get(crate::client_cmd::NameArgs),
+    Get(crate::client_cmd::GetArgs),
     /// Cancel a copy (a queued one leaves the queue; one in progress is deleted).
     Cancel(crate::client_cmd::NameArgs),
     /// List the gateway's copies, newest first.

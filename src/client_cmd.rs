@@ -185,6 +185,16 @@ pub(crate) struct NameArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub(crate) struct GetArgs {
+    #[command(flatten)]
+    copy: NameArgs,
+    /// Ask AWS now instead of taking the gateway's latest observation (at most a poll
+    /// interval old); spends one AWS call.
+    #[arg(long)]
+    fresh: bool,
+}
+
+#[derive(Debug, Clone, Args)]
 pub(crate) struct ListArgs {
     /// Only copies in these states (queued, copying, available, failed, cancelled, deleted).
     #[arg(long = "state", value_parser = parse_state)]
@@ -492,8 +502,9 @@ pub(crate) async fn wait(args: NamesArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `get`: a copy's state now.
-pub(crate) async fn get(args: NameArgs) -> anyhow::Result<ExitCode> {
-    one_copy(args, |client, name| async move { client.get(&name).await }).await
+pub(crate) async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let fresh = args.fresh;
+    one_copy(args.copy, |client, name| async move { client.get_with(&name, fresh).await }).await
 }
 
 /// `cancel`: cancel a copy (a queued one leaves the queue; one in progress is deleted).

@@ -265,7 +265,8 @@ async fn bad_credentials_are_unauthenticated_and_reach_no_aws_api() {
         let status = client.copy_cluster_snapshot(copy_req("billing-pg-daily", "nope")).await.expect_err(name);
         assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
         assert!(status.message().contains(message), "{name}: {}", status.message());
-        let status = client.get_copy(GetCopyRequest { name: "billing-pg-daily".into() }).await.expect_err(name);
+        let status =
+            client.get_copy(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false }).await.expect_err(name);
         assert_eq!(status.code(), Code::Unauthenticated, "{name}");
     }
     assert_eq!(aws_calls(&s.emu), 0, "a refused call must reach no AWS API");
@@ -436,7 +437,7 @@ async fn policies_decide_by_account_region_engine_kms_key_and_tags() {
     req.copy_tags = true;
     let made = c.copy_cluster_snapshot(req).await.expect("own cluster, same region");
     // ...and may watch what it copied (the copy kept the team tag).
-    c.get_copy(GetCopyRequest { name: made.into_inner().name }).await.expect("watch what you may copy");
+    c.get_copy(GetCopyRequest { name: made.into_inner().name, fresh: false }).await.expect("watch what you may copy");
 
     s.emu.emulator.reset_calls();
     let denied = |status: tonic::Status| {
@@ -474,7 +475,8 @@ async fn policies_decide_by_account_region_engine_kms_key_and_tags() {
     assert!(message.contains("graphs-stay-home"), "{message}");
     assert_eq!(policies.as_deref(), Some("graphs-stay-home"));
     // Watching needs its own permit: payments may not watch platform's copy.
-    let status = payments.clone().get_copy(GetCopyRequest { name: "platform-copy".into() }).await.unwrap_err();
+    let status =
+        payments.clone().get_copy(GetCopyRequest { name: "platform-copy".into(), fresh: false }).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 }
 
@@ -570,7 +572,7 @@ async fn a_jwks_url_is_refetched_for_a_new_key_id_and_at_most_so_often() {
     assert_eq!(fetches.load(Ordering::SeqCst), 1, "fetched once at start");
     let get = |token: String| {
         let mut c = client_with(gw.channel.clone(), Some(&token));
-        async move { c.get_copy(GetCopyRequest { name: "billing-pg-daily".into() }).await }
+        async move { c.get_copy(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false }).await }
     };
     get(sign(&k1, &claims("svc", None, &[]))).await.expect("k1 is in the JWKS");
 
@@ -606,7 +608,7 @@ async fn certificates_reload_without_a_restart() {
         async move {
             match tls_channel(addr, &ca, Some(&identity)).await {
                 Ok(channel) => client_with(channel, None)
-                    .get_copy(GetCopyRequest { name: "billing-pg-daily".into() })
+                    .get_copy(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false })
                     .await
                     .is_ok(),
                 Err(_) => false,

@@ -406,7 +406,8 @@ async fn a_copy_into_another_account_assumes_its_role_against_moto() {
     r.destination_account = OTHER.into();
     let copy = gw.client.copy_cluster_snapshot(r).await.expect("copied in the other account").into_inner();
     assert_eq!(copy.account_id, OTHER);
-    let got = gw.client.get_copy(pb::GetCopyRequest { name: copy.name.clone() }).await.unwrap().into_inner();
+    let got =
+        gw.client.get_copy(pb::GetCopyRequest { name: copy.name.clone(), fresh: false }).await.unwrap().into_inner();
     assert_eq!(got.account_id, OTHER);
 
     // The gateway's own account does not see the other account's snapshot.

@@ -64,7 +64,7 @@ async fn metrics(gw: &Gateway) -> String {
 }
 
 fn get(name: &str) -> GetCopyRequest {
-    GetCopyRequest { name: name.into() }
+    GetCopyRequest { name: name.into(), fresh: false }
 }
 
 #[tokio::test]

@@ -32,9 +32,11 @@ async fn a_copy_starts_and_get_copy_reports_it() {
     assert_eq!(copy.tags, vec![pb::Tag { key: "purpose".into(), value: "dr".into() }]);
     assert!(copy.create_time.is_some());
 
-    let by_name = gw.client.get_copy(GetCopyRequest { name: copy.name.clone() }).await.unwrap().into_inner();
+    let by_name =
+        gw.client.get_copy(GetCopyRequest { name: copy.name.clone(), fresh: false }).await.unwrap().into_inner();
     assert_eq!(by_name.name, copy.name);
-    let by_id = gw.client.get_copy(GetCopyRequest { name: "billing-copy".into() }).await.unwrap().into_inner();
+    let by_id =
+        gw.client.get_copy(GetCopyRequest { name: "billing-copy".into(), fresh: false }).await.unwrap().into_inner();
     assert_eq!(by_id.name, copy.name);
 }
 
@@ -78,7 +80,7 @@ async fn aws_faults_map_to_grpc_codes_with_error_info() {
         (Code::FailedPrecondition, "InvalidDBClusterStateFault")
     );
 
-    let status = gw.client.get_copy(GetCopyRequest { name: "never-made".into() }).await.unwrap_err();
+    let status = gw.client.get_copy(GetCopyRequest { name: "never-made".into(), fresh: false }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
 
@@ -114,7 +116,7 @@ async fn invalid_requests_are_refused_before_any_aws_call() {
             details.bad_request().expect("BadRequest").field_violations.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(got, fields, "{req:?}");
     }
-    let status = gw.client.get_copy(GetCopyRequest { name: String::new() }).await.unwrap_err();
+    let status = gw.client.get_copy(GetCopyRequest { name: String::new(), fresh: false }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(emu.emulator.calls().calls.values().sum::<u64>(), 0, "no AWS call was made");
 }
@@ -123,7 +125,7 @@ async fn invalid_requests_are_refused_before_any_aws_call() {
 async fn the_callers_deadline_bounds_the_aws_call() {
     let faults = Faults { throttle: None, latency_ms: 3000, ..Faults::default() };
     let (_emu, mut gw) = setup(EmulatorConfig { faults, ..seeded() }).await;
-    let mut request = tonic::Request::new(GetCopyRequest { name: "billing-pg-daily".into() });
+    let mut request = tonic::Request::new(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false });
     // Sent as the header alone: a client-side timer would fire first and hide the server's answer.
     request.metadata_mut().insert("grpc-timeout", "300m".parse().unwrap());
     let started = std::time::Instant::now();
@@ -136,9 +138,13 @@ async fn the_callers_deadline_bounds_the_aws_call() {
 async fn throttling_that_outlives_the_retries_is_unavailable_with_retry_info() {
     let faults = Faults { throttle: Some(Throttle { burst: 1, per_second: 0.001 }), ..Faults::default() };
     let (emu, mut gw) = setup(EmulatorConfig { faults, ..seeded() }).await;
-    gw.client.get_copy(GetCopyRequest { name: "billing-pg-daily".into() }).await.expect("first call fits the burst");
+    gw.client
+        .get_copy(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false })
+        .await
+        .expect("first call fits the burst");
     // Another snapshot: a read of the first one within the freshness window costs no call.
-    let status = gw.client.get_copy(GetCopyRequest { name: "ledger-mysql-snap".into() }).await.unwrap_err();
+    let status =
+        gw.client.get_copy(GetCopyRequest { name: "ledger-mysql-snap".into(), fresh: false }).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(error_reason(&status), "ThrottlingException");
     assert!(status.get_error_details().retry_info().is_some());
@@ -149,7 +155,7 @@ async fn throttling_that_outlives_the_retries_is_unavailable_with_retry_info() {
 async fn unreachable_aws_is_unavailable() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut gw = gateway::start(gateway::settings(), &format!("http://{closed}"), "AKIDTEST").await;
-    let status = gw.client.get_copy(GetCopyRequest { name: "anything".into() }).await.unwrap_err();
+    let status = gw.client.get_copy(GetCopyRequest { name: "anything".into(), fresh: false }).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
 
@@ -177,7 +183,7 @@ async fn the_gateway_copies_through_motos_rds_api() {
     assert_eq!(copy.snapshot_id, "moto-copy");
     assert_eq!(copy.engine, "neptune");
     // moto finishes copies at once.
-    let got = gw.client.get_copy(GetCopyRequest { name: copy.name.clone() }).await.unwrap().into_inner();
+    let got = gw.client.get_copy(GetCopyRequest { name: copy.name.clone(), fresh: false }).await.unwrap().into_inner();
     assert_eq!(got.state(), pb::copy::State::Available);
 
     let again = gw.client.copy_cluster_snapshot(copy_req("moto-snap", "moto-copy")).await.unwrap().into_inner();
@@ -217,7 +223,7 @@ async fn metrics_move_with_calls() {
     assert!(after.contains(r#"snapgate_aws_calls_total{action="DescribeDBClusterSnapshots",outcome="ok"} 1"#));
     // A call refused before any handler is counted too, by the layer outside authentication.
     let mut stranger = gateway::client_with(gw.channel.clone(), None);
-    stranger.get_copy(GetCopyRequest { name: "metered".into() }).await.unwrap_err();
+    stranger.get_copy(GetCopyRequest { name: "metered".into(), fresh: false }).await.unwrap_err();
     let refused = scrape().await;
     assert!(refused.contains(r#"snapgate_rpc_requests_total{method="GetCopy",code="Unauthenticated"} 1"#), "{refused}");
     let (status, body) = raw_http(admin, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
@@ -255,7 +261,10 @@ async fn every_region_a_request_names_is_checked_before_any_aws_call() {
     }
     let status = gw
         .client
-        .get_copy(GetCopyRequest { name: "arn:aws:rds:mars-north-9:123456789012:cluster-snapshot:c".into() })
+        .get_copy(GetCopyRequest {
+            name: "arn:aws:rds:mars-north-9:123456789012:cluster-snapshot:c".into(),
+            fresh: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);

@@ -135,7 +135,7 @@ async fn a_queued_copy_is_watched_listed_and_cancelled_without_an_aws_call() {
     // A retry of the same request is the same copy, still queued.
     let again = gw.client.copy_cluster_snapshot(copy_req(WEST, "q-third")).await.unwrap().into_inner();
     assert_eq!((again.name.as_str(), again.state()), (third.name.as_str(), pb::copy::State::Queued));
-    let got = gw.client.get_copy(GetCopyRequest { name: "q-third".into() }).await.unwrap().into_inner();
+    let got = gw.client.get_copy(GetCopyRequest { name: "q-third".into(), fresh: false }).await.unwrap().into_inner();
     assert_eq!((got.state(), got.queue_position), (pb::copy::State::Queued, 2));
     assert_eq!(list(&mut gw.client, &[pb::copy::State::Queued]).await.len(), 2);
 

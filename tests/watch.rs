@@ -89,7 +89,8 @@ async fn cancel_deletes_a_copy_in_progress_and_watchers_see_it_cancelled() {
     assert_eq!(state_of(last), pb::copy::State::Cancelled);
 
     // The snapshot is gone from AWS; the copy's job remembers how it ended.
-    let after = gw.client.get_copy(GetCopyRequest { name: copy.name.clone() }).await.unwrap().into_inner();
+    let after =
+        gw.client.get_copy(GetCopyRequest { name: copy.name.clone(), fresh: false }).await.unwrap().into_inner();
     assert_eq!(after.state(), pb::copy::State::Cancelled);
 
     // A finished snapshot is never deleted.
@@ -291,7 +292,8 @@ async fn get_copy_answers_from_a_fresh_poll_without_an_aws_call() {
     for _ in 0..50 {
         let before = emu.emulator.calls().get("DescribeDBClusterSnapshots");
         let rounds = gw.hub.poll_rounds();
-        let got = gw.client.get_copy(GetCopyRequest { name: copy.name.clone() }).await.unwrap().into_inner();
+        let got =
+            gw.client.get_copy(GetCopyRequest { name: copy.name.clone(), fresh: false }).await.unwrap().into_inner();
         assert_eq!(got.name, copy.name);
         let after = emu.emulator.calls().get("DescribeDBClusterSnapshots");
         if after == before && gw.hub.poll_rounds() == rounds {
@@ -301,6 +303,19 @@ async fn get_copy_answers_from_a_fresh_poll_without_an_aws_call() {
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     assert!(answered_locally);
+
+    // A caller that asks for AWS's latest state gets one call of its own, every time, even
+    // while the observation is fresh.
+    for _ in 0..3 {
+        let before = emu.emulator.calls().get("DescribeDBClusterSnapshots");
+        let rounds = gw.hub.poll_rounds();
+        let got =
+            gw.client.get_copy(GetCopyRequest { name: copy.name.clone(), fresh: true }).await.unwrap().into_inner();
+        assert_eq!(got.name, copy.name);
+        let own_calls = emu.emulator.calls().get("DescribeDBClusterSnapshots") - before;
+        let polls = gw.hub.poll_rounds() - rounds;
+        assert!(own_calls >= 1 && own_calls - polls == 1, "{own_calls} calls, {polls} poll rounds");
+    }
 }
 
 #[tokio::test]
@@ -310,9 +325,9 @@ async fn reads_of_one_snapshot_share_a_call_and_reads_of_many_share_a_batch() {
     let mut reads = Vec::new();
     for _ in 0..20 {
         let mut client = gw.client.clone();
-        reads.push(tokio::spawn(
-            async move { client.get_copy(GetCopyRequest { name: "ledger-mysql-snap".into() }).await },
-        ));
+        reads.push(tokio::spawn(async move {
+            client.get_copy(GetCopyRequest { name: "ledger-mysql-snap".into(), fresh: false }).await
+        }));
     }
     for read in reads {
         assert_eq!(read.await.unwrap().unwrap().into_inner().snapshot_id, "ledger-mysql-snap");
@@ -325,7 +340,9 @@ async fn reads_of_one_snapshot_share_a_call_and_reads_of_many_share_a_batch() {
     let mut reads = Vec::new();
     for name in names {
         let mut client = gw.client.clone();
-        reads.push(tokio::spawn(async move { client.get_copy(GetCopyRequest { name: name.into() }).await }));
+        reads.push(tokio::spawn(
+            async move { client.get_copy(GetCopyRequest { name: name.into(), fresh: false }).await },
+        ));
     }
     for read in reads {
         read.await.unwrap().unwrap();

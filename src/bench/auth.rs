@@ -149,7 +149,7 @@ where
 /// Mean latency of sequential GetCopy calls through the real gateway on loopback.
 async fn whole_calls(calls: u32) -> anyhow::Result<f64> {
     let (emu, mut client, _scratch) = crate::bench::unthrottled_gateway().await?;
-    let get = snapgate_proto::GetCopyRequest { name: "billing-pg-daily".into() };
+    let get = snapgate_proto::GetCopyRequest { name: "billing-pg-daily".into(), fresh: false };
     for _ in 0..50 {
         client.get_copy(get.clone()).await?;
     }

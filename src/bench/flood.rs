@@ -175,7 +175,7 @@ async fn measure(client: &BenchClient, until: Instant) -> (Vec<u64>, u64) {
         tick.tick().await;
         let started = Instant::now();
         let mut client = client.clone();
-        match client.get_copy(GetCopyRequest { name: "billing-pg-daily".into() }).await {
+        match client.get_copy(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false }).await {
             Ok(_) => latencies.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
             Err(_) => errors += 1,
         }
@@ -298,7 +298,8 @@ async fn run_attack(args: &FloodAttackArgs, until: Instant) -> String {
                 tasks.push(tokio::spawn(async move {
                     let Ok(client) = attacker_client(&addr.to_string()).await else { return };
                     while Instant::now() < until {
-                        let mut request = tonic::Request::new(GetCopyRequest { name: "billing-pg-daily".into() });
+                        let mut request =
+                            tonic::Request::new(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false });
                         request.metadata_mut().insert("x-padding", padding.clone());
                         let _ = client.clone().get_copy(request).await;
                         count.fetch_add(1, Ordering::Relaxed);
@@ -314,7 +315,10 @@ async fn run_attack(args: &FloodAttackArgs, until: Instant) -> String {
                 let (count, client) = (count.clone(), client.clone());
                 tasks.push(tokio::spawn(async move {
                     while Instant::now() < until {
-                        let _ = client.clone().get_copy(GetCopyRequest { name: "ledger-mysql-snap".into() }).await;
+                        let _ = client
+                            .clone()
+                            .get_copy(GetCopyRequest { name: "ledger-mysql-snap".into(), fresh: false })
+                            .await;
                         count.fetch_add(1, Ordering::Relaxed);
                     }
                 }));

@@ -91,7 +91,11 @@ async fn phase_rate(client: &crate::bench::BenchClient, callers: usize, length: 
         let (mut client, done) = (client.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < until {
-                if client.get_copy(snapgate_proto::GetCopyRequest { name: "billing-pg-daily".into() }).await.is_ok() {
+                if client
+                    .get_copy(snapgate_proto::GetCopyRequest { name: "billing-pg-daily".into(), fresh: false })
+                    .await
+                    .is_ok()
+                {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             }

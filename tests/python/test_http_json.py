@@ -66,6 +66,9 @@ def test_copy_get_list_and_watch_as_ndjson_to_the_end(dev):
     # The name goes in the path as it is, colons and all.
     code, got, _ = curl("-H", AUTH, f"{dev.http}/v1/copies/{name}")
     assert code == 200 and got["name"] == name and got["engine"] == "aurora-postgresql"
+    # AWS's latest state, not the gateway's shared observation: a query flag.
+    code, fresh, _ = curl("-H", AUTH, f"{dev.http}/v1/copies/{name}?fresh=true")
+    assert code == 200 and fresh["name"] == name, fresh
 
     # NDJSON, read line by line as it arrives, until the terminal event.
     watch = subprocess.Popen(

@@ -175,8 +175,14 @@ impl Client {
             .map_err(|s| self.error(s))
     }
 
+    /// The copy as the gateway last observed it (at most a poll interval old).
     pub async fn get(&self, name: &str) -> Result<pb::Copy, ClientError> {
-        let request = pb::GetCopyRequest { name: name.to_owned() };
+        self.get_with(name, false).await
+    }
+
+    /// The copy; with `fresh`, as AWS describes it now (one AWS call).
+    pub async fn get_with(&self, name: &str, fresh: bool) -> Result<pb::Copy, ClientError> {
+        let request = pb::GetCopyRequest { name: name.to_owned(), fresh };
         self.inner.clone().get_copy(request).await.map(tonic::Response::into_inner).map_err(|s| self.error(s))
     }
 

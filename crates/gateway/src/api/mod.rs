@@ -153,7 +153,7 @@ impl SnapshotCopyService for Api {
     async fn get_copy(&self, request: Request<pb::GetCopyRequest>) -> Result<Response<pb::Copy>, Status> {
         let (_, extensions, message) = request.into_parts();
         let caller = caller(&extensions)?;
-        let copy = self.copies.get(&message.name).await?;
+        let copy = self.copies.get(&message.name, message.fresh).await?;
         self.authorize(&caller, Action::GetCopy, &copy.snapshot)?;
         Ok(Response::new(convert::view(&copy)))
     }

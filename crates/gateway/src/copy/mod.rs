@@ -242,7 +242,9 @@ impl CopyService {
     /// The current state of a copy, by name: its job while it waits (or when it never
     /// started), then the watch hub's observation when a poller saw it within the shortest
     /// poll interval (no AWS call), else a describe.
-    pub(crate) async fn get(&self, name: &str) -> Result<CopyView, Error> {
+    /// The copy `name`: from the latest observation (shared by every reader, at most a poll
+    /// interval old), or with `fresh` as AWS describes it now.
+    pub(crate) async fn get(&self, name: &str, fresh: bool) -> Result<CopyView, Error> {
         let located = self.locate(name)?;
         let job = self.job_of(&located).await?;
         if let Some(job) = &job
@@ -252,10 +254,14 @@ impl CopyService {
         }
         // Through the watch hub: concurrent reads share one call, reads of many snapshots
         // share a batched one. What the poll did not see is asked of AWS, for its exact answer.
-        let snapshot = match self.hub.read(&located.account, &located.region, &located.id).await {
-            Ok(Some(snapshot)) if located.is(&snapshot) => Ok(snapshot),
-            Ok(_) => self.describe(&located, name).await,
-            Err(error) => Err(error),
+        let snapshot = if fresh {
+            self.describe(&located, name).await
+        } else {
+            match self.hub.read(&located.account, &located.region, &located.id).await {
+                Ok(Some(snapshot)) if located.is(&snapshot) => Ok(snapshot),
+                Ok(_) => self.describe(&located, name).await,
+                Err(error) => Err(error),
+            }
         };
         match (snapshot, job) {
             (Ok(snapshot), Some(job)) => Ok(CopyView::of_snapshot(snapshot).with_job(&job)),
