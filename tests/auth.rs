@@ -352,6 +352,40 @@ async fn a_reload_that_withdraws_access_ends_open_watches() {
     assert!(matches!(still, Err(_) | Ok(Ok(Some(_)))), "{still:?}");
 }
 
+#[tokio::test]
+async fn a_verified_token_stops_working_when_its_key_leaves_the_jwks() {
+    let (key, other) = (rsa_key("k1"), rsa_key("k2"));
+    let dir = scratch("jwks-drop");
+    let (pki, issuer) = Pki::new(&dir, "corp");
+    let server_cert = pki.leaf(
+        &issuer,
+        "server",
+        vec![SanType::DnsName("localhost".try_into().unwrap()), SanType::IpAddress([127, 0, 0, 1].into())],
+    );
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, serde_json::to_string(&JwkSet { keys: vec![key.jwk.clone()] }).unwrap()).unwrap();
+    let settings = auth_settings(&dir, &pki, &server_cert, ClientCertificates::Optional, &jwks);
+    let emu = emulator_with(EmulatorConfig { seed: true, ..quiet_config() }).await;
+    let server = gateway::try_serve(settings, &emu.endpoint_url(), "AKIDTEST").await.unwrap();
+    let channel = tls_channel(server.addr, &pki.ca, None).await.unwrap();
+    let mut client = client_with(channel, Some(&sign(&key, &claims("svc-orders", Some("orders"), &[]))));
+    let authenticated = |status: &tonic::Status| status.code() != Code::Unauthenticated;
+    // Authenticated (denied or not, the token was accepted), twice: the second from the cache.
+    for _ in 0..2 {
+        let outcome = client.get_copy(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false }).await;
+        assert!(outcome.as_ref().err().is_none_or(authenticated), "{outcome:?}");
+    }
+    // The IdP rotates k1 out; the first token signed by k2 makes the gateway read the JWKS again.
+    std::fs::write(&jwks, serde_json::to_string(&JwkSet { keys: vec![other.jwk.clone()] }).unwrap()).unwrap();
+    let channel = tls_channel(server.addr, &pki.ca, None).await.unwrap();
+    let mut rotated = client_with(channel, Some(&sign(&other, &claims("svc-orders", Some("orders"), &[]))));
+    let outcome = rotated.get_copy(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false }).await;
+    assert!(outcome.as_ref().err().is_none_or(authenticated), "the new key is taken: {outcome:?}");
+    // The cached verification of the k1 token ended with its key.
+    let status = client.get_copy(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false }).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}
+
 /// curl against the HTTP/JSON listener over TLS: `(HTTP status, body)`.
 async fn curl_tls(args: &[&str]) -> (u16, serde_json::Value) {
     let output = tokio::process::Command::new("curl")

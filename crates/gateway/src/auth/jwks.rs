@@ -101,7 +101,8 @@ impl Jwks {
         self.lookup(kid)
     }
 
-    fn lookup(&self, kid: Option<&str>) -> Option<Arc<Key>> {
+    /// The key in hand for `kid`, without fetching.
+    pub(crate) fn lookup(&self, kid: Option<&str>) -> Option<Arc<Key>> {
         let keys = self.keys.load();
         match kid {
             Some(kid) => keys.by_id.get(kid).cloned(),

@@ -4,12 +4,13 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::jwks::Jwks;
+use super::jwks::{Jwks, Key};
 use super::{AuthError, AuthMethod, Caller};
 use crate::config::JwtSettings;
 use crate::tasks::Tasks;
@@ -32,7 +33,24 @@ pub(super) struct JwtVerifier {
     leeway: u64,
     groups_claim: String,
     team_claim: String,
+    /// Tokens already verified, by digest: a caller that sends the same token on every call
+    /// pays for one signature check, not one per call.
+    verified: moka::future::Cache<[u8; 32], Arc<Verified>>,
 }
+
+/// A verified token: its caller, until when it is valid, and the key that signed it. The entry
+/// counts only while that very key is still in the JWKS: a refresh that drops (or replaces) the
+/// key ends it, and the token is verified again.
+struct Verified {
+    caller: Caller,
+    expires: SystemTime,
+    kid: Option<String>,
+    key: Arc<Key>,
+}
+
+/// Verified tokens kept at most; a token is kept at most this long even if it expires later.
+const VERIFIED_CAPACITY: u64 = 10_000;
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
 
 impl JwtVerifier {
     pub(crate) async fn new(settings: &JwtSettings, tasks: &Tasks) -> anyhow::Result<JwtVerifier> {
@@ -50,14 +68,31 @@ impl JwtVerifier {
             leeway: settings.leeway_secs,
             groups_claim: settings.groups_claim.clone(),
             team_claim: settings.team_claim.clone(),
+            verified: moka::future::Cache::builder().max_capacity(VERIFIED_CAPACITY).time_to_live(VERIFIED_TTL).build(),
         })
     }
 
     pub(super) async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
-        let invalid = |why: &str| AuthError::InvalidToken(why.to_owned());
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(invalid("too long"));
+            return Err(AuthError::InvalidToken("too long".into()));
         }
+        let digest = super::token_digest(token);
+        if let Some(known) = self.verified.get(&digest).await {
+            let key_in_hand = self.jwks.lookup(known.kid.as_deref()).is_some_and(|key| Arc::ptr_eq(&key, &known.key));
+            if key_in_hand && SystemTime::now() < known.expires {
+                return Ok(known.caller.clone());
+            }
+            self.verified.invalidate(&digest).await;
+        }
+        let (caller, verified) = self.verify_signature(token).await?;
+        if let Some(verified) = verified {
+            self.verified.insert(digest, Arc::new(verified)).await;
+        }
+        Ok(caller)
+    }
+
+    async fn verify_signature(&self, token: &str) -> Result<(Caller, Option<Verified>), AuthError> {
+        let invalid = |why: &str| AuthError::InvalidToken(why.to_owned());
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => invalid("unsupported algorithm"),
             _ => invalid("malformed"),
@@ -95,13 +130,18 @@ impl JwtVerifier {
             Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
             _ => Vec::new(),
         };
-        Ok(Caller {
+        let caller = Caller {
             id: sub.to_owned(),
             method: AuthMethod::Jwt,
             groups,
             team: claims.get(&self.team_claim).and_then(Value::as_str).map(str::to_owned),
             issuer: Some(self.issuer.clone()),
-        })
+        };
+        // Kept until the token expires (without the leeway), when its claims say when.
+        let expires = claims.get("exp").and_then(Value::as_u64).map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
+        let verified =
+            expires.map(|expires| Verified { caller: caller.clone(), expires, kid: header.kid.clone(), key });
+        Ok((caller, verified))
     }
 }
 

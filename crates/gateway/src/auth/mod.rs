@@ -152,7 +152,7 @@ impl Authenticator {
 
 /// Static tokens are kept and looked up as SHA-256 digests, so the lookup's timing says
 /// nothing about the tokens' bytes and the process holds no copy of them.
-fn token_digest(token: &str) -> [u8; 32] {
+pub(crate) fn token_digest(token: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
     out
