@@ -74,6 +74,10 @@ pub(crate) enum BenchCommand {
     /// The gateway under transport abuse: idle connections, slowloris, rapid reset, oversized
     /// headers, call and stream floods, against a well-behaved client's latency.
     Flood(crate::bench::flood::FloodBenchArgs),
+    /// N callers polling GetCopy over M copies: their requests per second against AWS's calls.
+    Reads(crate::bench::reads::ReadsBenchArgs),
+    /// GetCopy through the whole gateway against a bare tonic server: CPU per call and rate.
+    Unary(crate::bench::reads::UnaryBenchArgs),
     /// One attack of `bench flood`, in a child process.
     #[command(hide = true)]
     FloodAttack(crate::bench::flood::FloodAttackArgs),
@@ -158,6 +162,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Flood(args)) => {
             with_telemetry("warn", format, crate::bench::flood::flood(args)).await
+        }
+        Command::Bench(BenchCommand::Reads(args)) => {
+            with_telemetry("warn", format, crate::bench::reads::reads(args)).await
+        }
+        Command::Bench(BenchCommand::Unary(args)) => {
+            with_telemetry("warn", format, crate::bench::reads::unary(args)).await
         }
         Command::Bench(BenchCommand::FloodAttack(args)) => {
             with_telemetry("error", format, crate::bench::flood::flood_attack(args)).await

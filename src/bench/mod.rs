@@ -9,6 +9,7 @@
 pub(crate) mod auth;
 pub(crate) mod flood;
 pub(crate) mod queue;
+pub(crate) mod reads;
 pub(crate) mod trace;
 
 use std::net::SocketAddr;
