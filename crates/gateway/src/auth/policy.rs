@@ -267,6 +267,9 @@ fn copy_context(c: &CopyContext) -> Vec<(String, RestrictedExpression)> {
     context
 }
 
+/// Context-free decisions kept at most.
+const DECISIONS_KEPT: u64 = 50_000;
+
 /// The policies in force, swapped whole on reload so a decision never sees half a set.
 pub(crate) struct PolicyStore {
     /// The policy file and its times; none for inline policies.
@@ -276,6 +279,62 @@ pub(crate) struct PolicyStore {
     metrics: Arc<Metrics>,
     /// Bumped at every reload that changed the policies in force: open streams re-decide.
     generation: tokio::sync::watch::Sender<u64>,
+    /// Decisions without a context (GetCopy, WatchCopy, CancelCopy), by everything they were
+    /// made from: the same caller reading the same snapshot as last observed is decided once.
+    decisions: moka::sync::Cache<DecisionKey, Decision>,
+}
+
+/// Everything a context-free decision depends on: the policies' generation, every attribute of
+/// the caller and of the snapshot that the entities carry, and the action. Nothing is hashed
+/// away: two keys are equal only when the decisions must be.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    generation: u64,
+    action: &'static str,
+    caller: (String, &'static str, Vec<String>, Option<String>, Option<String>),
+    snapshot: SnapshotFacts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SnapshotFacts {
+    arn: String,
+    account: String,
+    region: String,
+    id: String,
+    engine: String,
+    cluster: String,
+    encrypted: bool,
+    snapshot_type: String,
+    kms_key: Option<String>,
+    tags: Vec<(String, String)>,
+}
+
+impl DecisionKey {
+    fn new(generation: u64, caller: &Caller, action: Action, s: &ClusterSnapshot) -> DecisionKey {
+        DecisionKey {
+            generation,
+            action: action.name(),
+            caller: (
+                caller.id.clone(),
+                caller.method.as_str(),
+                caller.groups.clone(),
+                caller.team.clone(),
+                caller.issuer.clone(),
+            ),
+            snapshot: SnapshotFacts {
+                arn: s.arn.clone(),
+                account: s.account.clone(),
+                region: s.region.clone(),
+                id: s.id.clone(),
+                engine: s.engine.clone(),
+                cluster: s.cluster_id.clone(),
+                encrypted: s.encrypted,
+                snapshot_type: s.snapshot_type.clone(),
+                kms_key: s.kms_key_id.clone(),
+                tags: s.tags.clone(),
+            },
+        }
+    }
 }
 
 impl PolicyStore {
@@ -296,6 +355,10 @@ impl PolicyStore {
             interval: Duration::from_secs(settings.reload_secs),
             metrics,
             generation: tokio::sync::watch::channel(0).0,
+            decisions: moka::sync::Cache::builder()
+                .max_capacity(DECISIONS_KEPT)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
         }))
     }
 
@@ -328,7 +391,15 @@ impl PolicyStore {
             authz.policies = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let decision = decide(&self.current.load(), caller, action, snapshot, copy);
+        // The generation is read before the policies: a decision made across a reload is
+        // filed under the old generation, which no lookup uses again.
+        let decision = if copy.is_none() {
+            let key = DecisionKey::new(*self.generation.borrow(), caller, action, snapshot);
+            let policies = self.current.load();
+            self.decisions.get_with(key, || decide(&policies, caller, action, snapshot, None))
+        } else {
+            decide(&self.current.load(), caller, action, snapshot, copy)
+        };
         span.record("authz.decision", if decision.allowed { "allow" } else { "deny" });
         span.record("authz.policies", decision.policies.join(",").as_str());
         for error in &decision.errors {
@@ -505,5 +576,32 @@ mod tests {
         let err = parse_policies(r#"permit(principal == ?principal, action, resource);"#).unwrap_err();
         assert!(err.contains("templates"), "{err}");
         assert!(parse_policies("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn kept_decisions_follow_the_facts_and_the_policies() {
+        let dir = std::env::temp_dir().join(format!("snapgate-decisions-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("policies.cedar");
+        let watch_own = r#"permit(principal, action == Snapgate::Action::"WatchCopy", resource)
+            when { principal has team && resource.hasTag("team") && resource.getTag("team") == principal.team };"#;
+        std::fs::write(&file, watch_own).unwrap();
+        let settings = AuthzSettings { policy_file: Some(file.clone()), policies: None, reload_secs: 1 };
+        let store = PolicyStore::new(&settings, Metrics::new()).unwrap();
+        let alice = caller("alice", Some("payments"), &[]);
+        let ours = snapshot("111111111111", "us-east-1", "aurora-postgresql", "payments");
+        let theirs = snapshot("111111111111", "us-east-1", "aurora-postgresql", "orders");
+        for _ in 0..3 {
+            assert!(store.decide(&alice, Action::WatchCopy, &ours, None).allowed);
+            // A tag is part of what is kept: another team's snapshot is decided on its own.
+            assert!(!store.decide(&alice, Action::WatchCopy, &theirs, None).allowed);
+        }
+        // A team is too.
+        assert!(!store.decide(&caller("alice", Some("orders"), &[]), Action::WatchCopy, &ours, None).allowed);
+        // New policies: nothing kept from the old ones is used.
+        std::fs::write(&file, format!("{watch_own}\nforbid(principal, action, resource);")).unwrap();
+        store.reload(true);
+        assert!(!store.decide(&alice, Action::WatchCopy, &ours, None).allowed);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
