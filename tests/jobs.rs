@@ -13,6 +13,7 @@ use common::*;
 use snapgate_emulator::{EmulatorConfig, EmulatorHandle};
 use snapgate_gateway::config::{Secret, Settings, StoreSettings};
 use snapgate_proto::{self as pb, CancelCopyRequest, GetCopyRequest, ListCopiesRequest, WatchCopyRequest};
+use tonic_types::StatusExt;
 
 /// An unencrypted snapshot in us-west-2: copies of it into us-east-1 count against the limit.
 const WEST: &str = "arn:aws:rds:us-west-2:123456789012:cluster-snapshot:orders-aurora-west-snap";
@@ -252,4 +253,58 @@ async fn two_replicas_share_a_postgres_queue_and_one_killed_loses_nothing() {
     assert!(most <= 5 && east.peak_cross_region_in_progress <= 5, "{east:?}");
     assert_eq!(east.copies_made, 20, "each copy started exactly once across the replicas");
     b.kill().await;
+}
+
+/// Faults together, over a fleet: AWS answers a fifth of calls with 500s, throttles hard and
+/// slowly, while thirty cross-region copies are asked for (callers retry what they are told to
+/// retry, as the CLI does). Every copy a caller was told was accepted ends AVAILABLE, none is
+/// made twice, and callers see nothing but OK or a retryable status with RetryInfo.
+#[tokio::test]
+async fn a_fleet_under_5xx_throttling_and_latency_finishes_once_each() {
+    let emu = emulator_with(emulator_config(300.0)).await;
+    emu.emulator
+        .set_faults(snapgate_emulator::Faults {
+            throttle: Some(snapgate_emulator::Throttle { burst: 4, per_second: 8.0 }),
+            internal_failure_rate: 0.2,
+            latency_ms: 30,
+            fail_copies: Vec::new(),
+        })
+        .unwrap();
+    let mut settings = quick_jobs(gateway::settings());
+    settings.aws.max_attempts = Some(3);
+    let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
+    let mut calls = Vec::new();
+    for i in 0..30 {
+        let mut client = gw.client.clone();
+        calls.push(tokio::spawn(async move {
+            let mut retries = 0;
+            loop {
+                match client.copy_cluster_snapshot(copy_req(WEST, &format!("soak-{i}"))).await {
+                    Ok(copy) => return (copy.into_inner(), retries),
+                    Err(status) => {
+                        // Only what the API documents as retryable, and it says when.
+                        assert!(
+                            matches!(status.code(), tonic::Code::Unavailable | tonic::Code::ResourceExhausted),
+                            "{status:?}"
+                        );
+                        let delay = status.get_details_retry_info().and_then(|r| r.retry_delay);
+                        assert!(delay.is_some(), "a retryable refusal says when: {status:?}");
+                        retries += 1;
+                        assert!(retries < 50, "soak-{i} never admitted");
+                        tokio::time::sleep(delay.unwrap_or_default().min(Duration::from_millis(200))).await;
+                    }
+                }
+            }
+        }));
+    }
+    for call in calls {
+        let (copy, _retries) = call.await.unwrap();
+        assert!(matches!(copy.state(), pb::copy::State::Copying | pb::copy::State::Queued), "{copy:?}");
+    }
+    all_available(&gw.client, &emu, 30, Duration::from_secs(120)).await;
+    let east = us_east(&emu);
+    assert_eq!(east.copies_made, 30, "each copy made once: {east:?}");
+    assert!(east.peak_cross_region_in_progress <= 5, "{east:?}");
+    let calls = emu.emulator.calls();
+    assert!(calls.internal_failures > 0 && calls.throttled > 0, "the faults happened: {calls:?}");
 }
