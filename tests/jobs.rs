@@ -267,6 +267,7 @@ async fn a_fleet_under_5xx_throttling_and_latency_finishes_once_each() {
             throttle: Some(snapgate_emulator::Throttle { burst: 4, per_second: 8.0 }),
             internal_failure_rate: 0.2,
             latency_ms: 30,
+            copy_answer_delay_ms: 0,
             fail_copies: Vec::new(),
         })
         .unwrap();
@@ -307,4 +308,24 @@ async fn a_fleet_under_5xx_throttling_and_latency_finishes_once_each() {
     assert!(east.peak_cross_region_in_progress <= 5, "{east:?}");
     let calls = emu.emulator.calls();
     assert!(calls.internal_failures > 0 && calls.throttled > 0, "the faults happened: {calls:?}");
+}
+
+/// A copy whose answer is lost (the attempt timed out after AWS made the copy) is recognised by
+/// the retry as the copy asked for: one copy, AVAILABLE, and the caller told it was accepted.
+#[tokio::test]
+async fn a_copy_made_by_an_attempt_that_timed_out_is_found_by_the_retry_not_made_twice() {
+    let emu = emulator_with(emulator_config(300.0)).await;
+    emu.emulator
+        .set_faults(snapgate_emulator::Faults { throttle: None, copy_answer_delay_ms: 1_500, ..Default::default() })
+        .unwrap();
+    let mut settings = quick_jobs(gateway::settings());
+    settings.aws.attempt_timeout_ms = Some(400);
+    settings.aws.max_attempts = Some(3);
+    let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
+    let copy = gw.client.clone().copy_cluster_snapshot(copy_req(WEST, "lost-answer")).await.unwrap().into_inner();
+    assert!(matches!(copy.state(), pb::copy::State::Copying | pb::copy::State::Queued), "{copy:?}");
+    all_available(&gw.client, &emu, 1, Duration::from_secs(60)).await;
+    let calls = emu.emulator.calls().get("CopyDBClusterSnapshot");
+    assert!(calls >= 2, "the first attempt's answer was lost and the call retried: {calls} calls");
+    assert_eq!(us_east(&emu).copies_made, 1, "made once");
 }

@@ -16,15 +16,26 @@ pub struct Faults {
     pub throttle: Option<Throttle>,
     /// Share of calls (0.0 to 1.0) answered with a 500 `InternalFailure`.
     pub internal_failure_rate: f64,
-    /// Latency added to every call, in milliseconds.
+    /// Latency added to every call, in milliseconds, before it is carried out.
     pub latency_ms: u64,
+    /// Delay, in milliseconds, of the answer to a CopyDBClusterSnapshot that made its copy: a
+    /// client that times out meanwhile does not know that AWS did what it asked, and its retry
+    /// meets DBClusterSnapshotAlreadyExistsFault (answered at once).
+    #[serde(default)]
+    pub copy_answer_delay_ms: u64,
     /// Copies whose target identifier starts with `target_prefix` fail at `at_percent`.
     pub fail_copies: Vec<FailCopies>,
 }
 
 impl Default for Faults {
     fn default() -> Faults {
-        Faults { throttle: Some(Throttle::default()), internal_failure_rate: 0.0, latency_ms: 0, fail_copies: vec![] }
+        Faults {
+            throttle: Some(Throttle::default()),
+            internal_failure_rate: 0.0,
+            latency_ms: 0,
+            copy_answer_delay_ms: 0,
+            fail_copies: vec![],
+        }
     }
 }
 
@@ -155,6 +166,10 @@ impl FaultState {
 
     pub(crate) fn latency(&self) -> Duration {
         Duration::from_millis(self.faults.latency_ms)
+    }
+
+    pub(crate) fn answer_delay(&self) -> Duration {
+        Duration::from_millis(self.faults.copy_answer_delay_ms)
     }
 }
 

@@ -88,12 +88,12 @@ async fn handle(emulator: &Emulator, request: Request, request_id: &str) -> Resu
         }
     }
     let account = emulator.config().account_for(&scope.access_key).to_owned();
-    let (verdict, latency, fail_copies) = {
+    let (verdict, latency, fail_copies, answer_delay) = {
         let mut faults = emulator.fault_state();
         let known = actions::ACTIONS.contains(&action.as_str());
         let counted = if known { action.as_str() } else { "(unknown action)" };
         let verdict = faults.admit(counted, &account, &scope.region, Instant::now(), rand::random::<f64>());
-        (verdict, faults.latency(), faults.faults.clone())
+        (verdict, faults.latency(), faults.faults.clone(), faults.answer_delay())
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -109,36 +109,44 @@ async fn handle(emulator: &Emulator, request: Request, request_id: &str) -> Resu
         }
         Verdict::Proceed => {}
     }
-    let fail_at = |target: &str| fail_copies.fail_at_percent(target);
-    let secret_for = |key: &str| emulator.config().secret_keys.get(key).cloned();
-    let presigned = |url: &str, expected: &actions::PresignedExpectation| match presign::verify(
-        url,
-        expected,
-        SystemTime::now(),
-        &secret_for,
-    )? {
-        presign::Verified::Signed => Ok(()),
-        presign::Verified::UnknownKey(key) if emulator.config().strict_presign => {
-            Err(format!("it is signed with an access key this service does not know ({key})"))
-        }
-        presign::Verified::UnknownKey(key) => {
-            tracing::info!(access_key = %key, "a presigned URL passed every check but its signature, whose key's secret is not configured (secret_keys)");
-            Ok(())
-        }
+    // Carried out in a block: what it borrows is gone before the answer waits.
+    let answer = {
+        let fail_at = |target: &str| fail_copies.fail_at_percent(target);
+        let secret_for = |key: &str| emulator.config().secret_keys.get(key).cloned();
+        let presigned = |url: &str, expected: &actions::PresignedExpectation| match presign::verify(
+            url,
+            expected,
+            SystemTime::now(),
+            &secret_for,
+        )? {
+            presign::Verified::Signed => Ok(()),
+            presign::Verified::UnknownKey(key) if emulator.config().strict_presign => {
+                Err(format!("it is signed with an access key this service does not know ({key})"))
+            }
+            presign::Verified::UnknownKey(key) => {
+                tracing::info!(access_key = %key, "a presigned URL passed every check but its signature, whose key's secret is not configured (secret_keys)");
+                Ok(())
+            }
+        };
+        let ctx = Ctx {
+            account: &account,
+            region: &scope.region,
+            request_id,
+            now: Instant::now(),
+            copy_gib_per_sec: emulator.config().copy_gib_per_sec,
+            snapshot_quota: emulator.config().snapshot_quota,
+            cross_region_copy_limit: emulator.config().cross_region_copy_limit,
+            fail_at_percent: &fail_at,
+            presigned: &presigned,
+        };
+        let mut world = emulator.world();
+        actions::dispatch(&mut world, &ctx, &action, params)
     };
-    let ctx = Ctx {
-        account: &account,
-        region: &scope.region,
-        request_id,
-        now: Instant::now(),
-        copy_gib_per_sec: emulator.config().copy_gib_per_sec,
-        snapshot_quota: emulator.config().snapshot_quota,
-        cross_region_copy_limit: emulator.config().cross_region_copy_limit,
-        fail_at_percent: &fail_at,
-        presigned: &presigned,
-    };
-    let mut world = emulator.world();
-    actions::dispatch(&mut world, &ctx, &action, params)
+    // Copied, but the answer is late: a client that gives up meanwhile had its copy made.
+    if action == "CopyDBClusterSnapshot" && answer.is_ok() && !answer_delay.is_zero() {
+        tokio::time::sleep(answer_delay).await;
+    }
+    answer
 }
 
 /// The SigV4 credential scope from the `Authorization` header, or from the query string of a

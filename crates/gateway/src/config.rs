@@ -406,6 +406,10 @@ pub struct AwsSettings {
     pub endpoint_url: Option<String>,
     /// Attempts per AWS call, retries with backoff and jitter included (default 5).
     pub max_attempts: Option<u32>,
+    /// How long one attempt may take, in milliseconds, before it is abandoned and retried
+    /// (default 20000). A copy whose answer was lost this way is found by the retry, not made
+    /// twice.
+    pub attempt_timeout_ms: Option<u64>,
     /// The account the gateway's own credentials belong to. Known, it lets the gateway tell
     /// shared sources from its own before calling AWS.
     #[serde(deserialize_with = "digits_as_text", default)]
@@ -500,6 +504,10 @@ impl AwsSettings {
 
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts.unwrap_or(5)
+    }
+    /// How long one attempt of an AWS call may take before it is retried (default 20 s).
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.attempt_timeout_ms.unwrap_or(20_000))
     }
     pub fn rate_limit_per_sec(&self) -> f64 {
         self.rate_limit_per_sec.unwrap_or(8.0)

@@ -26,7 +26,7 @@ use snapgate_domain::{ClusterSnapshot, TokenBucket};
 pub async fn load_sdk_config(settings: &AwsSettings) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(retry_config(settings))
-        .timeout_config(timeout_config());
+        .timeout_config(timeout_config(settings));
     if let Some(region) = &settings.region {
         loader = loader.region(Region::new(region.clone()));
     }
@@ -41,7 +41,7 @@ pub async fn load_sdk_config(settings: &AwsSettings) -> SdkConfig {
 pub async fn fixed_sdk_config(settings: &AwsSettings, endpoint: &str, access_key: &str, secret_key: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .retry_config(retry_config(settings))
-        .timeout_config(timeout_config())
+        .timeout_config(timeout_config(settings))
         .region(Region::new(settings.region.clone().unwrap_or_else(|| "us-east-1".into())))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new(access_key, secret_key, None, None, "snapgate-fixed"))
@@ -58,10 +58,10 @@ fn retry_config(settings: &AwsSettings) -> RetryConfig {
         .with_max_backoff(Duration::from_secs(5))
 }
 
-fn timeout_config() -> TimeoutConfig {
+fn timeout_config(settings: &AwsSettings) -> TimeoutConfig {
     TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
-        .operation_attempt_timeout(Duration::from_secs(20))
+        .operation_attempt_timeout(settings.attempt_timeout())
         .build()
 }
 
