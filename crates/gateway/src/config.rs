@@ -518,7 +518,8 @@ impl AwsSettings {
 }
 
 /// The top-level keys of [`Settings`], which `SNAPGATE_` variables may set.
-const SECTIONS: [&str; 9] = ["listen", "server", "aws", "watch", "admin", "auth", "authz", "store", "jobs"];
+const SECTIONS: [&str; 11] =
+    ["listen", "server", "aws", "watch", "admin", "http", "fair_share", "auth", "authz", "store", "jobs"];
 
 impl Settings {
     /// Loads defaults, then `file`, then `SNAPGATE_`-prefixed environment variables (nested
@@ -859,5 +860,42 @@ mod tests {
         assert!(check_jwt_algorithm("EdDSA").is_ok());
         assert!(check_jwt_algorithm("HS256").unwrap_err().contains("HMAC"));
         assert!(check_jwt_algorithm("none").is_err());
+    }
+
+    #[test]
+    fn the_shipped_kubernetes_configuration_is_valid() {
+        let manifest = include_str!("../../../deploy/kubernetes/snapgate.yaml");
+        let start = manifest.find("snapgate.toml: |").expect("the ConfigMap's snapgate.toml");
+        let toml: String = manifest[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.starts_with("---"))
+            .map(|l| l.strip_prefix("    ").unwrap_or(l.trim_start()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = std::env::temp_dir().join(format!("snapgate-k8s-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("snapgate.toml");
+        std::fs::write(&file, &toml).unwrap();
+        // In a jail: no SNAPGATE_ variable of the test's environment takes part.
+        figment::Jail::expect_with(|_| {
+            let settings = Settings::load(Some(&file)).expect("the shipped configuration loads");
+            assert!(settings.http.listen.is_some(), "the manifest serves HTTP/JSON");
+            assert_eq!(settings.fair_share.overrides.len(), 1);
+            Ok(())
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_new_sections_take_their_environment_variables_too() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SNAPGATE_HTTP__LISTEN", "127.0.0.1:8081");
+            jail.set_env("SNAPGATE_FAIR_SHARE__BURST", "7");
+            let settings = Settings::load(None).expect("loads");
+            assert_eq!(settings.http.listen, Some(SocketAddr::from(([127, 0, 0, 1], 8081))));
+            assert_eq!(settings.fair_share.burst, 7);
+            Ok(())
+        });
     }
 }
