@@ -386,6 +386,48 @@ async fn a_verified_token_stops_working_when_its_key_leaves_the_jwks() {
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 }
 
+#[tokio::test]
+async fn a_watch_ends_when_the_key_that_signed_its_token_leaves_the_jwks() {
+    let (key, other) = (rsa_key("k1"), rsa_key("k2"));
+    let dir = scratch("jwks-watch");
+    let (pki, issuer) = Pki::new(&dir, "corp");
+    let server_cert = pki.leaf(
+        &issuer,
+        "server",
+        vec![SanType::DnsName("localhost".try_into().unwrap()), SanType::IpAddress([127, 0, 0, 1].into())],
+    );
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, serde_json::to_string(&JwkSet { keys: vec![key.jwk.clone()] }).unwrap()).unwrap();
+    std::fs::write(dir.join("policies.cedar"), "permit(principal, action, resource);").unwrap();
+    let settings = auth_settings(&dir, &pki, &server_cert, ClientCertificates::Optional, &jwks);
+    let emu = emulator_with(EmulatorConfig { seed: true, copy_gib_per_sec: 0.01, ..quiet_config() }).await;
+    let server = gateway::try_serve(settings, &emu.endpoint_url(), "AKIDTEST").await.unwrap();
+    let channel = tls_channel(server.addr, &pki.ca, None).await.unwrap();
+    let mut client = client_with(channel, Some(&sign(&key, &claims("svc-orders", Some("orders"), &[]))));
+    client.copy_cluster_snapshot(copy_req("billing-pg-daily", "key-watch")).await.unwrap();
+    let watch = snapgate_proto::WatchCopyRequest { name: "key-watch".into() };
+    let mut stream = client.watch_copy(watch).await.unwrap().into_inner();
+    stream.message().await.unwrap().expect("the first event");
+
+    // k1 is rotated out; the first k2 token makes the gateway read the JWKS again.
+    std::fs::write(&jwks, serde_json::to_string(&JwkSet { keys: vec![other.jwk.clone()] }).unwrap()).unwrap();
+    let channel = tls_channel(server.addr, &pki.ca, None).await.unwrap();
+    let mut rotated = client_with(channel, Some(&sign(&other, &claims("svc-orders", Some("orders"), &[]))));
+    rotated.get_copy(GetCopyRequest { name: "key-watch".into(), fresh: false }).await.expect("k2 is trusted");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the watch ends once its key is withdrawn");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+}
+
 /// curl against the HTTP/JSON listener over TLS: `(HTTP status, body)`.
 async fn curl_tls(args: &[&str]) -> (u16, serde_json::Value) {
     let output = tokio::process::Command::new("curl")

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::audit::DecisionEvent;
 use crate::auth::Caller;
+use crate::auth::jwt::SigningKeyHold;
 use crate::auth::policy::{Action, CopyContext, Decision, PolicyStore};
 use crate::copy::CopyService;
 use crate::error::{Error, FieldViolation};
@@ -60,6 +61,18 @@ struct Revocable {
     policies: Arc<PolicyStore>,
     caller: Caller,
     reloads: tokio::sync::watch::Receiver<u64>,
+    /// For a JWT caller, the key that signed its token: the stream ends if the JWKS drops it.
+    key: Option<SigningKeyHold>,
+    key_changes: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+/// Resolves when the JWKS takes new keys (never without a JWT).
+async fn key_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let Some(rx) = changes else { return std::future::pending().await };
+    if rx.changed().await.is_err() {
+        // The JWKS is gone (shutdown): the events end the stream.
+        std::future::pending::<()>().await;
+    }
 }
 
 impl Revocable {
@@ -68,6 +81,9 @@ impl Revocable {
         events: impl Stream<Item = Result<WatchEvent, Status>> + Send + 'static,
     ) -> impl Stream<Item = Result<WatchEvent, Status>> + Send + 'static {
         self.reloads.mark_unchanged();
+        if let Some(changes) = &mut self.key_changes {
+            changes.mark_unchanged();
+        }
         let state = (self, Box::pin(events), None::<Arc<ClusterSnapshot>>, false);
         futures_util::stream::unfold(state, |(mut this, mut events, mut last, ended)| async move {
             if ended {
@@ -81,6 +97,13 @@ impl Revocable {
                             last = Some(event.snapshot.clone());
                         }
                         return Some((item, (this, events, last, false)));
+                    }
+                    () = key_change(&mut this.key_changes) => {
+                        if this.key.as_ref().is_some_and(|key| !key.still_trusted()) {
+                            tracing::info!(caller = this.caller.id, "ending a watch: the key that signed its token left the JWKS");
+                            let status = Status::unauthenticated("the key that signed this token was withdrawn; authenticate again");
+                            return Some((Err(status), (this, events, last, true)));
+                        }
                     }
                     changed = this.reloads.changed() => {
                         if changed.is_err() {
@@ -184,7 +207,10 @@ impl SnapshotCopyService for Api {
             }
             Ok(event)
         });
-        let revocable = Revocable { policies: self.policies.clone(), caller, reloads: self.policies.reloads() };
+        let key = extensions.get::<SigningKeyHold>().cloned();
+        let key_changes = key.as_ref().map(SigningKeyHold::changes);
+        let revocable =
+            Revocable { policies: self.policies.clone(), caller, reloads: self.policies.reloads(), key, key_changes };
         let stream = revocable.watch(events).map(move |item| item.map(|event| convert::event(event, &trace_id)));
         Ok(Response::new(Box::pin(stream) as EventStream))
     }

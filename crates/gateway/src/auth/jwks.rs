@@ -53,6 +53,8 @@ pub(crate) struct Jwks {
     /// flight).
     recent_fetch: moka::future::Cache<(), ()>,
     refresh: Duration,
+    /// Bumped whenever new keys are taken: holders of a verified token check their key again.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Jwks {
@@ -69,6 +71,7 @@ impl Jwks {
             keys: ArcSwap::from_pointee(KeySet::default()),
             recent_fetch: moka::future::Cache::builder().max_capacity(1).time_to_live(MIN_REFETCH).build(),
             refresh: Duration::from_secs(settings.jwks_refresh_secs),
+            generation: tokio::sync::watch::channel(0).0,
         });
         match jwks.fetch().await {
             Ok(set) => jwks.keys.store(Arc::new(set)),
@@ -101,6 +104,11 @@ impl Jwks {
         self.lookup(kid)
     }
 
+    /// Changes whenever new keys are taken.
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     /// The key in hand for `kid`, without fetching.
     pub(crate) fn lookup(&self, kid: Option<&str>) -> Option<Arc<Key>> {
         let keys = self.keys.load();
@@ -123,6 +131,7 @@ impl Jwks {
             Ok(set) => {
                 tracing::debug!(keys = set.by_id.len() + set.anonymous.len(), "JWKS refreshed");
                 self.keys.store(Arc::new(set));
+                self.generation.send_modify(|g| *g += 1);
             }
             Err(error) => tracing::warn!(error = format!("{error:#}"), "JWKS refresh failed; keeping the keys in hand"),
         }

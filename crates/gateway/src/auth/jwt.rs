@@ -48,6 +48,27 @@ struct Verified {
     key: Arc<Key>,
 }
 
+/// The key that signed a caller's token, held so that a stream opened with the token can end
+/// when the key leaves the JWKS.
+#[derive(Clone)]
+pub(crate) struct SigningKeyHold {
+    jwks: Arc<Jwks>,
+    kid: Option<String>,
+    key: Arc<Key>,
+}
+
+impl SigningKeyHold {
+    /// Whether the very key that signed the token is still in the JWKS.
+    pub(crate) fn still_trusted(&self) -> bool {
+        self.jwks.lookup(self.kid.as_deref()).is_some_and(|key| Arc::ptr_eq(&key, &self.key))
+    }
+
+    /// Changes whenever the JWKS takes new keys.
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.jwks.changes()
+    }
+}
+
 /// Verified tokens kept at most; a token is kept at most this long even if it expires later.
 const VERIFIED_CAPACITY: u64 = 10_000;
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
@@ -72,7 +93,9 @@ impl JwtVerifier {
         })
     }
 
-    pub(super) async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+    /// Verifies `token` and returns, with its caller, what says later whether the key that
+    /// signed it is still in the JWKS.
+    pub(super) async fn verify_holding(&self, token: &str) -> Result<(Caller, Option<SigningKeyHold>), AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::InvalidToken("too long".into()));
         }
@@ -80,15 +103,24 @@ impl JwtVerifier {
         if let Some(known) = self.verified.get(&digest).await {
             let key_in_hand = self.jwks.lookup(known.kid.as_deref()).is_some_and(|key| Arc::ptr_eq(&key, &known.key));
             if key_in_hand && SystemTime::now() < known.expires {
-                return Ok(known.caller.clone());
+                return Ok((known.caller.clone(), Some(self.hold(&known))));
             }
             self.verified.invalidate(&digest).await;
         }
         let (caller, verified) = self.verify_signature(token).await?;
-        if let Some(verified) = verified {
-            self.verified.insert(digest, Arc::new(verified)).await;
-        }
-        Ok(caller)
+        let hold = match verified {
+            Some(verified) => {
+                let hold = self.hold(&verified);
+                self.verified.insert(digest, Arc::new(verified)).await;
+                Some(hold)
+            }
+            None => None,
+        };
+        Ok((caller, hold))
+    }
+
+    fn hold(&self, verified: &Verified) -> SigningKeyHold {
+        SigningKeyHold { jwks: self.jwks.clone(), kid: verified.kid.clone(), key: verified.key.clone() }
     }
 
     async fn verify_signature(&self, token: &str) -> Result<(Caller, Option<Verified>), AuthError> {
@@ -200,7 +232,7 @@ mod properties {
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let verifier = verifier(&runtime);
-            let refused = runtime.block_on(verifier.verify(&token));
+            let refused = runtime.block_on(verifier.verify_holding(&token)).map(|(caller, _)| caller);
             prop_assert!(matches!(refused, Err(AuthError::InvalidToken(_))), "{refused:?}");
         }
     }

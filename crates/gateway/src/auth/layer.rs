@@ -75,9 +75,10 @@ where
                 authn.outcome = tracing::field::Empty,
                 enduser.id = tracing::field::Empty,
             );
-            let outcome = auth.authenticate(authorization.as_deref(), certificate).instrument(span.clone()).await;
+            let outcome =
+                auth.authenticate_holding(authorization.as_deref(), certificate).instrument(span.clone()).await;
             match &outcome {
-                Ok(caller) => {
+                Ok((caller, _)) => {
                     span.record("authn.method", caller.method.as_str());
                     span.record("authn.outcome", "ok");
                     span.record("enduser.id", caller.id.as_str());
@@ -87,8 +88,11 @@ where
                 }
             }
             match outcome {
-                Ok(caller) => {
+                Ok((caller, key)) => {
                     request.extensions_mut().insert(caller);
+                    if let Some(key) = key {
+                        request.extensions_mut().insert(key);
+                    }
                     inner.call(request).await
                 }
                 Err(error) => {

@@ -5,7 +5,7 @@
 
 pub(crate) mod identity;
 mod jwks;
-mod jwt;
+pub(crate) mod jwt;
 mod layer;
 pub mod policy;
 pub(crate) mod tls;
@@ -116,11 +116,22 @@ impl Authenticator {
         authorization: Option<&[u8]>,
         certificate: Option<&Result<String, String>>,
     ) -> Result<Caller, AuthError> {
+        self.authenticate_holding(authorization, certificate).await.map(|(caller, _)| caller)
+    }
+
+    /// As [`Authenticator::authenticate`], with the key that signed the caller's JWT when it
+    /// brought one, so that its streams can end if the key is withdrawn.
+    pub(crate) async fn authenticate_holding(
+        &self,
+        authorization: Option<&[u8]>,
+        certificate: Option<&Result<String, String>>,
+    ) -> Result<(Caller, Option<jwt::SigningKeyHold>), AuthError> {
         let result = match (authorization, certificate) {
             (Some(header), _) => self.bearer(header).await,
-            (None, Some(Ok(id))) => {
-                Ok(Caller { id: id.clone(), method: AuthMethod::Mtls, groups: Vec::new(), team: None, issuer: None })
-            }
+            (None, Some(Ok(id))) => Ok((
+                Caller { id: id.clone(), method: AuthMethod::Mtls, groups: Vec::new(), team: None, issuer: None },
+                None,
+            )),
             (None, Some(Err(reason))) => Err(AuthError::Certificate(reason.clone())),
             (None, None) => Err(AuthError::Missing),
         };
@@ -130,7 +141,7 @@ impl Authenticator {
         result
     }
 
-    async fn bearer(&self, header: &[u8]) -> Result<Caller, AuthError> {
+    async fn bearer(&self, header: &[u8]) -> Result<(Caller, Option<jwt::SigningKeyHold>), AuthError> {
         let header = std::str::from_utf8(header).map_err(|_| AuthError::Malformed)?;
         let (scheme, token) = header.trim().split_once(' ').ok_or(AuthError::Malformed)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -141,10 +152,10 @@ impl Authenticator {
             return Err(AuthError::Malformed);
         }
         if let Some(caller) = self.static_tokens.get(&token_digest(token)) {
-            return Ok(caller.clone());
+            return Ok((caller.clone(), None));
         }
         match &self.jwt {
-            Some(verifier) => verifier.verify(token).await,
+            Some(verifier) => verifier.verify_holding(token).await,
             None => Err(AuthError::InvalidToken("unknown token".into())),
         }
     }
