@@ -216,3 +216,49 @@ def test_the_argo_http_recipe_runs_as_written(dev):
         assert copy["state"] not in ("FAILED", "CANCELLED", "DELETED"), copy
         assert time.monotonic() < deadline, copy
         time.sleep(0.5)  # the recipe's backoff, shortened
+
+
+def test_grpc_web_and_grpc_reach_the_same_service_on_the_http_port(dev, tmp_path):
+    """A gRPC-Web client (a browser, an HTTP/1.1-only proxy) and a plain gRPC client on the
+    HTTP/JSON port get the same service, authentication included."""
+    import struct
+
+    from conftest import VENV_BIN
+
+    name = b"billing-pg-daily"
+    message = b"\x0a" + bytes([len(name)]) + name  # GetCopyRequest{name}
+    frame = tmp_path / "request.bin"
+    frame.write_bytes(b"\x00" + struct.pack(">I", len(message)) + message)
+
+    def grpc_web(*headers):
+        out = subprocess.run(
+            ["curl", "-sS", "--http1.1", "--max-time", "20", "-D", "-", "-H", "content-type: application/grpc-web+proto",
+             "-H", "x-grpc-web: 1", *sum([["-H", h] for h in headers], []), "--data-binary", f"@{frame}",
+             f"{dev.http}/snapgate.v1.SnapshotCopyService/GetCopy"],
+            capture_output=True, timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        head, _, body = out.stdout.partition(b"\r\n\r\n")
+        return head.decode().lower(), body
+
+    head, body = grpc_web(AUTH)
+    assert "content-type: application/grpc-web+proto" in head, head
+    # A message frame (the Copy, which names its snapshot), then the trailers frame.
+    assert body[0] == 0 and b"billing-pg-daily" in body, body
+    length = struct.unpack(">I", body[1:5])[0]
+    trailers = body[5 + length:]
+    assert trailers[0] == 0x80 and b"grpc-status:0" in trailers, trailers
+    # Without credentials: UNAUTHENTICATED, as on the gRPC port.
+    head, body = grpc_web()
+    assert "grpc-status: 16" in head or b"grpc-status:16" in body, (head, body)
+
+    # Plain gRPC too: grpcurl on the HTTP port, reflection and a call.
+    addr = dev.http.removeprefix("http://")
+    out = subprocess.run([str(VENV_BIN / "grpcurl"), "-plaintext", addr, "list"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "snapgate.v1.SnapshotCopyService" in out.stdout, out.stderr
+    out = subprocess.run(
+        [str(VENV_BIN / "grpcurl"), "-plaintext", "-H", AUTH, "-d", '{"name": "billing-pg-daily"}', addr,
+         "snapgate.v1.SnapshotCopyService/GetCopy"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 0 and '"snapshotId": "billing-pg-daily"' in out.stdout, out.stderr

@@ -212,12 +212,13 @@ impl Application {
 
         if let Some(listener) = self.http {
             let name = <SnapshotCopyServiceServer<Api> as tonic::server::NamedService>::NAME;
-            let transcoder = Transcoder::new(name, stack, limits.max_request_bytes)
+            let transcoder = Transcoder::new(name, stack.clone(), limits.max_request_bytes)
                 .map_err(|e| anyhow::anyhow!("HTTP/JSON routes: {e}"))?;
             crate::http::spawn(
                 listener,
                 self.tls.clone(),
                 Arc::new(transcoder),
+                stack,
                 limits,
                 &edge,
                 metrics.clone(),

@@ -8,7 +8,9 @@ pub(crate) mod transcode;
 
 use std::sync::Arc;
 
+use http_body_util::BodyExt;
 use tokio::net::TcpListener;
+use tower::{Layer, ServiceExt};
 
 use crate::auth::tls::TlsReloader;
 use crate::config::ServerSettings;
@@ -18,13 +20,17 @@ use crate::metrics::Metrics;
 use crate::tasks::Tasks;
 pub(crate) use transcode::{GrpcService, Transcoder};
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Serves `transcoder` on `listener` until the gateway stops, with the edge's limits; the
 /// accept loop and every connection are `tasks`'. At shutdown, connections finish the request
 /// in hand (a watch stream ends as its gRPC stream does, with UNAVAILABLE) and close.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
     listener: TcpListener,
     tls: Option<Arc<TlsReloader>>,
     transcoder: Arc<Transcoder>,
+    grpc: GrpcService,
     settings: &ServerSettings,
     limits: &EdgeLimits,
     metrics: Arc<Metrics>,
@@ -33,7 +39,23 @@ pub(crate) fn spawn(
     let routes: Vec<String> =
         transcoder.routes().iter().map(|r| format!("{} {} → {}", r.method, r.template, r.rpc.name())).collect();
     tracing::info!(routes = routes.join(", "), "HTTP/JSON routes");
+    // gRPC-Web (and plain gRPC) reach the same stack as the gRPC listener's; the rest is JSON.
+    let grpc_web = tonic_web::GrpcWebLayer::new().layer(grpc);
     let handler: Handler = Arc::new(move |request, info| {
+        let content_type = request.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        if content_type.is_some_and(|t| t.starts_with("application/grpc")) {
+            let mut request = request.map(tonic::body::Body::new);
+            request.extensions_mut().insert(info);
+            let call = grpc_web.clone().oneshot(request);
+            return Box::pin(async move {
+                match call.await {
+                    Ok(response) => {
+                        response.map(|body| body.map_err(|status| Box::new(status) as BoxError).boxed_unsync())
+                    }
+                    Err(never) => match never {},
+                }
+            });
+        }
         let transcoder = transcoder.clone();
         Box::pin(async move { transcoder.handle(request, Some(info)).await })
     });
