@@ -305,6 +305,24 @@ async fn a_client_certificate_names_the_caller_and_other_cas_are_refused() {
     assert_eq!(aws_calls(&s.emu), 0);
 }
 
+/// The error a watch ends with, skipping its events; `None` if it is still open after `within`.
+async fn ends_with_error(
+    stream: &mut tonic::Streaming<snapgate_proto::CopyEvent>,
+    within: Duration,
+) -> Option<tonic::Status> {
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
 #[tokio::test]
 async fn a_reload_that_withdraws_access_ends_open_watches() {
     let key = rsa_key("k1");
@@ -334,17 +352,8 @@ async fn a_reload_that_withdraws_access_ends_open_watches() {
     );
     std::fs::write(&s.policy_file, &revoked).unwrap();
     // The copy takes hours at this speed: the stream ends only because access was withdrawn.
-    let ended = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended without an error"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("the watch ends within the reload interval");
+    let ended =
+        ends_with_error(&mut stream, Duration::from_secs(15)).await.expect("the watch ends within the reload interval");
     assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
     assert!(ended.message().contains("payments-stop-watching"), "{ended:?}");
     // The CI runner's watch goes on: no error, no end (the copy moves a percent in 12 s).
@@ -414,17 +423,8 @@ async fn a_watch_ends_when_the_key_that_signed_its_token_leaves_the_jwks() {
     let channel = tls_channel(server.addr, &pki.ca, None).await.unwrap();
     let mut rotated = client_with(channel, Some(&sign(&other, &claims("svc-orders", Some("orders"), &[]))));
     rotated.get_copy(GetCopyRequest { name: "key-watch".into(), fresh: false }).await.expect("k2 is trusted");
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended without an error"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("the watch ends once its key is withdrawn");
+    let ended =
+        ends_with_error(&mut stream, Duration::from_secs(10)).await.expect("the watch ends once its key is withdrawn");
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
 }
 
