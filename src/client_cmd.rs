@@ -113,6 +113,10 @@ pub(crate) struct Connection {
     /// text, or json (NDJSON events and results).
     #[arg(long, value_enum, default_value = "text", env = "SNAPGATE_OUTPUT", global = true)]
     output: Output,
+    /// Seconds to keep retrying a call the gateway refused with a delay to wait (a caller over
+    /// its share, a gateway shedding load or restarting); 0: never.
+    #[arg(long, env = "SNAPGATE_RETRY_SECS", default_value_t = 120, global = true)]
+    retry_secs: u64,
 }
 
 impl Connection {
@@ -121,6 +125,7 @@ impl Connection {
             token: self.token.clone(),
             ca_cert: self.ca_cert.clone(),
             client_cert: self.client_cert.clone().zip(self.client_key.clone()),
+            retry_for: std::time::Duration::from_secs(self.retry_secs),
             ..ClientConfig::new(self.addr.trim_end_matches('/'))
         };
         Client::connect(&config).await

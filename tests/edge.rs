@@ -260,3 +260,88 @@ async fn one_callers_flood_is_refused_while_another_caller_is_served() {
     gw.client.get_copy(get("billing-pg-daily")).await.expect("another caller's share is its own");
     assert!(metrics(&gw).await.contains("snapgate_calls_shed_total{reason=\"fair_share\"}"));
 }
+
+/// One caller's burst of fresh reads (each an AWS call) holds at most its own turns at the
+/// region's pace, so another caller's AWS call waits behind two of them, not behind all; and
+/// past its AWS budget the burst is refused at once, OVER_SHARE with RetryInfo.
+#[tokio::test]
+async fn one_callers_aws_calls_cannot_hold_another_callers_behind_them() {
+    const FLOOD_TOKEN: &str = "flood-token-0123456789";
+    let (_emu, gw) = start(|s| {
+        // The region's pace: a call every half second.
+        s.aws.rate_limit_per_sec = Some(2.0);
+        s.aws.rate_limit_burst = Some(1);
+        s.fair_share.aws_calls_per_sec = 0.5;
+        s.fair_share.aws_burst = 8;
+        s.fair_share.aws_in_flight = 2;
+        s.auth.static_tokens.push(snapgate_gateway::config::StaticToken {
+            token: snapgate_gateway::config::Secret::new(FLOOD_TOKEN),
+            principal: "flood".into(),
+            groups: Vec::new(),
+            team: None,
+        });
+        s.authz.policies = Some("permit(principal, action, resource);".into());
+    })
+    .await;
+    let fresh = |name: &str| GetCopyRequest { name: name.into(), fresh: true };
+    let mut flood = Vec::new();
+    for _ in 0..12 {
+        let mut client = gateway::client_with(gw.channel.clone(), Some(FLOOD_TOKEN));
+        let request = fresh("billing-pg-daily");
+        flood.push(tokio::spawn(async move { client.get_copy(request).await }));
+    }
+    // Once the flood's budget is spent, its admitted calls queue at the region (8 calls, 4 s
+    // at the region's pace if they were first come first served).
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metrics(&gw).await.contains("snapgate_calls_shed_total{reason=\"aws_share\"} 4")
+        })
+        .await,
+        "the four calls past the flood's budget are refused"
+    );
+    let started = std::time::Instant::now();
+    let mut request = tonic::Request::new(fresh("billing-pg-daily"));
+    request.set_timeout(Duration::from_secs(3));
+    gw.client.clone().get_copy(request).await.expect("the other caller's AWS call is not behind the whole flood");
+    let waited = started.elapsed();
+    let (mut served, mut refused) = (0, 0);
+    for call in flood {
+        match call.await.unwrap() {
+            Ok(_) => served += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_eq!(error_reason(&status), "OVER_SHARE", "{status:?}");
+                assert!(status.message().contains("flood") && status.message().contains("AWS calls"), "{status:?}");
+                assert!(status.get_details_retry_info().unwrap().retry_delay.unwrap() >= Duration::from_secs(1));
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((served, refused), (8, 4));
+    // Its own call plus at most the flood's two turns at half a second each, with room for a
+    // loaded machine; all eight of the flood's would take four seconds.
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+}
+
+/// The Rust client (and so the CLI) waits as a refusal's RetryInfo asks and tries again, for as
+/// long as its retry time lasts; with none, the refusal is the caller's.
+#[tokio::test]
+async fn the_client_retries_a_refusal_after_the_delay_it_names() {
+    let (_emu, gw) = start(|s| {
+        s.fair_share.calls_per_sec = 1.0;
+        s.fair_share.burst = 2;
+    })
+    .await;
+    let config = |retry_for| snapgate_client::ClientConfig {
+        retry_for,
+        ..snapgate_client::ClientConfig::new(format!("http://{}", gw.addr)).token(gateway::TOKEN)
+    };
+    let patient = snapgate_client::Client::connect(&config(Duration::from_secs(30))).await.unwrap();
+    for _ in 0..3 {
+        patient.get("billing-pg-daily").await.expect("refusals past the share are waited out");
+    }
+    let impatient = snapgate_client::Client::connect(&config(Duration::ZERO)).await.unwrap();
+    let refused = impatient.get("billing-pg-daily").await.expect_err("the share is spent and no retry is allowed");
+    assert_eq!(refused.code(), Some(Code::ResourceExhausted), "{refused}");
+    assert!(metrics(&gw).await.contains("snapgate_calls_shed_total{reason=\"fair_share\"}"));
+}

@@ -195,6 +195,76 @@ async fn a_queued_copy_is_watched_listed_and_cancelled_without_an_aws_call() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 }
 
+/// The queue takes callers in turn, the fewest in progress first: a team's one copy gets the
+/// next free slot ahead of another team's fleet, whatever the fleet's size, on SQLite and on
+/// PostgreSQL.
+async fn a_team_is_not_queued_behind_another_teams_fleet(store: StoreSettings) {
+    const PAYMENTS_TOKEN: &str = "payments-token-0123456789";
+    let emu = emulator_with(emulator_config(1.0)).await; // 150 s a copy: nothing ends by itself
+    let mut settings = Settings { store, ..quick_jobs(gateway::settings()) };
+    settings.jobs.cross_region_limit = 2;
+    settings.auth.static_tokens.push(snapgate_gateway::config::StaticToken {
+        token: Secret::new(PAYMENTS_TOKEN),
+        principal: "payments".into(),
+        groups: Vec::new(),
+        team: None,
+    });
+    settings.authz.policies = Some("permit(principal, action, resource);".into());
+    let mut gw: Gateway = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
+    let mut payments = gateway::client_with(gw.channel.clone(), Some(PAYMENTS_TOKEN));
+    let mut fleet = Vec::new();
+    for i in 0..4 {
+        fleet.push(gw.client.copy_cluster_snapshot(copy_req(WEST, &format!("fleet-{i}"))).await.unwrap().into_inner());
+    }
+    let theirs = payments.copy_cluster_snapshot(copy_req(WEST, "payments-1")).await.unwrap().into_inner();
+    fleet.push(gw.client.copy_cluster_snapshot(copy_req(WEST, "fleet-4")).await.unwrap().into_inner());
+    assert_eq!((fleet[0].state(), fleet[1].state()), (pb::copy::State::Copying, pb::copy::State::Copying));
+    // The fleet has both slots and payments none: payments' copy is next, then the fleet's in
+    // order.
+    assert_eq!((theirs.state(), theirs.queue_position), (pb::copy::State::Queued, 1), "{theirs:?}");
+    assert_eq!((fleet[4].state(), fleet[4].queue_position), (pb::copy::State::Queued, 4), "{:?}", fleet[4]);
+    let reader = gw.client.clone();
+    let position = |name: String| {
+        let mut client = reader.clone();
+        async move {
+            let copy = client.get_copy(GetCopyRequest { name, fresh: false }).await.unwrap().into_inner();
+            (copy.state(), copy.queue_position)
+        }
+    };
+    assert_eq!(position(fleet[2].name.clone()).await, (pb::copy::State::Queued, 2));
+    assert_eq!(position(fleet[3].name.clone()).await, (pb::copy::State::Queued, 3));
+
+    // A slot freed by a cancel goes to payments; the next one to the fleet (payments has one
+    // in progress now, the fleet one).
+    for (running, next) in [(&fleet[0], &theirs), (&fleet[1], &fleet[2])] {
+        gw.client.cancel_copy(CancelCopyRequest { name: running.name.clone() }).await.unwrap();
+        let copying = eventually(Duration::from_secs(10), || {
+            let check = position(next.name.clone());
+            async move { check.await.0 == pb::copy::State::Copying }
+        })
+        .await;
+        assert!(copying, "{} starts next", next.snapshot_id);
+    }
+    assert_eq!(position(fleet[3].name.clone()).await, (pb::copy::State::Queued, 1));
+    assert_eq!(position(fleet[4].name.clone()).await, (pb::copy::State::Queued, 2));
+    assert_eq!(us_east(&emu).copies_made, 4, "fleet-0, fleet-1, payments-1 and fleet-2 only");
+}
+
+#[tokio::test]
+async fn a_team_is_not_queued_behind_another_teams_fleet_on_sqlite() {
+    a_team_is_not_queued_behind_another_teams_fleet(gateway::scratch_store()).await;
+}
+
+#[tokio::test]
+async fn a_team_is_not_queued_behind_another_teams_fleet_on_postgres() {
+    let pg = postgres::start();
+    a_team_is_not_queued_behind_another_teams_fleet(StoreSettings {
+        url: Some(Secret::new(pg.url.clone())),
+        ..gateway::scratch_store()
+    })
+    .await;
+}
+
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -260,7 +330,7 @@ async fn two_replicas_share_a_postgres_queue_and_one_killed_loses_nothing() {
 /// retry, as the CLI does). Every copy a caller was told was accepted ends AVAILABLE, none is
 /// made twice, and callers see nothing but OK or a retryable status with RetryInfo.
 #[tokio::test]
-async fn a_fleet_under_5xx_throttling_and_latency_finishes_once_each() {
+async fn a_fleet_under_5xx_throttling_latency_and_dropped_answers_finishes_once_each() {
     let emu = emulator_with(emulator_config(300.0)).await;
     emu.emulator
         .set_faults(snapgate_emulator::Faults {
@@ -268,6 +338,7 @@ async fn a_fleet_under_5xx_throttling_and_latency_finishes_once_each() {
             internal_failure_rate: 0.2,
             latency_ms: 30,
             copy_answer_delay_ms: 0,
+            drop_rate: 0.1,
             fail_copies: Vec::new(),
         })
         .unwrap();
@@ -309,7 +380,7 @@ async fn a_fleet_under_5xx_throttling_and_latency_finishes_once_each() {
     assert_eq!(east.copies_made, 30, "each copy made once: {east:?}");
     assert!(east.peak_cross_region_in_progress <= 5, "{east:?}");
     let calls = emu.emulator.calls();
-    assert!(calls.internal_failures > 0 && calls.throttled > 0, "the faults happened: {calls:?}");
+    assert!(calls.internal_failures > 0 && calls.throttled > 0 && calls.dropped > 0, "the faults happened: {calls:?}");
 }
 
 /// A copy whose answer is lost (the attempt timed out after AWS made the copy) is recognised by

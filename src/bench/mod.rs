@@ -314,6 +314,9 @@ pub(crate) fn bench_settings(scratch: &ScratchDir) -> Settings {
         fair_share: snapgate_gateway::config::FairShareSettings {
             calls_per_sec: 1e9,
             burst: u32::MAX,
+            aws_calls_per_sec: 1e9,
+            aws_burst: u32::MAX,
+            aws_in_flight: u32::MAX,
             overrides: Vec::new(),
         },
         ..Settings::default()

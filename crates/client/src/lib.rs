@@ -42,6 +42,10 @@ pub struct ClientConfig {
     /// PEM client certificate and key, for mTLS.
     pub client_cert: Option<(PathBuf, PathBuf)>,
     pub connect_timeout: Duration,
+    /// How long a call the gateway refused with `RetryInfo` (a caller over its share, a
+    /// gateway shedding load or shutting down) is tried again, each time after the delay the
+    /// gateway asked for; zero: never. Every call is safe to repeat: a copy's target names it.
+    pub retry_for: Duration,
 }
 
 impl ClientConfig {
@@ -52,6 +56,7 @@ impl ClientConfig {
             ca_cert: None,
             client_cert: None,
             connect_timeout: Duration::from_secs(5),
+            retry_for: Duration::from_secs(120),
         }
     }
 
@@ -112,11 +117,29 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+type Stub = SnapshotCopyServiceClient<InterceptedService<Channel, Bearer>>;
+
 /// A connection to a gateway; cheap to clone, safe to share.
 #[derive(Clone)]
 pub struct Client {
-    inner: SnapshotCopyServiceClient<InterceptedService<Channel, Bearer>>,
+    inner: Stub,
     addr: String,
+    retry_for: Duration,
+}
+
+/// The delay a refusal asks for, when the gateway says a retry will help.
+fn retry_delay(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    if !matches!(status.code(), Code::ResourceExhausted | Code::Unavailable | Code::Aborted) {
+        return None;
+    }
+    status.get_details_retry_info().and_then(|info| info.retry_delay)
+}
+
+/// Up to a quarter second more, so callers refused together do not all come back together.
+fn jitter() -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    Duration::from_millis(u64::from(nanos % 250))
 }
 
 impl Client {
@@ -152,7 +175,28 @@ impl Client {
         Ok(Client {
             inner: SnapshotCopyServiceClient::with_interceptor(channel, Bearer(bearer)),
             addr: config.addr.clone(),
+            retry_for: config.retry_for,
         })
+    }
+
+    /// Makes a call, again after the delay a refusal with `RetryInfo` asks for, while the
+    /// retry time lasts.
+    async fn call<T, Fut>(&self, attempt: impl Fn(Stub) -> Fut) -> Result<T, ClientError>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let give_up = tokio::time::Instant::now() + self.retry_for;
+        loop {
+            match attempt(self.inner.clone()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => match retry_delay(&status) {
+                    Some(delay) if tokio::time::Instant::now() + delay <= give_up => {
+                        tokio::time::sleep(delay + jitter()).await;
+                    }
+                    _ => return Err(self.error(status)),
+                },
+            }
+        }
     }
 
     fn error(&self, status: tonic::Status) -> ClientError {
@@ -167,12 +211,11 @@ impl Client {
     }
 
     pub async fn copy(&self, request: pb::CopyClusterSnapshotRequest) -> Result<pb::Copy, ClientError> {
-        self.inner
-            .clone()
-            .copy_cluster_snapshot(request)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| self.error(s))
+        self.call(|mut stub| {
+            let request = request.clone();
+            async move { stub.copy_cluster_snapshot(request).await }
+        })
+        .await
     }
 
     /// The copy as the gateway last observed it (at most a poll interval old).
@@ -183,22 +226,38 @@ impl Client {
     /// The copy; with `fresh`, as AWS describes it now (one AWS call).
     pub async fn get_with(&self, name: &str, fresh: bool) -> Result<pb::Copy, ClientError> {
         let request = pb::GetCopyRequest { name: name.to_owned(), fresh };
-        self.inner.clone().get_copy(request).await.map(tonic::Response::into_inner).map_err(|s| self.error(s))
+        self.call(|mut stub| {
+            let request = request.clone();
+            async move { stub.get_copy(request).await }
+        })
+        .await
     }
 
     pub async fn cancel(&self, name: &str) -> Result<pb::Copy, ClientError> {
         let request = pb::CancelCopyRequest { name: name.to_owned() };
-        self.inner.clone().cancel_copy(request).await.map(tonic::Response::into_inner).map_err(|s| self.error(s))
+        self.call(|mut stub| {
+            let request = request.clone();
+            async move { stub.cancel_copy(request).await }
+        })
+        .await
     }
 
     pub async fn list(&self, request: pb::ListCopiesRequest) -> Result<pb::ListCopiesResponse, ClientError> {
-        self.inner.clone().list_copies(request).await.map(tonic::Response::into_inner).map_err(|s| self.error(s))
+        self.call(|mut stub| {
+            let request = request.clone();
+            async move { stub.list_copies(request).await }
+        })
+        .await
     }
 
     /// The raw event stream of one WatchCopy call.
     pub async fn watch(&self, name: &str) -> Result<tonic::Streaming<pb::CopyEvent>, ClientError> {
         let request = pb::WatchCopyRequest { name: name.to_owned() };
-        self.inner.clone().watch_copy(request).await.map(tonic::Response::into_inner).map_err(|s| self.error(s))
+        self.call(|mut stub| {
+            let request = request.clone();
+            async move { stub.watch_copy(request).await }
+        })
+        .await
     }
 
     /// Follows a copy until it ends (AVAILABLE, FAILED, CANCELLED or DELETED) and returns it,
@@ -237,6 +296,12 @@ impl Client {
                         return Err(ClientError::Status(tonic::Status::internal("a terminal event without its copy")));
                     }
                     Err(ClientError::Unreachable { .. }) => {}
+                    // A stream ended by the gateway's shedding (or its shutdown) says when to
+                    // come back.
+                    Err(ClientError::Status(status)) if retry_delay(&status).is_some() => {
+                        tokio::time::sleep(retry_delay(&status).unwrap_or(backoff) + jitter()).await;
+                        continue;
+                    }
                     Err(ClientError::Status(status)) if status.code() == Code::Unavailable => {}
                     Err(other) => return Err(other),
                 }

@@ -23,6 +23,11 @@ pub struct Faults {
     /// meets DBClusterSnapshotAlreadyExistsFault (answered at once).
     #[serde(default)]
     pub copy_answer_delay_ms: u64,
+    /// Share of calls (0.0 to 1.0) carried out whose connection is then dropped half way
+    /// through the answer, as a reset or a dying load balancer would: the client cannot tell
+    /// whether AWS did what it asked.
+    #[serde(default)]
+    pub drop_rate: f64,
     /// Copies whose target identifier starts with `target_prefix` fail at `at_percent`.
     pub fail_copies: Vec<FailCopies>,
 }
@@ -34,6 +39,7 @@ impl Default for Faults {
             internal_failure_rate: 0.0,
             latency_ms: 0,
             copy_answer_delay_ms: 0,
+            drop_rate: 0.0,
             fail_copies: vec![],
         }
     }
@@ -64,6 +70,9 @@ impl Faults {
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.internal_failure_rate) {
             return Err("internal_failure_rate must be between 0 and 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.drop_rate) {
+            return Err("drop_rate must be between 0 and 1".into());
         }
         if let Some(t) = &self.throttle
             && (t.burst == 0 || !(t.per_second > 0.0 && t.per_second.is_finite()))
@@ -99,6 +108,9 @@ pub struct CallCounts {
     pub calls: BTreeMap<String, u64>,
     pub throttled: u64,
     pub internal_failures: u64,
+    /// Answers cut off by `drop_rate`.
+    #[serde(default)]
+    pub dropped: u64,
     /// The latest requests (at most [`RECENT_REQUESTS`]), oldest first: what a client's logs
     /// or traces can be matched against.
     #[serde(default)]
@@ -166,6 +178,15 @@ impl FaultState {
 
     pub(crate) fn latency(&self) -> Duration {
         Duration::from_millis(self.faults.latency_ms)
+    }
+
+    /// Whether the answer to a call carried out is cut off (`dice` in 0..1); counted.
+    pub(crate) fn drops(&mut self, dice: f64) -> bool {
+        let drop = dice < self.faults.drop_rate;
+        if drop {
+            self.counts.dropped += 1;
+        }
+        drop
     }
 
     pub(crate) fn answer_delay(&self) -> Duration {

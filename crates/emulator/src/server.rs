@@ -41,6 +41,20 @@ fn xml_response(status: StatusCode, request_id: &str, body: String) -> Response 
     response
 }
 
+/// An answer whose connection drops half way: the status line, the headers and half the body,
+/// then the connection is closed (hyper aborts a response whose body fails).
+fn cut_off(request_id: &str, body: String) -> Response {
+    let body = Bytes::from(body);
+    let half = body.slice(..body.len() / 2);
+    let chunks: [Result<Bytes, std::io::Error>; 2] =
+        [Ok(half), Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "dropped by the emulator's faults"))];
+    let mut response = xml_response(StatusCode::OK, request_id, String::new());
+    // The length of the whole answer: the client expects more than it gets.
+    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    *response.body_mut() = Body::from_stream(futures_util::stream::iter(chunks));
+    response
+}
+
 fn error_response(err: &AwsError, request_id: &str) -> Response {
     xml_response(err.status, request_id, xml::error(err, request_id))
 }
@@ -48,6 +62,7 @@ fn error_response(err: &AwsError, request_id: &str) -> Response {
 async fn query_endpoint(State(emulator): State<Emulator>, request: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     match handle(&emulator, request, &request_id).await {
+        Ok(body) if emulator.fault_state().drops(rand::random::<f64>()) => cut_off(&request_id, body),
         Ok(body) => xml_response(StatusCode::OK, &request_id, body),
         Err(err) => {
             tracing::debug!(code = %err.code, message = %err.message, "emulator answered an error");

@@ -302,13 +302,53 @@ pub struct FairShareSettings {
     /// Calls a caller may make at once (a fleet's watches open together: keep it above the
     /// largest fleet).
     pub burst: u32,
+    /// AWS calls a second each caller's requests may cause, sustained: the source describes of
+    /// its copies, its fresh reads and its cancels. The polls every watcher shares, and the
+    /// starts of queued copies, are not counted (the queue takes callers in turn instead).
+    pub aws_calls_per_sec: f64,
+    /// AWS calls a caller's requests may cause at once (a fleet's admissions: keep it above
+    /// the largest fleet of distinct sources).
+    pub aws_burst: u32,
+    /// AWS calls of one caller that may wait for one region's pace at once; its others wait
+    /// their turn behind other callers', so one caller's burst delays another's call by at
+    /// most this many calls at the region's rate.
+    pub aws_in_flight: u32,
     /// Other shares for some principals or groups; the first that matches a caller applies.
     pub overrides: Vec<CallerShare>,
 }
 
 impl Default for FairShareSettings {
     fn default() -> FairShareSettings {
-        FairShareSettings { calls_per_sec: 200.0, burst: 1000, overrides: Vec::new() }
+        FairShareSettings {
+            calls_per_sec: 200.0,
+            burst: 1000,
+            aws_calls_per_sec: 4.0,
+            aws_burst: 200,
+            aws_in_flight: 4,
+            overrides: Vec::new(),
+        }
+    }
+}
+
+impl FairShareSettings {
+    fn share_of(&self, id: &str, groups: &[String]) -> Option<&CallerShare> {
+        self.overrides
+            .iter()
+            .find(|o| o.principal.as_deref() == Some(id) || o.group.as_ref().is_some_and(|g| groups.contains(g)))
+    }
+
+    /// The calls a second and burst of the caller `id` in `groups`.
+    pub(crate) fn calls_of(&self, id: &str, groups: &[String]) -> (f64, u32) {
+        self.share_of(id, groups).map_or((self.calls_per_sec, self.burst), |o| (o.calls_per_sec, o.burst))
+    }
+
+    /// The AWS calls a second and burst the requests of caller `id` in `groups` may cause.
+    pub(crate) fn aws_calls_of(&self, id: &str, groups: &[String]) -> (f64, u32) {
+        let share = self.share_of(id, groups);
+        (
+            share.and_then(|o| o.aws_calls_per_sec).unwrap_or(self.aws_calls_per_sec),
+            share.and_then(|o| o.aws_burst).unwrap_or(self.aws_burst),
+        )
     }
 }
 
@@ -320,6 +360,12 @@ pub struct CallerShare {
     pub group: Option<String>,
     pub calls_per_sec: f64,
     pub burst: u32,
+    /// This caller's `aws_calls_per_sec`; the default's when not set.
+    #[serde(default)]
+    pub aws_calls_per_sec: Option<f64>,
+    /// This caller's `aws_burst`; the default's when not set.
+    #[serde(default)]
+    pub aws_burst: Option<u32>,
 }
 
 /// Progress streaming: how the coalesced pollers pace themselves and how streams are kept.
@@ -555,12 +601,21 @@ impl Settings {
             return Err("server.max_response_bytes must be at least 65536".into());
         }
         let f = &self.fair_share;
-        let shares =
-            std::iter::once((f.calls_per_sec, f.burst)).chain(f.overrides.iter().map(|o| (o.calls_per_sec, o.burst)));
+        let shares = [(f.calls_per_sec, f.burst), (f.aws_calls_per_sec, f.aws_burst)].into_iter().chain(
+            f.overrides.iter().flat_map(|o| {
+                [
+                    (o.calls_per_sec, o.burst),
+                    (o.aws_calls_per_sec.unwrap_or(f.aws_calls_per_sec), o.aws_burst.unwrap_or(f.aws_burst)),
+                ]
+            }),
+        );
         for (rate, burst) in shares {
             if !(rate > 0.0 && rate.is_finite()) || burst == 0 {
                 return Err("fair_share: calls_per_sec must be positive and burst at least 1".into());
             }
+        }
+        if f.aws_in_flight == 0 {
+            return Err("fair_share.aws_in_flight must be at least 1".into());
         }
         if f.overrides.iter().any(|o| o.principal.is_some() == o.group.is_some()) {
             return Err("fair_share.overrides: each names exactly one of principal or group".into());

@@ -44,6 +44,9 @@ pub enum Error {
     /// The gateway cannot serve the call now; a retry may (a stopped poller, for instance).
     #[error("{0}; retry")]
     Unavailable(String),
+    /// A caller past its share of the gateway's calls, or of the AWS calls its requests cause.
+    #[error("{caller} is over its share of {of}; retry in {} s", retry_secs(*.retry_after))]
+    OverShare { caller: String, of: &'static str, retry_after: Duration },
     #[error("too many open WatchCopy streams (at most {0}); retry later")]
     TooManyStreams(usize),
     #[error("the server is shutting down; reconnect to resume watching")]
@@ -55,6 +58,11 @@ pub enum Error {
     PermissionDenied { action: &'static str, policies: Vec<String> },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Whole seconds to wait, rounded up, at least one.
+fn retry_secs(wait: Duration) -> u64 {
+    wait.as_secs() + 1
 }
 
 fn denial(action: &str, policies: &[String]) -> String {
@@ -186,6 +194,13 @@ impl From<Error> for Status {
                     err.to_string(),
                     ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
                 )
+            }
+            Error::OverShare { caller, of, retry_after } => {
+                let metadata =
+                    HashMap::from([("caller".to_owned(), caller.clone()), ("share".to_owned(), (*of).to_owned())]);
+                let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(retry_secs(*retry_after))));
+                details.set_error_info("OVER_SHARE", SNAPGATE_DOMAIN, metadata);
+                Status::with_error_details(Code::ResourceExhausted, err.to_string(), details)
             }
             Error::TooManyStreams(_) => Status::with_error_details(
                 Code::ResourceExhausted,

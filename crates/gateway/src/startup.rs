@@ -23,6 +23,7 @@ use crate::auth::tls::TlsReloader;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::aws::Accounts;
 use crate::config::Settings;
+use crate::copy::share::AwsShare;
 use crate::copy::{CopyService, Jobs};
 use crate::edge::accept;
 use crate::edge::fair::FairShareLayer;
@@ -66,8 +67,16 @@ impl Application {
         let accounts = Arc::new(Accounts::new(sdk, &settings.aws, metrics.clone()).await.map_err(anyhow::Error::msg)?);
         let hub = Arc::new(WatchHub::new(accounts.clone(), settings.watch.clone(), tasks.clone(), metrics.clone()));
         let store = Arc::new(Store::open(&settings.store).await?);
-        let jobs =
-            Jobs::new(store, accounts.clone(), hub.clone(), settings.jobs.clone(), metrics.clone(), tasks.clone());
+        let share = Arc::new(AwsShare::new(settings.fair_share.clone(), metrics.clone()));
+        let jobs = Jobs::new(
+            store,
+            accounts.clone(),
+            hub.clone(),
+            settings.jobs.clone(),
+            metrics.clone(),
+            tasks.clone(),
+            share,
+        );
         let copies = Arc::new(CopyService::new(accounts, hub.clone(), jobs, settings.aws.served_regions()));
         let api = Api::new(copies, policies.clone());
         let admin = match settings.admin.listen {

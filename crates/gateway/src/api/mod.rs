@@ -153,7 +153,7 @@ impl SnapshotCopyService for Api {
             decided = Some((decision, source.arn.clone(), destination));
             verdict
         };
-        let copied = self.copies.copy(&convert::copy_request(message), &caller.id, authorize).await;
+        let copied = self.copies.copy(&convert::copy_request(message), &caller, authorize).await;
         if let Some((decision, resource, destination)) = &decided {
             let (aws_request_id, outcome) = match &copied {
                 Ok(c) => (c.aws_request_id.clone(), "ok".to_owned()),
@@ -176,7 +176,7 @@ impl SnapshotCopyService for Api {
     async fn get_copy(&self, request: Request<pb::GetCopyRequest>) -> Result<Response<pb::Copy>, Status> {
         let (_, extensions, message) = request.into_parts();
         let caller = caller(&extensions)?;
-        let copy = self.copies.get(&message.name, message.fresh).await?;
+        let copy = self.copies.get(&message.name, message.fresh, &caller).await?;
         self.authorize(&caller, Action::GetCopy, &copy.snapshot)?;
         Ok(Response::new(convert::view(&copy)))
     }
@@ -219,7 +219,7 @@ impl SnapshotCopyService for Api {
         let (_, extensions, message) = request.into_parts();
         let caller = caller(&extensions)?;
         let authorize = |snapshot: &ClusterSnapshot| self.authorize(&caller, Action::CancelCopy, snapshot);
-        let copy = self.copies.cancel(&message.name, authorize).await?;
+        let copy = self.copies.cancel(&message.name, &caller, authorize).await?;
         Ok(Response::new(convert::view(&copy)))
     }
 

@@ -1,7 +1,7 @@
 //! Copy jobs: every copy admitted is a job in the store, started when a slot is free within
 //! AWS's limit of copies in progress (5 cross-region copies into one region per account),
-//! oldest first, by whichever gateway replica claims it, and followed to its end through the
-//! watch hub. A job is started exactly once: its target snapshot is its key, and AWS's
+//! callers in turn and each caller's oldest first, by whichever gateway replica claims it,
+//! and followed to its end through the watch hub. A job is started exactly once: its target snapshot is its key, and AWS's
 //! `DBClusterSnapshotAlreadyExistsFault` for a copy from the same source is that job's copy.
 
 use std::collections::HashSet;
@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
+use super::share::AwsShare;
 use super::{CopyView, planned_snapshot};
 use crate::audit;
 use crate::aws::{Accounts, AwsError, AwsErrorKind, CopyInput, presign};
@@ -46,6 +47,8 @@ pub(crate) struct Jobs {
     followed: Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
     tasks: Tasks,
+    /// Callers' shares of the AWS budget: starts take their job's caller's turns.
+    pub(super) share: Arc<AwsShare>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -62,6 +65,7 @@ impl Jobs {
         settings: JobSettings,
         metrics: Arc<Metrics>,
         tasks: Tasks,
+        share: Arc<AwsShare>,
     ) -> Arc<Jobs> {
         let owner = uuid::Uuid::new_v4().to_string();
         let jobs = Arc::new(Jobs {
@@ -74,6 +78,7 @@ impl Jobs {
             followed: Mutex::new(HashSet::new()),
             metrics,
             tasks: tasks.clone(),
+            share,
         });
         let dispatcher = jobs.clone();
         tasks.spawn(async move { dispatcher.run().await });
@@ -234,6 +239,7 @@ impl Jobs {
             tags: j.tags.clone(),
             presigned_url,
         };
+        let _turn = self.share.turn(&j.caller, &j.region).await;
         match rds.copy_cluster_snapshot(&j.region, &input).await {
             Ok(copied) => Ok(copied),
             Err(e) if e.kind == AwsErrorKind::AlreadyExists => {
@@ -321,7 +327,7 @@ impl Jobs {
         let j = &job.new;
         let queue = match job.state {
             JobState::Queued => Some((
-                self.store.queue_position(job).await.map_err(store_error)?,
+                self.store.queue_position(job, now_ms()).await.map_err(store_error)?,
                 if j.cross_region {
                     self.settings.cross_region_limit_for(&j.account, &j.region)
                 } else {

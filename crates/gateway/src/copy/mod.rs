@@ -4,6 +4,7 @@
 //! it; list the jobs.
 
 mod jobs;
+pub(crate) mod share;
 mod source_rules;
 pub(crate) mod validate;
 
@@ -15,6 +16,7 @@ use jobs::{Started, now_ms, store_error};
 pub(crate) use validate::CopyRequest;
 use validate::{Served, ValidCopy, parse_copy_name, validate};
 
+use crate::auth::Caller;
 use crate::auth::policy::CopyContext;
 use crate::aws::{Accounts, AwsErrorKind, Rds};
 use crate::error::{Error, FieldViolation};
@@ -118,7 +120,7 @@ impl CopyService {
     pub(crate) async fn copy(
         &self,
         request: &CopyRequest,
-        caller: &str,
+        caller: &Caller,
         authorize: impl FnOnce(&ClusterSnapshot, &CopyContext) -> Result<(), Error>,
     ) -> Result<CopyView, Error> {
         let valid = tracing::info_span!("validate", otel.name = "validate")
@@ -135,7 +137,7 @@ impl CopyService {
         })?;
         let destination_account =
             valid.destination_account.clone().or_else(|| self.accounts.own_account().map(str::to_owned));
-        let source = self.resolve_source(&rds, &valid, destination_account.as_deref()).await?;
+        let source = self.resolve_source(&rds, &valid, destination_account.as_deref(), caller).await?;
         let destination = destination_account.clone().unwrap_or_default();
         let cross_region = source.region != valid.destination_region;
         authorize(
@@ -155,7 +157,7 @@ impl CopyService {
 
         let new = NewJob {
             id: uuid::Uuid::new_v4().to_string(),
-            caller: caller.to_owned(),
+            caller: caller.id.clone(),
             source_ref: match &valid.source {
                 SnapshotRef::Id(id) => id.clone(),
                 SnapshotRef::Arn(arn) => arn.to_string(),
@@ -216,6 +218,7 @@ impl CopyService {
         rds: &Rds,
         valid: &ValidCopy,
         account: Option<&str>,
+        caller: &Caller,
     ) -> Result<ClusterSnapshot, Error> {
         let reference = match &valid.source {
             SnapshotRef::Id(id) => id.to_ascii_lowercase(),
@@ -224,6 +227,8 @@ impl CopyService {
         let key = format!("{}|{}|{}", account.unwrap_or(""), valid.source_region, reference);
         self.sources
             .try_get_with_by_ref(&key, async {
+                // Only the caller whose request describes pays; the others wait for its answer.
+                let _turn = self.jobs.share.spend(caller, &valid.source_region).await?;
                 rds.describe_cluster_snapshot(&valid.source_region, &reference)
                     .await?
                     .ok_or_else(|| Error::NotFound { what: "snapshot", name: reference.clone() })
@@ -240,11 +245,10 @@ impl CopyService {
     }
 
     /// The current state of a copy, by name: its job while it waits (or when it never
-    /// started), then the watch hub's observation when a poller saw it within the shortest
-    /// poll interval (no AWS call), else a describe.
-    /// The copy `name`: from the latest observation (shared by every reader, at most a poll
-    /// interval old), or with `fresh` as AWS describes it now.
-    pub(crate) async fn get(&self, name: &str, fresh: bool) -> Result<CopyView, Error> {
+    /// started), then the watch hub's observation (shared by every reader, at most a poll
+    /// interval old, no AWS call of the caller's own), or with `fresh` as AWS describes it now.
+    /// The describes are `caller`'s AWS calls.
+    pub(crate) async fn get(&self, name: &str, fresh: bool, caller: &Caller) -> Result<CopyView, Error> {
         let located = self.locate(name)?;
         let job = self.job_of(&located).await?;
         if let Some(job) = &job
@@ -255,11 +259,11 @@ impl CopyService {
         // Through the watch hub: concurrent reads share one call, reads of many snapshots
         // share a batched one. What the poll did not see is asked of AWS, for its exact answer.
         let snapshot = if fresh {
-            self.describe(&located, name).await
+            self.describe(&located, name, caller).await
         } else {
             match self.hub.read(&located.account, &located.region, &located.id).await {
                 Ok(Some(snapshot)) if located.is(&snapshot) => Ok(snapshot),
-                Ok(_) => self.describe(&located, name).await,
+                Ok(_) => self.describe(&located, name, caller).await,
                 Err(error) => Err(error),
             }
         };
@@ -275,8 +279,9 @@ impl CopyService {
         }
     }
 
-    /// A describe of the copy, never a cached observation.
-    async fn describe(&self, located: &Located, name: &str) -> Result<ClusterSnapshot, Error> {
+    /// A describe of the copy for `caller`, never a cached observation.
+    async fn describe(&self, located: &Located, name: &str, caller: &Caller) -> Result<ClusterSnapshot, Error> {
+        let _turn = self.jobs.share.spend(caller, &located.region).await?;
         let snapshot = located.rds.describe_cluster_snapshot(&located.region, &located.id).await?;
         // An identifier that exists in another account than the ARN names is not this copy.
         snapshot.filter(|s| located.is(s)).ok_or_else(|| Error::NotFound { what: "copy", name: name.to_owned() })
@@ -433,6 +438,7 @@ impl CopyService {
     pub(crate) async fn cancel(
         &self,
         name: &str,
+        caller: &Caller,
         authorize: impl FnOnce(&ClusterSnapshot) -> Result<(), Error>,
     ) -> Result<CopyView, Error> {
         let located = self.locate(name)?;
@@ -466,12 +472,15 @@ impl CopyService {
                 _ => {}
             }
         }
-        let current = self.describe(&located, name).await?;
+        let current = self.describe(&located, name, caller).await?;
         authorize(&current)?;
         if current.status != "copying" {
             return Err(not_in_progress(&current.status));
         }
-        let deleted = located.rds.delete_cluster_snapshot(&current.region, &current.id).await?;
+        let deleted = {
+            let _turn = self.jobs.share.spend(caller, &current.region).await?;
+            located.rds.delete_cluster_snapshot(&current.region, &current.id).await?
+        };
         let (state, ended) = if deleted.status == "copying" {
             self.hub.record_cancelled(&deleted);
             (CopyState::Cancelled, JobState::Cancelled)

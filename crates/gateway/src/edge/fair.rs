@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use snapgate_domain::TokenBucket;
-use tonic::Code;
-use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 use crate::auth::Caller;
 use crate::config::FairShareSettings;
+use crate::error::Error;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -33,19 +32,8 @@ impl FairShareLayer {
 
     /// The share of `caller`: the first override naming it or one of its groups, else the
     /// default.
-    fn share(&self, caller: &Caller) -> (f64, u32) {
-        let s = &self.settings;
-        s.overrides
-            .iter()
-            .find(|o| {
-                o.principal.as_deref() == Some(caller.id.as_str())
-                    || o.group.as_ref().is_some_and(|g| caller.groups.contains(g))
-            })
-            .map_or((s.calls_per_sec, s.burst), |o| (o.calls_per_sec, o.burst))
-    }
-
     async fn admit(&self, caller: &Caller) -> Result<(), Duration> {
-        let (rate, burst) = self.share(caller);
+        let (rate, burst) = self.settings.calls_of(&caller.id, &caller.groups);
         let bucket = self
             .buckets
             .get_with_by_ref(&caller.id, async { Arc::new(TokenBucket::new(rate, burst, Instant::now())) })
@@ -94,10 +82,8 @@ where
             {
                 layer.metrics.call_shed("fair_share");
                 tracing::debug!(caller = caller.id, ?wait, "call over the caller's share");
-                let delay = Duration::from_secs(wait.as_secs() + 1);
-                let details = ErrorDetails::with_retry_info(Some(delay));
-                let message = format!("{} is over its share of calls; retry in {} s", caller.id, delay.as_secs());
-                return Ok(tonic::Status::with_error_details(Code::ResourceExhausted, message, details).into_http());
+                let refusal = Error::OverShare { caller: caller.id, of: "calls", retry_after: wait };
+                return Ok(tonic::Status::from(refusal).into_http());
             }
             inner.call(request).await
         })
@@ -130,7 +116,10 @@ mod tests {
                 group: Some("backup".into()),
                 calls_per_sec: 1.0,
                 burst: 5,
+                aws_calls_per_sec: None,
+                aws_burst: None,
             }],
+            ..FairShareSettings::default()
         };
         let layer = FairShareLayer::new(settings, Metrics::new());
         let flood = caller("flood", &[]);

@@ -114,6 +114,16 @@ const COLUMNS: &str = "id, caller, source_ref, source_arn, source_region, engine
     allocated_storage_gib, encrypted, account, region, target, kms_key_id, copy_tags, tags, cross_region, state, \
     created_ms, attempts, snapshot_arn, aws_request_id, failure";
 
+/// A job AWS is copying, or that a live lease is starting (`$4`: now).
+const ACTIVE: &str = "(state = 'copying' OR (state = 'starting' AND lease_until_ms >= $4))";
+/// A job that may be claimed: queued and due, or starting under a lease that expired.
+const DUE: &str = "((state = 'queued' AND not_before_ms <= $4) OR (state = 'starting' AND lease_until_ms < $4))";
+/// A job's turn among its caller's: its caller's jobs in progress come first, then its
+/// waiting ones oldest first; `ORDER BY turn` takes callers in turn, the fewest in progress
+/// first (`$4`: now).
+const TURN: &str = "ROW_NUMBER() OVER (PARTITION BY caller ORDER BY CASE WHEN (state = 'copying' \
+    OR (state = 'starting' AND lease_until_ms >= $4)) THEN 0 ELSE 1 END, created_ms, id)";
+
 fn job_of(row: &AnyRow) -> Result<Job, sqlx::Error> {
     let tags: String = row.try_get("tags")?;
     let tags: Vec<(String, String)> = serde_json::from_str(&tags).unwrap_or_default();
@@ -243,8 +253,9 @@ impl Store {
             .map_err(StoreError)
     }
 
-    /// Takes, for `owner` and until `lease_until`, the oldest claimable jobs of a destination
-    /// (queued and due, or starting under a lease that expired): cross-region ones up to
+    /// Takes, for `owner` and until `lease_until`, claimable jobs of a destination (queued and
+    /// due, or starting under a lease that expired), callers in turn and each caller's oldest
+    /// first: cross-region ones up to
     /// `cross_limit` in progress at once, same-region ones up to `same_limit`. Serialized per
     /// destination across replicas, so the limits hold.
     #[allow(clippy::too_many_arguments)]
@@ -288,10 +299,14 @@ impl Store {
             if free == 0 {
                 continue;
             }
+            // Callers in turn: a caller's turn is how many of its jobs would be in progress
+            // with this one, so the caller with the fewest in progress goes first (the oldest
+            // job among equals), and a fleet of hundreds does not keep another team's one copy
+            // waiting for hours. (Window functions: SQLite 3.25+, PostgreSQL.)
             let rows = sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM copy_jobs WHERE account = $1 AND region = $2 AND cross_region = $3 \
-                 AND ((state = 'queued' AND not_before_ms <= $4) OR (state = 'starting' AND lease_until_ms < $4)) \
-                 ORDER BY created_ms, id LIMIT $5"
+                "SELECT {COLUMNS} FROM (SELECT *, {TURN} AS turn FROM copy_jobs \
+                 WHERE account = $1 AND region = $2 AND cross_region = $3 AND ({ACTIVE} OR {DUE})) AS due \
+                 WHERE {DUE} ORDER BY turn, created_ms, id LIMIT $5"
             ))
             .bind(account)
             .bind(region)
@@ -413,16 +428,20 @@ impl Store {
         Ok(rows.iter().map(job_of).collect::<Result<_, _>>()?)
     }
 
-    /// A queued job's place among the queued jobs of its destination (1: next).
-    pub(crate) async fn queue_position(&self, job: &Job) -> Result<i64, StoreError> {
-        let ahead: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM copy_jobs WHERE account = $1 AND region = $2 AND cross_region = $3 \
-             AND state = 'queued' AND (created_ms < $4 OR (created_ms = $4 AND id < $5))",
-        )
+    /// A queued job's place among the queued jobs of its destination (1: next), in the order
+    /// `claim` takes them: callers in turn, the fewest in progress first.
+    pub(crate) async fn queue_position(&self, job: &Job, now: i64) -> Result<i64, StoreError> {
+        let ahead: i64 = sqlx::query(&format!(
+            "WITH q AS (SELECT id, state, created_ms, {TURN} AS turn FROM copy_jobs \
+             WHERE account = $1 AND region = $2 AND cross_region = $3 AND ({ACTIVE} OR state = 'queued')), \
+             me AS (SELECT turn, created_ms, id FROM q WHERE id = $5) \
+             SELECT COUNT(*) AS n FROM q, me WHERE q.state = 'queued' AND (q.turn < me.turn OR (q.turn = me.turn \
+             AND (q.created_ms < me.created_ms OR (q.created_ms = me.created_ms AND q.id < me.id))))"
+        ))
         .bind(&job.new.account)
         .bind(&job.new.region)
         .bind(i64::from(job.new.cross_region))
-        .bind(job.new.created_ms)
+        .bind(now)
         .bind(&job.new.id)
         .fetch_one(&self.pool)
         .await?
