@@ -78,6 +78,9 @@ pub(crate) enum BenchCommand {
     Reads(crate::bench::reads::ReadsBenchArgs),
     /// GetCopy through the whole gateway against a bare tonic server: CPU per call and rate.
     Unary(crate::bench::reads::UnaryBenchArgs),
+    /// A fleet with its watches and readers under throttling, 500s, late and dropped answers:
+    /// every accepted copy ends, none is made twice, callers see only documented codes.
+    Soak(crate::bench::soak::SoakBenchArgs),
     /// One attack of `bench flood`, in a child process.
     #[command(hide = true)]
     FloodAttack(crate::bench::flood::FloodAttackArgs),
@@ -168,6 +171,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Unary(args)) => {
             with_telemetry("warn", format, crate::bench::reads::unary(args)).await
+        }
+        Command::Bench(BenchCommand::Soak(args)) => {
+            with_telemetry("warn", format, crate::bench::soak::soak(args)).await
         }
         Command::Bench(BenchCommand::FloodAttack(args)) => {
             with_telemetry("error", format, crate::bench::flood::flood_attack(args)).await

@@ -26,23 +26,27 @@ pub(crate) struct AuthBenchArgs {
 
 const EXAMPLES: &str = include_str!("../../deploy/policies/examples.cedar");
 
-pub(crate) async fn auth(args: AuthBenchArgs) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("snapgate-bench-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-        .map_err(|_| anyhow::anyhow!("cannot generate a P-256 key"))?;
-    let signing = EncodingKey::from_ec_der(pkcs8.as_ref());
-    let mut jwk = Jwk::from_encoding_key(&signing, Algorithm::ES256)?;
-    jwk.common.key_id = Some("bench".into());
-    jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
-    let jwks = dir.join("jwks.json");
-    std::fs::write(&jwks, serde_json::to_string(&JwkSet { keys: vec![jwk] })?)?;
+/// An identity provider for a benchmark: a P-256 key made for the run, its JWKS in a file, the
+/// gateway's JWT settings that trust it, and ES256 tokens it signs.
+pub(crate) struct BenchIssuer {
+    signing: EncodingKey,
+    pub settings: JwtSettings,
+}
 
-    let settings = AuthSettings {
-        jwt: Some(JwtSettings {
+impl BenchIssuer {
+    pub(crate) fn new(dir: &std::path::Path) -> anyhow::Result<BenchIssuer> {
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map_err(|_| anyhow::anyhow!("cannot generate a P-256 key"))?;
+        let signing = EncodingKey::from_ec_der(pkcs8.as_ref());
+        let mut jwk = Jwk::from_encoding_key(&signing, Algorithm::ES256)?;
+        jwk.common.key_id = Some("bench".into());
+        jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, serde_json::to_string(&JwkSet { keys: vec![jwk] })?)?;
+        let settings = JwtSettings {
             issuer: "https://idp.bench".into(),
             audiences: vec!["snapgate".into()],
-            jwks_file: Some(jwks.clone()),
+            jwks_file: Some(jwks),
             jwks_url: None,
             jwks_ca_file: None,
             jwks_refresh_secs: 300,
@@ -50,7 +54,32 @@ pub(crate) async fn auth(args: AuthBenchArgs) -> anyhow::Result<()> {
             leeway_secs: 30,
             groups_claim: "groups".into(),
             team_claim: "team".into(),
-        }),
+        };
+        Ok(BenchIssuer { signing, settings })
+    }
+
+    /// A token for `subject` valid for an hour; `jti` makes tokens of one subject distinct.
+    pub(crate) fn token(&self, subject: &str, jti: Option<usize>) -> anyhow::Result<String> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let mut claims = serde_json::json!({
+            "iss": "https://idp.bench", "aud": "snapgate", "sub": subject, "team": "payments",
+            "groups": ["backup-service"], "exp": now + 3600, "iat": now,
+        });
+        if let Some(jti) = jti {
+            claims["jti"] = serde_json::json!(jti);
+        }
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("bench".into());
+        Ok(jsonwebtoken::encode(&header, &claims, &self.signing)?)
+    }
+}
+
+pub(crate) async fn auth(args: AuthBenchArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("snapgate-bench-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let issuer = BenchIssuer::new(&dir)?;
+    let settings = AuthSettings {
+        jwt: Some(issuer.settings.clone()),
         static_tokens: vec![StaticToken {
             token: Secret::new("bench-static-token-0123"),
             principal: "bench".into(),
@@ -60,14 +89,7 @@ pub(crate) async fn auth(args: AuthBenchArgs) -> anyhow::Result<()> {
         tls: None,
     };
     let authenticator = Authenticator::new(&settings, Metrics::new(), &Tasks::new()).await?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let claims = serde_json::json!({
-        "iss": "https://idp.bench", "aud": "snapgate", "sub": "svc-payments", "team": "payments",
-        "groups": ["backup-service"], "exp": now + 3600, "iat": now,
-    });
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some("bench".into());
-    let jwt = format!("Bearer {}", jsonwebtoken::encode(&header, &claims, &signing)?);
+    let jwt = format!("Bearer {}", issuer.token("svc-payments", None)?);
 
     let n = args.iterations.max(1);
     let static_us = per_call(n, || async {
@@ -77,11 +99,7 @@ pub(crate) async fn auth(args: AuthBenchArgs) -> anyhow::Result<()> {
     // A token seen before is answered from the verified-token cache; a new one is verified.
     let jwt_us = per_call(n, || async { authenticator.authenticate(Some(jwt.as_bytes()), None).await.is_ok() }).await;
     let fresh_tokens = (0..n + 100)
-        .map(|i| {
-            let mut claims = claims.clone();
-            claims["jti"] = serde_json::json!(i);
-            jsonwebtoken::encode(&header, &claims, &signing).map(|t| format!("Bearer {t}"))
-        })
+        .map(|i| issuer.token("svc-payments", Some(i as usize)).map(|t| format!("Bearer {t}")))
         .collect::<Result<Vec<_>, _>>()?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let authenticator = &authenticator;

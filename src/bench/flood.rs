@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::child::{ChildGateway, free_port, open_fds, proc_kib};
 use super::{ATTACKER_TOKEN, BENCH_TOKEN, BenchClient, attacker_client, bench_client, loopback_emulator};
 use crate::cli::ScratchDir;
 use snapgate_emulator::{EmulatorConfig, Faults};
@@ -50,25 +51,10 @@ pub(crate) struct FloodBenchArgs {
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The gateway child: its pid, gRPC and admin addresses.
-struct Gateway {
-    child: tokio::process::Child,
-    pid: u32,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn start(args: &FloodBenchArgs, emulator: &str, scratch: &ScratchDir) -> anyhow::Result<Gateway> {
+async fn start(args: &FloodBenchArgs, emulator: &str, scratch: &ScratchDir) -> anyhow::Result<ChildGateway> {
     let (port, admin_port) = (free_port()?, free_port()?);
-    let config = scratch.path().join("serve.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:{port}"
+    let config = format!(
+        r#"listen = "127.0.0.1:{port}"
 [server]
 shutdown_grace_secs = 2
 handshake_timeout_secs = {handshake}
@@ -99,53 +85,15 @@ policies = 'permit(principal, action, resource);'
 [store]
 data_dir = "{data}"
 "#,
-            handshake = args.handshake_timeout_secs,
-            idle = args.idle_timeout_secs,
-            in_flight = args.max_in_flight_calls,
-            memory = args.max_memory_mib * 1024 * 1024,
-            streams = args.max_streams,
-            account = snapgate_emulator::DEFAULT_ACCOUNT,
-            data = scratch.path().join("data").display(),
-        ),
-    )?;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&config)
-        .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
-        .env("AWS_SECRET_ACCESS_KEY", "bench-secret")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "warn,snapgate=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().context("the gateway exited at once")?;
-    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-    let started = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if line.contains("snapgate listening") {
-                return Ok::<_, anyhow::Error>(());
-            }
-        }
-        anyhow::bail!("the gateway exited before it listened")
-    })
-    .await;
-    started.context("the gateway did not start within 30 s")??;
-    // Keep reading its log, or it would block on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    Ok(Gateway { child, pid, addr, admin: SocketAddr::from(([127, 0, 0, 1], admin_port)) })
-}
-
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+        handshake = args.handshake_timeout_secs,
+        idle = args.idle_timeout_secs,
+        in_flight = args.max_in_flight_calls,
+        memory = args.max_memory_mib * 1024 * 1024,
+        streams = args.max_streams,
+        account = snapgate_emulator::DEFAULT_ACCOUNT,
+        data = scratch.path().join("data").display(),
+    );
+    ChildGateway::spawn(&config, port, admin_port, scratch).await
 }
 
 /// The edge's counters from the gateway's `/metrics`: refusals by reason and shed calls.

@@ -7,9 +7,11 @@
 //! measured is the gateway's (with the in-process emulator), not the load generator's.
 
 pub(crate) mod auth;
+mod child;
 pub(crate) mod flood;
 pub(crate) mod queue;
 pub(crate) mod reads;
+pub(crate) mod soak;
 pub(crate) mod trace;
 
 use std::net::SocketAddr;

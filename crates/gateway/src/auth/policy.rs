@@ -358,6 +358,8 @@ impl PolicyStore {
             decisions: moka::sync::Cache::builder()
                 .max_capacity(DECISIONS_KEPT)
                 .time_to_live(Duration::from_secs(600))
+                // A snapshot nobody reads or watches for a minute has its decisions forgotten.
+                .time_to_idle(Duration::from_secs(60))
                 .build(),
         }))
     }

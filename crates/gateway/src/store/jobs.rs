@@ -180,6 +180,7 @@ impl Store {
                     .bind(existing.state.as_str())
                     .execute(&self.pool)
                     .await?;
+                self.changed();
             }
             let inserted = sqlx::query(
                 "INSERT INTO copy_jobs (id, job_key, caller, source_ref, source_arn, source_region, engine, \
@@ -210,6 +211,7 @@ impl Store {
             .execute(&self.pool)
             .await?;
             if inserted.rows_affected() == 1 {
+                self.changed();
                 return Ok(Admitted::New(self.get(&job.id).await?.ok_or(sqlx::Error::RowNotFound)?));
             }
         }
@@ -225,9 +227,18 @@ impl Store {
         Ok(row.as_ref().map(job_of).transpose()?)
     }
 
-    /// The job that makes `target` in `account` and `region`.
+    /// The job that makes `target` in `account` and `region`, for reads: from the lookups
+    /// kept until this process changes a job (another replica's change shows within
+    /// `LOOKUP_TTL`), else from the database.
     pub(crate) async fn find(&self, account: &str, region: &str, target: &str) -> Result<Option<Job>, StoreError> {
-        self.by_key(&job_key(account, region, target)).await
+        let key = job_key(account, region, target);
+        if let Some(found) = self.lookups.found.get(&key) {
+            return Ok(found);
+        }
+        let generation = self.lookups.generation();
+        let found = self.by_key(&key).await?;
+        self.lookups.keep(generation, || self.lookups.found.insert(key, found.clone()));
+        Ok(found)
     }
 
     async fn by_key(&self, key: &str) -> Result<Option<Job>, StoreError> {
@@ -330,6 +341,7 @@ impl Store {
             }
         }
         tx.commit().await?;
+        self.changed();
         Ok(claimed)
     }
 
@@ -351,6 +363,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.changed();
         Ok(done.rows_affected() == 1)
     }
 
@@ -365,6 +378,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.changed();
         Ok(done.rows_affected() == 1)
     }
 
@@ -389,6 +403,7 @@ impl Store {
         .bind(from.as_str())
         .execute(&self.pool)
         .await?;
+        self.changed();
         Ok(done.rows_affected() == 1)
     }
 
@@ -411,12 +426,14 @@ impl Store {
             .bind(&job.new.id)
             .execute(&self.pool)
             .await?;
+        self.changed();
         Ok(self.get(&job.new.id).await?.unwrap_or(job))
     }
 
     /// Forgets a job (its request failed as a whole, before anything was admitted).
     pub(crate) async fn forget(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM copy_jobs WHERE id = $1").bind(id).execute(&self.pool).await?;
+        self.changed();
         Ok(())
     }
 
@@ -431,6 +448,16 @@ impl Store {
     /// A queued job's place among the queued jobs of its destination (1: next), in the order
     /// `claim` takes them: callers in turn, the fewest in progress first.
     pub(crate) async fn queue_position(&self, job: &Job, now: i64) -> Result<i64, StoreError> {
+        if let Some(position) = self.lookups.positions.get(&job.new.id) {
+            return Ok(position);
+        }
+        let generation = self.lookups.generation();
+        let position = self.count_ahead(job, now).await? + 1;
+        self.lookups.keep(generation, || self.lookups.positions.insert(job.new.id.clone(), position));
+        Ok(position)
+    }
+
+    async fn count_ahead(&self, job: &Job, now: i64) -> Result<i64, StoreError> {
         let ahead: i64 = sqlx::query(&format!(
             "WITH q AS (SELECT id, state, created_ms, {TURN} AS turn FROM copy_jobs \
              WHERE account = $1 AND region = $2 AND cross_region = $3 AND ({ACTIVE} OR state = 'queued')), \
@@ -446,7 +473,7 @@ impl Store {
         .fetch_one(&self.pool)
         .await?
         .try_get("n")?;
-        Ok(ahead + 1)
+        Ok(ahead)
     }
 
     /// Queued and in-progress jobs per destination, for the gauges.

@@ -57,6 +57,48 @@ pub(crate) struct Store {
     dialect: Dialect,
     /// SQLite: claims of one process are serialized here (one process per SQLite file).
     claims: tokio::sync::Mutex<()>,
+    lookups: Lookups,
+}
+
+/// How long a job looked up for a read is kept: another replica's change to it shows within
+/// this (this process's own changes show at once).
+const LOOKUP_TTL: Duration = Duration::from_millis(500);
+
+/// Jobs and queue places looked up for reads. A job changes a few times in its life while
+/// readers ask for it thousands of times a second (a GetCopy of a copy in progress, many
+/// watchers of a queued one): without these, every read is a database round trip (SQLite: a
+/// hop to its worker thread and back). Every change this process makes forgets them all.
+struct Lookups {
+    found: moka::sync::Cache<String, Option<jobs::Job>>,
+    positions: moka::sync::Cache<String, i64>,
+    /// Bumped by every change: a lookup that raced one is not kept.
+    changes: std::sync::atomic::AtomicU64,
+}
+
+impl Lookups {
+    fn new() -> Lookups {
+        fn kept<V: Clone + Send + Sync + 'static>() -> moka::sync::Cache<String, V> {
+            moka::sync::Cache::builder().max_capacity(100_000).time_to_live(LOOKUP_TTL).build()
+        }
+        Lookups { found: kept(), positions: kept(), changes: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn generation(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Keeps what was looked up when `generation` began, unless a change came since.
+    fn keep(&self, generation: u64, insert: impl FnOnce()) {
+        if self.generation() == generation {
+            insert();
+        }
+    }
+
+    fn forget(&self) {
+        self.changes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.found.invalidate_all();
+        self.positions.invalidate_all();
+    }
 }
 
 /// A failure of the store: the database is unreachable or refused a statement.
@@ -100,6 +142,68 @@ impl Store {
         let migrator = Migrator::new(Embedded).await.context("store: migrations")?;
         migrator.run(&pool).await.with_context(|| format!("store: migrating {}", settings.redacted_url()))?;
         tracing::info!(store = %settings.redacted_url(), "job store ready");
-        Ok(Store { pool, dialect, claims: tokio::sync::Mutex::new(()) })
+        Ok(Store { pool, dialect, claims: tokio::sync::Mutex::new(()), lookups: Lookups::new() })
+    }
+
+    /// After a change to the jobs: lookups kept for reads are forgotten.
+    fn changed(&self) {
+        self.lookups.forget();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, caller: &str, created_ms: i64) -> NewJob {
+        NewJob {
+            id: id.into(),
+            caller: caller.into(),
+            source_ref: "src".into(),
+            source_arn: "arn:aws:rds:us-west-2:123456789012:cluster-snapshot:src".into(),
+            source_region: "us-west-2".into(),
+            engine: "aurora-postgresql".into(),
+            engine_version: "15.4".into(),
+            cluster_id: "c".into(),
+            allocated_storage_gib: 10,
+            encrypted: false,
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+            target: id.into(),
+            kms_key_id: None,
+            copy_tags: false,
+            tags: Vec::new(),
+            cross_region: true,
+            created_ms,
+        }
+    }
+
+    async fn scratch_store() -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("snapgate-store-test-{}", uuid::Uuid::new_v4()));
+        (Store::open(&StoreSettings { data_dir: dir.clone(), ..StoreSettings::default() }).await.unwrap(), dir)
+    }
+
+    /// Reads are answered from lookups kept between changes, and every change this process
+    /// makes is seen by the next read at once: a kept lookup is never older than a change.
+    #[tokio::test]
+    async fn kept_lookups_never_hide_this_processs_changes() {
+        let (store, dir) = scratch_store().await;
+        let find = || store.find("123456789012", "us-east-1", "a");
+        assert!(find().await.unwrap().is_none());
+        let Admitted::New(a) = store.admit(&job("a", "fleet", 1)).await.unwrap() else { panic!("new") };
+        assert_eq!(find().await.unwrap().map(|j| j.state), Some(JobState::Queued));
+        let Admitted::New(b) = store.admit(&job("b", "payments", 2)).await.unwrap() else { panic!("new") };
+        assert_eq!(store.queue_position(&b, 3).await.unwrap(), 2);
+        // The claim takes one slot: the fleet's oldest; payments' copy is next.
+        let claimed = store.claim("123456789012", "us-east-1", 1, 1, "me", 3, 100_000).await.unwrap();
+        assert_eq!(claimed.iter().map(|j| j.new.id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(find().await.unwrap().map(|j| j.state), Some(JobState::Starting));
+        assert_eq!(store.queue_position(&b, 3).await.unwrap(), 1);
+        assert!(store.mark_copying(&a.new.id, "arn:x", None, 4).await.unwrap());
+        assert_eq!(find().await.unwrap().map(|j| j.state), Some(JobState::Copying));
+        assert!(store.finish(&a.new.id, JobState::Copying, JobState::Available, None, 5).await.unwrap());
+        assert_eq!(find().await.unwrap().map(|j| j.state), Some(JobState::Available));
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1,0 +1,88 @@
+//! The gateway as a child process (`snapgate serve`) for benchmarks that measure its own
+//! memory and descriptors, apart from the load generator's and the emulator's.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::cli::ScratchDir;
+
+/// The gateway child: its pid, gRPC and admin addresses.
+pub(super) struct ChildGateway {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+pub(super) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl ChildGateway {
+    /// Runs `snapgate serve` with the TOML `config` (which listens on `port`, admin on
+    /// `admin_port`) until it says it listens; killed when dropped.
+    pub(super) async fn spawn(
+        config: &str,
+        port: u16,
+        admin_port: u16,
+        scratch: &ScratchDir,
+    ) -> anyhow::Result<ChildGateway> {
+        let path = scratch.path().join("serve.toml");
+        std::fs::write(&path, config)?;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&path)
+            .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
+            .env("AWS_SECRET_ACCESS_KEY", "bench-secret")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "warn,snapgate=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().context("the gateway exited at once")?;
+        let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let started = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("snapgate listening") {
+                    return Ok::<_, anyhow::Error>(());
+                }
+            }
+            anyhow::bail!("the gateway exited before it listened")
+        })
+        .await;
+        started.context("the gateway did not start within 30 s")??;
+        // Keep reading its log, or it would block on a full pipe; kept in the file
+        // SNAPGATE_BENCH_GATEWAY_LOG names, if any.
+        let mut keep = match std::env::var_os("SNAPGATE_BENCH_GATEWAY_LOG") {
+            Some(path) => Some(std::fs::File::create(path)?),
+            None => None,
+        };
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(file) = keep.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
+            }
+        });
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(ChildGateway { child, pid, addr, admin: SocketAddr::from(([127, 0, 0, 1], admin_port)) })
+    }
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`).
+pub(super) fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+pub(super) fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
