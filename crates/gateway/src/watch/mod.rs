@@ -365,17 +365,14 @@ impl WatchHub {
             Observation::Present { .. } | Observation::Gone { .. } => return Err(not_found()),
             Observation::Failing { error } => return Err(error.clone()),
         }
-        Ok(stream::spawn(
-            &self.tasks,
-            stream::StreamTask {
-                subscription,
-                first,
-                permit,
-                deadline,
-                heartbeat: Duration::from_secs(self.settings.heartbeat_secs),
-                shutdown: self.shutdown.clone(),
-            },
-        ))
+        Ok(stream::stream(stream::StreamTask {
+            subscription,
+            first,
+            permit,
+            deadline,
+            heartbeat: Duration::from_secs(self.settings.heartbeat_secs),
+            shutdown: self.shutdown.clone(),
+        }))
     }
 }
 

@@ -1,15 +1,16 @@
-//! One watcher's stream: a task turns observations into events and feeds a small bounded
-//! channel. A slow client never makes the server buffer: the watch channel keeps only the
-//! latest observation, so intermediate percentages may be skipped, but the terminal event is
-//! always sent. A client that goes away is noticed at once (`Sender::closed`) and its
-//! subscription and stream permit go with the task.
+//! One watcher's stream: a plain `Stream` over the snapshot's `watch` channel, polled by the
+//! connection that carries it (as tonic-health's `Watch` is), with no task or buffer of its
+//! own. A slow client never makes the server buffer: the watch channel keeps only the latest
+//! observation, so intermediate percentages may be skipped, but the terminal event is always
+//! sent. A client that goes away drops the stream, and with it its subscription and its
+//! stream permit.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use crate::tasks::Tasks;
+use futures_util::stream::BoxStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,8 @@ pub(crate) struct WatchEvent {
 pub(super) struct StreamTask {
     pub subscription: Subscription,
     pub first: Arc<Observation>,
+    /// Held while the stream lives.
+    #[allow(dead_code)]
     pub permit: OwnedSemaphorePermit,
     pub deadline: Option<tokio::time::Instant>,
     pub heartbeat: Duration,
@@ -51,30 +54,92 @@ pub(super) struct StreamTask {
 
 /// The events of one watch, as a `Stream`.
 pub(crate) struct WatchStream {
-    rx: mpsc::Receiver<Result<WatchEvent, Error>>,
+    inner: BoxStream<'static, Result<WatchEvent, Error>>,
 }
 
 impl WatchStream {
     /// A stream fed by another task (a queued copy's watch).
     pub(crate) fn from_receiver(rx: mpsc::Receiver<Result<WatchEvent, Error>>) -> WatchStream {
-        WatchStream { rx }
+        WatchStream { inner: Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) }
     }
 }
 
 impl Stream for WatchStream {
     type Item = Result<WatchEvent, Error>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        self.inner.as_mut().poll_next(cx)
     }
 }
 
-/// Events buffered per stream; small on purpose (see the module comment).
-const BUFFER: usize = 2;
+/// Where a stream stands between two of its events.
+struct State {
+    task: StreamTask,
+    /// The last event that was not a heartbeat; none before the first.
+    last: Option<WatchEvent>,
+    /// A terminal event or an error was sent: the stream ends.
+    ended: bool,
+}
 
-pub(super) fn spawn(tasks: &Tasks, task: StreamTask) -> WatchStream {
-    let (tx, rx) = mpsc::channel(BUFFER);
-    tasks.spawn(run(task, tx));
-    WatchStream { rx }
+/// The stream of `task`'s events: the first observation, then each change a watcher can see,
+/// heartbeats while nothing changes, and an error at shutdown or the caller's deadline.
+pub(super) fn stream(task: StreamTask) -> WatchStream {
+    let state = State { task, last: None, ended: false };
+    WatchStream { inner: Box::pin(futures_util::stream::unfold(state, next)) }
+}
+
+async fn next(mut state: State) -> Option<(Result<WatchEvent, Error>, State)> {
+    if state.ended {
+        return None;
+    }
+    let outcome = match &state.last {
+        None => event(&state.task.first, None),
+        Some(last) => following(&mut state.task, last).await,
+    };
+    match &outcome {
+        Ok(event) => {
+            state.ended = event.terminal;
+            if event.change != Change::Heartbeat {
+                state.last = Some(event.clone());
+            }
+        }
+        Err(_) => state.ended = true,
+    }
+    Some((outcome, state))
+}
+
+/// The event after `last`: a change, a heartbeat, or the error that ends the stream.
+async fn following(task: &mut StreamTask, last: &WatchEvent) -> Result<WatchEvent, Error> {
+    let deadline = async {
+        match task.deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let heartbeat = tokio::time::sleep(task.heartbeat);
+    tokio::pin!(heartbeat);
+    loop {
+        tokio::select! {
+            biased;
+            () = task.shutdown.cancelled() => return Err(Error::ShuttingDown),
+            () = &mut deadline => return Err(Error::DeadlineExceeded),
+            changed = task.subscription.rx.changed() => {
+                if changed.is_err() {
+                    return Err(Error::ShuttingDown);
+                }
+                let observation = task.subscription.rx.borrow_and_update().clone();
+                match observation.map(|o| event(&o, Some(last))) {
+                    // Nothing a watcher can see changed (a refreshed observation).
+                    None => continue,
+                    Some(Ok(e)) if e.change == Change::Heartbeat => continue,
+                    Some(result) => return result,
+                }
+            }
+            () = &mut heartbeat => {
+                return Ok(WatchEvent { change: Change::Heartbeat, observed: SystemTime::now(), ..last.clone() });
+            }
+        }
+    }
 }
 
 /// Builds the event an observation makes, given the stream's last state, or the error that
@@ -98,64 +163,4 @@ fn event(observation: &Observation, last: Option<&WatchEvent>) -> Result<WatchEv
         Some(_) => Change::Heartbeat,
     };
     Ok(WatchEvent { snapshot, state, observed, change, terminal, queue: None })
-}
-
-async fn run(mut task: StreamTask, tx: mpsc::Sender<Result<WatchEvent, Error>>) {
-    let _permit = task.permit;
-    let mut last = match event(&task.first, None) {
-        Ok(first) => first,
-        Err(e) => {
-            let _ = tx.send(Err(e)).await;
-            return;
-        }
-    };
-    let done = last.terminal;
-    if tx.send(Ok(last.clone())).await.is_err() || done {
-        return;
-    }
-    let deadline = async {
-        match task.deadline {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
-    loop {
-        let heartbeat = tokio::time::sleep(task.heartbeat);
-        let next = tokio::select! {
-            biased;
-            () = task.shutdown.cancelled() => Err(Error::ShuttingDown),
-            () = tx.closed() => return,
-            () = &mut deadline => Err(Error::DeadlineExceeded),
-            changed = task.subscription.rx.changed() => {
-                if changed.is_err() {
-                    Err(Error::ShuttingDown)
-                } else {
-                    let observation = task.subscription.rx.borrow_and_update().clone();
-                    match observation.map(|o| event(&o, Some(&last))) {
-                        // Nothing a watcher can see changed (a refreshed observation).
-                        None => continue,
-                        Some(Ok(e)) if e.change == Change::Heartbeat => continue,
-                        Some(result) => result,
-                    }
-                }
-            }
-            () = heartbeat => Ok(WatchEvent { change: Change::Heartbeat, observed: SystemTime::now(), ..last.clone() }),
-        };
-        match next {
-            Ok(event) => {
-                let terminal = event.terminal;
-                if event.change != Change::Heartbeat {
-                    last = event.clone();
-                }
-                if tx.send(Ok(event)).await.is_err() || terminal {
-                    return;
-                }
-            }
-            Err(error) => {
-                let _ = tx.send(Err(error)).await;
-                return;
-            }
-        }
-    }
 }
