@@ -313,19 +313,28 @@ impl Store {
             // Callers in turn: a caller's turn is how many of its jobs would be in progress
             // with this one, so the caller with the fewest in progress goes first (the oldest
             // job among equals), and a fleet of hundreds does not keep another team's one copy
-            // waiting for hours. (Window functions: SQLite 3.25+, PostgreSQL.)
-            let rows = sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM (SELECT *, {TURN} AS turn FROM copy_jobs \
-                 WHERE account = $1 AND region = $2 AND cross_region = $3 AND ({ACTIVE} OR {DUE})) AS due \
-                 WHERE {DUE} ORDER BY turn, created_ms, id LIMIT $5"
-            ))
-            .bind(account)
-            .bind(region)
-            .bind(i64::from(cross))
-            .bind(now)
-            .bind(free)
-            .fetch_all(&mut *tx)
-            .await?;
+            // waiting for hours. (Window functions: SQLite 3.25+, PostgreSQL.) Without a limit
+            // every due job starts now, in any order: no turns to take.
+            let sql = if limit == i64::MAX {
+                format!(
+                    "SELECT {COLUMNS} FROM copy_jobs WHERE account = $1 AND region = $2 AND cross_region = $3 \
+                     AND {DUE} ORDER BY created_ms, id LIMIT $5"
+                )
+            } else {
+                format!(
+                    "SELECT {COLUMNS} FROM (SELECT *, {TURN} AS turn FROM copy_jobs \
+                     WHERE account = $1 AND region = $2 AND cross_region = $3 AND ({ACTIVE} OR {DUE})) AS due \
+                     WHERE {DUE} ORDER BY turn, created_ms, id LIMIT $5"
+                )
+            };
+            let rows = sqlx::query(&sql)
+                .bind(account)
+                .bind(region)
+                .bind(i64::from(cross))
+                .bind(now)
+                .bind(free)
+                .fetch_all(&mut *tx)
+                .await?;
             for row in &rows {
                 let job = job_of(row)?;
                 sqlx::query(
