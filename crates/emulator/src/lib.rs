@@ -127,6 +127,12 @@ impl Emulator {
         &self.inner.config
     }
 
+    /// The emulator's HTTP service (the query API and the `/_emulator` admin API), to serve
+    /// on a listener of one's own or to call in process (the fuzz target does).
+    pub fn router(&self) -> axum::Router {
+        server::router(self.clone())
+    }
+
     fn world(&self) -> MutexGuard<'_, model::World> {
         // A panic while holding the lock cannot leave the world half-changed in a way that
         // matters more than stopping the emulator would, so a poisoned lock is taken over.
@@ -248,7 +254,7 @@ pub async fn spawn(config: EmulatorConfig, addr: SocketAddr) -> anyhow::Result<E
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
-    let router = server::router(emulator.clone());
+    let router = emulator.router();
     let shutdown = stop.clone();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
