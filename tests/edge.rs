@@ -63,6 +63,19 @@ async fn metrics(gw: &Gateway) -> String {
     raw_http(gw.admin.unwrap(), b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.1
 }
 
+/// The token of a second caller, "flood", who may do what the tests' caller may.
+const FLOOD_TOKEN: &str = "flood-token-0123456789";
+
+fn add_flood_caller(s: &mut Settings) {
+    s.auth.static_tokens.push(snapgate_gateway::config::StaticToken {
+        token: snapgate_gateway::config::Secret::new(FLOOD_TOKEN),
+        principal: "flood".into(),
+        groups: Vec::new(),
+        team: None,
+    });
+    s.authz.policies = Some("permit(principal, action, resource);".into());
+}
+
 fn get(name: &str) -> GetCopyRequest {
     GetCopyRequest { name: name.into(), fresh: false }
 }
@@ -231,17 +244,10 @@ async fn calls_past_the_in_flight_limit_are_refused_at_once_with_retry_info() {
 
 #[tokio::test]
 async fn one_callers_flood_is_refused_while_another_caller_is_served() {
-    const FLOOD_TOKEN: &str = "flood-token-0123456789";
     let (_emu, mut gw) = start(|s| {
         s.fair_share.calls_per_sec = 1.0;
         s.fair_share.burst = 5;
-        s.auth.static_tokens.push(snapgate_gateway::config::StaticToken {
-            token: snapgate_gateway::config::Secret::new(FLOOD_TOKEN),
-            principal: "flood".into(),
-            groups: Vec::new(),
-            team: None,
-        });
-        s.authz.policies = Some("permit(principal, action, resource);".into());
+        add_flood_caller(s);
     })
     .await;
     let mut flood = gateway::client_with(gw.channel.clone(), Some(FLOOD_TOKEN));
@@ -266,7 +272,6 @@ async fn one_callers_flood_is_refused_while_another_caller_is_served() {
 /// past its AWS budget the burst is refused at once, OVER_SHARE with RetryInfo.
 #[tokio::test]
 async fn one_callers_aws_calls_cannot_hold_another_callers_behind_them() {
-    const FLOOD_TOKEN: &str = "flood-token-0123456789";
     let (_emu, gw) = start(|s| {
         // The region's pace: a call every half second.
         s.aws.rate_limit_per_sec = Some(2.0);
@@ -274,13 +279,7 @@ async fn one_callers_aws_calls_cannot_hold_another_callers_behind_them() {
         s.fair_share.aws_calls_per_sec = 0.5;
         s.fair_share.aws_burst = 8;
         s.fair_share.aws_in_flight = 2;
-        s.auth.static_tokens.push(snapgate_gateway::config::StaticToken {
-            token: snapgate_gateway::config::Secret::new(FLOOD_TOKEN),
-            principal: "flood".into(),
-            groups: Vec::new(),
-            team: None,
-        });
-        s.authz.policies = Some("permit(principal, action, resource);".into());
+        add_flood_caller(s);
     })
     .await;
     let fresh = |name: &str| GetCopyRequest { name: name.into(), fresh: true };

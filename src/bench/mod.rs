@@ -120,12 +120,7 @@ pub(crate) struct WatchClientsArgs {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    child::proc_kib(pid, "VmRSS:")
 }
 
 pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {

@@ -24,6 +24,40 @@ def free_port():
         return s.getsockname()[1]
 
 
+# What `snapgate serve` is given in the tests: test credentials, and no metadata endpoint.
+SERVE_ENV = dict(
+    os.environ, AWS_ACCESS_KEY_ID="AKIDTEST", AWS_SECRET_ACCESS_KEY="test-secret-key", AWS_EC2_METADATA_DISABLED="true"
+)
+
+
+def serve_config(tmp_path, port, emulator_endpoint, token, server="", extra=""):
+    """Writes a `snapgate serve` configuration for the emulator at `emulator_endpoint` with one
+    static token (principal "ci", every action permitted); `server` adds lines to [server],
+    `extra` whole sections. Returns its path."""
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f"""listen = "127.0.0.1:{port}"
+[server]
+shutdown_grace_secs = 1
+{server}
+[aws]
+region = "us-east-1"
+endpoint_url = "{emulator_endpoint}"
+account_id = "123456789012"
+{extra}
+[admin]
+listen = "127.0.0.1:0"
+[auth]
+static_tokens = [{{ token = "{token}", principal = "ci" }}]
+[authz]
+policies = 'permit(principal, action, resource);'
+[store]
+data_dir = "{tmp_path / 'data'}"
+"""
+    )
+    return config
+
+
 class Server:
     def __init__(self, proc, endpoint):
         self.proc = proc

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from conftest import SNAPGATE, admin, free_port, start_dev, start_emulator
+from conftest import SERVE_ENV, SNAPGATE, admin, free_port, serve_config, start_dev, start_emulator
 
 TOKEN = "snapgate-dev-token"
 
@@ -156,31 +156,10 @@ def test_a_wait_outlives_a_gateway_restart(tmp_path):
     emulator = start_emulator("--copy-gib-per-sec", "20")  # 120 GiB: six seconds
     admin(emulator.endpoint, "/_emulator/faults", "PUT", {"throttle": None})
     port = free_port()
-    config = tmp_path / "serve.toml"
-    config.write_text(
-        f"""listen = "127.0.0.1:{port}"
-[server]
-shutdown_grace_secs = 1
-[aws]
-region = "us-east-1"
-endpoint_url = "{emulator.endpoint}"
-account_id = "123456789012"
-[watch]
-min_poll_interval_ms = 200
-[admin]
-listen = "127.0.0.1:0"
-[auth]
-static_tokens = [{{ token = "{TOKEN}", principal = "ci" }}]
-[authz]
-policies = 'permit(principal, action, resource);'
-[store]
-data_dir = "{tmp_path / 'data'}"
-"""
-    )
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="AKIDTEST", AWS_SECRET_ACCESS_KEY="test-secret-key", AWS_EC2_METADATA_DISABLED="true")
+    config = serve_config(tmp_path, port, emulator.endpoint, TOKEN, extra="[watch]\nmin_poll_interval_ms = 200")
 
     def serve():
-        proc = subprocess.Popen([str(SNAPGATE), "serve", "--config", str(config)], env=env, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([str(SNAPGATE), "serve", "--config", str(config)], env=SERVE_ENV, stderr=subprocess.PIPE, text=True)
         for _ in range(200):
             line = proc.stderr.readline()
             if "snapgate listening" in line:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import SNAPGATE, admin, free_port, start_emulator
+from conftest import SERVE_ENV, SNAPGATE, admin, free_port, serve_config, start_emulator
 
 TOKEN = "edge-test-token-0123456789"
 HANDSHAKE_SECS = 2
@@ -18,29 +18,9 @@ HANDSHAKE_SECS = 2
 
 def serve(tmp_path, emulator):
     port = free_port()
-    config = tmp_path / "serve.toml"
-    config.write_text(
-        f"""listen = "127.0.0.1:{port}"
-[server]
-shutdown_grace_secs = 1
-handshake_timeout_secs = {HANDSHAKE_SECS}
-[aws]
-region = "us-east-1"
-endpoint_url = "{emulator.endpoint}"
-account_id = "123456789012"
-[admin]
-listen = "127.0.0.1:0"
-[auth]
-static_tokens = [{{ token = "{TOKEN}", principal = "ci" }}]
-[authz]
-policies = 'permit(principal, action, resource);'
-[store]
-data_dir = "{tmp_path / 'data'}"
-"""
-    )
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="AKIDTEST", AWS_SECRET_ACCESS_KEY="test-secret-key", AWS_EC2_METADATA_DISABLED="true")
+    config = serve_config(tmp_path, port, emulator.endpoint, TOKEN, server=f"handshake_timeout_secs = {HANDSHAKE_SECS}")
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([str(SNAPGATE), "serve", "--config", str(config)], env=env, stderr=log, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([str(SNAPGATE), "serve", "--config", str(config)], env=SERVE_ENV, stderr=log, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if "snapgate listening" in (tmp_path / "serve.log").read_text():

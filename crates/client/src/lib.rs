@@ -296,13 +296,16 @@ impl Client {
                         return Err(ClientError::Status(tonic::Status::internal("a terminal event without its copy")));
                     }
                     Err(ClientError::Unreachable { .. }) => {}
-                    // A stream ended by the gateway's shedding (or its shutdown) says when to
-                    // come back.
-                    Err(ClientError::Status(status)) if retry_delay(&status).is_some() => {
-                        tokio::time::sleep(retry_delay(&status).unwrap_or(backoff) + jitter()).await;
-                        continue;
-                    }
-                    Err(ClientError::Status(status)) if status.code() == Code::Unavailable => {}
+                    Err(ClientError::Status(status)) => match retry_delay(&status) {
+                        // A stream ended by the gateway's shedding (or its shutdown) says
+                        // when to come back.
+                        Some(delay) => {
+                            tokio::time::sleep(delay + jitter()).await;
+                            continue;
+                        }
+                        None if status.code() == Code::Unavailable => {}
+                        None => return Err(ClientError::Status(status)),
+                    },
                     Err(other) => return Err(other),
                 }
                 tokio::time::sleep(backoff).await;

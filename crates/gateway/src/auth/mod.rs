@@ -51,6 +51,20 @@ pub struct Caller {
     pub issuer: Option<String>,
 }
 
+#[cfg(test)]
+impl Caller {
+    /// A static-token caller `id` in `groups`, for tests.
+    pub(crate) fn with_groups(id: &str, groups: &[&str]) -> Caller {
+        Caller {
+            id: id.into(),
+            method: AuthMethod::StaticToken,
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            team: None,
+            issuer: None,
+        }
+    }
+}
+
 /// Why a caller was refused; the message is safe to return and log (it never holds the
 /// credential itself).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

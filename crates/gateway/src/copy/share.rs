@@ -16,20 +16,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use snapgate_domain::TokenBucket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Caller;
 use crate::config::FairShareSettings;
+use crate::edge::fair::CallerBuckets;
 use crate::error::Error;
 use crate::metrics::Metrics;
 
-/// A caller idle this long starts again with a full bucket.
-const IDLE: Duration = Duration::from_secs(600);
-
 pub(crate) struct AwsShare {
     settings: FairShareSettings,
-    buckets: moka::sync::Cache<String, Arc<TokenBucket>>,
+    buckets: CallerBuckets,
+    /// Each caller's turns per region, forgotten after ten idle minutes.
     turns: moka::sync::Cache<(String, String), Arc<Semaphore>>,
     metrics: Arc<Metrics>,
 }
@@ -39,17 +37,14 @@ pub(crate) struct Turn(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 impl AwsShare {
     pub(crate) fn new(settings: FairShareSettings, metrics: Arc<Metrics>) -> AwsShare {
-        AwsShare { settings, buckets: per_caller(), turns: per_caller(), metrics }
+        let turns = moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build();
+        AwsShare { settings, buckets: CallerBuckets::new(), turns, metrics }
     }
 
     /// For an AWS call `caller`'s request causes in `region`: takes one from the caller's
     /// bucket (or refuses the request), then waits for one of the caller's turns there.
     pub(crate) async fn spend(&self, caller: &Caller, region: &str) -> Result<Turn, Error> {
-        let (rate, burst) = self.settings.aws_calls_of(&caller.id, &caller.groups);
-        let bucket = self.buckets.get_with_by_ref(&caller.id, || {
-            Arc::new(TokenBucket::new(rate, burst, tokio::time::Instant::now().into_std()))
-        });
-        if let Err(wait) = bucket.take_or_wait(tokio::time::Instant::now().into_std()) {
+        if let Err(wait) = self.buckets.take(&caller.id, self.settings.aws_calls_of(&caller.id, &caller.groups)) {
             self.metrics.call_shed("aws_share");
             tracing::debug!(caller = caller.id, ?wait, "request over the caller's share of AWS calls");
             return Err(Error::OverShare { caller: caller.id.clone(), of: "AWS calls", retry_after: wait });
@@ -67,29 +62,13 @@ impl AwsShare {
     }
 }
 
-/// Entries per caller, forgotten once idle.
-fn per_caller<K, V>() -> moka::sync::Cache<K, V>
-where
-    K: std::hash::Hash + Eq + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-    moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(IDLE).build()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::AuthMethod;
     use crate::config::CallerShare;
 
     fn caller(id: &str, groups: &[&str]) -> Caller {
-        Caller {
-            id: id.into(),
-            method: AuthMethod::StaticToken,
-            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-            team: None,
-            issuer: None,
-        }
+        Caller::with_groups(id, groups)
     }
 
     fn share() -> AwsShare {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use snapgate_domain::TokenBucket;
@@ -15,30 +15,41 @@ use crate::config::FairShareSettings;
 use crate::error::Error;
 use crate::metrics::Metrics;
 
+/// A token bucket per caller id, made with the caller's share on first use and forgotten
+/// after ten idle minutes (a caller back after that starts full). The clock is tokio's.
+#[derive(Clone)]
+pub(crate) struct CallerBuckets(moka::sync::Cache<String, Arc<TokenBucket>>);
+
+impl CallerBuckets {
+    pub(crate) fn new() -> CallerBuckets {
+        CallerBuckets(moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build())
+    }
+
+    /// Takes one of `id`'s tokens (its bucket holds `burst` and refills at `rate` a second),
+    /// or says how long until the next one.
+    pub(crate) fn take(&self, id: &str, (rate, burst): (f64, u32)) -> Result<(), Duration> {
+        let now = || tokio::time::Instant::now().into_std();
+        let bucket = self.0.get_with_by_ref(id, || Arc::new(TokenBucket::new(rate, burst, now())));
+        bucket.take_or_wait(now())
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct FairShareLayer {
     settings: Arc<FairShareSettings>,
-    /// One bucket per caller id; a caller idle for ten minutes starts again full.
-    buckets: moka::future::Cache<String, Arc<TokenBucket>>,
+    buckets: CallerBuckets,
     metrics: Arc<Metrics>,
 }
 
 impl FairShareLayer {
     pub(crate) fn new(settings: FairShareSettings, metrics: Arc<Metrics>) -> FairShareLayer {
-        let buckets =
-            moka::future::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build();
-        FairShareLayer { settings: Arc::new(settings), buckets, metrics }
+        FairShareLayer { settings: Arc::new(settings), buckets: CallerBuckets::new(), metrics }
     }
 
-    /// The share of `caller`: the first override naming it or one of its groups, else the
-    /// default.
-    async fn admit(&self, caller: &Caller) -> Result<(), Duration> {
-        let (rate, burst) = self.settings.calls_of(&caller.id, &caller.groups);
-        let bucket = self
-            .buckets
-            .get_with_by_ref(&caller.id, async { Arc::new(TokenBucket::new(rate, burst, Instant::now())) })
-            .await;
-        bucket.take_or_wait(Instant::now())
+    /// Takes a call from `caller`'s share: the first override naming it or one of its
+    /// groups, else the default.
+    fn admit(&self, caller: &Caller) -> Result<(), Duration> {
+        self.buckets.take(&caller.id, self.settings.calls_of(&caller.id, &caller.groups))
     }
 }
 
@@ -78,7 +89,7 @@ where
             // Health and reflection carry no caller: they are not shared out.
             let caller = request.extensions().get::<Caller>().cloned();
             if let Some(caller) = caller
-                && let Err(wait) = layer.admit(&caller).await
+                && let Err(wait) = layer.admit(&caller)
             {
                 layer.metrics.call_shed("fair_share");
                 tracing::debug!(caller = caller.id, ?wait, "call over the caller's share");
@@ -93,21 +104,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::AuthMethod;
     use crate::config::CallerShare;
 
     fn caller(id: &str, groups: &[&str]) -> Caller {
-        Caller {
-            id: id.into(),
-            method: AuthMethod::StaticToken,
-            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-            team: None,
-            issuer: None,
-        }
+        Caller::with_groups(id, groups)
     }
 
-    #[tokio::test]
-    async fn each_caller_has_its_own_bucket_and_overrides_apply() {
+    #[test]
+    fn each_caller_has_its_own_bucket_and_overrides_apply() {
         let settings = FairShareSettings {
             calls_per_sec: 1.0,
             burst: 2,
@@ -123,15 +127,15 @@ mod tests {
         };
         let layer = FairShareLayer::new(settings, Metrics::new());
         let flood = caller("flood", &[]);
-        assert!(layer.admit(&flood).await.is_ok() && layer.admit(&flood).await.is_ok());
-        let wait = layer.admit(&flood).await.unwrap_err();
+        assert!(layer.admit(&flood).is_ok() && layer.admit(&flood).is_ok());
+        let wait = layer.admit(&flood).unwrap_err();
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
         // Another caller is untouched by the first one's flood.
-        assert!(layer.admit(&caller("quiet", &[])).await.is_ok());
+        assert!(layer.admit(&caller("quiet", &[])).is_ok());
         let backup = caller("dr-runner", &["backup"]);
         for _ in 0..5 {
-            assert!(layer.admit(&backup).await.is_ok());
+            assert!(layer.admit(&backup).is_ok());
         }
-        assert!(layer.admit(&backup).await.is_err());
+        assert!(layer.admit(&backup).is_err());
     }
 }
