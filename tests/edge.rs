@@ -1,6 +1,7 @@
 //! The gateway's edge against peers that misbehave at the transport: connections over the cap,
 //! peers that connect and stay silent (plaintext and after TLS), idle HTTP/2 connections, header
-//! blocks too large, and more calls than the gateway takes at once. Every wait is bounded.
+//! blocks too large, more calls than the gateway takes at once, connections whose calls keep
+//! being refused or reset, and peers that keep breaking HTTP/2's rules. Every wait is bounded.
 // A test reports failure by panicking: unwrapping in its helpers is that report.
 #![allow(clippy::unwrap_used)]
 
@@ -343,4 +344,121 @@ async fn the_client_retries_a_refusal_after_the_delay_it_names() {
     let refused = impatient.get("billing-pg-daily").await.expect_err("the share is spent and no retry is allowed");
     assert_eq!(refused.code(), Some(Code::ResourceExhausted), "{refused}");
     assert!(metrics(&gw).await.contains("snapgate_calls_shed_total{reason=\"fair_share\"}"));
+}
+
+/// A TCP connection from 127.0.0.2, so that holding its peer back leaves the tests' own
+/// client (from 127.0.0.1) alone.
+async fn tcp_from_other_peer(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// A peer that keeps breaking HTTP/2's rules has each connection ended with GOAWAY; after a
+/// few it is held back before its next handshake, while other peers are served as before.
+#[tokio::test]
+async fn a_peer_that_keeps_breaking_the_protocol_is_held_back_and_others_are_not() {
+    let (_emu, gw) = start(|s| s.server.handshake_timeout_secs = 2).await;
+    // WINDOW_UPDATE of 0 on the connection: a connection error (RFC 9113 §6.9).
+    const ZERO_WINDOW_UPDATE: &[u8] = &[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    for _ in 0..12 {
+        let mut tcp = tcp_from_other_peer(gw.addr).await;
+        tcp.write_all(PREFACE).await.unwrap();
+        tcp.write_all(SETTINGS).await.unwrap();
+        tcp.write_all(ZERO_WINDOW_UPDATE).await.unwrap();
+        let answer = closed_within(&mut tcp, Duration::from_secs(5)).await.expect("the gateway ends the connection");
+        assert!(frame_types(&answer).contains(&7), "GOAWAY: {:?}", frame_types(&answer));
+    }
+    let counted = || async {
+        metrics(&gw).await.contains(r#"snapgate_connections_refused_total{listener="grpc",reason="protocol"} 12"#)
+    };
+    assert!(eventually(Duration::from_secs(5), counted).await, "{}", metrics(&gw).await);
+    // The penalty is paid before the next handshake: no SETTINGS from the gateway while it lasts.
+    const HELD: &str = r#"snapgate_connections_paced_total{listener="grpc",reason="peer"} "#;
+    let held_so_far = |text: String| text.lines().find_map(|l| l.strip_prefix(HELD)?.parse::<u64>().ok()).unwrap_or(0);
+    let before = held_so_far(metrics(&gw).await);
+    let mut tcp = tcp_from_other_peer(gw.addr).await;
+    tcp.write_all(PREFACE).await.unwrap();
+    tcp.write_all(SETTINGS).await.unwrap();
+    let held = || async { held_so_far(metrics(&gw).await) > before };
+    assert!(eventually(Duration::from_secs(5), held).await, "{}", metrics(&gw).await);
+    // Another peer's new connection is served at once, while that one is held.
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", gw.addr)).unwrap().connect().await.unwrap();
+    let mut client = gateway::client_with(channel, Some(gateway::TOKEN));
+    client.get_copy(get("billing-pg-daily")).await.expect("another peer is not held back");
+    drop(tcp);
+}
+
+/// A connection that opens streams and resets them at once (CVE-2023-44487) is ended by
+/// HTTP/2's guard or, when the gateway accepted the streams first, read at its pace.
+#[tokio::test]
+async fn a_connection_that_resets_its_streams_is_ended_or_paced() {
+    let (_emu, gw) = start(|s| {
+        s.server.paced_refusals_per_sec = 5.0;
+        s.server.paced_refusals_burst = 20;
+    })
+    .await;
+    let tcp = tcp_from_other_peer(gw.addr).await;
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut ended = false;
+    for i in 0..2_000u32 {
+        let Ok(mut ready) = client.ready().await else {
+            ended = true;
+            break;
+        };
+        let request = http::Request::post(format!("http://{}/snapgate.v1.SnapshotCopyService/GetCopy", gw.addr))
+            .header("content-type", "application/grpc")
+            .header("authorization", format!("Bearer {}", gateway::TOKEN))
+            .body(())
+            .unwrap();
+        let Ok((_, mut stream)) = ready.send_request(request, false) else {
+            ended = true;
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        client = ready;
+        if i.is_multiple_of(16) {
+            tokio::task::yield_now().await;
+        }
+    }
+    if !ended {
+        let paced = || async { metrics(&gw).await.contains(r#"reason="refusals"}"#) };
+        assert!(eventually(Duration::from_secs(10), paced).await, "{}", metrics(&gw).await);
+    }
+    driver.abort();
+}
+
+/// A connection whose calls keep being refused is read at its pace (the refusals stop costing
+/// the gateway's CPU) while another connection's calls go on.
+#[tokio::test]
+async fn a_connection_whose_calls_keep_being_refused_is_paced() {
+    let (_emu, mut gw) = start(|s| {
+        s.fair_share.calls_per_sec = 1.0;
+        s.fair_share.burst = 1;
+        s.server.paced_refusals_per_sec = 5.0;
+        s.server.paced_refusals_burst = 5;
+        add_flood_caller(s);
+    })
+    .await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", gw.addr)).unwrap().connect().await.unwrap();
+    let flood = gateway::client_with(channel, Some(FLOOD_TOKEN));
+    let calls: Vec<_> = (0..40)
+        .map(|_| {
+            let mut flood = flood.clone();
+            tokio::spawn(async move { flood.get_copy(get("billing-pg-daily")).await.err().map(|s| s.code()) })
+        })
+        .collect();
+    let paced = || async {
+        metrics(&gw).await.contains(r#"snapgate_connections_paced_total{listener="grpc",reason="refusals"}"#)
+    };
+    assert!(eventually(Duration::from_secs(10), paced).await, "{}", metrics(&gw).await);
+    // The other connection is not paced.
+    gw.client.get_copy(get("billing-pg-daily")).await.expect("another connection's call is served");
+    for call in calls {
+        let code = tokio::time::timeout(Duration::from_secs(30), call).await.expect("paced, not stopped").unwrap();
+        assert!(matches!(code, None | Some(Code::ResourceExhausted)), "{code:?}");
+    }
 }

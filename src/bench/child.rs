@@ -30,10 +30,19 @@ impl ChildGateway {
         port: u16,
         admin_port: u16,
         scratch: &ScratchDir,
+        cpus: Option<&str>,
     ) -> anyhow::Result<ChildGateway> {
         let path = scratch.path().join("serve.toml");
         std::fs::write(&path, config)?;
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut command = tokio::process::Command::new("taskset");
+                command.args(["-c", cpus]).arg(std::env::current_exe()?);
+                command
+            }
+            None => tokio::process::Command::new(std::env::current_exe()?),
+        };
+        let mut child = command
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&path)
             .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
@@ -85,4 +94,15 @@ pub(super) fn proc_kib(pid: u32, field: &str) -> u64 {
 
 pub(super) fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A process's CPU time (user + system) in microseconds, from `/proc/PID/stat` (`"self"` for
+/// this one).
+pub(super) fn cpu_us(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 (11 and 12 after the name), in 1/100 s on Linux.
+    (ticks(11) + ticks(12)) * 10_000
 }

@@ -15,7 +15,7 @@ use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::child::{ChildGateway, free_port, open_fds, proc_kib};
+use super::child::{ChildGateway, cpu_us, free_port, open_fds, proc_kib};
 use super::{ATTACKER_TOKEN, BENCH_TOKEN, BenchClient, attacker_client, bench_client, loopback_emulator};
 use crate::cli::ScratchDir;
 use snapgate_emulator::{EmulatorConfig, Faults};
@@ -47,11 +47,38 @@ pub(crate) struct FloodBenchArgs {
     /// The gateway's memory watermark (MiB).
     #[arg(long, default_value_t = 512)]
     pub max_memory_mib: u64,
+    /// Run the gateway, the attacker and the measuring client on the same CPUs. By default the
+    /// gateway gets half the CPUs to itself, and the attacker (under SCHED_IDLE, so that it
+    /// runs whenever the measuring client does not) and this process share the other half, as
+    /// if each had its own machine: otherwise the attacker's own work takes the CPU that the
+    /// gateway and the client need, and the figures measure the machine, not the gateway.
+    #[arg(long)]
+    pub shared_cpus: bool,
+    /// The attacks to run, in this order (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub attacks: Vec<Attack>,
+}
+
+/// CPUs as `taskset -c` names them: the gateway's and the load's (attacker, emulator and the
+/// measuring client), or `None` to share them all.
+fn cpu_split(shared: bool) -> Option<(String, String)> {
+    let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if shared || n < 2 {
+        return None;
+    }
+    let load = n / 2;
+    let range = |from: usize, to: usize| if from == to { from.to_string() } else { format!("{from}-{to}") };
+    Some((range(load, n - 1), range(0, load - 1)))
 }
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-async fn start(args: &FloodBenchArgs, emulator: &str, scratch: &ScratchDir) -> anyhow::Result<ChildGateway> {
+async fn start(
+    args: &FloodBenchArgs,
+    emulator: &str,
+    scratch: &ScratchDir,
+    cpus: Option<&str>,
+) -> anyhow::Result<ChildGateway> {
     let (port, admin_port) = (free_port()?, free_port()?);
     let config = format!(
         r#"listen = "127.0.0.1:{port}"
@@ -93,7 +120,7 @@ data_dir = "{data}"
         account = snapgate_emulator::DEFAULT_ACCOUNT,
         data = scratch.path().join("data").display(),
     );
-    ChildGateway::spawn(&config, port, admin_port, scratch).await
+    ChildGateway::spawn(&config, port, admin_port, scratch, cpus).await
 }
 
 /// The edge's counters from the gateway's `/metrics`: refusals by reason and shed calls.
@@ -105,7 +132,11 @@ async fn refusals(admin: SocketAddr) -> Vec<(String, u64)> {
     let mut text = String::new();
     let _ = tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut text).await;
     text.lines()
-        .filter(|l| l.starts_with("snapgate_connections_refused_total") || l.starts_with("snapgate_calls_shed_total"))
+        .filter(|l| {
+            ["snapgate_connections_refused_total", "snapgate_connections_paced_total", "snapgate_calls_shed_total"]
+                .iter()
+                .any(|metric| l.starts_with(metric))
+        })
         .filter_map(|l| {
             let (name, value) = l.rsplit_once(' ')?;
             let name = name.trim_start_matches("snapgate_").replace("_total", "");
@@ -129,6 +160,12 @@ async fn measure(client: &BenchClient, until: Instant) -> (Vec<u64>, u64) {
         }
     }
     (latencies, errors)
+}
+
+/// The gateway's CPU use since `before` over `over`, in percent of one core.
+fn busy(before: u64, gateway: &ChildGateway, over: Duration) -> f64 {
+    let used = cpu_us(&gateway.pid.to_string()).saturating_sub(before);
+    used as f64 / over.as_micros().max(1) as f64 * 100.0
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -198,6 +235,7 @@ async fn run_attack(args: &FloodAttackArgs, until: Instant) -> String {
     let (attack, addr) = (args.attack, args.addr);
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
+    let connections = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     match attack {
         Attack::Idle => {
@@ -228,9 +266,10 @@ async fn run_attack(args: &FloodAttackArgs, until: Instant) -> String {
         }
         Attack::RapidReset => {
             for _ in 0..4 {
-                let count = count.clone();
+                let (count, connections) = (count.clone(), connections.clone());
                 tasks.push(tokio::spawn(async move {
                     while Instant::now() < until {
+                        connections.fetch_add(1, Ordering::Relaxed);
                         let _ = rapid_reset(addr, until, &count).await;
                     }
                 }));
@@ -306,7 +345,9 @@ async fn run_attack(args: &FloodAttackArgs, until: Instant) -> String {
     match attack {
         Attack::Idle => format!("{n} connections held silent"),
         Attack::Slowloris => format!("{n} connections trickling"),
-        Attack::RapidReset => format!("{n} streams opened and reset"),
+        Attack::RapidReset => {
+            format!("{n} streams opened and reset on {} connections", connections.load(Ordering::Relaxed))
+        }
         Attack::OversizedHeaders => format!("{n} calls with 100 KiB headers"),
         Attack::CallFlood => format!("{n} calls from {} callers", args.callers),
         Attack::StreamFlood => format!("{n} of {} streams opened", args.streams),
@@ -328,7 +369,11 @@ async fn rapid_reset(addr: SocketAddr, until: Instant, count: &AtomicU64) -> any
             .body(())?;
         let (_response, mut stream) = ready.send_request(request, false)?;
         stream.send_reset(h2::Reason::CANCEL);
-        count.fetch_add(1, Ordering::Relaxed);
+        // Let the connection's driver write the frames out: on one worker thread this loop
+        // would otherwise only fill h2's buffer.
+        if count.fetch_add(1, Ordering::Relaxed).is_multiple_of(32) {
+            tokio::task::yield_now().await;
+        }
         client = ready;
     }
     driver.abort();
@@ -337,6 +382,18 @@ async fn rapid_reset(addr: SocketAddr, until: Instant, count: &AtomicU64) -> any
 
 pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
     let scratch = ScratchDir::new("bench-flood")?;
+    let split = cpu_split(args.shared_cpus);
+    if let Some((_, load)) = &split {
+        // This process (the measuring client and the emulator), every thread of it.
+        let pinned = tokio::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", load])
+            .arg(std::process::id().to_string())
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .context("taskset (util-linux) pins the load to its CPUs")?;
+        anyhow::ensure!(pinned.success(), "taskset could not pin this process to CPUs {load}");
+    }
     let emu = loopback_emulator(EmulatorConfig {
         seed: true,
         copy_gib_per_sec: 0.01,
@@ -344,7 +401,7 @@ pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
         ..EmulatorConfig::default()
     })
     .await?;
-    let mut gateway = start(&args, &emu.endpoint_url(), &scratch).await?;
+    let mut gateway = start(&args, &emu.endpoint_url(), &scratch, split.as_ref().map(|(g, _)| g.as_str())).await?;
     let client = bench_client(&gateway.addr.to_string()).await?;
     // A copy in progress for the stream flood to watch.
     let copy = snapgate_proto::CopyClusterSnapshotRequest {
@@ -357,12 +414,19 @@ pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
     let settle = Duration::from_secs(args.idle_timeout_secs + args.handshake_timeout_secs + 5);
 
     let baseline_fds = open_fds(gateway.pid);
+    let cpu_before = cpu_us(&gateway.pid.to_string());
     let (mut base, base_errors) = measure(&client, Instant::now() + attack_time).await;
+    let base_cpu = busy(cpu_before, &gateway, attack_time);
     base.sort_unstable();
     let (base_p50, base_p99) = (percentile(&base, 50.0), percentile(&base, 99.0));
     println!(
-        "snapgate bench flood: gateway pid {}, handshake timeout {} s, idle timeout {} s, {} unary calls in flight at most, {} streams, memory watermark {} MiB",
+        "snapgate bench flood: gateway pid {} on {}, handshake timeout {} s, idle timeout {} s, {} unary calls in flight at most, {} streams, memory watermark {} MiB",
         gateway.pid,
+        match &split {
+            Some((gateway, load)) =>
+                format!("CPUs {gateway}; attacker (SCHED_IDLE), emulator and measuring client on CPUs {load}"),
+            None => "the same CPUs as the attacker, the emulator and the measuring client".to_owned(),
+        },
         args.handshake_timeout_secs,
         args.idle_timeout_secs,
         args.max_in_flight_calls,
@@ -370,7 +434,7 @@ pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
         args.max_memory_mib
     );
     println!(
-        "baseline: {} calls, p50 {:.2} ms, p99 {:.2} ms, {} errors, {} open descriptors, RSS {} MiB",
+        "baseline: {} calls, p50 {:.2} ms, p99 {:.2} ms, {} errors, {} open descriptors, RSS {} MiB, gateway CPU {base_cpu:.0}%",
         base.len(),
         base_p50 as f64 / 1000.0,
         base_p99 as f64 / 1000.0,
@@ -379,21 +443,27 @@ pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
         proc_kib(gateway.pid, "VmRSS:") / 1024
     );
     println!(
-        "{:<20} {:>9} {:>9} {:>7} {:>6} {:>9} {:>9} {:>9}  attack / refusals",
-        "attack", "p50 ms", "p99 ms", "p99 ×", "errors", "peak fds", "RSS MiB", "fds back"
+        "{:<20} {:>9} {:>9} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9}  attack / refusals",
+        "attack", "p50 ms", "p99 ms", "p99 ×", "errors", "CPU %", "peak fds", "RSS MiB", "fds back"
     );
     let mut all_within = true;
     // The stream flood before the call flood: both are the attacker's, and the call flood spends
     // the attacker's whole share.
-    for attack in [
-        Attack::Idle,
-        Attack::Slowloris,
-        Attack::RapidReset,
-        Attack::OversizedHeaders,
-        Attack::StreamFlood,
-        Attack::CallFlood,
-    ] {
+    let attacks = if args.attacks.is_empty() {
+        vec![
+            Attack::Idle,
+            Attack::Slowloris,
+            Attack::RapidReset,
+            Attack::OversizedHeaders,
+            Attack::StreamFlood,
+            Attack::CallFlood,
+        ]
+    } else {
+        args.attacks.clone()
+    };
+    for attack in attacks {
         let before = refusals(gateway.admin).await;
+        let cpu_before = cpu_us(&gateway.pid.to_string());
         let until = Instant::now() + attack_time;
         let pid = gateway.pid;
         let peak_fds = Arc::new(AtomicU64::new(0));
@@ -406,7 +476,15 @@ pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
                 }
             })
         };
-        let attacker = tokio::process::Command::new(std::env::current_exe()?)
+        let mut attacker = match &split {
+            Some((_, load)) => {
+                let mut command = tokio::process::Command::new("taskset");
+                command.args(["-c", load, "chrt", "--idle", "0"]).arg(std::env::current_exe()?);
+                command
+            }
+            None => tokio::process::Command::new(std::env::current_exe()?),
+        };
+        let attacker = attacker
             .args(["bench", "flood-attack", "--attack"])
             .arg(attack.name_arg())
             .args(["--addr", &gateway.addr.to_string(), "--secs", &args.attack_secs.to_string()])
@@ -423,6 +501,7 @@ pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
         let did =
             attacked.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_else(|e| e.to_string());
         let _ = sampler.await;
+        let cpu = busy(cpu_before, &gateway, attack_time);
         latencies.sort_unstable();
         let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
         // Descriptors back to the baseline (a few of slack for pooled AWS connections).
@@ -446,12 +525,13 @@ pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
         let ratio = if base_p99 == 0 { 0.0 } else { p99 as f64 / base_p99 as f64 };
         all_within &= ratio <= 2.0 && back.is_some();
         println!(
-            "{:<20} {:>9.2} {:>9.2} {:>7.2} {:>6} {:>9} {:>9} {:>9}  {did}; {}",
+            "{:<20} {:>9.2} {:>9.2} {:>7.2} {:>6} {:>6.0} {:>9} {:>9} {:>9}  {did}; {}",
             attack.name(),
             p50 as f64 / 1000.0,
             p99 as f64 / 1000.0,
             ratio,
             errors,
+            cpu,
             peak_fds.load(Ordering::Relaxed),
             proc_kib(gateway.pid, "VmHWM:") / 1024,
             back.map_or_else(|| "never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),

@@ -135,14 +135,8 @@ pub(crate) async fn reads(args: ReadsBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// This process's CPU time (user + system), from `/proc/self/stat`, in microseconds.
 fn cpu_us() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 (11 and 12 after the name), in 1/100 s on Linux.
-    (ticks(11) + ticks(12)) * 10_000
+    super::child::cpu_us("self")
 }
 
 /// Drives `call` from `concurrency` tasks for `seconds`; returns (calls per second, CPU us per

@@ -334,7 +334,7 @@ data_dir = "{data}"
         account = snapgate_emulator::DEFAULT_ACCOUNT,
         data = scratch.path().join("data").display(),
     );
-    let mut gateway = ChildGateway::spawn(&config, port, admin_port, &scratch).await?;
+    let mut gateway = ChildGateway::spawn(&config, port, admin_port, &scratch, None).await?;
     let addr = gateway.addr.to_string();
     let client = bench_client(&addr).await?;
     // One call so the baseline includes a connection and a warmed stack.

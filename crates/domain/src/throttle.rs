@@ -63,6 +63,22 @@ impl TokenBucket {
         state.0 = tokens;
         if tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-tokens / self.per_second) }
     }
+
+    /// Spends `n` tokens whether or not they are there: the balance may go below zero, and
+    /// [`TokenBucket::behind`] says for how long (the gateway's pacing of an abusive
+    /// connection, which has already done what it is charged for).
+    pub fn spend(&self, n: f64, now: Instant) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let tokens = self.refill(&mut state, now);
+        state.0 = tokens - n;
+    }
+
+    /// How long until the balance is back to at least zero; zero when it is.
+    pub fn behind(&self, now: Instant) -> Duration {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let tokens = self.refill(&mut state, now);
+        if tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-tokens / self.per_second) }
+    }
 }
 
 #[cfg(test)]
@@ -77,6 +93,19 @@ mod tests {
         assert_eq!(bucket.take_or_wait(start), Ok(()));
         assert_eq!(bucket.take_or_wait(start), Err(Duration::from_millis(250)));
         assert_eq!(bucket.take_or_wait(start + Duration::from_millis(250)), Ok(()));
+    }
+
+    #[test]
+    fn spending_past_the_balance_puts_the_bucket_behind() {
+        let start = Instant::now();
+        let bucket = TokenBucket::new(100.0, 10, start);
+        bucket.spend(10.0, start);
+        assert_eq!(bucket.behind(start), Duration::ZERO);
+        bucket.spend(50.0, start);
+        let about = |d: Duration, secs: f64| (d.as_secs_f64() - secs).abs() < 1e-9;
+        assert!(about(bucket.behind(start), 0.5));
+        assert!(about(bucket.behind(start + Duration::from_millis(200)), 0.3));
+        assert_eq!(bucket.behind(start + Duration::from_millis(500)), Duration::ZERO);
     }
 
     #[test]

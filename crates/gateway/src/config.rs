@@ -432,6 +432,14 @@ pub struct ServerSettings {
     pub initial_stream_window_bytes: u32,
     /// HTTP/2 flow-control window of each connection.
     pub initial_connection_window_bytes: u32,
+    /// Refused, failed or reset calls a connection may make per second beyond its burst
+    /// before the gateway reads from it only at this pace.
+    pub paced_refusals_per_sec: f64,
+    /// Refused, failed or reset calls a connection may make at once before it is paced.
+    pub paced_refusals_burst: u32,
+    /// Bytes read from one connection per second at most (a second's worth at once); far
+    /// above real callers, it bounds what oversized header blocks cost.
+    pub max_read_bytes_per_sec: u64,
     /// Unary calls in progress at most, gateway-wide; more are RESOURCE_EXHAUSTED with
     /// RetryInfo at once. (Open streams are bounded by `watch.max_streams`.)
     pub max_in_flight_calls: usize,
@@ -519,6 +527,9 @@ impl Default for ServerSettings {
             max_header_list_bytes: 64 * 1024,
             initial_stream_window_bytes: 64 * 1024,
             initial_connection_window_bytes: 1024 * 1024,
+            paced_refusals_per_sec: 200.0,
+            paced_refusals_burst: 1000,
+            max_read_bytes_per_sec: 8 * 1024 * 1024,
             max_in_flight_calls: 1024,
             max_memory_bytes: None,
         }
@@ -634,6 +645,12 @@ impl Settings {
                 "server.initial_stream_window_bytes must be at least 65535 and the connection window at least as large"
                     .into(),
             );
+        }
+        if !(s.paced_refusals_per_sec.is_finite() && s.paced_refusals_per_sec > 0.0) {
+            return Err("server.paced_refusals_per_sec must be a positive number".into());
+        }
+        if s.max_read_bytes_per_sec < 64 * 1024 {
+            return Err("server.max_read_bytes_per_sec must be at least 65536".into());
         }
         if s.max_concurrent_streams == 0 {
             return Err("server.max_concurrent_streams must be at least 1".into());

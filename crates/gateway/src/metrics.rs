@@ -82,6 +82,7 @@ pub struct Metrics {
     policy_reloads: Family<ReasonLabels, Counter>,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<RefusalLabels, Counter>,
+    connections_paced: Family<RefusalLabels, Counter>,
     calls_shed: Family<ReasonLabels, Counter>,
     resident_bytes: Gauge,
 }
@@ -135,13 +136,19 @@ impl Metrics {
         let connections_refused = Family::<RefusalLabels, Counter>::default();
         registry.register(
             "connections_refused",
-            "Connections refused or closed by the edge, by listener and reason (cap, per_peer, handshake_timeout, bad_preface, idle)",
+            "Connections refused or closed by the edge, by listener and reason (cap, per_peer, handshake_timeout, bad_handshake, idle, protocol, penalty)",
             connections_refused.clone(),
+        );
+        let connections_paced = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "connections_paced",
+            "Pauses in reading a connection over its budget, by listener and reason (refusals, bytes; peer: a connection held before its handshake)",
+            connections_paced.clone(),
         );
         let calls_shed = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "calls_shed",
-            "Calls refused at once to shed load, by reason (in_flight, streams, memory)",
+            "Calls refused at once to shed load, by reason (in_flight, connection_in_flight, streams, memory, fair_share)",
             calls_shed.clone(),
         );
         let resident_bytes = Gauge::default();
@@ -195,6 +202,7 @@ impl Metrics {
             policy_reloads,
             connections_open,
             connections_refused,
+            connections_paced,
             calls_shed,
             resident_bytes,
         })
@@ -237,6 +245,11 @@ impl Metrics {
     pub(crate) fn connection_refused(&self, listener: &str, reason: &str) {
         let labels = RefusalLabels { listener: listener.to_owned(), reason: reason.to_owned() };
         self.connections_refused.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn connection_paced(&self, listener: &str, reason: &str) {
+        let labels = RefusalLabels { listener: listener.to_owned(), reason: reason.to_owned() };
+        self.connections_paced.get_or_create(&labels).inc();
     }
 
     pub(crate) fn call_shed(&self, reason: &str) {

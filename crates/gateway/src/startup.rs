@@ -168,7 +168,13 @@ impl Application {
             // WatchCopy stream to its end).
             .layer(ObserveLayer::new(metrics.clone()))
             // Before authentication: shedding load must cost less than serving it.
-            .layer(ShedLayer::new(limits.max_in_flight_calls, memory, metrics.clone()))
+            .layer(ShedLayer::new(
+                limits.max_in_flight_calls,
+                limits.max_request_bytes,
+                limits.request_timeout(),
+                memory,
+                metrics.clone(),
+            ))
             // Outside every service: an unauthenticated call never reaches a handler.
             .layer(AuthLayer::new(self.authenticator.clone()))
             // Each caller's share, once the caller is known.

@@ -3,7 +3,8 @@
 //! closed at once. It then has `handshake_timeout` to complete TLS and open the protocol: on
 //! the gRPC listener the HTTP/2 preface and the client's first SETTINGS frame, on the HTTP/JSON
 //! listener its first bytes (hyper's header timeout takes it from there). A peer that stays
-//! silent is closed when the deadline passes. Accept errors (out of file descriptors) back off
+//! silent is closed when the deadline passes. A peer penalised for breaking HTTP/2's rules
+//! (`pace::PeerPenalties`) waits out its penalty first, within the same deadline. Accept errors (out of file descriptors) back off
 //! and are logged at a bounded rate.
 
 use std::collections::HashMap;
@@ -174,6 +175,7 @@ pub(crate) fn incoming(
     let per_peer = limits.max_connections_per_peer;
     let peers = Arc::new(PeerCounts::default());
     let deadline = limits.handshake_timeout;
+    let penalties = limits.penalties.clone();
     let alpn = match kind {
         Listener::Grpc => Alpn::Grpc,
         Listener::Http => Alpn::Http,
@@ -225,8 +227,16 @@ pub(crate) fn incoming(
             let tx = tx.clone();
             let metrics = metrics.clone();
             let stop = stop.clone();
+            // A peer that keeps breaking HTTP/2's rules waits before its handshake (see `pace`).
+            let held = penalties.wait(remote.ip());
+            if !held.is_zero() {
+                metrics.connection_paced(kind.as_str(), "peer");
+            }
             handshakes.spawn(async move {
-                let handshake = handshake(stream, remote, acceptor, kind);
+                let handshake = async {
+                    tokio::time::sleep(held).await;
+                    handshake(stream, remote, acceptor, kind).await
+                };
                 let outcome = tokio::select! {
                     outcome = tokio::time::timeout(deadline, handshake) => outcome,
                     () = stop.cancelled() => return,
@@ -238,6 +248,10 @@ pub(crate) fn incoming(
                     Ok(Err(why)) => {
                         tracing::debug!(%remote, listener = kind.as_str(), why, "handshake refused");
                         metrics.connection_refused(kind.as_str(), "bad_handshake");
+                    }
+                    Err(_) if held >= deadline => {
+                        tracing::debug!(%remote, listener = kind.as_str(), "held past the handshake timeout");
+                        metrics.connection_refused(kind.as_str(), "penalty");
                     }
                     Err(_) => {
                         tracing::debug!(%remote, listener = kind.as_str(), "handshake timed out");

@@ -1,14 +1,17 @@
 //! Where callers meet the gateway: the accept loop with its connection caps and handshake
 //! deadline (`accept`), the serving of each connection with its HTTP/2 limits and idle timeout
-//! (`serve`), and load shedding before any work is done for a call (`shed`). Both listeners,
+//! (`serve`), the pacing of connections that cost more than a caller should (`pace`), and load
+//! shedding before any work is done for a call (`shed`). Both listeners,
 //! gRPC and HTTP/JSON, go through it, so a peer that connects and stays silent, floods, or
 //! overloads the gateway costs other callers nothing.
 
 pub(crate) mod accept;
 pub(crate) mod fair;
+pub(crate) mod pace;
 pub(crate) mod serve;
 pub(crate) mod shed;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ServerSettings;
@@ -37,6 +40,12 @@ pub(crate) struct EdgeLimits {
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) paced_refusals_per_sec: f64,
+    pub(crate) paced_refusals_burst: u32,
+    pub(crate) max_read_bytes_per_sec: u64,
+    pub(crate) max_in_flight_calls: usize,
+    /// Peers held back for breaking HTTP/2's rules; shared by both listeners.
+    pub(crate) penalties: Arc<pace::PeerPenalties>,
 }
 
 impl EdgeLimits {
@@ -49,6 +58,11 @@ impl EdgeLimits {
             handshake_timeout: settings.handshake_timeout(),
             idle_timeout: settings.idle_timeout(),
             shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
+            paced_refusals_per_sec: settings.paced_refusals_per_sec,
+            paced_refusals_burst: settings.paced_refusals_burst,
+            max_read_bytes_per_sec: settings.max_read_bytes_per_sec,
+            max_in_flight_calls: settings.max_in_flight_calls,
+            penalties: Arc::new(pace::PeerPenalties::new()),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! configured limits, every request handed to the listener's handler with its connection's
 //! `ConnInfo`. A connection with no call in progress for `idle_timeout` is closed (HTTP/2:
 //! GOAWAY); at shutdown each is asked to close, finishing what it has in hand within the grace.
+//! Each connection is read at its pace (`pace`): its refused, failed and reset calls count
+//! against it.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -17,12 +19,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use snapgate_domain::TokenBucket;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::accept::{Conn, ConnInfo};
+use super::pace::{self, Pace, Paced};
+use super::shed::ConnectionCalls;
 use super::{EdgeLimits, Listener};
 use crate::config::ServerSettings;
 use crate::metrics::Metrics;
@@ -78,6 +81,7 @@ pub(crate) fn serve(
 ) {
     let connections = tasks.clone();
     let (idle, grace) = (limits.idle_timeout, limits.shutdown_grace);
+    let limits = limits.clone();
     // An idle connection has nothing to finish: a peer that does not answer GOAWAY's ping
     // within this is closed anyway.
     let idle_close = grace.min(IDLE_CLOSE);
@@ -91,32 +95,36 @@ pub(crate) fn serve(
                 () = stop.cancelled() => break,
             };
             let info = conn.info().clone();
+            let (remote, penalties) = (info.remote, limits.penalties.clone());
             let (open, calls) = watch::channel(0usize);
-            let conn_state = Arc::new(ConnState { open, resets: ResetGuard::new() });
+            let pace = Arc::new(Pace::new(&limits));
+            let conn_state = Arc::new(ConnState { open, pace: pace.clone() });
             let handler = handler.clone();
             let state = conn_state.clone();
-            let service = tower::service_fn(move |request: http::Request<Incoming>| {
+            let places = ConnectionCalls::new(limits.max_in_flight_calls);
+            let service = tower::service_fn(move |mut request: http::Request<Incoming>| {
+                request.extensions_mut().insert(places.clone());
                 let call = handler(request, info.clone());
-                let guard = CallGuard::begin(state.clone());
+                let mut guard = CallGuard::begin(state.clone());
                 async move {
                     let response = call.await;
+                    if pace::is_refusal(&response) {
+                        guard.state.pace.strike();
+                        guard.finished = true;
+                    }
                     Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))
                 }
             });
             let (stop, metrics, builder) = (stop.clone(), metrics.clone(), builder.clone());
             connections.spawn(async move {
-                let connection = builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(service));
+                let io = Paced::new(conn, pace, metrics.clone(), kind);
+                let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
                 tokio::pin!(connection);
                 let outcome = tokio::select! {
                     served = connection.as_mut() => Ok(served),
                     () = stop.cancelled() => Err(grace),
                     () = idle_for(calls, idle) => {
                         metrics.connection_refused(kind.as_str(), "idle");
-                        Err(idle_close)
-                    }
-                    () = conn_state.resets.tripped.notified() => {
-                        tracing::info!(listener = kind.as_str(), "closing a connection that resets its streams too often");
-                        metrics.connection_refused(kind.as_str(), "reset_flood");
                         Err(idle_close)
                     }
                 };
@@ -132,6 +140,12 @@ pub(crate) fn serve(
                 };
                 if let Err(error) = served {
                     tracing::debug!(listener = kind.as_str(), %error, "connection ended with an error");
+                    if pace::broke_the_protocol(error.as_ref()) {
+                        metrics.connection_refused(kind.as_str(), "protocol");
+                        if let Some(remote) = remote {
+                            penalties.strike(remote.ip());
+                        }
+                    }
                 }
             });
         }
@@ -152,31 +166,16 @@ async fn idle_for(mut calls: watch::Receiver<usize>, idle: Duration) {
     }
 }
 
-/// Premature resets (calls the client gave up before their response ended) a connection may
-/// make per second, and in a burst; past them it is closed (CVE-2023-44487's rapid reset: hyper
-/// bounds resets of streams it has not accepted yet, this bounds those of accepted ones).
-const PREMATURE_RESETS_PER_SEC: f64 = 100.0;
-const PREMATURE_RESETS_BURST: u32 = 500;
-
-/// What a connection's calls share: how many are in progress, and its reset budget.
+/// What a connection's calls share: how many are in progress, and its pace.
 struct ConnState {
     open: watch::Sender<usize>,
-    resets: ResetGuard,
+    pace: Arc<Pace>,
 }
 
-struct ResetGuard {
-    bucket: TokenBucket,
-    tripped: Notify,
-}
-
-impl ResetGuard {
-    fn new() -> ResetGuard {
-        let bucket = TokenBucket::new(PREMATURE_RESETS_PER_SEC, PREMATURE_RESETS_BURST, std::time::Instant::now());
-        ResetGuard { bucket, tripped: Notify::new() }
-    }
-}
-
-/// One call in progress on a connection, from its request to the end of its response body.
+/// One call in progress on a connection, from its request to the end of its response body. A
+/// call the peer resets before its answer ends is a strike against the connection's pace
+/// (CVE-2023-44487's rapid reset: hyper bounds resets of streams it has not accepted yet, this
+/// those of accepted ones, and a refused call has been counted already).
 struct CallGuard {
     state: Arc<ConnState>,
     finished: bool,
@@ -192,8 +191,8 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         self.state.open.send_modify(|n| *n = n.saturating_sub(1));
-        if !self.finished && !self.state.resets.bucket.try_take(std::time::Instant::now()) {
-            self.state.resets.tripped.notify_one();
+        if !self.finished {
+            self.state.pace.strike();
         }
     }
 }
@@ -239,26 +238,26 @@ mod tests {
     use super::*;
 
     fn state() -> Arc<ConnState> {
-        Arc::new(ConnState { open: watch::channel(0).0, resets: ResetGuard::new() })
+        let limits = EdgeLimits::new(&ServerSettings::default());
+        Arc::new(ConnState { open: watch::channel(0).0, pace: Arc::new(Pace::new(&limits)) })
     }
 
     #[tokio::test]
-    async fn a_connection_that_resets_its_calls_too_often_is_marked_for_closing() {
+    async fn a_connection_that_resets_its_calls_too_often_is_paced() {
         let conn = state();
         // Calls that finish cost nothing, however many.
-        for _ in 0..2_000 {
+        for _ in 0..5_000 {
             let mut call = CallGuard::begin(conn.clone());
             call.finished = true;
         }
         assert_eq!(*conn.open.borrow(), 0);
-        let tripped = conn.resets.tripped.notified();
-        tokio::pin!(tripped);
-        assert!(futures_util::poll!(tripped.as_mut()).is_pending());
-        // Abandoned calls spend the burst, then trip the guard.
-        for _ in 0..=PREMATURE_RESETS_BURST {
+        assert!(conn.pace.behind(std::time::Instant::now()).is_none());
+        // Abandoned calls spend the burst, then hold reading back.
+        for _ in 0..=ServerSettings::default().paced_refusals_burst {
             drop(CallGuard::begin(conn.clone()));
         }
-        assert!(futures_util::poll!(tripped.as_mut()).is_ready());
+        let behind = conn.pace.behind(std::time::Instant::now());
+        assert!(behind.is_some_and(|(wait, reason)| !wait.is_zero() && reason == "refusals"), "{behind:?}");
     }
 
     #[tokio::test]

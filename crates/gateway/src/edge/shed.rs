@@ -3,6 +3,14 @@
 //! new streams and new copies are UNAVAILABLE until the resident set falls back; both carry
 //! RetryInfo. Health and reflection are never shed: a probe must see a gateway that is merely
 //! busy as serving.
+//!
+//! No connection may hold more than half of the places (`ConnectionCalls`): a flood on one
+//! connection is shed while the others' calls still find room.
+//!
+//! A unary call counts as in progress once its request has arrived whole, not when its headers
+//! do: a peer that sends headers and holds the body back (or whose connection is paced, see
+//! `pace`) would otherwise hold places that other callers need. Its body has the request
+//! timeout to arrive.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::Semaphore;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
@@ -73,16 +82,47 @@ pub(crate) fn default_memory_limit() -> Option<u64> {
     (limit < 1 << 60).then_some(limit / 5 * 4)
 }
 
+/// The places in progress of one connection's calls, in its requests' extensions.
+#[derive(Clone)]
+pub(crate) struct ConnectionCalls(pub(crate) Arc<Semaphore>);
+
+impl ConnectionCalls {
+    /// Half of the gateway's places (at least one).
+    pub(crate) fn new(max_in_flight: usize) -> ConnectionCalls {
+        ConnectionCalls(Arc::new(Semaphore::new((max_in_flight / 2).max(1))))
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct ShedLayer {
     in_flight: Arc<Semaphore>,
     memory: Arc<Memory>,
     metrics: Arc<Metrics>,
+    /// A request body larger than this is refused before it is read further (tonic's own limit
+    /// of a message, plus its framing).
+    max_body: usize,
+    /// How long a request's body has to arrive.
+    body_timeout: Duration,
 }
 
+/// gRPC's length-prefixed framing of a message.
+const FRAME_HEADER: usize = 5;
+
 impl ShedLayer {
-    pub(crate) fn new(max_in_flight: usize, memory: Arc<Memory>, metrics: Arc<Metrics>) -> ShedLayer {
-        ShedLayer { in_flight: Arc::new(Semaphore::new(max_in_flight)), memory, metrics }
+    pub(crate) fn new(
+        max_in_flight: usize,
+        max_request_bytes: usize,
+        body_timeout: Duration,
+        memory: Arc<Memory>,
+        metrics: Arc<Metrics>,
+    ) -> ShedLayer {
+        ShedLayer {
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            memory,
+            metrics,
+            max_body: max_request_bytes.saturating_add(FRAME_HEADER),
+            body_timeout,
+        }
     }
 }
 
@@ -105,11 +145,12 @@ fn refusal(code: Code, message: &str) -> http::Response<tonic::body::Body> {
     tonic::Status::with_error_details(code, message, details).into_http()
 }
 
-impl<S, B> Service<http::Request<B>> for Shed<S>
+type Body = tonic::body::Body;
+
+impl<S> Service<http::Request<Body>> for Shed<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -119,7 +160,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path();
         if EXEMPT_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return Box::pin(self.inner.call(request));
@@ -130,25 +171,45 @@ where
             let response = refusal(Code::Unavailable, "the gateway is above its memory watermark; retry shortly");
             return Box::pin(async move { Ok(response) });
         }
-        // A stream holds no permit: open streams are bounded by the watch hub's own limit.
-        let streaming = path.ends_with("/WatchCopy");
-        let permit = if streaming {
-            None
-        } else {
-            match layer.in_flight.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    layer.metrics.call_shed("in_flight");
-                    let response = refusal(Code::ResourceExhausted, "too many calls in progress; retry shortly");
-                    return Box::pin(async move { Ok(response) });
-                }
-            }
-        };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        // A stream holds no place: open streams are bounded by the watch hub's own limit.
+        if path.ends_with("/WatchCopy") {
+            return Box::pin(inner.call(request));
+        }
+        let layer = layer.clone();
         Box::pin(async move {
-            let response = inner.call(request).await;
-            drop(permit);
+            let (mut parts, body) = request.into_parts();
+            let connection = parts.extensions.remove::<ConnectionCalls>();
+            let arrived = tokio::time::timeout(layer.body_timeout, Limited::new(body, layer.max_body).collect()).await;
+            let body = match arrived {
+                Ok(Ok(body)) => body.to_bytes(),
+                Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+                    let message = format!("the request is larger than {} bytes", layer.max_body - FRAME_HEADER);
+                    return Ok(tonic::Status::new(Code::OutOfRange, message).into_http());
+                }
+                // The peer reset its stream: nobody reads an answer.
+                Ok(Err(_)) => return Ok(tonic::Status::cancelled("the request's stream ended early").into_http()),
+                Err(_) => {
+                    let message = "the request's body did not arrive within the request timeout";
+                    return Ok(tonic::Status::deadline_exceeded(message).into_http());
+                }
+            };
+            let Ok(permit) = layer.in_flight.clone().try_acquire_owned() else {
+                layer.metrics.call_shed("in_flight");
+                return Ok(refusal(Code::ResourceExhausted, "too many calls in progress; retry shortly"));
+            };
+            let connection = match connection.map(|calls| calls.0.try_acquire_owned()) {
+                Some(Err(_)) => {
+                    layer.metrics.call_shed("connection_in_flight");
+                    let message = "too many calls in progress on this connection; retry shortly";
+                    return Ok(refusal(Code::ResourceExhausted, message));
+                }
+                Some(Ok(permit)) => Some(permit),
+                None => None,
+            };
+            let response = inner.call(http::Request::from_parts(parts, Body::new(Full::new(body)))).await;
+            drop((permit, connection));
             response
         })
     }
@@ -167,34 +228,99 @@ mod tests {
     async fn calls_past_the_limit_are_refused_at_once_with_retry_info() {
         let metrics = Metrics::new();
         let memory = Arc::new(Memory { resident: AtomicU64::new(0), limit: None });
-        let layer = ShedLayer::new(1, memory.clone(), metrics);
+        let layer = ShedLayer::new(1, 1024, Duration::from_secs(30), memory.clone(), metrics);
+        let (entered, has_entered) = tokio::sync::oneshot::channel::<()>();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let released = Arc::new(std::sync::Mutex::new(Some(released)));
-        let inner = tower::service_fn(move |request: http::Request<()>| {
-            // The first GetCopy waits for the test's word; the others pass.
-            let wait = if request.uri().path().ends_with("/GetCopy") { released.lock().unwrap().take() } else { None };
+        let waits = Arc::new(std::sync::Mutex::new(Some((entered, released))));
+        let inner = tower::service_fn(move |request: http::Request<Body>| {
+            // The first GetCopy says it has begun and waits for the test's word; the others pass.
+            let wait = if request.uri().path().ends_with("/GetCopy") { waits.lock().unwrap().take() } else { None };
             async move {
-                if let Some(wait) = wait {
-                    let _ = wait.await;
+                if let Some((entered, released)) = wait {
+                    let _ = entered.send(());
+                    let _ = released.await;
                 }
-                Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
             }
         });
         let mut shed = layer.layer(inner);
-        let call = |path: &str| http::Request::builder().uri(path).body(()).unwrap();
-        // The place is taken when the call is made, before its future runs.
-        let first = tokio::spawn(shed.call(call("/snapgate.v1.SnapshotCopyService/GetCopy")));
-        let refused = shed.call(call("/snapgate.v1.SnapshotCopyService/GetCopy")).await.unwrap();
+        let call = |path: &str, body: Body| http::Request::builder().uri(path).body(body).unwrap();
+        let get = "/snapgate.v1.SnapshotCopyService/GetCopy";
+        // A call whose body has not arrived holds no place.
+        let never = Body::new(http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+        >()));
+        let waiting = tokio::spawn(shed.call(call(get, never)));
+        let first = tokio::spawn(shed.call(call(get, Body::empty())));
+        has_entered.await.unwrap();
+        let refused = shed.call(call(get, Body::empty())).await.unwrap();
         let status = tonic::Status::from_header_map(refused.headers()).unwrap();
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(status.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_secs(1)));
         // Health is never shed.
-        let health = shed.call(call("/grpc.health.v1.Health/Check")).await.unwrap();
+        let health = shed.call(call("/grpc.health.v1.Health/Check", Body::empty())).await.unwrap();
         assert!(tonic::Status::from_header_map(health.headers()).is_none());
         release.send(()).unwrap();
         first.await.unwrap().unwrap();
-        let after = shed.call(call("/snapgate.v1.SnapshotCopyService/GetCopy")).await.unwrap();
+        let after = shed.call(call(get, Body::empty())).await.unwrap();
         assert!(tonic::Status::from_header_map(after.headers()).is_none());
+        assert!(!waiting.is_finished());
+        waiting.abort();
+        // A body over the limit is refused without reading it all.
+        let large = shed.call(call(get, Body::new(Full::new(bytes::Bytes::from(vec![0u8; 4096]))))).await.unwrap();
+        assert_eq!(tonic::Status::from_header_map(large.headers()).unwrap().code(), Code::OutOfRange);
+    }
+
+    #[tokio::test]
+    async fn one_connection_holds_at_most_half_of_the_places() {
+        let memory = Arc::new(Memory { resident: AtomicU64::new(0), limit: None });
+        let layer = ShedLayer::new(4, 1024, Duration::from_secs(30), memory, Metrics::new());
+        let (release, released) = tokio::sync::watch::channel(false);
+        let inner = tower::service_fn(move |_: http::Request<Body>| {
+            let mut released = released.clone();
+            async move {
+                let _ = released.wait_for(|r| *r).await;
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+            }
+        });
+        let mut shed = layer.layer(inner);
+        let (flood, other) = (ConnectionCalls::new(4), ConnectionCalls::new(4));
+        let call = |conn: &ConnectionCalls| {
+            let mut request =
+                http::Request::builder().uri("/snapgate.v1.SnapshotCopyService/GetCopy").body(Body::empty()).unwrap();
+            request.extensions_mut().insert(conn.clone());
+            request
+        };
+        let held: Vec<_> = (0..2).map(|_| tokio::spawn(shed.call(call(&flood)))).collect();
+        // Both of the flood's places taken, its next call is refused at once...
+        while flood.0.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = shed.call(call(&flood)).await.unwrap();
+        assert_eq!(tonic::Status::from_header_map(refused.headers()).unwrap().code(), Code::ResourceExhausted);
+        // ...while another connection's call is served.
+        let served = tokio::spawn(shed.call(call(&other)));
+        release.send(true).unwrap();
+        let served = served.await.unwrap().unwrap();
+        assert!(tonic::Status::from_header_map(served.headers()).is_none());
+        for call in held {
+            call.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_arrives_ends_at_the_request_timeout() {
+        let memory = Arc::new(Memory { resident: AtomicU64::new(0), limit: None });
+        let layer = ShedLayer::new(1, 1024, Duration::from_secs(30), memory, Metrics::new());
+        let inner = tower::service_fn(|_: http::Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+        });
+        let never = Body::new(http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+        >()));
+        let request = http::Request::builder().uri("/snapgate.v1.SnapshotCopyService/GetCopy").body(never).unwrap();
+        let answer = layer.layer(inner).call(request).await.unwrap();
+        assert_eq!(tonic::Status::from_header_map(answer.headers()).unwrap().code(), Code::DeadlineExceeded);
     }
 
     #[test]

@@ -1,0 +1,295 @@
+//! Pacing a connection that costs the gateway more than a caller should: the gateway stops
+//! reading from it for as long as it is over its budget, so its frames wait in the kernel's
+//! buffers (and TCP's flow control holds the peer back) instead of taking the CPU that other
+//! connections' calls need. Refusing is not enough on its own: a refusal is cheap, but a peer
+//! that sends tens of thousands of calls a second only to be refused, resets every stream it
+//! opens (CVE-2023-44487) or sends header blocks far over the limit (which HTTP/2 must decode
+//! all the same) keeps the gateway's CPU busy with the refusing. Closing such a connection is
+//! not enough either: the peer reconnects and starts again with a fresh budget.
+//!
+//! Two budgets, each a token bucket that may go into debt:
+//! - *strikes*: calls refused or failed (any gRPC status but OK, any HTTP 4xx or 5xx) and calls
+//!   the peer reset before their answer ended. A well-behaved caller that is refused backs off;
+//!   one that keeps at it past `paced_refusals_burst` is read at `paced_refusals_per_sec`.
+//! - *bytes read*: `max_read_bytes_per_sec` (a second's worth of burst). Requests here are a
+//!   few hundred bytes, so this is far above any real caller, and it is what bounds the
+//!   decoding of oversized header blocks, which HTTP/2 refuses without a call for the
+//!   service to see.
+//!
+//! Behind a sidecar all callers share a connection, so one abusive caller slows the others on
+//! it: they are not refused, only read more slowly, and the abuser is over its fair share anyway.
+//!
+//! A peer can also abuse the protocol so fast that HTTP/2 itself ends the connection (hyper's
+//! guard against rapid reset sends GOAWAY ENHANCE_YOUR_CALM after 20 streams reset before they
+//! were accepted), then reconnect at once, thousands of times a second. `PeerPenalties` counts
+//! such closes by peer address; past a few, the peer's next connections are held before their
+//! handshake for as long as it is in debt (up to the handshake timeout), which costs the
+//! gateway a descriptor and no CPU, and costs the peer its reconnecting pace. This is not a
+//! per-peer cap: a peer that keeps to the protocol is never penalised, however many callers it
+//! carries.
+
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+/// Now on tokio's clock, which tests can pause.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+use snapgate_domain::TokenBucket;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use super::{EdgeLimits, Listener};
+use crate::metrics::Metrics;
+
+/// A connection's budgets.
+pub(crate) struct Pace {
+    strikes: TokenBucket,
+    bytes: TokenBucket,
+}
+
+impl Pace {
+    pub(crate) fn new(limits: &EdgeLimits) -> Pace {
+        let now = now();
+        let bytes_per_sec = limits.max_read_bytes_per_sec.max(1);
+        Pace {
+            strikes: TokenBucket::new(limits.paced_refusals_per_sec, limits.paced_refusals_burst, now),
+            bytes: TokenBucket::new(bytes_per_sec as f64, u32::try_from(bytes_per_sec).unwrap_or(u32::MAX), now),
+        }
+    }
+
+    /// A call refused, failed or reset by the peer.
+    pub(crate) fn strike(&self) {
+        self.strikes.spend(1.0, now());
+    }
+
+    fn read(&self, n: usize, now: Instant) {
+        self.bytes.spend(n as f64, now);
+    }
+
+    /// How long reading must wait, and which budget it waits for.
+    pub(super) fn behind(&self, now: Instant) -> Option<(Duration, &'static str)> {
+        let (strikes, bytes) = (self.strikes.behind(now), self.bytes.behind(now));
+        match (strikes.is_zero(), bytes.is_zero()) {
+            (true, true) => None,
+            _ if strikes >= bytes => Some((strikes, "refusals")),
+            _ => Some((bytes, "bytes")),
+        }
+    }
+}
+
+/// Connections of one peer that the gateway may close for breaking HTTP/2's rules, a second and
+/// at once, before the peer's next connections are held back.
+const PENALTY_CLOSES_PER_SEC: f64 = 2.0;
+const PENALTY_CLOSES_BURST: u32 = 10;
+
+/// Peers whose connections the gateway closed for breaking the protocol, with their debts.
+pub(crate) struct PeerPenalties(moka::sync::Cache<IpAddr, Arc<TokenBucket>>);
+
+impl std::fmt::Debug for PeerPenalties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PeerPenalties").field(&self.0.entry_count()).finish()
+    }
+}
+
+impl PeerPenalties {
+    pub(crate) fn new() -> PeerPenalties {
+        PeerPenalties(moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(60)).build())
+    }
+
+    /// The gateway closed a connection of `peer`'s for breaking the protocol.
+    pub(crate) fn strike(&self, peer: IpAddr) {
+        let bucket =
+            self.0.get_with(peer, || Arc::new(TokenBucket::new(PENALTY_CLOSES_PER_SEC, PENALTY_CLOSES_BURST, now())));
+        bucket.spend(1.0, now());
+    }
+
+    /// How long `peer`'s next connection is held before its handshake.
+    pub(crate) fn wait(&self, peer: IpAddr) -> Duration {
+        self.0.get(&peer).map_or(Duration::ZERO, |bucket| bucket.behind(now()))
+    }
+}
+
+/// Whether a connection ended because the gateway found the peer breaking HTTP/2's rules: a
+/// GOAWAY of h2's own with an error (ENHANCE_YOUR_CALM for resets, PROTOCOL_ERROR, ...).
+pub(crate) fn broke_the_protocol(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && !h2.is_remote() && h2.reason().is_some_and(|r| r != h2::Reason::NO_ERROR);
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// A connection read at its pace.
+pub(crate) struct Paced<T> {
+    io: T,
+    pace: Arc<Pace>,
+    pause: Option<Pin<Box<Sleep>>>,
+    metrics: Arc<Metrics>,
+    listener: Listener,
+}
+
+impl<T> Paced<T> {
+    pub(crate) fn new(io: T, pace: Arc<Pace>, metrics: Arc<Metrics>, listener: Listener) -> Paced<T> {
+        Paced { io, pace, pause: None, metrics, listener }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Paced<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(pause) = this.pause.as_mut() {
+                ready!(pause.as_mut().poll(cx));
+                this.pause = None;
+            }
+            match this.pace.behind(now()) {
+                None => break,
+                Some((wait, reason)) => {
+                    this.metrics.connection_paced(this.listener.as_str(), reason);
+                    this.pause = Some(Box::pin(tokio::time::sleep(wait)));
+                }
+            }
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        this.pace.read(buf.filled().len() - before, now());
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Paced<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Whether a response refuses or fails its call: a gRPC status other than OK in its headers
+/// (a trailers-only answer; a stream that fails later is not counted), or an HTTP error.
+pub(crate) fn is_refusal<B>(response: &http::Response<B>) -> bool {
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        return true;
+    }
+    response.headers().get("grpc-status").is_some_and(|code| code.as_bytes() != b"0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerSettings;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn settings(refusals_per_sec: f64, burst: u32, bytes_per_sec: u64) -> EdgeLimits {
+        EdgeLimits::new(&ServerSettings {
+            paced_refusals_per_sec: refusals_per_sec,
+            paced_refusals_burst: burst,
+            max_read_bytes_per_sec: bytes_per_sec,
+            ..ServerSettings::default()
+        })
+    }
+
+    #[test]
+    fn refusals_answers_and_errors_are_told_apart() {
+        let ok = http::Response::builder().header("grpc-status", "0").body(()).unwrap();
+        let plain = http::Response::builder().body(()).unwrap();
+        let refused = http::Response::builder().header("grpc-status", "8").body(()).unwrap();
+        let too_large = http::Response::builder().status(431).body(()).unwrap();
+        let unavailable = http::Response::builder().status(503).body(()).unwrap();
+        assert!(!is_refusal(&ok) && !is_refusal(&plain));
+        assert!(is_refusal(&refused) && is_refusal(&too_large) && is_refusal(&unavailable));
+    }
+
+    #[test]
+    fn a_peer_is_held_back_only_after_repeated_protocol_abuse() {
+        let penalties = PeerPenalties::new();
+        let (abuser, other): (IpAddr, IpAddr) = ([127, 0, 0, 7].into(), [127, 0, 0, 8].into());
+        for _ in 0..PENALTY_CLOSES_BURST {
+            penalties.strike(abuser);
+        }
+        assert_eq!(penalties.wait(abuser), Duration::ZERO);
+        for _ in 0..4 {
+            penalties.strike(abuser);
+        }
+        let wait = penalties.wait(abuser);
+        assert!(wait > Duration::from_millis(1500) && wait <= Duration::from_secs(2), "{wait:?}");
+        assert_eq!(penalties.wait(other), Duration::ZERO);
+    }
+
+    #[test]
+    fn only_the_gateways_own_goaway_with_an_error_is_abuse() {
+        let calm = h2::Error::from(h2::Reason::ENHANCE_YOUR_CALM);
+        // A reset of one stream (what `From<Reason>` makes) is not a GOAWAY.
+        assert!(!broke_the_protocol(&calm));
+        let io = io::Error::other("peer went away");
+        assert!(!broke_the_protocol(&io));
+    }
+
+    #[test]
+    fn strikes_past_the_burst_hold_reading_back() {
+        let pace = Pace::new(&settings(100.0, 10, 1 << 20));
+        let now = Instant::now();
+        for _ in 0..10 {
+            pace.strike();
+        }
+        assert!(pace.behind(now).is_none());
+        for _ in 0..20 {
+            pace.strike();
+        }
+        let (wait, reason) = pace.behind(Instant::now()).unwrap();
+        assert_eq!(reason, "refusals");
+        assert!(wait > Duration::from_millis(150) && wait <= Duration::from_millis(200), "{wait:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_over_its_byte_budget_is_read_no_faster_than_the_budget() {
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let pace = Arc::new(Pace::new(&settings(100.0, 10, 1000)));
+        let metrics = Metrics::new();
+        let mut paced = Paced::new(io, pace, metrics.clone(), Listener::Grpc);
+        peer.write_all(&[7u8; 3000]).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let (mut got, mut chunk) = (0, [0u8; 500]);
+        while got < 3000 {
+            got += paced.read(&mut chunk).await.unwrap();
+        }
+        // A second's burst of 1000 bytes, then 2000 more at 1000 a second; a read may overdraw
+        // the budget by what it takes, and the wait comes after it.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_secs(1) && took <= Duration::from_secs(2), "{took:?}");
+        assert!(metrics.render(0, 0).contains(r#"snapgate_connections_paced_total{listener="grpc",reason="bytes"}"#));
+        // Writing is never held back.
+        paced.write_all(b"answer").await.unwrap();
+        let mut answer = [0u8; 6];
+        peer.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"answer");
+    }
+}
