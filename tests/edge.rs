@@ -213,6 +213,27 @@ async fn an_oversized_header_block_fails_its_call_and_not_the_connection() {
     gw.client.get_copy(get("billing-pg-daily")).await.expect("the connection survived");
 }
 
+/// HTTP/2 must decode a header block over the limit before it can refuse the stream; a
+/// connection that keeps sending them is read at its pace, and the calls still fail alone.
+#[tokio::test]
+async fn a_connection_that_keeps_sending_oversized_header_blocks_is_paced() {
+    let (_emu, gw) = start(|s| s.server.max_header_list_bytes = 8 * 1024).await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", gw.addr)).unwrap().connect().await.unwrap();
+    let mut client = gateway::client_with(channel, Some(gateway::TOKEN));
+    for _ in 0..4 {
+        let mut request = tonic::Request::new(get("billing-pg-daily"));
+        request.metadata_mut().insert("x-padding", "a".repeat(16 * 1024).parse().unwrap());
+        let refused = client.get_copy(request).await.expect_err("the header block is over the limit");
+        assert!(refused.message().contains("431"), "{refused:?}");
+    }
+    let paced = || async {
+        metrics(&gw).await.contains(r#"snapgate_connections_paced_total{listener="grpc",reason="refusals"}"#)
+    };
+    assert!(eventually(Duration::from_secs(10), paced).await, "{}", metrics(&gw).await);
+    client.get_copy(get("billing-pg-daily")).await.expect("the paced connection still serves");
+}
+
 #[tokio::test]
 async fn calls_past_the_in_flight_limit_are_refused_at_once_with_retry_info() {
     let emu = emulator_with(EmulatorConfig { seed: true, ..quiet_config() }).await;

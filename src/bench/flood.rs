@@ -19,6 +19,7 @@ use super::child::{ChildGateway, cpu_us, free_port, open_fds, proc_kib};
 use super::{ATTACKER_TOKEN, BENCH_TOKEN, BenchClient, attacker_client, bench_client, loopback_emulator};
 use crate::cli::ScratchDir;
 use snapgate_emulator::{EmulatorConfig, Faults};
+use snapgate_gateway::config::FairShareSettings;
 use snapgate_proto::{GetCopyRequest, WatchCopyRequest};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -48,10 +49,11 @@ pub(crate) struct FloodBenchArgs {
     #[arg(long, default_value_t = 512)]
     pub max_memory_mib: u64,
     /// Run the gateway, the attacker and the measuring client on the same CPUs. By default the
-    /// gateway gets half the CPUs to itself, and the attacker (under SCHED_IDLE, so that it
-    /// runs whenever the measuring client does not) and this process share the other half, as
-    /// if each had its own machine: otherwise the attacker's own work takes the CPU that the
-    /// gateway and the client need, and the figures measure the machine, not the gateway.
+    /// attacker gets half the CPUs to itself and the gateway and this process (the measuring
+    /// client and the emulator) share the other half, as if the attacker had its own machine:
+    /// otherwise the attacker's own work (and the kernel's, sending its traffic over loopback)
+    /// takes the CPU that the gateway and the client need, and the figures measure the
+    /// machine, not the gateway.
     #[arg(long)]
     pub shared_cpus: bool,
     /// The attacks to run, in this order (default: all).
@@ -59,16 +61,16 @@ pub(crate) struct FloodBenchArgs {
     pub attacks: Vec<Attack>,
 }
 
-/// CPUs as `taskset -c` names them: the gateway's and the load's (attacker, emulator and the
-/// measuring client), or `None` to share them all.
+/// CPUs as `taskset -c` names them: the gateway's (with the measuring client and the
+/// emulator) and the attacker's, or `None` to share them all.
 fn cpu_split(shared: bool) -> Option<(String, String)> {
     let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     if shared || n < 2 {
         return None;
     }
-    let load = n / 2;
+    let half = n / 2;
     let range = |from: usize, to: usize| if from == to { from.to_string() } else { format!("{from}-{to}") };
-    Some((range(load, n - 1), range(0, load - 1)))
+    Some((range(half, n - 1), range(0, half - 1)))
 }
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -95,8 +97,8 @@ calls_per_sec = 100000.0
 burst = 100000
 [[fair_share.overrides]]
 principal = "attacker"
-calls_per_sec = 2000.0
-burst = 2000
+calls_per_sec = {attacker_rate:.1}
+burst = {attacker_burst}
 [aws]
 region = "us-east-1"
 endpoint_url = "{emulator}"
@@ -117,6 +119,9 @@ data_dir = "{data}"
         in_flight = args.max_in_flight_calls,
         memory = args.max_memory_mib * 1024 * 1024,
         streams = args.max_streams,
+        // The attacker has a caller's default share; the measuring client, no limit.
+        attacker_rate = FairShareSettings::default().calls_per_sec,
+        attacker_burst = FairShareSettings::default().burst,
         account = snapgate_emulator::DEFAULT_ACCOUNT,
         data = scratch.path().join("data").display(),
     );
@@ -383,16 +388,16 @@ async fn rapid_reset(addr: SocketAddr, until: Instant, count: &AtomicU64) -> any
 pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
     let scratch = ScratchDir::new("bench-flood")?;
     let split = cpu_split(args.shared_cpus);
-    if let Some((_, load)) = &split {
+    if let Some((gateway, _)) = &split {
         // This process (the measuring client and the emulator), every thread of it.
         let pinned = tokio::process::Command::new("taskset")
-            .args(["-a", "-p", "-c", load])
+            .args(["-a", "-p", "-c", gateway])
             .arg(std::process::id().to_string())
             .stdout(Stdio::null())
             .status()
             .await
-            .context("taskset (util-linux) pins the load to its CPUs")?;
-        anyhow::ensure!(pinned.success(), "taskset could not pin this process to CPUs {load}");
+            .context("taskset (util-linux) pins this process to the gateway's CPUs")?;
+        anyhow::ensure!(pinned.success(), "taskset could not pin this process to CPUs {gateway}");
     }
     let emu = loopback_emulator(EmulatorConfig {
         seed: true,
@@ -423,8 +428,9 @@ pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
         "snapgate bench flood: gateway pid {} on {}, handshake timeout {} s, idle timeout {} s, {} unary calls in flight at most, {} streams, memory watermark {} MiB",
         gateway.pid,
         match &split {
-            Some((gateway, load)) =>
-                format!("CPUs {gateway}; attacker (SCHED_IDLE), emulator and measuring client on CPUs {load}"),
+            Some((gateway, attacker)) => {
+                format!("CPUs {gateway} with the measuring client and the emulator; the attacker on CPUs {attacker}")
+            }
             None => "the same CPUs as the attacker, the emulator and the measuring client".to_owned(),
         },
         args.handshake_timeout_secs,
@@ -477,9 +483,9 @@ pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
             })
         };
         let mut attacker = match &split {
-            Some((_, load)) => {
+            Some((_, attacker)) => {
                 let mut command = tokio::process::Command::new("taskset");
-                command.args(["-c", load, "chrt", "--idle", "0"]).arg(std::env::current_exe()?);
+                command.args(["-c", attacker]).arg(std::env::current_exe()?);
                 command
             }
             None => tokio::process::Command::new(std::env::current_exe()?),

@@ -50,7 +50,10 @@ pub(crate) async fn trace(args: TraceBenchArgs, format: LogFormat) -> anyhow::Re
     let provider = telemetry::tracer_provider(&export).map_err(anyhow::Error::msg)?;
     let gate = dynamic_filter_fn(|_, _| EXPORTING.load(Ordering::Relaxed));
     let traces = telemetry::trace_layer(&provider).with_filter(telemetry::trace_targets().and(gate));
-    tracing_subscriber::registry().with(telemetry::log_layer("warn", format)).with(traces).try_init()?;
+    tracing_subscriber::registry()
+        .with(telemetry::log_layer("warn", format, std::io::stderr))
+        .with(traces)
+        .try_init()?;
     let _guard = TelemetryGuard::new(Some(provider));
 
     let (emu, client, _scratch) = crate::bench::unthrottled_gateway().await?;

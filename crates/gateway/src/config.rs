@@ -438,7 +438,7 @@ pub struct ServerSettings {
     /// Refused, failed or reset calls a connection may make at once before it is paced.
     pub paced_refusals_burst: u32,
     /// Bytes read from one connection per second at most (a second's worth at once); far
-    /// above real callers, it bounds what oversized header blocks cost.
+    /// above real callers, it bounds what one connection can make the gateway parse.
     pub max_read_bytes_per_sec: u64,
     /// Unary calls in progress at most, gateway-wide; more are RESOURCE_EXHAUSTED with
     /// RetryInfo at once. (Open streams are bounded by `watch.max_streams`.)
@@ -528,8 +528,8 @@ impl Default for ServerSettings {
             initial_stream_window_bytes: 64 * 1024,
             initial_connection_window_bytes: 1024 * 1024,
             paced_refusals_per_sec: 200.0,
-            paced_refusals_burst: 1000,
-            max_read_bytes_per_sec: 8 * 1024 * 1024,
+            paced_refusals_burst: 200,
+            max_read_bytes_per_sec: 32 * 1024 * 1024,
             max_in_flight_calls: 1024,
             max_memory_bytes: None,
         }

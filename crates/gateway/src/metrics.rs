@@ -85,6 +85,7 @@ pub struct Metrics {
     connections_paced: Family<RefusalLabels, Counter>,
     calls_shed: Family<ReasonLabels, Counter>,
     resident_bytes: Gauge,
+    log_lines_dropped: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -157,6 +158,12 @@ impl Metrics {
             "Resident set size of the gateway, as the shedder reads it",
             resident_bytes.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log sink fell behind (lines are never allowed to stall a call)",
+            log_lines_dropped.clone(),
+        );
         let jobs_queued = Family::<DestinationLabels, Gauge>::default();
         registry.register(
             "jobs_queued",
@@ -205,6 +212,7 @@ impl Metrics {
             connections_paced,
             calls_shed,
             resident_bytes,
+            log_lines_dropped,
         })
     }
 
@@ -285,6 +293,8 @@ impl Metrics {
     pub fn render(&self, open_streams: usize, watched_snapshots: usize) -> String {
         self.watch_streams.set(open_streams as i64);
         self.watched_snapshots.set(watched_snapshots as i64);
+        let dropped = crate::telemetry::log_lines_dropped();
+        self.log_lines_dropped.inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

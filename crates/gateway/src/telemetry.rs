@@ -5,8 +5,15 @@
 //! `http/protobuf`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and
 //! its argument); off when none is set. Export runs on the batch processor's own thread with a
 //! bounded queue, so it never blocks a request.
+//!
+//! Log lines, too, are written by a thread of their own (tracing-appender's non-blocking
+//! writer) from a queue of `LOG_QUEUE_LINES`: with the audit trail's line per decision, a log
+//! sink that falls behind (a full pipe, a slow disk) would otherwise stall the thread that
+//! serves the calls. A sink that cannot keep up loses lines rather than stalling the gateway;
+//! they are counted in `snapgate_log_lines_dropped_total`.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 use clap::ValueEnum;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -34,9 +41,21 @@ pub const STREAM_EVENTS: &str = "snapgate::watch_events";
 /// The log target of the audit trail (`crate::audit`).
 pub const AUDIT_TARGET: &str = "snapgate::audit";
 
-/// Flushes the spans still queued when dropped (at exit).
+/// Log lines that may wait for the writer thread (a few MiB at most).
+const LOG_QUEUE_LINES: usize = 16_384;
+
+/// The count of log lines dropped because the writer thread fell behind.
+static LOG_DROPS: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped so far because the log sink fell behind.
+pub fn log_lines_dropped() -> u64 {
+    LOG_DROPS.get().map_or(0, |counter| counter.dropped_lines() as u64)
+}
+
+/// Flushes the spans and log lines still queued when dropped (at exit).
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    logs: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Drop for TelemetryGuard {
@@ -104,28 +123,38 @@ pub fn init_with(
 ) -> Result<TelemetryGuard, String> {
     let provider = export.as_ref().map(tracer_provider).transpose()?;
     let traces = provider.as_ref().map(|provider| trace_layer(provider).with_filter(trace_targets()));
+    let (writer, logs) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("snapgate-logs")
+        .finish(std::io::stderr());
+    let _ = LOG_DROPS.set(writer.error_counter());
     // A second init (tests) keeps the first subscriber.
-    let _ = Registry::default().with(log_layer(default_filter, format)).with(traces).try_init();
-    Ok(TelemetryGuard::new(provider))
+    let _ = Registry::default().with(log_layer(default_filter, format, writer)).with(traces).try_init();
+    let mut guard = TelemetryGuard::new(provider);
+    guard.logs = Some(logs);
+    Ok(guard)
 }
 
 impl TelemetryGuard {
     /// Owns `provider`, flushing and shutting it down when dropped.
     pub fn new(provider: Option<SdkTracerProvider>) -> TelemetryGuard {
         opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
-        TelemetryGuard { provider }
+        TelemetryGuard { provider, logs: None }
     }
 }
 
-/// Log lines by `format` under `RUST_LOG` (else `default_filter`), to stderr.
-pub fn log_layer<S>(default_filter: &str, format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+/// Log lines by `format` under `RUST_LOG` (else `default_filter`), to `writer` (stderr, or a
+/// writer in front of it); colour only when stderr is a terminal.
+pub fn log_layer<S, W>(default_filter: &str, format: LogFormat, writer: W) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     match format {
         LogFormat::Human => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_ansi(std::io::stderr().is_terminal())
             .with_filter(filter)
             .boxed(),
@@ -133,7 +162,7 @@ where
             .json()
             .with_current_span(true)
             .with_span_list(true)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_filter(filter)
             .boxed(),
     }

@@ -3,7 +3,8 @@
 //! closed at once. It then has `handshake_timeout` to complete TLS and open the protocol: on
 //! the gRPC listener the HTTP/2 preface and the client's first SETTINGS frame, on the HTTP/JSON
 //! listener its first bytes (hyper's header timeout takes it from there). A peer that stays
-//! silent is closed when the deadline passes. A peer penalised for breaking HTTP/2's rules
+//! silent is closed when the deadline passes (each deadline up to a quarter early, at random,
+//! so that a crowd of silent peers is not closed all at once). A peer penalised for breaking HTTP/2's rules
 //! (`pace::PeerPenalties`) waits out its penalty first, within the same deadline. Accept errors (out of file descriptors) back off
 //! and are logged at a bounded rate.
 
@@ -29,6 +30,10 @@ use crate::metrics::Metrics;
 
 /// The client's HTTP/2 connection preface (RFC 9113 §3.4), followed by its SETTINGS frame.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The share of the handshake timeout by which a connection's deadline may come early.
+const DEADLINE_JITTER: f64 = 0.25;
+/// Connections the accept loop takes before it lets other tasks run.
+const ACCEPTS_PER_TURN: u32 = 8;
 /// A SETTINGS frame larger than this is no client's (six bytes a setting).
 const MAX_SETTINGS_PAYLOAD: usize = 1024;
 
@@ -183,7 +188,14 @@ pub(crate) fn incoming(
     tasks.spawn(async move {
         let mut backoff = Duration::from_millis(5);
         let mut log = RateLimitedLog { last: None, suppressed: 0 };
+        let mut accepted_in_turn = 0u32;
         loop {
+            // A burst of connections (thousands at once) is taken a few at a time, so that
+            // the calls of connections already open are served in between.
+            accepted_in_turn += 1;
+            if accepted_in_turn.is_multiple_of(ACCEPTS_PER_TURN) {
+                tokio::task::yield_now().await;
+            }
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = stop.cancelled() => break,
@@ -232,6 +244,9 @@ pub(crate) fn incoming(
             if !held.is_zero() {
                 metrics.connection_paced(kind.as_str(), "peer");
             }
+            // Each deadline a little short of the timeout, at random: thousands of silent
+            // connections opened at once are then closed over a spread, not all in one instant.
+            let deadline = deadline.mul_f64(1.0 - rand::random::<f64>() * DEADLINE_JITTER);
             handshakes.spawn(async move {
                 let handshake = async {
                     tokio::time::sleep(held).await;

@@ -7,6 +7,7 @@
 
 pub(crate) mod accept;
 pub(crate) mod fair;
+pub(crate) mod frames;
 pub(crate) mod pace;
 pub(crate) mod serve;
 pub(crate) mod shed;
@@ -44,6 +45,7 @@ pub(crate) struct EdgeLimits {
     pub(crate) paced_refusals_burst: u32,
     pub(crate) max_read_bytes_per_sec: u64,
     pub(crate) max_in_flight_calls: usize,
+    pub(crate) max_header_list_bytes: u32,
     /// Peers held back for breaking HTTP/2's rules; shared by both listeners.
     pub(crate) penalties: Arc<pace::PeerPenalties>,
 }
@@ -62,6 +64,7 @@ impl EdgeLimits {
             paced_refusals_burst: settings.paced_refusals_burst,
             max_read_bytes_per_sec: settings.max_read_bytes_per_sec,
             max_in_flight_calls: settings.max_in_flight_calls,
+            max_header_list_bytes: settings.max_header_list_bytes,
             penalties: Arc::new(pace::PeerPenalties::new()),
         }
     }

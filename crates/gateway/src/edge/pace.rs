@@ -11,10 +11,14 @@
 //! - *strikes*: calls refused or failed (any gRPC status but OK, any HTTP 4xx or 5xx) and calls
 //!   the peer reset before their answer ended. A well-behaved caller that is refused backs off;
 //!   one that keeps at it past `paced_refusals_burst` is read at `paced_refusals_per_sec`.
+//!   On the gRPC listener a header block over half of `max_header_list_bytes` (compressed:
+//!   no real caller comes near) counts as `OVERSIZED_STRIKES` strikes (see `frames`): HTTP/2
+//!   must decode such a block before it can refuse its stream, and never shows the refusal
+//!   to the service.
 //! - *bytes read*: `max_read_bytes_per_sec` (a second's worth of burst). Requests here are a
-//!   few hundred bytes, so this is far above any real caller, and it is what bounds the
-//!   decoding of oversized header blocks, which HTTP/2 refuses without a call for the
-//!   service to see.
+//!   few hundred bytes, so this is far above any real caller; it bounds what a connection can
+//!   make the gateway parse at all (on the HTTP/JSON listener, which may speak HTTP/1.1, it is
+//!   also what bounds oversized header blocks).
 //!
 //! Behind a sidecar all callers share a connection, so one abusive caller slows the others on
 //! it: they are not refused, only read more slowly, and the abuser is over its fair share anyway.
@@ -44,6 +48,7 @@ use snapgate_domain::TokenBucket;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use super::frames::FrameWatch;
 use super::{EdgeLimits, Listener};
 use crate::metrics::Metrics;
 
@@ -51,7 +56,13 @@ use crate::metrics::Metrics;
 pub(crate) struct Pace {
     strikes: TokenBucket,
     bytes: TokenBucket,
+    /// A header block larger than this (compressed) is a strike of `OVERSIZED_STRIKES`.
+    oversized: usize,
 }
+
+/// What one oversized header block counts for: with the default budget, a connection sending
+/// them is read at two a second once it has sent two.
+const OVERSIZED_STRIKES: f64 = 100.0;
 
 impl Pace {
     pub(crate) fn new(limits: &EdgeLimits) -> Pace {
@@ -60,6 +71,7 @@ impl Pace {
         Pace {
             strikes: TokenBucket::new(limits.paced_refusals_per_sec, limits.paced_refusals_burst, now),
             bytes: TokenBucket::new(bytes_per_sec as f64, u32::try_from(bytes_per_sec).unwrap_or(u32::MAX), now),
+            oversized: usize::try_from(limits.max_header_list_bytes / 2).unwrap_or(usize::MAX),
         }
     }
 
@@ -68,8 +80,15 @@ impl Pace {
         self.strikes.spend(1.0, now());
     }
 
-    fn read(&self, n: usize, now: Instant) {
-        self.bytes.spend(n as f64, now);
+    fn read(&self, bytes: &[u8], frames: Option<&mut FrameWatch>, now: Instant) {
+        self.bytes.spend(bytes.len() as f64, now);
+        if let Some(frames) = frames {
+            frames.feed(bytes, |block| {
+                if block > self.oversized {
+                    self.strikes.spend(OVERSIZED_STRIKES, now);
+                }
+            });
+        }
     }
 
     /// How long reading must wait, and which budget it waits for.
@@ -135,17 +154,36 @@ pub(crate) struct Paced<T> {
     pause: Option<Pin<Box<Sleep>>>,
     metrics: Arc<Metrics>,
     listener: Listener,
+    /// A connection once paced is read in small steps from then on, each after a yield.
+    small: bool,
+    /// The last read was a small step: the next one yields first.
+    yield_next: bool,
+    /// Where the peer is in its HTTP/2 frames (on the gRPC listener, which speaks only HTTP/2).
+    frames: Option<FrameWatch>,
 }
+
+/// How much a connection once paced is read at a time: a few calls' worth. Each read is
+/// followed by a yield, so the calls it brought run (and their refusals count) before the
+/// next is read. Otherwise one turn of the connection's task could read hundreds of calls
+/// before the first of them is refused and counted, and serving them at once delays every
+/// other connection's calls. It stays so for the connection's life: a connection that leaves
+/// small steps while within its budget would flood the gateway with its backlog at once.
+const SMALL_READ: usize = 256;
 
 impl<T> Paced<T> {
     pub(crate) fn new(io: T, pace: Arc<Pace>, metrics: Arc<Metrics>, listener: Listener) -> Paced<T> {
-        Paced { io, pace, pause: None, metrics, listener }
+        let frames = (listener == Listener::Grpc).then(FrameWatch::new);
+        Paced { io, pace, pause: None, metrics, listener, small: false, yield_next: false, frames }
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Paced<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if std::mem::take(&mut this.yield_next) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         loop {
             if let Some(pause) = this.pause.as_mut() {
                 ready!(pause.as_mut().poll(cx));
@@ -155,13 +193,25 @@ impl<T: AsyncRead + Unpin> AsyncRead for Paced<T> {
                 None => break,
                 Some((wait, reason)) => {
                     this.metrics.connection_paced(this.listener.as_str(), reason);
+                    this.small = true;
                     this.pause = Some(Box::pin(tokio::time::sleep(wait)));
                 }
             }
         }
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        this.pace.read(buf.filled().len() - before, now());
+        let small = this.small;
+        if !small || buf.remaining() <= SMALL_READ {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+            this.pace.read(&buf.filled()[before..], this.frames.as_mut(), now());
+            this.yield_next = small;
+            return Poll::Ready(Ok(()));
+        }
+        let mut step = [0u8; SMALL_READ];
+        let mut part = ReadBuf::new(&mut step);
+        ready!(Pin::new(&mut this.io).poll_read(cx, &mut part))?;
+        buf.put_slice(part.filled());
+        this.pace.read(part.filled(), this.frames.as_mut(), now());
+        this.yield_next = true;
         Poll::Ready(Ok(()))
     }
 }
@@ -254,6 +304,34 @@ mod tests {
     }
 
     #[test]
+    fn oversized_header_blocks_count_as_many_strikes() {
+        let pace = Pace::new(&EdgeLimits::new(&ServerSettings::default()));
+        let mut frames = FrameWatch::new();
+        let block = |len: usize| {
+            let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, 1, 4, 0, 0, 0, 1];
+            frame.resize(9 + len, 0);
+            frame
+        };
+        pace.read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(&mut frames), now());
+        // Header blocks of real callers (a JWT included), however many, are no strike.
+        for _ in 0..2_000 {
+            pace.read(&block(2_000), Some(&mut frames), now());
+        }
+        assert!(pace.behind(now()).is_none());
+        // Blocks over half the limit spend the strike budget a hundred at a time.
+        let oversized = block(20_000);
+        let mut frame = oversized.clone();
+        frame[4] = 0;
+        for _ in 0..21 {
+            pace.read(&frame, Some(&mut frames), now());
+            let mut continuation = oversized.clone();
+            continuation[3] = 9;
+            pace.read(&continuation, Some(&mut frames), now());
+        }
+        assert_eq!(pace.behind(now()).map(|(_, reason)| reason), Some("refusals"));
+    }
+
+    #[test]
     fn strikes_past_the_burst_hold_reading_back() {
         let pace = Pace::new(&settings(100.0, 10, 1 << 20));
         let now = Instant::now();
@@ -286,6 +364,15 @@ mod tests {
         let took = started.elapsed();
         assert!(took >= Duration::from_secs(1) && took <= Duration::from_secs(2), "{took:?}");
         assert!(metrics.render(0, 0).contains(r#"snapgate_connections_paced_total{listener="grpc",reason="bytes"}"#));
+        // Paced lately, it is read in small steps, each after a yield.
+        peer.write_all(&[9u8; 4 * SMALL_READ]).await.unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        paced.small = true;
+        let mut large = vec![0u8; 4 * SMALL_READ];
+        assert_eq!(paced.read(&mut large).await.unwrap(), SMALL_READ);
+        let next = futures_util::poll!(std::pin::pin!(paced.read(&mut large)));
+        assert!(next.is_pending(), "a yield before the next step");
+        assert_eq!(paced.read(&mut large).await.unwrap(), SMALL_READ);
         // Writing is never held back.
         paced.write_all(b"answer").await.unwrap();
         let mut answer = [0u8; 6];
