@@ -77,6 +77,13 @@ fn add_flood_caller(s: &mut Settings) {
     s.authz.policies = Some("permit(principal, action, resource);".into());
 }
 
+/// A client for `token` on a connection of its own.
+async fn own_connection(gw: &Gateway, token: &str) -> gateway::Client {
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", gw.addr)).unwrap().connect().await.unwrap();
+    gateway::client_with(channel, Some(token))
+}
+
 fn get(name: &str) -> GetCopyRequest {
     GetCopyRequest { name: name.into(), fresh: false }
 }
@@ -218,9 +225,7 @@ async fn an_oversized_header_block_fails_its_call_and_not_the_connection() {
 #[tokio::test]
 async fn a_connection_that_keeps_sending_oversized_header_blocks_is_paced() {
     let (_emu, gw) = start(|s| s.server.max_header_list_bytes = 8 * 1024).await;
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", gw.addr)).unwrap().connect().await.unwrap();
-    let mut client = gateway::client_with(channel, Some(gateway::TOKEN));
+    let mut client = own_connection(&gw, gateway::TOKEN).await;
     for _ in 0..4 {
         let mut request = tonic::Request::new(get("billing-pg-daily"));
         request.metadata_mut().insert("x-padding", "a".repeat(16 * 1024).parse().unwrap());
@@ -404,9 +409,7 @@ async fn a_peer_that_keeps_breaking_the_protocol_is_held_back_and_others_are_not
     let held = || async { held_so_far(metrics(&gw).await) > before };
     assert!(eventually(Duration::from_secs(5), held).await, "{}", metrics(&gw).await);
     // Another peer's new connection is served at once, while that one is held.
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", gw.addr)).unwrap().connect().await.unwrap();
-    let mut client = gateway::client_with(channel, Some(gateway::TOKEN));
+    let mut client = own_connection(&gw, gateway::TOKEN).await;
     client.get_copy(get("billing-pg-daily")).await.expect("another peer is not held back");
     drop(tcp);
 }
@@ -463,9 +466,7 @@ async fn a_connection_whose_calls_keep_being_refused_is_paced() {
         add_flood_caller(s);
     })
     .await;
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", gw.addr)).unwrap().connect().await.unwrap();
-    let flood = gateway::client_with(channel, Some(FLOOD_TOKEN));
+    let flood = own_connection(&gw, FLOOD_TOKEN).await;
     let calls: Vec<_> = (0..40)
         .map(|_| {
             let mut flood = flood.clone();
