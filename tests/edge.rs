@@ -372,6 +372,26 @@ async fn the_client_retries_a_refusal_after_the_delay_it_names() {
     assert!(metrics(&gw).await.contains("snapgate_calls_shed_total{reason=\"fair_share\"}"));
 }
 
+/// A storm of new connections is taken at the listener's accept rate; every one is served.
+#[tokio::test]
+async fn a_storm_of_connections_is_taken_at_the_accept_rate() {
+    let (_emu, gw) = start(|s| s.server.max_accepts_per_sec = 4.0).await;
+    let mut storm = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+        tcp.write_all(PREFACE).await.unwrap();
+        tcp.write_all(SETTINGS).await.unwrap();
+        storm.push(tcp);
+    }
+    for tcp in &mut storm {
+        let mut first = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut first)).await.unwrap().unwrap();
+        assert_eq!(first[3], 4, "the gateway's SETTINGS");
+    }
+    let waited = metrics(&gw).await;
+    assert!(waited.contains(r#"snapgate_connections_paced_total{listener="grpc",reason="accept_rate"}"#), "{waited}");
+}
+
 /// A TCP connection from 127.0.0.2, so that holding its peer back leaves the tests' own
 /// client (from 127.0.0.1) alone.
 async fn tcp_from_other_peer(addr: SocketAddr) -> TcpStream {

@@ -432,6 +432,11 @@ pub struct ServerSettings {
     pub initial_stream_window_bytes: u32,
     /// HTTP/2 flow-control window of each connection.
     pub initial_connection_window_bytes: u32,
+    /// New connections taken per second per listener (a quarter second's worth at once);
+    /// more wait in the kernel's backlog. Connections are long-lived here, so this only
+    /// smooths a storm of them (thousands opened at once), whose handshakes would otherwise
+    /// take the CPU that open connections' calls need.
+    pub max_accepts_per_sec: f64,
     /// Refused, failed or reset calls a connection may make per second beyond its burst
     /// before the gateway reads from it only at this pace.
     pub paced_refusals_per_sec: f64,
@@ -527,6 +532,7 @@ impl Default for ServerSettings {
             max_header_list_bytes: 64 * 1024,
             initial_stream_window_bytes: 64 * 1024,
             initial_connection_window_bytes: 1024 * 1024,
+            max_accepts_per_sec: 2000.0,
             paced_refusals_per_sec: 200.0,
             paced_refusals_burst: 200,
             max_read_bytes_per_sec: 32 * 1024 * 1024,
@@ -648,6 +654,9 @@ impl Settings {
         }
         if !(s.paced_refusals_per_sec.is_finite() && s.paced_refusals_per_sec > 0.0) {
             return Err("server.paced_refusals_per_sec must be a positive number".into());
+        }
+        if !(s.max_accepts_per_sec.is_finite() && s.max_accepts_per_sec >= 1.0) {
+            return Err("server.max_accepts_per_sec must be at least 1".into());
         }
         if s.max_read_bytes_per_sec < 64 * 1024 {
             return Err("server.max_read_bytes_per_sec must be at least 65536".into());

@@ -158,6 +158,11 @@ pub(crate) fn incoming(
     let peers = Arc::new(PeerCounts::default());
     let deadline = limits.handshake_timeout;
     let penalties = limits.penalties.clone();
+    let accepts = snapgate_domain::TokenBucket::new(
+        limits.max_accepts_per_sec,
+        (limits.max_accepts_per_sec / 4.0).clamp(1.0, f64::from(u32::MAX)) as u32,
+        tokio::time::Instant::now().into_std(),
+    );
     let alpn = match kind {
         Listener::Grpc => Alpn::Grpc,
         Listener::Http => Alpn::Http,
@@ -167,8 +172,17 @@ pub(crate) fn incoming(
         let mut log = RateLimitedLog { last: None, suppressed: 0 };
         let mut accepted_in_turn = 0u32;
         loop {
-            // A burst of connections (thousands at once) is taken a few at a time, so that
-            // the calls of connections already open are served in between.
+            // A storm of connections (thousands at once) is taken at `max_accepts_per_sec`, a
+            // few at a time, so that the calls of connections already open are served in
+            // between; the rest wait in the kernel's backlog.
+            let wait = accepts.reserve(tokio::time::Instant::now().into_std());
+            if !wait.is_zero() {
+                metrics.connection_paced(kind.as_str(), "accept_rate");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stop.cancelled() => break,
+                }
+            }
             accepted_in_turn += 1;
             if accepted_in_turn.is_multiple_of(ACCEPTS_PER_TURN) {
                 tokio::task::yield_now().await;

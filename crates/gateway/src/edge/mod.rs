@@ -89,6 +89,7 @@ pub(crate) struct EdgeLimits {
     pub(crate) max_read_bytes_per_sec: u64,
     pub(crate) max_in_flight_calls: usize,
     pub(crate) max_header_list_bytes: u32,
+    pub(crate) max_accepts_per_sec: f64,
     /// Peers held back for breaking HTTP/2's rules; shared by both listeners.
     pub(crate) penalties: Arc<pace::PeerPenalties>,
 }
@@ -108,6 +109,7 @@ impl EdgeLimits {
             max_read_bytes_per_sec: settings.max_read_bytes_per_sec,
             max_in_flight_calls: settings.max_in_flight_calls,
             max_header_list_bytes: settings.max_header_list_bytes,
+            max_accepts_per_sec: settings.max_accepts_per_sec,
             penalties: Arc::new(pace::PeerPenalties::new()),
         }
     }
