@@ -62,7 +62,7 @@ pub(crate) enum Command {
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
     /// Many WatchCopy streams over many copies: AWS calls per round, memory, event lag.
-    Watch(crate::bench::WatchBenchArgs),
+    Watch(crate::bench::watch::WatchBenchArgs),
     /// A burst of copies at once: all succeed, none throttled, time against the limit.
     CopyBurst(crate::bench::CopyBurstArgs),
     /// A fleet of cross-region copies at once, queued within AWS's limit of 5 in progress.
@@ -86,7 +86,7 @@ pub(crate) enum BenchCommand {
     FloodAttack(crate::bench::flood::FloodAttackArgs),
     /// The load generator `bench watch` starts in a child process.
     #[command(hide = true)]
-    WatchClients(crate::bench::WatchClientsArgs),
+    WatchClients(crate::bench::watch::WatchClientsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -153,7 +153,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => return client(format, crate::client_cmd::get(args)).await,
         Command::Cancel(args) => return client(format, crate::client_cmd::cancel(args)).await,
         Command::List(args) => return client(format, crate::client_cmd::list(args)).await,
-        Command::Bench(BenchCommand::Watch(args)) => with_telemetry("warn", format, crate::bench::watch(args)).await,
+        Command::Bench(BenchCommand::Watch(args)) => {
+            with_telemetry("warn", format, crate::bench::watch::watch(args)).await
+        }
         Command::Bench(BenchCommand::CopyBurst(args)) => {
             with_telemetry("warn", format, crate::bench::copy_burst(args)).await
         }
@@ -180,7 +182,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Trace(args)) => crate::bench::trace::trace(args, format).await,
         Command::Bench(BenchCommand::WatchClients(args)) => {
-            with_telemetry("warn", format, crate::bench::watch_clients(args)).await
+            with_telemetry("warn", format, crate::bench::watch::watch_clients(args)).await
         }
     };
     done.map(|()| ExitCode::SUCCESS)

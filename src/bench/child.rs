@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::cli::ScratchDir;
 
@@ -34,14 +34,16 @@ impl ChildGateway {
     ) -> anyhow::Result<ChildGateway> {
         let path = scratch.path().join("serve.toml");
         std::fs::write(&path, config)?;
-        let mut command = match cpus {
-            Some(cpus) => {
-                let mut command = tokio::process::Command::new("taskset");
-                command.args(["-c", cpus]).arg(std::env::current_exe()?);
-                command
-            }
-            None => tokio::process::Command::new(std::env::current_exe()?),
-        };
+        // A profiler to run the gateway under, if asked: SNAPGATE_BENCH_GATEWAY_WRAPPER="heaptrack -o /tmp/gw".
+        let wrapper = std::env::var("SNAPGATE_BENCH_GATEWAY_WRAPPER").unwrap_or_default();
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(cpus) = cpus {
+            argv.extend(["taskset".into(), "-c".into(), cpus.into()]);
+        }
+        argv.extend(wrapper.split_whitespace().map(Into::into));
+        argv.push(std::env::current_exe()?.into());
+        let mut command = tokio::process::Command::new(&argv[0]);
+        command.args(&argv[1..]);
         let mut child = command
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&path)
@@ -105,4 +107,36 @@ pub(super) fn cpu_us(pid: &str) -> u64 {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
     // utime and stime are fields 14 and 15 (11 and 12 after the name), in 1/100 s on Linux.
     (ticks(11) + ticks(12)) * 10_000
+}
+
+/// The gateway's `/metrics` text from its admin listener (empty if it cannot be read).
+pub(super) async fn metrics(admin: SocketAddr) -> String {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(admin).await else { return String::new() };
+    if stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.is_err() {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text).await;
+    text
+}
+
+/// The sum of a metric's samples (every label set) in a `/metrics` text.
+pub(super) fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metric_is_summed_over_its_label_sets_and_not_confused_with_longer_names() {
+        let text = "# HELP x\nsnapgate_a_total{reason=\"x\"} 2\nsnapgate_a_total{reason=\"y\"} 3\nsnapgate_a_total_more 7\nsnapgate_b 1.5\n";
+        assert_eq!(metric(text, "snapgate_a_total"), 5.0);
+        assert_eq!(metric(text, "snapgate_b"), 1.5);
+        assert_eq!(metric(text, "snapgate_c"), 0.0);
+    }
 }

@@ -15,7 +15,7 @@ use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::child::{ChildGateway, cpu_us, free_port, open_fds, proc_kib};
+use super::child::{ChildGateway, cpu_us, free_port, metrics, open_fds, proc_kib};
 use super::{ATTACKER_TOKEN, BENCH_TOKEN, BenchClient, attacker_client, bench_client, loopback_emulator};
 use crate::cli::ScratchDir;
 use snapgate_emulator::{EmulatorConfig, Faults};
@@ -130,12 +130,7 @@ data_dir = "{data}"
 
 /// The edge's counters from the gateway's `/metrics`: refusals by reason and shed calls.
 async fn refusals(admin: SocketAddr) -> Vec<(String, u64)> {
-    let Ok(mut stream) = TcpStream::connect(admin).await else { return Vec::new() };
-    if stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.is_err() {
-        return Vec::new();
-    }
-    let mut text = String::new();
-    let _ = tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut text).await;
+    let text = metrics(admin).await;
     text.lines()
         .filter(|l| {
             ["snapgate_connections_refused_total", "snapgate_connections_paced_total", "snapgate_calls_shed_total"]

@@ -9,8 +9,9 @@ use prost::Message;
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-/// Initial encode/decode buffer per call (snapgate's messages are well under 1 KiB).
-const BUFFER_SIZE: usize = 1024;
+/// Initial encode/decode buffer per call: a WatchCopy event is about 280 bytes with its framing,
+/// so one fits, and the buffer is reused for the next once the last has been written.
+const BUFFER_SIZE: usize = 512;
 /// Encoded bytes after which a streaming response yields to the runtime (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
 

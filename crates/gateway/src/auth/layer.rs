@@ -75,8 +75,11 @@ where
                 authn.outcome = tracing::field::Empty,
                 enduser.id = tracing::field::Empty,
             );
+            // Boxed: the verification's state lives only while it runs, not in the future that
+            // waits for the handler (a WatchCopy opening can wait a poll round).
             let outcome =
-                auth.authenticate_holding(authorization.as_deref(), certificate).instrument(span.clone()).await;
+                Box::pin(auth.authenticate_holding(authorization.as_deref(), certificate).instrument(span.clone()))
+                    .await;
             match &outcome {
                 Ok((caller, _)) => {
                     span.record("authn.method", caller.method.as_str());

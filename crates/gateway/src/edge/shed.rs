@@ -96,6 +96,9 @@ impl ConnectionCalls {
 #[derive(Clone)]
 pub(crate) struct ShedLayer {
     in_flight: Arc<Semaphore>,
+    /// Streams being opened (authenticated, authorized, looked up, waiting for their first
+    /// observation) at once; as many as there are places for unary calls.
+    openings: Arc<Semaphore>,
     memory: Arc<Memory>,
     metrics: Arc<Metrics>,
     /// A request body larger than this is refused before it is read further (tonic's own limit
@@ -118,6 +121,7 @@ impl ShedLayer {
     ) -> ShedLayer {
         ShedLayer {
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            openings: Arc::new(Semaphore::new(max_in_flight)),
             memory,
             metrics,
             max_body: max_request_bytes.saturating_add(FRAME_HEADER),
@@ -173,11 +177,25 @@ where
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        // A stream holds no place: open streams are bounded by the watch hub's own limit.
-        if path.ends_with("/WatchCopy") {
-            return Box::pin(inner.call(request));
-        }
         let layer = layer.clone();
+        // An open stream holds no place (open streams are bounded by the watch hub's own limit),
+        // but opening one does: a reconnect storm of thousands of watchers waits its turn here,
+        // where a waiting call costs a few hundred bytes, instead of all of them holding the
+        // state of authentication, lookup and first poll at once. The wait is bounded by the
+        // request timeout, after which the caller is told to retry.
+        if path.ends_with("/WatchCopy") {
+            return Box::pin(async move {
+                let turn = tokio::time::timeout(layer.body_timeout, layer.openings.clone().acquire_owned()).await;
+                let Ok(Ok(turn)) = turn else {
+                    layer.metrics.call_shed("openings");
+                    return Ok(refusal(Code::Unavailable, "too many streams are being opened; retry shortly"));
+                };
+                // The layers inside are called only now, so their state exists only while opening.
+                let response = inner.call(request).await;
+                drop(turn);
+                response
+            });
+        }
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             let connection = parts.extensions.remove::<ConnectionCalls>();
@@ -321,6 +339,53 @@ mod tests {
         let request = http::Request::builder().uri("/snapgate.v1.SnapshotCopyService/GetCopy").body(never).unwrap();
         let answer = layer.layer(inner).call(request).await.unwrap();
         assert_eq!(tonic::Status::from_header_map(answer.headers()).unwrap().code(), Code::DeadlineExceeded);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_past_the_openings_wait_their_turn_and_are_told_to_retry_after_the_timeout() {
+        let memory = Arc::new(Memory { resident: AtomicU64::new(0), limit: None });
+        let layer = ShedLayer::new(1, 1024, Duration::from_secs(30), memory, Metrics::new());
+        let (release, released) = tokio::sync::watch::channel(false);
+        let entered = Arc::new(AtomicU64::new(0));
+        let inner = {
+            let entered = entered.clone();
+            tower::service_fn(move |_: http::Request<Body>| {
+                entered.fetch_add(1, Ordering::SeqCst);
+                let mut released = released.clone();
+                async move {
+                    let _ = released.wait_for(|r| *r).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+                }
+            })
+        };
+        let mut shed = layer.layer(inner);
+        let watch =
+            || http::Request::builder().uri("/snapgate.v1.SnapshotCopyService/WatchCopy").body(Body::empty()).unwrap();
+        let opening = tokio::spawn(shed.call(watch()));
+        while entered.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The second opening waits without reaching the layers inside...
+        let waiting = tokio::spawn(shed.call(watch()));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(entered.load(Ordering::SeqCst), 1);
+        // ...and has its turn once the first stream is open.
+        release.send(true).unwrap();
+        assert!(tonic::Status::from_header_map(opening.await.unwrap().unwrap().headers()).is_none());
+        assert!(tonic::Status::from_header_map(waiting.await.unwrap().unwrap().headers()).is_none());
+        assert_eq!(entered.load(Ordering::SeqCst), 2);
+        // An opening that waits longer than the request timeout is told to retry.
+        release.send(false).unwrap();
+        let held = tokio::spawn(shed.call(watch()));
+        while entered.load(Ordering::SeqCst) == 2 {
+            tokio::task::yield_now().await;
+        }
+        let refused = shed.call(watch()).await.unwrap();
+        let status = tonic::Status::from_header_map(refused.headers()).unwrap();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.get_details_retry_info().is_some());
+        assert_eq!(entered.load(Ordering::SeqCst), 3);
+        held.abort();
     }
 
     #[test]

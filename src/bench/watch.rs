@@ -1,0 +1,346 @@
+//! `snapgate bench watch`: N concurrent WatchCopy streams over M copies in progress on the
+//! emulator. It reports AWS describes per poll round, the resident memory of the gateway's
+//! process, the lag from the poll that saw a change to the event at the client (p50, p99),
+//! and the same watchers run the waiter way (each polling on its own) for the ratio of calls.
+//!
+//! Three processes share the machine: the gateway (`snapgate serve`, a child), the emulator
+//! (in this process) and the load generator (`bench watch-clients`, another child), so the
+//! resident memory measured is the gateway's own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::transport::Channel;
+
+use super::child::{ChildGateway, free_port, metric, metrics, proc_kib};
+use super::{BENCH_TOKEN, bearer, bench_client, loopback_emulator};
+use crate::cli::ScratchDir;
+use snapgate_emulator::{EmulatorConfig, Faults, Throttle};
+use snapgate_gateway::config::AwsSettings;
+use snapgate_proto::snapshot_copy_service_client::SnapshotCopyServiceClient;
+use snapgate_proto::{self as pb, CopyClusterSnapshotRequest, WatchCopyRequest};
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct WatchBenchArgs {
+    /// Concurrent WatchCopy streams.
+    #[arg(long, default_value_t = 10_000)]
+    pub streams: usize,
+    /// Copies in progress that the streams watch.
+    #[arg(long, default_value_t = 1_000)]
+    pub copies: usize,
+    /// How long the streams run.
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+    /// HTTP/2 connections the streams share.
+    #[arg(long, default_value_t = 20)]
+    pub connections: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct WatchClientsArgs {
+    #[arg(long)]
+    pub addr: SocketAddr,
+    #[arg(long)]
+    pub names: std::path::PathBuf,
+    #[arg(long)]
+    pub streams: usize,
+    #[arg(long)]
+    pub seconds: u64,
+    #[arg(long)]
+    pub connections: usize,
+}
+
+/// The gateway's configuration: polls every 1–4 s, room for every stream, and a caller with
+/// no fair share to hold it to (it is every watcher at once).
+fn gateway_config(args: &WatchBenchArgs, port: u16, admin_port: u16, endpoint: &str, data: &str) -> String {
+    format!(
+        r#"listen = "127.0.0.1:{port}"
+[server]
+shutdown_grace_secs = 2
+[watch]
+min_poll_interval_ms = 1000
+max_poll_interval_ms = 4000
+max_streams = {max_streams}
+[fair_share]
+[[fair_share.overrides]]
+principal = "bench"
+calls_per_sec = 1000000000.0
+burst = 4000000000
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+account_id = "{account}"
+rate_limit_per_sec = 10000.0
+rate_limit_burst = 10000
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[auth]
+static_tokens = [{{ token = "{BENCH_TOKEN}", principal = "bench" }}]
+[authz]
+policies = 'permit(principal == Snapgate::Caller::"bench", action, resource);'
+[store]
+data_dir = "{data}"
+"#,
+        max_streams = args.streams + 100,
+        account = snapgate_emulator::DEFAULT_ACCOUNT,
+    )
+}
+
+pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
+    let scratch = ScratchDir::new("bench")?;
+    // A 1000 GiB source copied at 10 GiB/s: every copy moves one percent a second.
+    let emu = loopback_emulator(EmulatorConfig {
+        copy_gib_per_sec: 10.0,
+        snapshot_quota: args.copies + 10,
+        faults: Faults { throttle: None, ..Faults::default() },
+        ..EmulatorConfig::default()
+    })
+    .await?;
+    let aws = AwsSettings { region: Some("us-east-1".into()), ..AwsSettings::default() };
+    let sdk = snapgate_gateway::fixed_sdk_config(&aws, &emu.endpoint_url(), "AKIDBENCH", "bench-secret").await;
+    let rds = aws_sdk_rds::Client::new(&sdk);
+    rds.create_db_cluster()
+        .db_cluster_identifier("bench")
+        .engine("aurora-postgresql")
+        .allocated_storage(1000)
+        .send()
+        .await?;
+    rds.create_db_cluster_snapshot()
+        .db_cluster_identifier("bench")
+        .db_cluster_snapshot_identifier("bench-src")
+        .send()
+        .await?;
+
+    let (port, admin_port) = (free_port()?, free_port()?);
+    let data = scratch.path().join("data");
+    let config = gateway_config(&args, port, admin_port, &emu.endpoint_url(), &data.display().to_string());
+    let mut gateway = ChildGateway::spawn(&config, port, admin_port, &scratch, None).await?;
+    let addr = gateway.addr;
+    let started_kib = proc_kib(gateway.pid, "VmRSS:");
+    // Setting up a thousand copies does not wait on client-side pacing (10,000/s here); the
+    // watch itself makes ten calls a round, far below any limit.
+    let mut client = bench_client(&addr.to_string()).await?;
+    let mut names = Vec::with_capacity(args.copies);
+    for i in 0..args.copies {
+        let req = CopyClusterSnapshotRequest {
+            source_snapshot: "bench-src".into(),
+            target_snapshot_id: format!("bench-copy-{i}"),
+            ..Default::default()
+        };
+        names.push(client.copy_cluster_snapshot(req).await?.into_inner().name);
+    }
+    drop(client);
+    // From here on, RDS's real throttling applies: the watch must live within it.
+    emu.emulator
+        .set_faults(Faults { throttle: Some(Throttle::default()), ..Faults::default() })
+        .map_err(anyhow::Error::msg)?;
+    let names_file = scratch.path().join("names.txt");
+    std::fs::write(&names_file, names.join("\n"))?;
+    let set_up_kib = proc_kib(gateway.pid, "VmRSS:");
+
+    println!(
+        "snapgate bench watch: {} streams over {} copies for {} s ({} connections); gateway, emulator and load generator in three processes on {} cores",
+        args.streams,
+        args.copies,
+        args.seconds,
+        args.connections,
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "watch-clients", "--addr", &addr.to_string(), "--names"])
+        .arg(&names_file)
+        .args(["--streams", &args.streams.to_string(), "--seconds", &args.seconds.to_string()])
+        .args(["--connections", &args.connections.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the load generator")?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let (mut opening_peak_kib, mut streaming_peak_kib, mut ready) = (0, 0, false);
+    let (mut describes_at_ready, mut rounds_at_ready) = (0, 0.0);
+    let mut report = None;
+    let mut sampler = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line? {
+                Some(l) if l == "ready" => {
+                    ready = true;
+                    describes_at_ready = emu.emulator.calls().get("DescribeDBClusterSnapshots");
+                    let text = metrics(gateway.admin).await;
+                    rounds_at_ready = metric(&text, "snapgate_watch_poll_rounds_total");
+                    println!(
+                        "  streams open: {} (watched snapshots: {})",
+                        metric(&text, "snapgate_watch_open_streams"),
+                        metric(&text, "snapgate_watch_polled_snapshots")
+                    );
+                }
+                Some(l) => report = Some(l),
+                None => break,
+            },
+            _ = sampler.tick() => {
+                let kib = proc_kib(gateway.pid, "VmRSS:");
+                if ready { streaming_peak_kib = streaming_peak_kib.max(kib) } else { opening_peak_kib = opening_peak_kib.max(kib) }
+            }
+        }
+    }
+    child.wait().await?;
+    let calls = emu.emulator.calls();
+    let describes = calls.get("DescribeDBClusterSnapshots") - describes_at_ready;
+    let rounds = metric(&metrics(gateway.admin).await, "snapgate_watch_poll_rounds_total") - rounds_at_ready;
+    // The kernel's own count of the gateway's peak, between samples included.
+    let hwm_kib = proc_kib(gateway.pid, "VmHWM:");
+    let _ = gateway.child.kill().await;
+    let report = report.context("the load generator printed no report")?;
+    println!("  load generator: {report}");
+    println!(
+        "  poll rounds: {rounds}; describes: {describes}; describes per round: {:.2} (target <= {}); throttled: {}",
+        describes as f64 / rounds.max(1.0),
+        args.copies.div_ceil(100),
+        calls.throttled
+    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "  gateway resident memory: peak {:.1} MiB (target <= 100 MiB at 10,000 streams); {:.1} MiB at start, {:.1} MiB with {} copies made, peak {:.1} MiB while the streams opened, {:.1} MiB while they streamed",
+        mib(hwm_kib),
+        mib(started_kib),
+        mib(set_up_kib),
+        args.copies,
+        mib(opening_peak_kib),
+        mib(streaming_peak_kib)
+    );
+    let gateway_per_30s = describes as f64 * 30.0 / args.seconds as f64;
+    let waiter = waiter_way(&emu.endpoint_url(), &names, args.streams, args.seconds).await;
+    println!(
+        "  waiter way ({} watchers each describing every 30 s, as botocore's waiter does), one {} s window: {} calls, {} throttled",
+        args.streams, args.seconds, waiter.0, waiter.1
+    );
+    println!(
+        "  AWS calls per 30 s: gateway {:.0}, waiters {:.0}: the gateway makes {:.0}x fewer",
+        gateway_per_30s,
+        waiter.0 as f64 * 30.0 / args.seconds as f64,
+        (waiter.0 as f64) / (describes.max(1) as f64)
+    );
+    emu.stop().await;
+    Ok(())
+}
+
+/// Each watcher polls on its own: one describe per watcher every 30 s, spread over the window.
+async fn waiter_way(endpoint: &str, names: &[String], watchers: usize, seconds: u64) -> (u64, u64) {
+    let aws = AwsSettings { region: Some("us-east-1".into()), max_attempts: Some(1), ..AwsSettings::default() };
+    let sdk = snapgate_gateway::fixed_sdk_config(&aws, endpoint, "AKIDWAITER", "waiter-secret").await;
+    let rds = aws_sdk_rds::Client::new(&sdk);
+    let calls = Arc::new(AtomicU64::new(0));
+    let throttled = Arc::new(AtomicU64::new(0));
+    let window = Duration::from_secs(seconds);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(watchers);
+    for i in 0..watchers {
+        let (rds, calls, throttled) = (rds.clone(), calls.clone(), throttled.clone());
+        let id = names[i % names.len()].rsplit(':').next().unwrap_or_default().to_owned();
+        let offset = Duration::from_secs(30).mul_f64(i as f64 / watchers as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut at = start + offset;
+            while at < start + window {
+                tokio::time::sleep_until(at).await;
+                calls.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = rds.describe_db_cluster_snapshots().db_cluster_snapshot_identifier(&id).send().await
+                    && aws_sdk_rds::error::ProvideErrorMetadata::code(&e) == Some("ThrottlingException")
+                {
+                    throttled.fetch_add(1, Ordering::Relaxed);
+                }
+                at += Duration::from_secs(30);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    (calls.load(Ordering::Relaxed), throttled.load(Ordering::Relaxed))
+}
+
+/// The load generator: opens the streams, records the lag of every change event, prints
+/// `ready` once all streams are open and a one-line report at the end.
+pub(crate) async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> {
+    let names: Vec<String> = std::fs::read_to_string(&args.names)?.lines().map(str::to_owned).collect();
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(Channel::from_shared(format!("http://{}", args.addr))?.connect().await?);
+    }
+    let lags = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let events = Arc::new(AtomicU64::new(0));
+    let stop = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
+    let mut opened = Vec::with_capacity(args.streams);
+    for i in 0..args.streams {
+        let mut client = SnapshotCopyServiceClient::with_interceptor(channels[i % channels.len()].clone(), bearer);
+        let name = names[i % names.len()].clone();
+        opened.push(tokio::spawn(
+            async move { client.watch_copy(WatchCopyRequest { name }).await.map(|r| r.into_inner()) },
+        ));
+    }
+    let mut streams = Vec::with_capacity(args.streams);
+    for handle in opened {
+        match handle.await? {
+            Ok(s) => streams.push(s),
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    println!("ready");
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(streams.len());
+    for mut stream in streams {
+        let (lags, errors, events) = (lags.clone(), errors.clone(), events.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    m = stream.message() => m,
+                    () = tokio::time::sleep_until(stop) => return,
+                };
+                match next {
+                    Ok(Some(event)) => {
+                        events.fetch_add(1, Ordering::Relaxed);
+                        let changed = matches!(
+                            event.change(),
+                            pb::copy_event::Change::Progress
+                                | pb::copy_event::Change::State
+                                | pb::copy_event::Change::Terminal
+                        );
+                        if changed && let Some(observed) = event.observe_time.and_then(|t| SystemTime::try_from(t).ok())
+                        {
+                            let lag = SystemTime::now().duration_since(observed).unwrap_or_default();
+                            lags.lock().unwrap_or_else(|p| p.into_inner()).push(lag.as_micros() as u64);
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut lags = lags.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    lags.sort_unstable();
+    let pct = |p: f64| lags.get(((lags.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    println!(
+        "{} events in {:.0} s, {} change events, lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 100 ms); stream errors {}",
+        events.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        lags.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
