@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::accept::{Conn, ConnInfo};
+use super::coalesce::Coalesced;
 use super::pace::{self, Pace, Paced};
 use super::shed::ConnectionCalls;
 use super::{EdgeLimits, Listener};
@@ -117,7 +118,7 @@ pub(crate) fn serve(
             });
             let (stop, metrics, builder) = (stop.clone(), metrics.clone(), builder.clone());
             connections.spawn(async move {
-                let io = Paced::new(conn, pace, metrics.clone(), kind);
+                let io = Coalesced::new(Paced::new(conn, pace, metrics.clone(), kind));
                 let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
                 tokio::pin!(connection);
                 let outcome = tokio::select! {
