@@ -36,7 +36,7 @@ impl<T> Coalesced<T> {
 
     /// Whether this write waits a pass of the scheduler first (it is woken at once).
     fn waits(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.waited || !self.flushed.is_some_and(|at| at.elapsed() < BUSY) {
+        if self.waited || self.flushed.is_none_or(|at| at.elapsed() >= BUSY) {
             return false;
         }
         self.waited = true;
