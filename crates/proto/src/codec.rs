@@ -1,17 +1,19 @@
-//! The protobuf codec with smaller per-call buffers. tonic's default reserves 8 KiB per call
-//! for encoding; a gateway holding ten thousand WatchCopy streams whose events are a few
-//! hundred bytes would keep ~80 MB in those buffers alone. They still grow when a message
-//! needs more.
+//! The protobuf codec, with per-call buffers sized to the message. tonic's default reserves
+//! 8 KiB per call and keeps it for the call's life; a gateway holding ten thousand WatchCopy
+//! streams whose events are ~280 bytes would keep ~80 MB in those buffers alone. Here a buffer
+//! starts empty and each message reserves exactly its encoded length before it is encoded, so
+//! a stream holds no more than its last event, and a large answer (a page of 500 copies) is
+//! allocated once instead of grown by doubling.
 
 use std::marker::PhantomData;
 
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec};
-use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use tonic_prost::{ProstCodec, ProstDecoder};
 
-/// Initial encode/decode buffer per call: a WatchCopy event is about 280 bytes with its framing,
-/// so one fits, and the buffer is reused for the next once the last has been written.
-const BUFFER_SIZE: usize = 512;
+/// Initial decode buffer per call (requests are a few hundred bytes; it grows when one is not).
+const DECODE_BUFFER_SIZE: usize = 512;
 /// Encoded bytes after which a streaming response yields to the runtime (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
@@ -31,14 +33,32 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = SnapgateEncoder<T>;
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+        SnapgateEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(DECODE_BUFFER_SIZE, YIELD_THRESHOLD))
+    }
+}
+
+/// Encodes a message into exactly the room it needs.
+#[derive(Debug)]
+pub struct SnapgateEncoder<T>(PhantomData<T>);
+
+impl<T: Message> Encoder for SnapgateEncoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.reserve(item.encoded_len());
+        item.encode(buf).map_err(|error| Status::internal(format!("encoding a response: {error}")))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(0, YIELD_THRESHOLD)
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::stream::BoxStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::Stream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{Observation, Subscription, observed_state};
 use crate::error::Error;
@@ -71,74 +71,100 @@ impl Stream for WatchStream {
     }
 }
 
-/// Where a stream stands between two of its events.
-struct State {
-    task: StreamTask,
+/// One watcher's stream, polled by hand: its state is a few hundred bytes, where an `unfold`
+/// of async blocks kept the state twice and every timer and wait inline (~820 bytes), which at
+/// 10,000 streams is megabytes.
+struct HubStream {
+    /// Keeps the snapshot in the poll set while the stream lives.
+    _subscription: Subscription,
+    /// The snapshot's observations as they change.
+    changes: tokio_stream::wrappers::WatchStream<Option<Arc<Observation>>>,
+    /// The first observation, until it is sent.
+    first: Option<Arc<Observation>>,
     /// The last event that was not a heartbeat; none before the first.
     last: Option<WatchEvent>,
     /// A terminal event or an error was sent: the stream ends.
     ended: bool,
+    _permit: OwnedSemaphorePermit,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    heartbeat: Pin<Box<tokio::time::Sleep>>,
+    every: Duration,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 /// The stream of `task`'s events: the first observation, then each change a watcher can see,
 /// heartbeats while nothing changes, and an error at shutdown or the caller's deadline.
 pub(super) fn stream(task: StreamTask) -> WatchStream {
-    let state = State { task, last: None, ended: false };
-    WatchStream { inner: Box::pin(futures_util::stream::unfold(state, next)) }
+    let changes = tokio_stream::wrappers::WatchStream::from_changes(task.subscription.rx.clone());
+    let stream = HubStream {
+        _subscription: task.subscription,
+        changes,
+        first: Some(task.first),
+        last: None,
+        ended: false,
+        _permit: task.permit,
+        deadline: task.deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+        heartbeat: Box::pin(tokio::time::sleep(task.heartbeat)),
+        every: task.heartbeat,
+        shutdown: Box::pin(task.shutdown.cancelled_owned()),
+    };
+    WatchStream { inner: Box::pin(stream) }
 }
 
-async fn next(mut state: State) -> Option<(Result<WatchEvent, Error>, State)> {
-    if state.ended {
-        return None;
-    }
-    let outcome = match &state.last {
-        None => event(&state.task.first, None),
-        Some(last) => following(&mut state.task, last).await,
-    };
-    match &outcome {
-        Ok(event) => {
-            state.ended = event.terminal;
-            if event.change != Change::Heartbeat {
-                state.last = Some(event.clone());
-            }
-        }
-        Err(_) => state.ended = true,
-    }
-    Some((outcome, state))
-}
-
-/// The event after `last`: a change, a heartbeat, or the error that ends the stream.
-async fn following(task: &mut StreamTask, last: &WatchEvent) -> Result<WatchEvent, Error> {
-    let deadline = async {
-        match task.deadline {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
-    let heartbeat = tokio::time::sleep(task.heartbeat);
-    tokio::pin!(heartbeat);
-    loop {
-        tokio::select! {
-            biased;
-            () = task.shutdown.cancelled() => return Err(Error::ShuttingDown),
-            () = &mut deadline => return Err(Error::DeadlineExceeded),
-            changed = task.subscription.rx.changed() => {
-                if changed.is_err() {
-                    return Err(Error::ShuttingDown);
+impl HubStream {
+    /// Sends `outcome`: the stream ends after a terminal event or an error, and the next
+    /// heartbeat is due a full interval from now.
+    fn send(&mut self, outcome: Result<WatchEvent, Error>) -> Poll<Option<Result<WatchEvent, Error>>> {
+        match &outcome {
+            Ok(event) => {
+                self.ended = event.terminal;
+                if event.change != Change::Heartbeat {
+                    self.last = Some(event.clone());
                 }
-                let observation = task.subscription.rx.borrow_and_update().clone();
-                match observation.map(|o| event(&o, Some(last))) {
+            }
+            Err(_) => self.ended = true,
+        }
+        let next = tokio::time::Instant::now() + self.every;
+        self.heartbeat.as_mut().reset(next);
+        Poll::Ready(Some(outcome))
+    }
+}
+
+impl Stream for HubStream {
+    type Item = Result<WatchEvent, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = this.first.take() {
+            let outcome = event(&first, None);
+            return this.send(outcome);
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            return this.send(Err(Error::ShuttingDown));
+        }
+        if this.deadline.as_mut().is_some_and(|at| at.as_mut().poll(cx).is_ready()) {
+            return this.send(Err(Error::DeadlineExceeded));
+        }
+        loop {
+            match Pin::new(&mut this.changes).poll_next(cx) {
+                Poll::Ready(None) => return this.send(Err(Error::ShuttingDown)),
+                Poll::Ready(Some(observation)) => match observation.map(|o| event(&o, this.last.as_ref())) {
                     // Nothing a watcher can see changed (a refreshed observation).
-                    None => continue,
-                    Some(Ok(e)) if e.change == Change::Heartbeat => continue,
-                    Some(result) => return result,
-                }
-            }
-            () = &mut heartbeat => {
-                return Ok(WatchEvent { change: Change::Heartbeat, observed: SystemTime::now(), ..last.clone() });
+                    None | Some(Ok(WatchEvent { change: Change::Heartbeat, .. })) => continue,
+                    Some(outcome) => return this.send(outcome),
+                },
+                Poll::Pending => break,
             }
         }
+        if this.heartbeat.as_mut().poll(cx).is_ready() {
+            let Some(last) = &this.last else { return Poll::Pending };
+            let beat = WatchEvent { change: Change::Heartbeat, observed: SystemTime::now(), ..last.clone() };
+            return this.send(Ok(beat));
+        }
+        Poll::Pending
     }
 }
 
