@@ -1,10 +1,10 @@
 //! Writes coalesced across a connection's streams. Each HTTP/2 stream is served by its own task,
 //! and tokio runs a task that another one woke next, so when a poll round wakes the 500 watch
 //! streams of one connection, the connection's task would run after each of them and write
-//! each ~280-byte event with its own system call. On a connection that wrote within the last
-//! millisecond, a write waits for one pass of the scheduler instead: the streams woken
-//! meanwhile queue their frames, and the connection writes them all at once. A connection that
-//! was quiet writes at once, so a lone answer gains no latency.
+//! each ~280-byte event with its own system call. On a connection that has flushed several
+//! times within the last millisecond, a write waits for one pass of the scheduler instead: the
+//! streams woken meanwhile queue their frames, and the connection writes them all at once. A
+//! connection that is not that busy writes at once, so a lone answer gains no latency.
 //!
 //! It also tells h2 the transport has no vectored writes. h2 then copies a DATA payload under
 //! 1 KiB into its 16 KiB write buffer (with vectored writes it keeps any payload of 256 bytes or
@@ -18,25 +18,30 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// A connection that flushed within this long is busy: its next write waits one pass.
+/// A connection that flushed `HOT` times within this long is busy: its next write waits one
+/// pass. A lone call's answer (headers, message and trailers, in one flush or a few) never
+/// waits; a fan-out of hundreds of events does after its first few.
 const BUSY: Duration = Duration::from_millis(1);
+const HOT: u32 = 4;
 
 pub(crate) struct Coalesced<T> {
     io: T,
-    /// When the last batch of writes was flushed.
-    flushed: Option<Instant>,
+    /// When the current window of flushes began, and how many it has seen.
+    window: Option<Instant>,
+    flushes: u32,
     /// This batch already waited its pass.
     waited: bool,
 }
 
 impl<T> Coalesced<T> {
     pub(crate) fn new(io: T) -> Coalesced<T> {
-        Coalesced { io, flushed: None, waited: false }
+        Coalesced { io, window: None, flushes: 0, waited: false }
     }
 
     /// Whether this write waits a pass of the scheduler first (it is woken at once).
     fn waits(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.waited || self.flushed.is_none_or(|at| at.elapsed() >= BUSY) {
+        let busy = self.flushes >= HOT && self.window.is_some_and(|at| at.elapsed() < BUSY);
+        if self.waited || !busy {
             return false;
         }
         self.waited = true;
@@ -79,7 +84,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let flushed = ready!(Pin::new(&mut this.io).poll_flush(cx));
-        this.flushed = Some(Instant::now());
+        let now = Instant::now();
+        match this.window {
+            Some(at) if now.duration_since(at) < BUSY => this.flushes += 1,
+            _ => (this.window, this.flushes) = (Some(now), 1),
+        }
         this.waited = false;
         Poll::Ready(flushed)
     }
@@ -114,18 +123,21 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         let mut io = Coalesced::new(Vec::new());
         assert!(!io.is_write_vectored(), "h2 must copy small frames into its buffer");
-        // Never written: at once.
-        assert!(matches!(write(&mut io, &mut cx, b"first"), Poll::Ready(Ok(5))));
-        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
-        // Flushed just now: the next batch waits one pass, and its task is woken to go on...
+        // A few flushes in quick succession (a lone call's answer): each written at once.
+        for _ in 0..HOT {
+            assert!(matches!(write(&mut io, &mut cx, b"a"), Poll::Ready(Ok(1))));
+            assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
+        }
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        // Past that within the window, the next batch waits one pass, its task woken to go on...
         assert!(write(&mut io, &mut cx, b"second").is_pending());
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
         // ...then writes, and the rest of its batch goes through without waiting again.
         assert!(matches!(write(&mut io, &mut cx, b"second"), Poll::Ready(Ok(6))));
         assert!(matches!(write(&mut io, &mut cx, b"third"), Poll::Ready(Ok(5))));
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
-        assert_eq!(io.io, b"firstsecondthird");
-        // Quiet again for longer than the window: at once.
+        assert_eq!(io.io, b"aaaasecondthird");
+        // Quiet for longer than the window: at once again.
         tokio::time::advance(BUSY * 2).await;
         assert!(matches!(write(&mut io, &mut cx, b"!"), Poll::Ready(Ok(1))));
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
