@@ -189,7 +189,8 @@ impl SnapshotCopyService for Api {
         // The gateway's request timeout does not bound a stream; the caller's deadline does.
         let deadline = extensions.get::<CallerDeadline>().and_then(|d| d.0);
         let authorize = |snapshot: &ClusterSnapshot| self.authorize(&caller, Action::WatchCopy, snapshot);
-        let events = self.copies.watch(&message.name, deadline, authorize).await?;
+        let turn = extensions.get::<crate::edge::shed::OpeningTurn>();
+        let events = self.copies.watch(&message.name, deadline, turn, authorize).await?;
         // The server span lasts as long as the stream; each change is an event on it.
         let span = tracing::Span::current();
         let trace_id = crate::telemetry::trace_id_of(&span).unwrap_or_default();

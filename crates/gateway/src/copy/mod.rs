@@ -19,6 +19,7 @@ use validate::{Served, ValidCopy, parse_copy_name, validate};
 use crate::auth::Caller;
 use crate::auth::policy::CopyContext;
 use crate::aws::{Accounts, AwsErrorKind, Rds};
+use crate::edge::shed::OpeningTurn;
 use crate::error::{Error, FieldViolation};
 use crate::store::{Admitted, Job, JobFilter, JobState, NewJob};
 use crate::watch::{Change, WatchEvent, WatchHub, WatchStream, WatchTarget};
@@ -301,6 +302,7 @@ impl CopyService {
         &self,
         name: &str,
         deadline: Option<tokio::time::Instant>,
+        turn: Option<&OpeningTurn>,
         authorize: impl FnOnce(&ClusterSnapshot) -> Result<(), Error>,
     ) -> Result<WatchStream, Error> {
         let located = self.locate(name)?;
@@ -317,6 +319,7 @@ impl CopyService {
                     id: &located.id,
                     name,
                     arn: located.arn.as_deref(),
+                    turn,
                 };
                 self.hub.watch(target, deadline, authorize).await
             }
@@ -385,6 +388,7 @@ impl CopyService {
                         id: &job.new.target,
                         name: &name,
                         arn: None,
+                        turn: None,
                     };
                     match hub.watch(target, deadline, |_| Ok(())).await {
                         Ok(mut events) => {

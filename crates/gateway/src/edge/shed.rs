@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full, Limited};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
@@ -90,6 +90,19 @@ impl ConnectionCalls {
     /// Half of the gateway's places (at least one).
     pub(crate) fn new(max_in_flight: usize) -> ConnectionCalls {
         ConnectionCalls(Arc::new(Semaphore::new((max_in_flight / 2).max(1))))
+    }
+}
+
+/// A WatchCopy opening's turn, in the request's extensions. The watch hub gives it back once
+/// the opening waits for the first poll of a snapshot new to the hub, so a storm of watchers of
+/// many snapshots (100,000 over 10,000) joins one poll round rather than one round per batch
+/// of turns, while watchers of snapshots already being polled still open a batch at a time.
+#[derive(Clone)]
+pub(crate) struct OpeningTurn(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl OpeningTurn {
+    pub(crate) fn give_back(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
@@ -185,14 +198,17 @@ where
         // request timeout, after which the caller is told to retry.
         if path.ends_with("/WatchCopy") {
             return Box::pin(async move {
+                let mut request = request;
                 let turn = tokio::time::timeout(layer.body_timeout, layer.openings.clone().acquire_owned()).await;
                 let Ok(Ok(turn)) = turn else {
                     layer.metrics.call_shed("openings");
                     return Ok(refusal(Code::Unavailable, "too many streams are being opened; retry shortly"));
                 };
+                let turn = OpeningTurn(Arc::new(std::sync::Mutex::new(Some(turn))));
+                request.extensions_mut().insert(turn.clone());
                 // The layers inside are called only now, so their state exists only while opening.
                 let response = inner.call(request).await;
-                drop(turn);
+                turn.give_back();
                 response
             });
         }

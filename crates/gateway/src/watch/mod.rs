@@ -106,6 +106,8 @@ pub(crate) struct WatchTarget<'a> {
     pub id: &'a str,
     pub name: &'a str,
     pub arn: Option<&'a str>,
+    /// The opening's turn, given back when it waits for the first poll of a new snapshot.
+    pub turn: Option<&'a crate::edge::shed::OpeningTurn>,
 }
 
 /// A watcher's hold on a snapshot's observations; dropping it lets the snapshot leave the poll
@@ -114,6 +116,8 @@ pub struct Subscription {
     poller: Arc<Poller>,
     id: String,
     rx: watch::Receiver<Option<Arc<Observation>>>,
+    /// This subscription added the snapshot to the poll set.
+    added: bool,
 }
 
 impl Drop for Subscription {
@@ -234,7 +238,7 @@ impl WatchHub {
     fn subscribe_with(&self, account: &str, region: &str, id: &str, eager: bool) -> Subscription {
         let id = id.to_ascii_lowercase();
         let poller = self.poller(account, region);
-        let (rx, fresh, alone) = {
+        let (rx, fresh, alone, added) = {
             let mut entries = poller.lock();
             // An idle poller sleeps until woken: the first snapshot always wakes it.
             let alone = entries.is_empty();
@@ -255,12 +259,12 @@ impl WatchHub {
                 }
                 entry.watcher_spans.push_back(watcher);
             }
-            (entry.slot.subscribe(), entry.slot.borrow().is_some(), alone)
+            (entry.slot.subscribe(), entry.slot.borrow().is_some(), alone, entry.watchers == 1)
         };
         if !fresh && (eager || alone) {
             poller.wake.notify_one();
         }
-        Subscription { poller, id, rx }
+        Subscription { poller, id, rx, added }
     }
 
     /// The poller's observation of a snapshot if it is younger than the shortest poll interval.
@@ -355,6 +359,11 @@ impl WatchHub {
     ) -> Result<WatchStream, Error> {
         let permit = self.stream_permit()?;
         let mut subscription = self.subscribe(target.account, target.region, target.id);
+        if subscription.added
+            && let Some(turn) = target.turn
+        {
+            turn.give_back();
+        }
         let first = subscription.first().await.ok_or(Error::ShuttingDown)?;
         let not_found = || Error::NotFound { what: "copy", name: target.name.to_owned() };
         let is_it = |s: &ClusterSnapshot| target.arn.is_none_or(|arn| arn == s.arn);
@@ -420,6 +429,18 @@ mod tests {
             }
         };
         tokio::time::timeout(Duration::from_secs(10), wait).await.expect("the poller polls");
+    }
+
+    #[tokio::test]
+    async fn only_the_subscription_that_adds_a_snapshot_to_the_poll_set_says_so() {
+        let hub = hub().await;
+        let first = hub.subscribe("", "us-east-1", "copy-1");
+        let second = hub.subscribe("", "us-east-1", "COPY-1");
+        let other = hub.subscribe("", "us-east-1", "copy-2");
+        assert!(first.added && !second.added && other.added);
+        // Once nobody watches it, the next watcher adds it again.
+        drop((first, second));
+        assert!(hub.subscribe("", "us-east-1", "copy-1").added);
     }
 
     #[tokio::test]
