@@ -86,6 +86,25 @@ impl ChildGateway {
     }
 }
 
+/// The sections every child gateway's configuration ends with: its admin listener, the bench
+/// caller (and `more_tokens`, further `{ token, principal }` entries), a policy that permits
+/// them everything, and the store's directory.
+pub(super) fn common_config(admin_port: u16, more_tokens: &str, data: &std::path::Path) -> String {
+    let token = super::BENCH_TOKEN;
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:{admin_port}"
+[auth]
+static_tokens = [{{ token = "{token}", principal = "bench" }}{more_tokens}]
+[authz]
+policies = 'permit(principal, action, resource);'
+[store]
+data_dir = "{data}"
+"#,
+        data = data.display()
+    )
+}
+
 /// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`).
 pub(super) fn proc_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

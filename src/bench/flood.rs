@@ -15,8 +15,8 @@ use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::child::{ChildGateway, cpu_us, free_port, metrics, open_fds, proc_kib};
-use super::{ATTACKER_TOKEN, BENCH_TOKEN, BenchClient, attacker_client, bench_client, loopback_emulator};
+use super::child::{ChildGateway, common_config, cpu_us, free_port, metrics, open_fds, proc_kib};
+use super::{ATTACKER_TOKEN, BenchClient, attacker_client, bench_client, loopback_emulator};
 use crate::cli::ScratchDir;
 use snapgate_emulator::{EmulatorConfig, Faults};
 use snapgate_gateway::config::FairShareSettings;
@@ -105,15 +105,7 @@ endpoint_url = "{emulator}"
 account_id = "{account}"
 rate_limit_per_sec = 100000.0
 rate_limit_burst = 100000
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[auth]
-static_tokens = [{{ token = "{BENCH_TOKEN}", principal = "bench" }}, {{ token = "{ATTACKER_TOKEN}", principal = "attacker" }}]
-[authz]
-policies = 'permit(principal, action, resource);'
-[store]
-data_dir = "{data}"
-"#,
+{common}"#,
         handshake = args.handshake_timeout_secs,
         idle = args.idle_timeout_secs,
         in_flight = args.max_in_flight_calls,
@@ -123,7 +115,11 @@ data_dir = "{data}"
         attacker_rate = FairShareSettings::default().calls_per_sec,
         attacker_burst = FairShareSettings::default().burst,
         account = snapgate_emulator::DEFAULT_ACCOUNT,
-        data = scratch.path().join("data").display(),
+        common = common_config(
+            admin_port,
+            &format!(", {{ token = \"{ATTACKER_TOKEN}\", principal = \"attacker\" }}"),
+            &scratch.path().join("data")
+        ),
     );
     ChildGateway::spawn(&config, port, admin_port, scratch, cpus).await
 }

@@ -18,8 +18,8 @@ use snapgate_proto::{self as pb, CopyClusterSnapshotRequest, GetCopyRequest, Lis
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use super::child::{ChildGateway, free_port, proc_kib};
-use super::{BENCH_TOKEN, BenchClient, bench_client, loopback_emulator};
+use super::child::{ChildGateway, common_config, free_port, proc_kib};
+use super::{BenchClient, bench_client, loopback_emulator};
 use crate::cli::ScratchDir;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -321,18 +321,10 @@ rate_limit_per_sec = 10.0
 rate_limit_burst = 20
 attempt_timeout_ms = {ATTEMPT_TIMEOUT_MS}
 max_attempts = 3
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[auth]
-static_tokens = [{{ token = "{BENCH_TOKEN}", principal = "bench" }}]
-[authz]
-policies = 'permit(principal, action, resource);'
-[store]
-data_dir = "{data}"
-"#,
+{common}"#,
         endpoint = emu.endpoint_url(),
         account = snapgate_emulator::DEFAULT_ACCOUNT,
-        data = scratch.path().join("data").display(),
+        common = common_config(admin_port, "", &scratch.path().join("data")),
     );
     let mut gateway = ChildGateway::spawn(&config, port, admin_port, &scratch, None).await?;
     let addr = gateway.addr.to_string();

@@ -16,8 +16,8 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::Channel;
 
-use super::child::{ChildGateway, free_port, metric, metrics, proc_kib};
-use super::{BENCH_TOKEN, bearer, bench_client, loopback_emulator};
+use super::child::{ChildGateway, common_config, free_port, metric, metrics, proc_kib};
+use super::{bearer, bench_client, loopback_emulator};
 use crate::cli::ScratchDir;
 use snapgate_emulator::{EmulatorConfig, Faults, Throttle};
 use snapgate_gateway::config::AwsSettings;
@@ -56,7 +56,7 @@ pub(crate) struct WatchClientsArgs {
 
 /// The gateway's configuration: polls every 1–4 s, room for every stream, and a caller with
 /// no fair share to hold it to (it is every watcher at once).
-fn gateway_config(args: &WatchBenchArgs, port: u16, admin_port: u16, endpoint: &str, data: &str) -> String {
+fn gateway_config(args: &WatchBenchArgs, port: u16, admin_port: u16, endpoint: &str, data: &std::path::Path) -> String {
     format!(
         r#"listen = "127.0.0.1:{port}"
 [server]
@@ -76,17 +76,10 @@ endpoint_url = "{endpoint}"
 account_id = "{account}"
 rate_limit_per_sec = 10000.0
 rate_limit_burst = 10000
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[auth]
-static_tokens = [{{ token = "{BENCH_TOKEN}", principal = "bench" }}]
-[authz]
-policies = 'permit(principal == Snapgate::Caller::"bench", action, resource);'
-[store]
-data_dir = "{data}"
-"#,
+{common}"#,
         max_streams = args.streams + 100,
         account = snapgate_emulator::DEFAULT_ACCOUNT,
+        common = common_config(admin_port, "", data),
     )
 }
 
@@ -117,7 +110,7 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
 
     let (port, admin_port) = (free_port()?, free_port()?);
     let data = scratch.path().join("data");
-    let config = gateway_config(&args, port, admin_port, &emu.endpoint_url(), &data.display().to_string());
+    let config = gateway_config(&args, port, admin_port, &emu.endpoint_url(), &data);
     let mut gateway = ChildGateway::spawn(&config, port, admin_port, &scratch, None).await?;
     let addr = gateway.addr;
     let started_kib = proc_kib(gateway.pid, "VmRSS:");

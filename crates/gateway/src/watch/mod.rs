@@ -359,12 +359,28 @@ impl WatchHub {
     ) -> Result<WatchStream, Error> {
         let permit = self.stream_permit()?;
         let mut subscription = self.subscribe(target.account, target.region, target.id);
-        if subscription.added
-            && let Some(turn) = target.turn
-        {
-            turn.give_back();
-        }
-        let first = subscription.first().await.ok_or(Error::ShuttingDown)?;
+        // An opening that added the snapshot to the poll set gives its turn back at once, so the
+        // watchers of many snapshots all join the next round; one waiting for a round already
+        // asked for keeps its turn for a short while (the round is usually that quick), then
+        // gives it back too, so a round slowed by AWS's throttling holds up no other opening.
+        let first = match target.turn {
+            Some(turn) if subscription.added => {
+                turn.give_back();
+                subscription.first().await
+            }
+            Some(turn) => {
+                let waited = tokio::time::timeout(TURN_HOLD, subscription.first()).await;
+                match waited {
+                    Ok(first) => first,
+                    Err(_) => {
+                        turn.give_back();
+                        subscription.first().await
+                    }
+                }
+            }
+            None => subscription.first().await,
+        };
+        let first = first.ok_or(Error::ShuttingDown)?;
         let not_found = || Error::NotFound { what: "copy", name: target.name.to_owned() };
         let is_it = |s: &ClusterSnapshot| target.arn.is_none_or(|arn| arn == s.arn);
         match &*first {
@@ -394,6 +410,9 @@ pub(crate) fn observed_state(observation: &Observation) -> Option<(CopyState, i3
         Observation::Failing { .. } => None,
     }
 }
+
+/// How long an opening waiting for a poll round already asked for keeps its turn.
+const TURN_HOLD: Duration = Duration::from_millis(500);
 
 /// How long a read waits for a poll round before it gives up on the poller.
 const READ_WAIT: Duration = Duration::from_secs(10);
