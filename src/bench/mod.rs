@@ -177,6 +177,25 @@ pub(crate) async fn unthrottled_gateway() -> anyhow::Result<(snapgate_emulator::
     Ok((emu, bench_client(&addr.to_string()).await?, scratch))
 }
 
+/// Asks for `count` copies of `source` named `{prefix}-{i}`, one after another; their names.
+pub(crate) async fn make_copies(
+    client: &BenchClient,
+    source: &str,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::with_capacity(count);
+    for i in 0..count {
+        let request = CopyClusterSnapshotRequest {
+            source_snapshot: source.into(),
+            target_snapshot_id: format!("{prefix}-{i}"),
+            ..Default::default()
+        };
+        names.push(client.clone().copy_cluster_snapshot(request).await?.into_inner().name);
+    }
+    Ok(names)
+}
+
 pub(crate) async fn bench_client(addr: &str) -> anyhow::Result<BenchClient> {
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
     Ok(SnapshotCopyServiceClient::with_interceptor(channel, bearer as fn(_) -> _))

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
-use super::{bench_aws, bench_client, bench_settings, loopback_emulator, start_gateway};
+use super::{bench_aws, bench_client, bench_settings, loopback_emulator, make_copies, start_gateway};
 use crate::cli::ScratchDir;
 use snapgate_emulator::{EmulatorConfig, Faults};
-use snapgate_proto::{CopyClusterSnapshotRequest, GetCopyRequest};
+use snapgate_proto::GetCopyRequest;
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ReadsBenchArgs {
@@ -66,16 +66,7 @@ pub(crate) async fn reads(args: ReadsBenchArgs) -> anyhow::Result<()> {
     .await?;
     let addr = start_gateway(&emu, bench_aws(100_000.0, 100_000), bench_settings(&scratch)).await?;
     let client = bench_client(&addr.to_string()).await?;
-    let mut names = Vec::with_capacity(args.copies);
-    for i in 0..args.copies {
-        let request = CopyClusterSnapshotRequest {
-            source_snapshot: "billing-pg-daily".into(),
-            target_snapshot_id: format!("read-{i}"),
-            ..Default::default()
-        };
-        names.push(client.clone().copy_cluster_snapshot(request).await?.into_inner().name);
-    }
-    let names = Arc::new(names);
+    let names = Arc::new(make_copies(&client, "billing-pg-daily", "read", args.copies).await?);
     emu.emulator.reset_calls();
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);

@@ -17,12 +17,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::Channel;
 
 use super::child::{ChildGateway, common_config, free_port, metric, metrics, proc_kib};
-use super::{bearer, bench_client, loopback_emulator};
+use super::{bearer, bench_client, loopback_emulator, make_copies};
 use crate::cli::ScratchDir;
 use snapgate_emulator::{EmulatorConfig, Faults, Throttle};
 use snapgate_gateway::config::AwsSettings;
 use snapgate_proto::snapshot_copy_service_client::SnapshotCopyServiceClient;
-use snapgate_proto::{self as pb, CopyClusterSnapshotRequest, WatchCopyRequest};
+use snapgate_proto::{self as pb, WatchCopyRequest};
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct WatchBenchArgs {
@@ -116,16 +116,8 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
     let started_kib = proc_kib(gateway.pid, "VmRSS:");
     // Setting up a thousand copies does not wait on client-side pacing (10,000/s here); the
     // watch itself makes ten calls a round, far below any limit.
-    let mut client = bench_client(&addr.to_string()).await?;
-    let mut names = Vec::with_capacity(args.copies);
-    for i in 0..args.copies {
-        let req = CopyClusterSnapshotRequest {
-            source_snapshot: "bench-src".into(),
-            target_snapshot_id: format!("bench-copy-{i}"),
-            ..Default::default()
-        };
-        names.push(client.copy_cluster_snapshot(req).await?.into_inner().name);
-    }
+    let client = bench_client(&addr.to_string()).await?;
+    let names = make_copies(&client, "bench-src", "bench-copy", args.copies).await?;
     drop(client);
     // From here on, RDS's real throttling applies: the watch must live within it.
     emu.emulator

@@ -368,16 +368,13 @@ impl WatchHub {
                 turn.give_back();
                 subscription.first().await
             }
-            Some(turn) => {
-                let waited = tokio::time::timeout(TURN_HOLD, subscription.first()).await;
-                match waited {
-                    Ok(first) => first,
-                    Err(_) => {
-                        turn.give_back();
-                        subscription.first().await
-                    }
+            Some(turn) => match tokio::time::timeout(TURN_HOLD, subscription.first()).await {
+                Ok(first) => first,
+                Err(_) => {
+                    turn.give_back();
+                    subscription.first().await
                 }
-            }
+            },
             None => subscription.first().await,
         };
         let first = first.ok_or(Error::ShuttingDown)?;
