@@ -28,7 +28,7 @@ use crate::copy::{CopyService, Jobs};
 use crate::edge::accept;
 use crate::edge::fair::FairShareLayer;
 use crate::edge::serve::{self, Handler};
-use crate::edge::shed::{self, Memory, ShedLayer};
+use crate::edge::shed::{self, Memory, OpeningTurn, Openings, ShedLayer};
 use crate::edge::{EdgeLimits, Listener};
 use crate::http::{GrpcService, Transcoder};
 use crate::metrics::Metrics;
@@ -161,6 +161,14 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(copy_service);
+        let shedding = ShedLayer::new(
+            limits.max_in_flight_calls,
+            limits.max_request_bytes,
+            limits.request_timeout(),
+            memory,
+            metrics.clone(),
+        );
+        let openings = shedding.openings();
         // One stack serves both listeners: an HTTP/JSON call is a gRPC call made in process.
         let stack = tower::ServiceBuilder::new()
             // Outermost: every call is counted and has its server span, refused ones included,
@@ -168,13 +176,7 @@ impl Application {
             // WatchCopy stream to its end).
             .layer(ObserveLayer::new(metrics.clone()))
             // Before authentication: shedding load must cost less than serving it.
-            .layer(ShedLayer::new(
-                limits.max_in_flight_calls,
-                limits.max_request_bytes,
-                limits.request_timeout(),
-                memory,
-                metrics.clone(),
-            ))
+            .layer(shedding)
             // Outside every service: an unauthenticated call never reaches a handler.
             .layer(AuthLayer::new(self.authenticator.clone()))
             // Each caller's share, once the caller is known.
@@ -198,9 +200,22 @@ impl Application {
         let handler: Handler = Arc::new(move |request, info| {
             let mut request = request.map(tonic::body::Body::new);
             request.extensions_mut().insert(info);
-            let call = grpc.clone().oneshot(request);
+            let (grpc, openings) = (grpc.clone(), openings.clone());
             Box::pin(async move {
-                let Ok(response) = call.await;
+                // A stream's opening waits its turn before it enters the stack (see `Openings`).
+                let request = match Openings::takes_turn(request.uri().path()) {
+                    true => openings.admit(request).await,
+                    false => Ok(request),
+                };
+                let response = match request {
+                    Ok(request) => {
+                        let turn = request.extensions().get::<OpeningTurn>().cloned();
+                        let Ok(response) = grpc.oneshot(request).await;
+                        turn.inspect(OpeningTurn::give_back);
+                        response
+                    }
+                    Err(refused) => refused,
+                };
                 response.map(|body| body.map_err(|status| Box::new(status) as BoxError).boxed_unsync())
             })
         });

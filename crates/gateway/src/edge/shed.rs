@@ -106,6 +106,58 @@ impl OpeningTurn {
     }
 }
 
+/// The turns WatchCopy openings take: `max_in_flight_calls` of them at once, each waiting at
+/// most the request timeout (then UNAVAILABLE with RetryInfo, `calls_shed{reason="openings"}`).
+///
+/// The gRPC listener admits an opening before the call enters the layered stack, so that an
+/// opening waiting its turn holds its request and little else: 10,000 openings at once were
+/// ~17 MiB of heap when each waited inside the stack, holding its server span and the futures
+/// of every layer around it. The shed layer admits what arrives without a turn (the HTTP/JSON
+/// listener's calls).
+#[derive(Clone)]
+pub(crate) struct Openings {
+    turns: Arc<Semaphore>,
+    max_body: usize,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Openings {
+    /// The request, with its turn in its extensions and its one message read; or the answer
+    /// that refuses it. A request that already has its turn passes as it is.
+    pub(crate) async fn admit(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<http::Request<Body>, http::Response<Body>> {
+        if request.extensions().get::<OpeningTurn>().is_some() {
+            return Ok(request);
+        }
+        let (mut parts, body) = request.into_parts();
+        // The message is taken before the wait, and copied out of the connection's read
+        // buffer: a waiting opening then holds a few bytes, not a frame queued in the
+        // connection's receive buffer (a slab that keeps the room of its busiest moment for
+        // the connection's life) nor a slice pinning a whole read buffer.
+        let body = bytes::Bytes::copy_from_slice(&collect(body, self.max_body, self.timeout).await?);
+        let Ok(Ok(turn)) = tokio::time::timeout(self.timeout, self.turns.clone().acquire_owned()).await else {
+            self.metrics.call_shed("openings");
+            return Err(refusal(Code::Unavailable, "too many streams are being opened; retry shortly"));
+        };
+        parts.extensions.insert(OpeningTurn(Arc::new(std::sync::Mutex::new(Some(turn)))));
+        Ok(http::Request::from_parts(parts, Body::new(Full::new(body))))
+    }
+
+    /// Whether a call to this path opens a stream that takes a turn.
+    pub(crate) fn takes_turn(path: &str) -> bool {
+        path.ends_with("/WatchCopy")
+    }
+}
+
+impl ShedLayer {
+    pub(crate) fn openings(&self) -> Openings {
+        self.openings.clone()
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct ShedLayer {
     in_flight: Arc<Semaphore>,
@@ -114,7 +166,7 @@ pub(crate) struct ShedLayer {
     /// of call state while it opens. A quarter as many saved ~5 MiB at 10,000 streams opened
     /// at once, but 100,000 watchers over 10,000 snapshots, whose first poll round RDS's
     /// throttling stretches to seconds, then waited past the request timeout for turns.
-    openings: Arc<Semaphore>,
+    openings: Openings,
     memory: Arc<Memory>,
     metrics: Arc<Metrics>,
     /// A request body larger than this is refused before it is read further (tonic's own limit
@@ -137,7 +189,12 @@ impl ShedLayer {
     ) -> ShedLayer {
         ShedLayer {
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
-            openings: Arc::new(Semaphore::new(max_in_flight)),
+            openings: Openings {
+                turns: Arc::new(Semaphore::new(max_in_flight)),
+                max_body: max_request_bytes.saturating_add(FRAME_HEADER),
+                timeout: body_timeout,
+                metrics: metrics.clone(),
+            },
             memory,
             metrics,
             max_body: max_request_bytes.saturating_add(FRAME_HEADER),
@@ -199,38 +256,24 @@ where
         // where a waiting call costs a few hundred bytes, instead of all of them holding the
         // state of authentication, lookup and first poll at once. The wait is bounded by the
         // request timeout, after which the caller is told to retry.
-        if path.ends_with("/WatchCopy") {
+        if Openings::takes_turn(path) {
             return Box::pin(async move {
-                let mut request = request;
-                let turn = tokio::time::timeout(layer.body_timeout, layer.openings.clone().acquire_owned()).await;
-                let Ok(Ok(turn)) = turn else {
-                    layer.metrics.call_shed("openings");
-                    return Ok(refusal(Code::Unavailable, "too many streams are being opened; retry shortly"));
+                let request = match layer.openings.admit(request).await {
+                    Ok(request) => request,
+                    Err(refused) => return Ok(refused),
                 };
-                let turn = OpeningTurn(Arc::new(std::sync::Mutex::new(Some(turn))));
-                request.extensions_mut().insert(turn.clone());
-                // The layers inside are called only now, so their state exists only while opening.
+                let turn = request.extensions().get::<OpeningTurn>().cloned();
                 let response = inner.call(request).await;
-                turn.give_back();
+                turn.inspect(OpeningTurn::give_back);
                 response
             });
         }
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             let connection = parts.extensions.remove::<ConnectionCalls>();
-            let arrived = tokio::time::timeout(layer.body_timeout, Limited::new(body, layer.max_body).collect()).await;
-            let body = match arrived {
-                Ok(Ok(body)) => body.to_bytes(),
-                Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-                    let message = format!("the request is larger than {} bytes", layer.max_body - FRAME_HEADER);
-                    return Ok(tonic::Status::new(Code::OutOfRange, message).into_http());
-                }
-                // The peer reset its stream: nobody reads an answer.
-                Ok(Err(_)) => return Ok(tonic::Status::cancelled("the request's stream ended early").into_http()),
-                Err(_) => {
-                    let message = "the request's body did not arrive within the request timeout";
-                    return Ok(tonic::Status::deadline_exceeded(message).into_http());
-                }
+            let body = match collect(body, layer.max_body, layer.body_timeout).await {
+                Ok(body) => body,
+                Err(refused) => return Ok(refused),
             };
             let Ok(permit) = layer.in_flight.clone().try_acquire_owned() else {
                 layer.metrics.call_shed("in_flight");
@@ -249,6 +292,24 @@ where
             drop((permit, connection));
             response
         })
+    }
+}
+
+/// The request's body, whole, within the size limit and the request timeout; or the answer
+/// that refuses it.
+async fn collect(body: Body, max_body: usize, timeout: Duration) -> Result<bytes::Bytes, http::Response<Body>> {
+    let arrived = tokio::time::timeout(timeout, Limited::new(body, max_body).collect()).await;
+    match arrived {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+            let message = format!("the request is larger than {} bytes", max_body - FRAME_HEADER);
+            Err(tonic::Status::new(Code::OutOfRange, message).into_http())
+        }
+        Ok(Err(_)) => Err(tonic::Status::cancelled("the request's stream ended early").into_http()),
+        Err(_) => {
+            let message = "the request's body did not arrive within the request timeout";
+            Err(tonic::Status::deadline_exceeded(message).into_http())
+        }
     }
 }
 
@@ -405,6 +466,44 @@ mod tests {
         assert!(status.get_details_retry_info().is_some());
         assert_eq!(entered.load(Ordering::SeqCst), 3);
         held.abort();
+    }
+
+    #[tokio::test]
+    async fn an_opening_takes_its_message_before_it_waits_and_an_admitted_one_passes_on() {
+        use futures_util::StreamExt;
+        let memory = Arc::new(Memory { resident: AtomicU64::new(0), limit: None });
+        let layer = ShedLayer::new(1, 1024, Duration::from_secs(30), memory, Metrics::new());
+        let openings = layer.openings();
+        let watch =
+            |body: Body| http::Request::builder().uri("/snapgate.v1.SnapshotCopyService/WatchCopy").body(body).unwrap();
+        let first = openings.admit(watch(Body::empty())).await.unwrap();
+        assert!(first.extensions().get::<OpeningTurn>().is_some());
+        // The only turn is taken: the next opening waits, with its message already read.
+        let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frames = futures_util::stream::iter([Ok::<_, tonic::Status>(http_body::Frame::data(
+            bytes::Bytes::from_static(b"message"),
+        ))])
+        .chain(futures_util::stream::poll_fn({
+            let read = read.clone();
+            move |_| {
+                read.store(true, Ordering::SeqCst);
+                Poll::Ready(None)
+            }
+        }));
+        let waiting = tokio::spawn({
+            let openings = openings.clone();
+            async move { openings.admit(watch(Body::new(http_body_util::StreamBody::new(frames)))).await }
+        });
+        while !read.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        // A request that already has its turn (admitted before the stack) is not held again.
+        let again = tokio::time::timeout(Duration::from_secs(5), openings.admit(first)).await.unwrap().unwrap();
+        assert!(!waiting.is_finished());
+        again.extensions().get::<OpeningTurn>().unwrap().give_back();
+        let admitted = waiting.await.unwrap().unwrap();
+        let message = admitted.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&message[..], b"message");
     }
 
     #[test]
