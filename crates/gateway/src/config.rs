@@ -448,6 +448,11 @@ pub struct ServerSettings {
     /// Unary calls in progress at most, gateway-wide; more are RESOURCE_EXHAUSTED with
     /// RetryInfo at once. (Open streams are bounded by `watch.max_streams`.)
     pub max_in_flight_calls: usize,
+    /// WatchCopy streams being opened at once, gateway-wide (authenticated, looked up,
+    /// waiting for their first observation); more wait their turn, costing their request
+    /// and little else, and one that waits past the request timeout is UNAVAILABLE with
+    /// RetryInfo.
+    pub max_stream_openings: usize,
     /// Resident memory above which new WatchCopy streams and copy requests are refused
     /// (UNAVAILABLE with RetryInfo) until it falls. Default: 80% of the container's memory
     /// limit (cgroup `memory.max`), none without one.
@@ -537,6 +542,7 @@ impl Default for ServerSettings {
             paced_refusals_burst: 200,
             max_read_bytes_per_sec: 32 * 1024 * 1024,
             max_in_flight_calls: 1024,
+            max_stream_openings: 256,
             max_memory_bytes: None,
         }
     }
@@ -640,8 +646,12 @@ impl Settings {
         if s.handshake_timeout_secs == 0 || s.idle_timeout_secs == 0 {
             return Err("server.handshake_timeout_secs and server.idle_timeout_secs must be positive".into());
         }
-        if s.max_connections == Some(0) || s.max_connections_per_peer == Some(0) || s.max_in_flight_calls == 0 {
-            return Err("server.max_connections, server.max_connections_per_peer and server.max_in_flight_calls must be at least 1".into());
+        if s.max_connections == Some(0)
+            || s.max_connections_per_peer == Some(0)
+            || s.max_in_flight_calls == 0
+            || s.max_stream_openings == 0
+        {
+            return Err("server.max_connections, server.max_connections_per_peer, server.max_in_flight_calls and server.max_stream_openings must be at least 1".into());
         }
         if s.max_header_list_bytes < 8 * 1024 {
             return Err("server.max_header_list_bytes must be at least 8192 (a JWT alone can take 4 KiB)".into());

@@ -163,6 +163,7 @@ impl Application {
             .add_service(copy_service);
         let shedding = ShedLayer::new(
             limits.max_in_flight_calls,
+            limits.max_stream_openings,
             limits.max_request_bytes,
             limits.request_timeout(),
             memory,

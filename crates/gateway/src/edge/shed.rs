@@ -106,8 +106,15 @@ impl OpeningTurn {
     }
 }
 
-/// The turns WatchCopy openings take: `max_in_flight_calls` of them at once, each waiting at
+/// The turns WatchCopy openings take: `max_stream_openings` of them at once, each waiting at
 /// most the request timeout (then UNAVAILABLE with RetryInfo, `calls_shed{reason="openings"}`).
+///
+/// An opening holds ~10 KiB of call state while it authenticates, looks the copy up and waits
+/// for its first observation. 256 turns (a quarter of the unary places, where they were equal)
+/// took `bench watch`'s peak from 105.7 to 97.4 MiB at 10,000 streams opened at once; 100,000
+/// watchers over 10,000 snapshots still all open (0 errors), since an opening gives its turn
+/// back once it has joined a poll round (see `WatchHub::watch`) rather than when its stream
+/// opens, which a round stretched by RDS's throttling could hold for seconds.
 ///
 /// The gRPC listener admits an opening before the call enters the layered stack, so that an
 /// opening waiting its turn holds its request and little else: 10,000 openings at once were
@@ -161,11 +168,7 @@ impl ShedLayer {
 #[derive(Clone)]
 pub(crate) struct ShedLayer {
     in_flight: Arc<Semaphore>,
-    /// Streams being opened (authenticated, authorized, looked up, waiting for their first
-    /// observation) at once: as many as there are places for unary calls. Each holds ~10 KiB
-    /// of call state while it opens. A quarter as many saved ~5 MiB at 10,000 streams opened
-    /// at once, but 100,000 watchers over 10,000 snapshots, whose first poll round RDS's
-    /// throttling stretches to seconds, then waited past the request timeout for turns.
+    /// Streams being opened at once (`server.max_stream_openings`).
     openings: Openings,
     memory: Arc<Memory>,
     metrics: Arc<Metrics>,
@@ -182,6 +185,7 @@ const FRAME_HEADER: usize = 5;
 impl ShedLayer {
     pub(crate) fn new(
         max_in_flight: usize,
+        max_openings: usize,
         max_request_bytes: usize,
         body_timeout: Duration,
         memory: Arc<Memory>,
@@ -190,7 +194,7 @@ impl ShedLayer {
         ShedLayer {
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             openings: Openings {
-                turns: Arc::new(Semaphore::new(max_in_flight)),
+                turns: Arc::new(Semaphore::new(max_openings)),
                 max_body: max_request_bytes.saturating_add(FRAME_HEADER),
                 timeout: body_timeout,
                 metrics: metrics.clone(),
@@ -326,7 +330,7 @@ mod tests {
     async fn calls_past_the_limit_are_refused_at_once_with_retry_info() {
         let metrics = Metrics::new();
         let memory = Arc::new(Memory { resident: AtomicU64::new(0), limit: None });
-        let layer = ShedLayer::new(1, 1024, Duration::from_secs(30), memory.clone(), metrics);
+        let layer = ShedLayer::new(1, 1, 1024, Duration::from_secs(30), memory.clone(), metrics);
         let (entered, has_entered) = tokio::sync::oneshot::channel::<()>();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let waits = Arc::new(std::sync::Mutex::new(Some((entered, released))));
@@ -372,7 +376,7 @@ mod tests {
     #[tokio::test]
     async fn one_connection_holds_at_most_half_of_the_places() {
         let memory = Arc::new(Memory { resident: AtomicU64::new(0), limit: None });
-        let layer = ShedLayer::new(4, 1024, Duration::from_secs(30), memory, Metrics::new());
+        let layer = ShedLayer::new(4, 4, 1024, Duration::from_secs(30), memory, Metrics::new());
         let (release, released) = tokio::sync::watch::channel(false);
         let inner = tower::service_fn(move |_: http::Request<Body>| {
             let mut released = released.clone();
@@ -409,7 +413,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_never_arrives_ends_at_the_request_timeout() {
         let memory = Arc::new(Memory { resident: AtomicU64::new(0), limit: None });
-        let layer = ShedLayer::new(1, 1024, Duration::from_secs(30), memory, Metrics::new());
+        let layer = ShedLayer::new(1, 1, 1024, Duration::from_secs(30), memory, Metrics::new());
         let inner = tower::service_fn(|_: http::Request<Body>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
         });
@@ -424,7 +428,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn streams_past_the_openings_wait_their_turn_and_are_told_to_retry_after_the_timeout() {
         let memory = Arc::new(Memory { resident: AtomicU64::new(0), limit: None });
-        let layer = ShedLayer::new(1, 1024, Duration::from_secs(30), memory, Metrics::new());
+        let layer = ShedLayer::new(1, 1, 1024, Duration::from_secs(30), memory, Metrics::new());
         let (release, released) = tokio::sync::watch::channel(false);
         let entered = Arc::new(AtomicU64::new(0));
         let inner = {
@@ -472,7 +476,7 @@ mod tests {
     async fn an_opening_takes_its_message_before_it_waits_and_an_admitted_one_passes_on() {
         use futures_util::StreamExt;
         let memory = Arc::new(Memory { resident: AtomicU64::new(0), limit: None });
-        let layer = ShedLayer::new(1, 1024, Duration::from_secs(30), memory, Metrics::new());
+        let layer = ShedLayer::new(1, 1, 1024, Duration::from_secs(30), memory, Metrics::new());
         let openings = layer.openings();
         let watch =
             |body: Body| http::Request::builder().uri("/snapgate.v1.SnapshotCopyService/WatchCopy").body(body).unwrap();
