@@ -146,7 +146,10 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
         .context("starting the load generator")?;
     let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
     let (mut opening_peak_kib, mut streaming_peak_kib, mut ready) = (0, 0, false);
-    let (mut describes_at_ready, mut throttled_at_ready, mut rounds_at_ready) = (0, 0, 0.0);
+    // The emulator's counts at the ends of poll rounds while the streams are open: the first
+    // and the last such ends bound whole rounds, so a round cut by the window's start or end
+    // does not count its calls without the round.
+    let (mut first_end, mut last_end) = (None::<RoundEnd>, None::<RoundEnd>);
     let mut report = None;
     let mut sampler = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -154,11 +157,7 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
             line = lines.next_line() => match line? {
                 Some(l) if l == "ready" => {
                     ready = true;
-                    let calls = emu.emulator.calls();
-                    describes_at_ready = calls.get("DescribeDBClusterSnapshots");
-                    throttled_at_ready = calls.throttled;
                     let text = metrics(gateway.admin).await;
-                    rounds_at_ready = metric(&text, "snapgate_watch_poll_rounds_total");
                     println!(
                         "  streams open: {} (watched snapshots: {})",
                         metric(&text, "snapgate_watch_open_streams"),
@@ -171,16 +170,26 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
             _ = sampler.tick() => {
                 let kib = proc_kib(gateway.pid, "VmRSS:");
                 if ready { streaming_peak_kib = streaming_peak_kib.max(kib) } else { opening_peak_kib = opening_peak_kib.max(kib) }
+                if ready {
+                    let rounds = metric(&metrics(gateway.admin).await, "snapgate_watch_poll_rounds_total");
+                    if last_end.as_ref().is_none_or(|end| rounds > end.rounds) {
+                        let calls = emu.emulator.calls();
+                        let end = RoundEnd { rounds, describes: calls.get("DescribeDBClusterSnapshots"), throttled: calls.throttled };
+                        first_end.get_or_insert(end);
+                        last_end = Some(end);
+                    }
+                }
             }
         }
     }
     child.wait().await?;
     let calls = emu.emulator.calls();
-    let describes = calls.get("DescribeDBClusterSnapshots") - describes_at_ready;
+    let (first_end, last_end) = (first_end.unwrap_or_default(), last_end.unwrap_or_default());
+    let describes = last_end.describes - first_end.describes;
     // RDS's throttling refuses some calls and the SDK retries them: the batching is judged on
     // the calls RDS answered, and the refused ones are printed beside them.
-    let throttled = calls.throttled - throttled_at_ready;
-    let rounds = metric(&metrics(gateway.admin).await, "snapgate_watch_poll_rounds_total") - rounds_at_ready;
+    let throttled = last_end.throttled - first_end.throttled;
+    let rounds = last_end.rounds - first_end.rounds;
     // The kernel's own count of the gateway's peak, between samples included.
     let hwm_kib = proc_kib(gateway.pid, "VmHWM:");
     let _ = gateway.child.kill().await;
@@ -202,6 +211,8 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
         mib(opening_peak_kib),
         mib(streaming_peak_kib)
     );
+    // Every describe while the streams were open, against the waiters' over the same time.
+    let describes = calls.get("DescribeDBClusterSnapshots") - first_end.describes;
     let gateway_per_30s = describes as f64 * 30.0 / args.seconds as f64;
     let waiter = waiter_way(&emu.endpoint_url(), &names, args.streams, args.seconds).await;
     println!(
@@ -216,6 +227,14 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
     );
     emu.stop().await;
     Ok(())
+}
+
+/// The emulator's counts when the gateway's poll rounds had reached `rounds`.
+#[derive(Debug, Clone, Copy, Default)]
+struct RoundEnd {
+    rounds: f64,
+    describes: u64,
+    throttled: u64,
 }
 
 /// Each watcher polls on its own: one describe per watcher every 30 s, spread over the window.

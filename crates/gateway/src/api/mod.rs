@@ -5,11 +5,12 @@
 
 mod convert;
 pub(crate) mod deadline;
+mod revocable;
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::audit::DecisionEvent;
@@ -19,8 +20,8 @@ use crate::auth::policy::{Action, CopyContext, Decision, PolicyStore};
 use crate::copy::CopyService;
 use crate::error::{Error, FieldViolation};
 use crate::store::{JobFilter, JobState};
-use crate::watch::{Change, WatchEvent};
 use deadline::CallerDeadline;
+use revocable::Revocable;
 use snapgate_domain::ClusterSnapshot;
 use snapgate_proto as pb;
 use snapgate_proto::snapshot_copy_service_server::SnapshotCopyService;
@@ -53,85 +54,6 @@ impl Api {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::CopyEvent, Status>> + Send>>;
-
-/// A watch that is authorized again whenever the policies change: access withdrawn by a reload
-/// ends the stream with PERMISSION_DENIED naming the policy, within the reload interval, rather
-/// than hours later when the copy ends.
-struct Revocable {
-    policies: Arc<PolicyStore>,
-    caller: Caller,
-    reloads: tokio::sync::watch::Receiver<u64>,
-    /// For a JWT caller, the key that signed its token: the stream ends if the JWKS drops it.
-    key: Option<SigningKeyHold>,
-    key_changes: Option<tokio::sync::watch::Receiver<u64>>,
-}
-
-/// Resolves when the JWKS takes new keys (never without a JWT).
-async fn key_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
-    let Some(rx) = changes else { return std::future::pending().await };
-    if rx.changed().await.is_err() {
-        // The JWKS is gone (shutdown): the events end the stream.
-        std::future::pending::<()>().await;
-    }
-}
-
-impl Revocable {
-    fn watch(
-        mut self,
-        events: impl Stream<Item = Result<WatchEvent, Status>> + Send + 'static,
-    ) -> impl Stream<Item = Result<WatchEvent, Status>> + Send + 'static {
-        self.reloads.mark_unchanged();
-        if let Some(changes) = &mut self.key_changes {
-            changes.mark_unchanged();
-        }
-        let state = (self, Box::pin(events), None::<Arc<ClusterSnapshot>>, false);
-        futures_util::stream::unfold(state, |(mut this, mut events, mut last, ended)| async move {
-            if ended {
-                return None;
-            }
-            loop {
-                tokio::select! {
-                    item = events.next() => {
-                        let item = item?;
-                        if let Ok(event) = &item {
-                            last = Some(event.snapshot.clone());
-                        }
-                        return Some((item, (this, events, last, false)));
-                    }
-                    () = key_change(&mut this.key_changes) => {
-                        if this.key.as_ref().is_some_and(|key| !key.still_trusted()) {
-                            tracing::info!(caller = this.caller.id, "ending a watch: the key that signed its token left the JWKS");
-                            let status = Status::unauthenticated("the key that signed this token was withdrawn; authenticate again");
-                            return Some((Err(status), (this, events, last, true)));
-                        }
-                    }
-                    changed = this.reloads.changed() => {
-                        if changed.is_err() {
-                            // The store is gone (shutdown); the events end the stream.
-                            this.reloads = tokio::sync::watch::channel(0).1;
-                            continue;
-                        }
-                        let Some(snapshot) = &last else { continue };
-                        let decision = this.policies.decide(&this.caller, Action::WatchCopy, snapshot, None);
-                        DecisionEvent {
-                            caller: &this.caller,
-                            action: Action::WatchCopy,
-                            resource: &snapshot.arn,
-                            destination: None,
-                            decision: &decision,
-                            aws_request_id: None,
-                            outcome: Some(if decision.allowed { "still permitted" } else { "revoked" }),
-                        }
-                        .emit();
-                        if let Err(error) = permitted(Action::WatchCopy, decision) {
-                            return Some((Err(Status::from(error)), (this, events, last, true)));
-                        }
-                    }
-                }
-            }
-        })
-    }
-}
 
 #[tonic::async_trait]
 impl SnapshotCopyService for Api {
@@ -191,28 +113,8 @@ impl SnapshotCopyService for Api {
         let authorize = |snapshot: &ClusterSnapshot| self.authorize(&caller, Action::WatchCopy, snapshot);
         let turn = extensions.get::<crate::edge::shed::OpeningTurn>();
         let events = self.copies.watch(&message.name, deadline, turn, authorize).await?;
-        // The server span lasts as long as the stream; each change is an event on it.
-        let span = tracing::Span::current();
-        let trace_id = crate::telemetry::trace_id_of(&span).unwrap_or_default();
-        let events = events.map(move |item| {
-            let event = item.map_err(Status::from)?;
-            if event.change != Change::Heartbeat {
-                tracing::debug!(
-                    target: crate::telemetry::STREAM_EVENTS,
-                    parent: &span,
-                    change = ?event.change,
-                    state = ?event.state,
-                    percent = event.snapshot.percent_progress,
-                    "copy progress"
-                );
-            }
-            Ok(event)
-        });
         let key = extensions.get::<SigningKeyHold>().cloned();
-        let key_changes = key.as_ref().map(SigningKeyHold::changes);
-        let revocable =
-            Revocable { policies: self.policies.clone(), caller, reloads: self.policies.reloads(), key, key_changes };
-        let stream = revocable.watch(events).map(move |item| item.map(|event| convert::event(event, &trace_id)));
+        let stream = Revocable::new(events, self.policies.clone(), caller, key);
         Ok(Response::new(Box::pin(stream) as EventStream))
     }
 

@@ -213,17 +213,21 @@ impl WatchHub {
                 let run = poller::run(poller.clone(), rds.clone(), settings.clone(), shutdown.clone(), metrics.clone());
                 let outcome = AssertUnwindSafe(run).catch_unwind().await;
                 if shutdown.is_cancelled() {
-                    return;
+                    break;
                 }
                 let how = if outcome.is_err() { "panicked" } else { "ended" };
                 tracing::error!(region = %poller.region, how, "a poller stopped; its watchers are told and it restarts");
                 let error = Error::Unavailable(format!("the progress poller of {} stopped", poller.region));
                 poller::publish_all(&poller, Observation::Failing { error });
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(RESTART_PAUSE) => {}
                 }
             }
+            // Shutdown is the last observation of every snapshot: each stream sends it as its
+            // error and ends, with no wait for shutdown of its own (see `subscribe_with` for a
+            // snapshot first watched after this).
+            poller::publish_all(&poller, Observation::Failing { error: Error::ShuttingDown });
         });
     }
 
@@ -243,7 +247,11 @@ impl WatchHub {
             // An idle poller sleeps until woken: the first snapshot always wakes it.
             let alone = entries.is_empty();
             let entry = entries.entry(id.clone()).or_insert_with(|| Entry {
-                slot: watch::channel(None).0,
+                // After shutdown (its poller has told its watchers so), a new watcher is told too.
+                slot: watch::channel(
+                    self.shutdown.is_cancelled().then(|| Arc::new(Observation::Failing { error: Error::ShuttingDown })),
+                )
+                .0,
                 watchers: 0,
                 watcher_spans: std::collections::VecDeque::new(),
             });
@@ -393,7 +401,6 @@ impl WatchHub {
             permit,
             deadline,
             heartbeat: Duration::from_secs(self.settings.heartbeat_secs),
-            shutdown: self.shutdown.clone(),
         }))
     }
 }

@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use futures_util::stream::BoxStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::Stream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{Observation, Subscription, observed_state};
 use crate::error::Error;
@@ -49,25 +47,33 @@ pub(super) struct StreamTask {
     pub permit: OwnedSemaphorePermit,
     pub deadline: Option<tokio::time::Instant>,
     pub heartbeat: Duration,
-    pub shutdown: CancellationToken,
 }
 
-/// The events of one watch, as a `Stream`.
+/// The events of one watch, as a `Stream`: the hub's, inline (the stream that serves it is
+/// one allocation), or those a task feeds (a queued copy's watch).
 pub(crate) struct WatchStream {
-    inner: BoxStream<'static, Result<WatchEvent, Error>>,
+    inner: Source,
+}
+
+enum Source {
+    Hub(HubStream),
+    Fed(tokio_stream::wrappers::ReceiverStream<Result<WatchEvent, Error>>),
 }
 
 impl WatchStream {
     /// A stream fed by another task (a queued copy's watch).
     pub(crate) fn from_receiver(rx: mpsc::Receiver<Result<WatchEvent, Error>>) -> WatchStream {
-        WatchStream { inner: Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) }
+        WatchStream { inner: Source::Fed(tokio_stream::wrappers::ReceiverStream::new(rx)) }
     }
 }
 
 impl Stream for WatchStream {
     type Item = Result<WatchEvent, Error>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        match &mut self.inner {
+            Source::Hub(hub) => Pin::new(hub).poll_next(cx),
+            Source::Fed(fed) => Pin::new(fed).poll_next(cx),
+        }
     }
 }
 
@@ -89,7 +95,6 @@ struct HubStream {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     heartbeat: Pin<Box<tokio::time::Sleep>>,
     every: Duration,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 /// The stream of `task`'s events: the first observation, then each change a watcher can see,
@@ -106,9 +111,8 @@ pub(super) fn stream(task: StreamTask) -> WatchStream {
         deadline: task.deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
         heartbeat: Box::pin(tokio::time::sleep(task.heartbeat)),
         every: task.heartbeat,
-        shutdown: Box::pin(task.shutdown.cancelled_owned()),
     };
-    WatchStream { inner: Box::pin(stream) }
+    WatchStream { inner: Source::Hub(stream) }
 }
 
 impl HubStream {
@@ -141,9 +145,6 @@ impl Stream for HubStream {
         if let Some(first) = this.first.take() {
             let outcome = event(&first, None);
             return this.send(outcome);
-        }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
-            return this.send(Err(Error::ShuttingDown));
         }
         if this.deadline.as_mut().is_some_and(|at| at.as_mut().poll(cx).is_ready()) {
             return this.send(Err(Error::DeadlineExceeded));
