@@ -467,6 +467,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn shutdown_is_every_watchers_last_observation_and_a_later_watchers_first() {
+        let hub = hub().await;
+        let mut watcher = hub.subscribe("", "us-east-1", "copy-1");
+        let is_shutdown = |o: &Option<Arc<Observation>>| {
+            matches!(o.as_deref(), Some(Observation::Failing { error: Error::ShuttingDown }))
+        };
+        hub.shutdown.cancel();
+        let told = tokio::time::timeout(Duration::from_secs(5), watcher.rx.wait_for(is_shutdown)).await;
+        assert!(matches!(told, Ok(Ok(_))), "the watcher is told of the shutdown");
+        // A snapshot first watched after the poller said so is told too.
+        let later = hub.subscribe("", "us-east-1", "copy-2");
+        assert!(is_shutdown(&later.rx.borrow()));
+    }
+
+    #[tokio::test]
     async fn a_poller_that_panics_tells_its_watchers_and_starts_again() {
         let hub = hub().await;
         let mut watcher = hub.subscribe("", "us-east-1", "copy-1");
