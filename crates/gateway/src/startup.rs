@@ -172,8 +172,10 @@ impl Application {
         let openings = shedding.openings();
         // One stack serves both listeners: an HTTP/JSON call is a gRPC call made in process.
         let stack = tower::ServiceBuilder::new()
-            // Outermost: every call is counted and has its server span, refused ones included,
-            // and the span covers authentication, the handler and the whole response body (a
+            // Outermost: every call is counted and has its server span, refused ones included
+            // (but for a stream opening on the gRPC listener that waits past the request
+            // timeout for its turn, before the stack: `calls_shed{reason="openings"}`), and
+            // the span covers authentication, the handler and the whole response body (a
             // WatchCopy stream to its end).
             .layer(ObserveLayer::new(metrics.clone()))
             // Before authentication: shedding load must cost less than serving it.
