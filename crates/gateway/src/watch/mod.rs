@@ -48,6 +48,8 @@ type Slot = watch::Sender<Option<Arc<Observation>>>;
 struct Entry {
     slot: Slot,
     watchers: usize,
+    /// Watchers that keep the poller polling (all but the readers' lingering holds).
+    active: usize,
     /// Spans of the latest watchers (a few), linked from the poll rounds that serve them.
     watcher_spans: std::collections::VecDeque<opentelemetry::trace::SpanContext>,
 }
@@ -75,6 +77,20 @@ impl Poller {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Every snapshot in the set was seen within `freshness` (none is new or failing).
+    fn all_fresh(&self, freshness: Duration) -> bool {
+        self.lock().values().all(|entry| match entry.slot.borrow().as_deref() {
+            Some(Observation::Present { at, .. }) => at.elapsed() < freshness,
+            Some(Observation::Gone { .. }) => true,
+            Some(Observation::Failing { .. }) | None => false,
+        })
+    }
+
+    /// Nothing keeps it polling: it waits to be woken (a lingering read joins others' rounds).
+    fn idle(&self) -> bool {
+        self.lock().values().all(|entry| entry.active == 0)
+    }
 }
 
 /// The watcher spans a poll round links to.
@@ -95,6 +111,11 @@ pub struct WatchHub {
     /// Reads in flight, by (credentials, region, id): concurrent reads of one snapshot share
     /// one wait for a round, and its answer serves for the shortest poll interval.
     reads: moka::future::Cache<(String, String, String), Option<ClusterSnapshot>>,
+    /// Snapshots read lately, held in their pollers' sets for a freshness window after their
+    /// last read, without making the pollers poll for them: a round that another read (or a
+    /// watcher) causes refreshes them too, in its batches. Copies read now and then by many
+    /// callers then cost one batched describe a window, not a round for each that goes stale.
+    lingering: moka::sync::Cache<(String, String, String), Arc<Subscription>>,
     metrics: Arc<Metrics>,
 }
 
@@ -118,6 +139,8 @@ pub struct Subscription {
     rx: watch::Receiver<Option<Arc<Observation>>>,
     /// This subscription added the snapshot to the poll set.
     added: bool,
+    /// It keeps the poller polling (see `Entry::active`).
+    active: bool,
 }
 
 impl Drop for Subscription {
@@ -125,6 +148,7 @@ impl Drop for Subscription {
         let mut entries = self.poller.lock();
         if let Some(entry) = entries.get_mut(&self.id) {
             entry.watchers -= 1;
+            entry.active -= usize::from(self.active);
             if entry.watchers == 0 {
                 entries.remove(&self.id);
                 self.poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
@@ -154,7 +178,21 @@ impl WatchHub {
             .max_capacity(100_000)
             .time_to_live(Duration::from_millis(settings.min_poll_interval_ms))
             .build();
-        WatchHub { accounts, settings, pollers: Mutex::new(HashMap::new()), streams, shutdown, tasks, reads, metrics }
+        let lingering = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_idle(Duration::from_millis(settings.min_poll_interval_ms))
+            .build();
+        WatchHub {
+            accounts,
+            settings,
+            pollers: Mutex::new(HashMap::new()),
+            streams,
+            shutdown,
+            tasks,
+            reads,
+            lingering,
+            metrics,
+        }
     }
 
     /// Poll rounds made so far, by every poller (the `watch_poll_rounds` metric).
@@ -240,12 +278,18 @@ impl WatchHub {
     /// it), otherwise the snapshot joins the poller's next round (the gateway following its own
     /// copy to the end needs no extra call).
     fn subscribe_with(&self, account: &str, region: &str, id: &str, eager: bool) -> Subscription {
+        self.subscribe_as(account, region, id, eager, true)
+    }
+
+    /// Subscribes; an `active` subscription keeps the poller polling, a lingering read's does
+    /// not (it never wakes it either).
+    fn subscribe_as(&self, account: &str, region: &str, id: &str, eager: bool, active: bool) -> Subscription {
         let id = id.to_ascii_lowercase();
         let poller = self.poller(account, region);
         let (rx, fresh, alone, added) = {
             let mut entries = poller.lock();
             // An idle poller sleeps until woken: the first snapshot always wakes it.
-            let alone = entries.is_empty();
+            let alone = active && entries.values().all(|entry| entry.active == 0);
             let entry = entries.entry(id.clone()).or_insert_with(|| Entry {
                 // After shutdown (its poller has told its watchers so), a new watcher is told too.
                 slot: watch::channel(
@@ -253,9 +297,11 @@ impl WatchHub {
                 )
                 .0,
                 watchers: 0,
+                active: 0,
                 watcher_spans: std::collections::VecDeque::new(),
             });
             entry.watchers += 1;
+            entry.active += usize::from(active);
             let watcher = {
                 use opentelemetry::trace::TraceContextExt;
                 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -269,10 +315,10 @@ impl WatchHub {
             }
             (entry.slot.subscribe(), entry.slot.borrow().is_some(), alone, entry.watchers == 1)
         };
-        if !fresh && (eager || alone) {
+        if active && !fresh && (eager || alone) {
             poller.wake.notify_one();
         }
-        Subscription { poller, id, rx, added }
+        Subscription { poller, id, rx, added, active }
     }
 
     /// The poller's observation of a snapshot if it is younger than the shortest poll interval.
@@ -314,18 +360,43 @@ impl WatchHub {
     /// caller asks AWS itself for its exact answer); `Err` with AWS's error when the round
     /// failed, or UNAVAILABLE when none ended in time.
     pub(crate) async fn read(&self, account: &str, region: &str, id: &str) -> Result<Option<ClusterSnapshot>, Error> {
+        let key = (self.accounts.credentials_key(account), region.to_owned(), id.to_ascii_lowercase());
+        // Read again within a window: held in the poll set for others' rounds to refresh.
+        self.lingering.get_with(key.clone(), || Arc::new(self.subscribe_as(account, region, id, false, false)));
         if let Some(snapshot) = self.fresh(account, region, id) {
             return Ok(Some(snapshot));
         }
-        let key = (self.accounts.credentials_key(account), region.to_owned(), id.to_ascii_lowercase());
+        let freshness = Duration::from_millis(self.settings.min_poll_interval_ms);
         let read = async {
             let subscription = self.subscribe(account, region, id);
             let poller = subscription.poller.clone();
             let mut rounds = poller.rounds.subscribe();
-            let joined = rounds.borrow_and_update().0;
+            let (begun, ended) = {
+                let r = rounds.borrow_and_update();
+                (r.0, r.1)
+            };
             poller.wake.notify_one();
-            let failure = match tokio::time::timeout(READ_WAIT, rounds.wait_for(|r| r.1 > joined)).await {
-                Ok(Ok(ended)) => ended.2.clone(),
+            // A round under way may serve the read (a lingering snapshot is in it, see
+            // `lingering`): its end answers if it left the observation fresh; otherwise, or
+            // with no round under way, the next round's end does. A read that always waited
+            // for the next round made every round that stale reads arrived during cost a
+            // second one.
+            let fresh = |o: &Option<Arc<Observation>>| matches!(o.as_deref(), Some(Observation::Present { at, .. }) if at.elapsed() < freshness);
+            let wait = async {
+                if ended < begun {
+                    let under_way = rounds.wait_for(|r| r.1 >= begun).await.map(|r| r.2.clone()).map_err(|_| ())?;
+                    if under_way.is_some() {
+                        return Ok(under_way);
+                    }
+                }
+                // Also when a round ended between the read's first look and its joining.
+                if fresh(&subscription.rx.borrow()) {
+                    return Ok(None);
+                }
+                rounds.wait_for(|r| r.1 > begun).await.map(|r| r.2.clone()).map_err(|_| ())
+            };
+            let failure = match tokio::time::timeout(READ_WAIT, wait).await {
+                Ok(Ok(failure)) => failure,
                 _ => return Err(Error::Unavailable(format!("no poll of {region} completed within {READ_WAIT:?}"))),
             };
             if let Some(error) = failure {

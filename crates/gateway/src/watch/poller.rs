@@ -32,7 +32,7 @@ pub(super) async fn run(
     let mut interval = min;
     let mut failing_since: Option<Instant> = None;
     loop {
-        let idle = poller.lock().is_empty();
+        let idle = poller.idle();
         let woken = if idle {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -48,6 +48,11 @@ pub(super) async fn run(
         if woken {
             interval = min;
             tokio::time::sleep(COALESCE).await;
+            // Woken during the last round by readers it served (their snapshots were in it):
+            // nothing is stale, so no round of its own.
+            if poller.all_fresh(min) {
+                continue;
+            }
         }
         // The round's number is taken with its ids: a reader waits for a round that began
         // after it joined (see `WatchHub::read`).
