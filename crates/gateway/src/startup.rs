@@ -28,7 +28,7 @@ use crate::copy::{CopyService, Jobs};
 use crate::edge::accept;
 use crate::edge::fair::FairShareLayer;
 use crate::edge::serve::{self, Handler};
-use crate::edge::shed::{self, Memory, OpeningTurn, Openings, ShedLayer};
+use crate::edge::shed::{self, Memory, Openings, ShedLayer};
 use crate::edge::{EdgeLimits, Listener};
 use crate::http::{GrpcService, Transcoder};
 use crate::metrics::Metrics;
@@ -205,16 +205,16 @@ impl Application {
             request.extensions_mut().insert(info);
             let (grpc, openings) = (grpc.clone(), openings.clone());
             Box::pin(async move {
-                // A stream's opening waits its turn before it enters the stack (see `Openings`).
-                let request = match Openings::takes_turn(request.uri().path()) {
-                    true => openings.admit(request).await,
-                    false => Ok(request),
+                // A stream's opening waits its turn before it enters the stack (see `Openings`);
+                // the shed layer inside gives the turn back once the stream has opened.
+                let admitted = if Openings::takes_turn(request.uri().path()) {
+                    openings.admit(request).await
+                } else {
+                    Ok(request)
                 };
-                let response = match request {
+                let response = match admitted {
                     Ok(request) => {
-                        let turn = request.extensions().get::<OpeningTurn>().cloned();
                         let Ok(response) = grpc.oneshot(request).await;
-                        turn.inspect(OpeningTurn::give_back);
                         response
                     }
                     Err(refused) => refused,
