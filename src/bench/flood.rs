@@ -217,14 +217,35 @@ pub(crate) struct FloodAttackArgs {
     pub callers: usize,
     #[arg(long)]
     pub streams: usize,
+    /// The gateway's pid, whose open descriptors this process samples during the attack (on
+    /// the attacker's CPUs: reading `/proc/PID/fd` of thousands of descriptors ten times a
+    /// second in the measuring process delayed the calls it measures).
+    #[arg(long)]
+    pub sample_fds_of: Option<u32>,
 }
 
 /// Runs one attack and prints what it did.
 pub(crate) async fn flood_attack(args: FloodAttackArgs) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(args.secs);
+    let sampler = args.sample_fds_of.map(|pid| {
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while Instant::now() < until {
+                peak = peak.max(open_fds(pid));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            peak
+        })
+    });
     println!("{}", run_attack(&args, until).await);
+    if let Some(sampler) = sampler {
+        println!("{PEAK_FDS}{}", sampler.await?);
+    }
     Ok(())
 }
+
+/// How the attacker's process reports the gateway's peak of open descriptors.
+const PEAK_FDS: &str = "peak descriptors: ";
 
 /// Runs the attack against its address until `until`; returns what it did.
 async fn run_attack(args: &FloodAttackArgs, until: Instant) -> String {
@@ -462,17 +483,6 @@ pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
         let before = refusals(gateway.admin).await;
         let cpu_before = cpu_us(&gateway.pid.to_string());
         let until = Instant::now() + attack_time;
-        let pid = gateway.pid;
-        let peak_fds = Arc::new(AtomicU64::new(0));
-        let sampler = {
-            let peak_fds = peak_fds.clone();
-            tokio::spawn(async move {
-                while Instant::now() < until {
-                    peak_fds.fetch_max(open_fds(pid) as u64, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        };
         let mut attacker = match &split {
             Some((_, attacker)) => {
                 let mut command = tokio::process::Command::new("taskset");
@@ -489,15 +499,16 @@ pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
             .args(["--slowloris-connections", &args.slowloris_connections.to_string()])
             .args(["--callers", &(args.max_in_flight_calls * 4).to_string()])
             .args(["--streams", &(args.max_streams + args.max_streams / 2).to_string()])
+            .args(["--sample-fds-of", &gateway.pid.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .output();
         let measuring = measure(&client, until);
         let (attacked, (mut latencies, errors)) = tokio::join!(attacker, measuring);
-        let did =
-            attacked.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_else(|e| e.to_string());
-        let _ = sampler.await;
+        let said = attacked.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_else(|e| e.to_string());
+        let peak_fds = said.lines().find_map(|l| l.strip_prefix(PEAK_FDS)?.parse::<usize>().ok());
+        let did = said.lines().filter(|l| !l.starts_with(PEAK_FDS)).collect::<Vec<_>>().join("; ");
         let cpu = busy(cpu_before, &gateway, attack_time);
         latencies.sort_unstable();
         let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
@@ -529,7 +540,7 @@ pub(crate) async fn flood(args: FloodBenchArgs) -> anyhow::Result<()> {
             ratio,
             errors,
             cpu,
-            peak_fds.load(Ordering::Relaxed),
+            peak_fds.map_or_else(|| "?".to_owned(), |n| n.to_string()),
             proc_kib(gateway.pid, "VmHWM:") / 1024,
             back.map_or_else(|| "never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
             if delta.is_empty() { "no refusals".to_owned() } else { delta.join(", ") }
