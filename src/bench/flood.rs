@@ -124,14 +124,20 @@ rate_limit_burst = 100000
     ChildGateway::spawn(&config, port, admin_port, scratch, cpus).await
 }
 
-/// The edge's counters from the gateway's `/metrics`: refusals by reason and shed calls.
+/// The edge's counters from the gateway's `/metrics`: refusals by reason, shed calls and calls
+/// that waited for their caller's turn.
 async fn refusals(admin: SocketAddr) -> Vec<(String, u64)> {
     let text = metrics(admin).await;
     text.lines()
         .filter(|l| {
-            ["snapgate_connections_refused_total", "snapgate_connections_paced_total", "snapgate_calls_shed_total"]
-                .iter()
-                .any(|metric| l.starts_with(metric))
+            [
+                "snapgate_connections_refused_total",
+                "snapgate_connections_paced_total",
+                "snapgate_calls_shed_total",
+                "snapgate_calls_waited_total",
+            ]
+            .iter()
+            .any(|metric| l.starts_with(metric))
         })
         .filter_map(|l| {
             let (name, value) = l.rsplit_once(' ')?;

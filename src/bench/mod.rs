@@ -108,6 +108,7 @@ pub(crate) fn bench_settings(scratch: &ScratchDir) -> Settings {
             aws_calls_per_sec: 1e9,
             aws_burst: u32::MAX,
             aws_in_flight: u32::MAX,
+            in_flight: u32::MAX,
             overrides: Vec::new(),
         },
         ..Settings::default()

@@ -313,6 +313,7 @@ lease_secs = 5
 principal = "bench"
 calls_per_sec = 100000.0
 burst = 100000
+in_flight = 100000
 [aws]
 region = "us-east-1"
 endpoint_url = "{endpoint}"

@@ -70,6 +70,7 @@ max_streams = {max_streams}
 principal = "bench"
 calls_per_sec = 1000000000.0
 burst = 4000000000
+in_flight = 4000000000
 [aws]
 region = "us-east-1"
 endpoint_url = "{endpoint}"

@@ -84,6 +84,7 @@ pub struct Metrics {
     connections_refused: Family<RefusalLabels, Counter>,
     connections_paced: Family<RefusalLabels, Counter>,
     calls_shed: Family<ReasonLabels, Counter>,
+    calls_waited: Family<ReasonLabels, Counter>,
     resident_bytes: Gauge,
     log_lines_dropped: Counter,
 }
@@ -149,8 +150,14 @@ impl Metrics {
         let calls_shed = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "calls_shed",
-            "Calls refused at once to shed load, by reason (in_flight, connection_in_flight, streams, memory, fair_share)",
+            "Calls refused at once to shed load, by reason (in_flight, connection_in_flight, streams, memory, fair_share, openings, aws_share; caller_in_flight: waited past the request timeout for a turn)",
             calls_shed.clone(),
+        );
+        let calls_waited = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "calls_waited",
+            "Calls that waited for a turn, by reason (caller_in_flight: their caller had fair_share.in_flight calls in progress)",
+            calls_waited.clone(),
         );
         let resident_bytes = Gauge::default();
         registry.register(
@@ -211,6 +218,7 @@ impl Metrics {
             connections_refused,
             connections_paced,
             calls_shed,
+            calls_waited,
             resident_bytes,
             log_lines_dropped,
         })
@@ -262,6 +270,10 @@ impl Metrics {
 
     pub(crate) fn call_shed(&self, reason: &str) {
         self.calls_shed.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+    }
+
+    pub(crate) fn call_waited(&self, reason: &str) {
+        self.calls_waited.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
     }
 
     pub(crate) fn resident_bytes(&self, bytes: u64) {

@@ -183,7 +183,7 @@ impl Application {
             // Outside every service: an unauthenticated call never reaches a handler.
             .layer(AuthLayer::new(self.authenticator.clone()))
             // Each caller's share, once the caller is known.
-            .layer(FairShareLayer::new(self.settings.fair_share.clone(), metrics.clone()))
+            .layer(FairShareLayer::new(self.settings.fair_share.clone(), limits.request_timeout(), metrics.clone()))
             // Inside authentication, so a refused call costs no deadline timer.
             .layer(DeadlineLayer::new(limits.request_timeout()))
             .service(routes);

@@ -83,6 +83,7 @@ mod tests {
                 burst: 1000,
                 aws_calls_per_sec: None,
                 aws_burst: Some(4),
+                in_flight: None,
             }],
             ..FairShareSettings::default()
         };

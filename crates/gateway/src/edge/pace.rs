@@ -61,7 +61,7 @@ pub(crate) struct Pace {
 }
 
 /// What one oversized header block counts for: with the default budget, a connection sending
-/// them is read at two a second once it has sent two.
+/// them is read at one every two seconds once it has sent two.
 const OVERSIZED_STRIKES: f64 = 100.0;
 
 impl Pace {
