@@ -44,7 +44,8 @@ pub enum Error {
     /// The gateway cannot serve the call now; a retry may (a stopped poller, for instance).
     #[error("{0}; retry")]
     Unavailable(String),
-    /// A caller past its share of the gateway's calls, or of the AWS calls its requests cause.
+    /// A caller past its share of the gateway's calls, of its calls in progress, or of the AWS
+    /// calls its requests cause.
     #[error("{caller} is over its share of {of}; retry in {} s", retry_secs(*.retry_after))]
     OverShare { caller: String, of: &'static str, retry_after: Duration },
     #[error("too many open WatchCopy streams (at most {0}); retry later")]
