@@ -952,6 +952,18 @@ mod tests {
         assert!(listen.contains("LISTEN") && listen.contains("SNAPGATE_"), "{listen}");
         assert!(error("SNAPGATE_AWS__ACCOUNT_ID", "12").contains("aws.account_id"));
         assert!(Settings::load(Some(Path::new("/nonexistent.toml"))).is_err());
+        // A caller with no turns could never be served, by default or by an override.
+        for shares in [
+            "[fair_share]\nin_flight = 0\n",
+            "[[fair_share.overrides]]\nprincipal = \"ci\"\ncalls_per_sec = 1.0\nburst = 1\nin_flight = 0\n",
+        ] {
+            Jail::expect_with(|jail| {
+                jail.create_file("f.toml", shares)?;
+                let refused = Settings::load(Some(Path::new("f.toml"))).expect_err("refused");
+                assert!(refused.contains("fair_share.in_flight"), "{refused}");
+                Ok(())
+            });
+        }
     }
 
     #[test]
