@@ -294,6 +294,38 @@ async fn one_callers_flood_is_refused_while_another_caller_is_served() {
     assert!(metrics(&gw).await.contains("snapgate_calls_shed_total{reason=\"fair_share\"}"));
 }
 
+/// A caller's unary calls past its `fair_share.in_flight` turns wait for its own to end, while
+/// another caller's calls go straight through.
+#[tokio::test]
+async fn a_callers_calls_past_its_turns_wait_for_its_own_and_not_anothers() {
+    let (emu, mut gw) = start(|s| {
+        s.fair_share.in_flight = 2;
+        add_flood_caller(s);
+    })
+    .await;
+    // AWS answers slowly: each of the flood's fresh reads holds a turn for a second.
+    emu.emulator.set_faults(Faults { latency_ms: 1_000, throttle: None, ..Faults::default() }).unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..3 {
+        let mut client = gateway::client_with(gw.channel.clone(), Some(FLOOD_TOKEN));
+        flood.push(tokio::spawn(async move {
+            client.get_copy(GetCopyRequest { name: "billing-pg-daily".into(), fresh: true }).await
+        }));
+    }
+    let waited =
+        || async { metrics(&gw).await.contains(r#"snapgate_calls_waited_total{reason="caller_in_flight"} 1"#) };
+    assert!(eventually(Duration::from_secs(5), waited).await, "the flood's third call waits for a turn");
+    // The other caller, on the same connection, waits for none of the flood's turns.
+    let mut request = tonic::Request::new(snapgate_proto::ListCopiesRequest::default());
+    request.set_timeout(Duration::from_millis(500));
+    gw.client.list_copies(request).await.expect("another caller's turns are its own");
+    assert!(flood.iter().any(|call| !call.is_finished()), "answered while the flood's calls were running");
+    for call in flood {
+        call.await.unwrap().expect("the waiting call runs once one of its caller's own ends");
+    }
+    assert!(!metrics(&gw).await.contains(r#"snapgate_calls_shed_total{reason="caller_in_flight"}"#));
+}
+
 /// One caller's burst of fresh reads (each an AWS call) holds at most its own turns at the
 /// region's pace, so another caller's AWS call waits behind two of them, not behind all; and
 /// past its AWS budget the burst is refused at once, OVER_SHARE with RetryInfo.
