@@ -218,7 +218,7 @@ impl Client {
         .await
     }
 
-    /// The copy as the gateway last observed it (at most a poll interval old).
+    /// The copy as the gateway last observed it (at most 1.25 shortest poll intervals old).
     pub async fn get(&self, name: &str) -> Result<pb::Copy, ClientError> {
         self.get_with(name, false).await
     }

@@ -246,8 +246,9 @@ impl CopyService {
     }
 
     /// The current state of a copy, by name: its job while it waits (or when it never
-    /// started), then the watch hub's observation (shared by every reader, at most a poll
-    /// interval old, no AWS call of the caller's own), or with `fresh` as AWS describes it now.
+    /// started), then the watch hub's observation (shared by every reader, at most
+    /// `watch::READ_FRESHNESS` shortest poll intervals old, no AWS call of the caller's own), or
+    /// with `fresh` as AWS describes it now.
     /// The describes are `caller`'s AWS calls.
     pub(crate) async fn get(&self, name: &str, fresh: bool, caller: &Caller) -> Result<CopyView, Error> {
         let located = self.locate(name)?;

@@ -56,6 +56,13 @@ struct Entry {
 
 /// Watcher spans remembered per snapshot, and links per poll round: enough to find the
 /// watchers from a round in a trace viewer without making rounds heavy.
+/// How old an observation a read takes, in shortest poll intervals. A watched snapshot's poller
+/// comes back every interval ±10% (`poller::jitter`), and its describe takes time too: with a
+/// window of exactly one interval, a read in the gap before a late round waited for a round of
+/// its own (a 20 ms coalescing window and a describe, every few seconds for a snapshot read
+/// all the time) although the next scheduled round was due.
+pub(crate) const READ_FRESHNESS: f64 = 1.25;
+
 const LINKS_PER_SNAPSHOT: usize = 4;
 const LINKS_PER_ROUND: usize = 32;
 
@@ -321,16 +328,19 @@ impl WatchHub {
         Subscription { poller, id, rx, added, active }
     }
 
-    /// The poller's observation of a snapshot if it is younger than the shortest poll interval.
+    /// How old an observation a read takes (`READ_FRESHNESS` shortest poll intervals).
+    fn freshness(&self) -> Duration {
+        Duration::from_millis(self.settings.min_poll_interval_ms).mul_f64(READ_FRESHNESS)
+    }
+
+    /// The poller's observation of a snapshot if a read may take it (see `READ_FRESHNESS`).
     pub(crate) fn fresh(&self, account: &str, region: &str, id: &str) -> Option<ClusterSnapshot> {
         let key = (self.accounts.credentials_key(account), region.to_owned());
         let poller = self.pollers.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()?;
         let entries = poller.lock();
         let observation = entries.get(&id.to_ascii_lowercase())?.slot.borrow().clone()?;
         match &*observation {
-            Observation::Present { snapshot, at, .. }
-                if at.elapsed() < Duration::from_millis(self.settings.min_poll_interval_ms) =>
-            {
+            Observation::Present { snapshot, at, .. } if at.elapsed() < self.freshness() => {
                 Some(ClusterSnapshot::clone(snapshot))
             }
             _ => None,
@@ -366,7 +376,7 @@ impl WatchHub {
         if let Some(snapshot) = self.fresh(account, region, id) {
             return Ok(Some(snapshot));
         }
-        let freshness = Duration::from_millis(self.settings.min_poll_interval_ms);
+        let freshness = self.freshness();
         let read = async {
             let subscription = self.subscribe(account, region, id);
             let poller = subscription.poller.clone();
