@@ -54,8 +54,6 @@ struct Entry {
     watcher_spans: std::collections::VecDeque<opentelemetry::trace::SpanContext>,
 }
 
-/// Watcher spans remembered per snapshot, and links per poll round: enough to find the
-/// watchers from a round in a trace viewer without making rounds heavy.
 /// How old an observation a read takes, in shortest poll intervals. A watched snapshot's poller
 /// comes back every interval ±10% (`poller::jitter`), and its describe takes time too: with a
 /// window of exactly one interval, a read in the gap before a late round waited for a round of
@@ -63,6 +61,8 @@ struct Entry {
 /// all the time) although the next scheduled round was due.
 pub(crate) const READ_FRESHNESS: f64 = 1.25;
 
+/// Watcher spans remembered per snapshot, and links per poll round: enough to find the
+/// watchers from a round in a trace viewer without making rounds heavy.
 const LINKS_PER_SNAPSHOT: usize = 4;
 const LINKS_PER_ROUND: usize = 32;
 
