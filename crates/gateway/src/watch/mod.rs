@@ -43,6 +43,16 @@ pub enum Observation {
     },
 }
 
+impl Observation {
+    /// The snapshot as a poll saw it within `freshness`.
+    fn present_within(&self, freshness: Duration) -> Option<&Arc<ClusterSnapshot>> {
+        match self {
+            Observation::Present { snapshot, at, .. } if at.elapsed() < freshness => Some(snapshot),
+            _ => None,
+        }
+    }
+}
+
 type Slot = watch::Sender<Option<Arc<Observation>>>;
 
 struct Entry {
@@ -60,6 +70,11 @@ struct Entry {
 /// its own (a 20 ms coalescing window and a describe, every few seconds for a snapshot read
 /// all the time) although the next scheduled round was due.
 pub(crate) const READ_FRESHNESS: f64 = 1.25;
+
+/// How old an observation a read takes (`READ_FRESHNESS` shortest poll intervals).
+fn read_freshness(settings: &WatchSettings) -> Duration {
+    Duration::from_millis(settings.min_poll_interval_ms).mul_f64(READ_FRESHNESS)
+}
 
 /// Watcher spans remembered per snapshot, and links per poll round: enough to find the
 /// watchers from a round in a trace viewer without making rounds heavy.
@@ -88,9 +103,9 @@ impl Poller {
     /// Every snapshot in the set was seen within `freshness` (none is new or failing).
     fn all_fresh(&self, freshness: Duration) -> bool {
         self.lock().values().all(|entry| match entry.slot.borrow().as_deref() {
-            Some(Observation::Present { at, .. }) => at.elapsed() < freshness,
             Some(Observation::Gone { .. }) => true,
-            Some(Observation::Failing { .. }) | None => false,
+            Some(observation) => observation.present_within(freshness).is_some(),
+            None => false,
         })
     }
 
@@ -328,23 +343,13 @@ impl WatchHub {
         Subscription { poller, id, rx, added, active }
     }
 
-    /// How old an observation a read takes (`READ_FRESHNESS` shortest poll intervals).
-    fn freshness(&self) -> Duration {
-        Duration::from_millis(self.settings.min_poll_interval_ms).mul_f64(READ_FRESHNESS)
-    }
-
     /// The poller's observation of a snapshot if a read may take it (see `READ_FRESHNESS`).
     pub(crate) fn fresh(&self, account: &str, region: &str, id: &str) -> Option<ClusterSnapshot> {
         let key = (self.accounts.credentials_key(account), region.to_owned());
         let poller = self.pollers.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()?;
         let entries = poller.lock();
         let observation = entries.get(&id.to_ascii_lowercase())?.slot.borrow().clone()?;
-        match &*observation {
-            Observation::Present { snapshot, at, .. } if at.elapsed() < self.freshness() => {
-                Some(ClusterSnapshot::clone(snapshot))
-            }
-            _ => None,
-        }
+        observation.present_within(read_freshness(&self.settings)).map(|snapshot| ClusterSnapshot::clone(snapshot))
     }
 
     /// Tells the watchers of a snapshot that snapgate cancelled its copy.
@@ -376,7 +381,7 @@ impl WatchHub {
         if let Some(snapshot) = self.fresh(account, region, id) {
             return Ok(Some(snapshot));
         }
-        let freshness = self.freshness();
+        let freshness = read_freshness(&self.settings);
         let read = async {
             let subscription = self.subscribe(account, region, id);
             let poller = subscription.poller.clone();
@@ -391,7 +396,6 @@ impl WatchHub {
             // with no round under way, the next round's end does. A read that always waited
             // for the next round made every round that stale reads arrived during cost a
             // second one.
-            let fresh = |o: &Option<Arc<Observation>>| matches!(o.as_deref(), Some(Observation::Present { at, .. }) if at.elapsed() < freshness);
             let wait = async {
                 if ended < begun {
                     let under_way = rounds.wait_for(|r| r.1 >= begun).await.map(|r| r.2.clone()).map_err(|_| ())?;
@@ -400,7 +404,7 @@ impl WatchHub {
                     }
                 }
                 // Also when a round ended between the read's first look and its joining.
-                if fresh(&subscription.rx.borrow()) {
+                if subscription.rx.borrow().as_deref().and_then(|o| o.present_within(freshness)).is_some() {
                     return Ok(None);
                 }
                 rounds.wait_for(|r| r.1 > begun).await.map(|r| r.2.clone()).map_err(|_| ())

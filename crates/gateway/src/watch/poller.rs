@@ -50,7 +50,7 @@ pub(super) async fn run(
             tokio::time::sleep(COALESCE).await;
             // Woken during the last round by readers it served (their snapshots were in it):
             // nothing is stale, so no round of its own.
-            if poller.all_fresh(min.mul_f64(super::READ_FRESHNESS)) {
+            if poller.all_fresh(super::read_freshness(&settings)) {
                 continue;
             }
         }
