@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::ScratchDir;
 
@@ -44,6 +44,11 @@ impl ChildGateway {
         argv.push(std::env::current_exe()?.into());
         let mut command = tokio::process::Command::new(&argv[0]);
         command.args(&argv[1..]);
+        // Its log goes to a file, never through this process: the measuring clients share this
+        // process's runtime (and, in `bench flood`, the gateway's CPU), and reading a log line
+        // a call (the audit) from a pipe delayed the calls they measure by milliseconds.
+        let log = std::env::var_os("SNAPGATE_BENCH_GATEWAY_LOG")
+            .map_or_else(|| scratch.path().join("gateway.log"), std::path::PathBuf::from);
         let mut child = command
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&path)
@@ -52,35 +57,26 @@ impl ChildGateway {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("RUST_LOG", "warn,snapgate=info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?)
             .kill_on_drop(true)
             .spawn()?;
         let pid = child.id().context("the gateway exited at once")?;
-        let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        // Until it says it listens, or exits, or 30 s have passed: its log, read every 20 ms.
         let started = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if line.contains("snapgate listening") {
-                    return Ok::<_, anyhow::Error>(());
+            loop {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                if said.contains("snapgate listening") {
+                    return Ok(());
                 }
+                if let Some(status) = child.try_wait()? {
+                    let tail: Vec<&str> = said.lines().rev().take(5).collect();
+                    anyhow::bail!("the gateway exited ({status}) before it listened: {}", tail.join(" | "));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            anyhow::bail!("the gateway exited before it listened")
         })
         .await;
         started.context("the gateway did not start within 30 s")??;
-        // Keep reading its log, or it would block on a full pipe; kept in the file
-        // SNAPGATE_BENCH_GATEWAY_LOG names, if any.
-        let mut keep = match std::env::var_os("SNAPGATE_BENCH_GATEWAY_LOG") {
-            Some(path) => Some(std::fs::File::create(path)?),
-            None => None,
-        };
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(file) = keep.as_mut() {
-                    use std::io::Write;
-                    let _ = writeln!(file, "{line}");
-                }
-            }
-        });
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         Ok(ChildGateway { child, pid, addr, admin: SocketAddr::from(([127, 0, 0, 1], admin_port)) })
     }
