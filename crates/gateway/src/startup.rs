@@ -194,8 +194,8 @@ impl Application {
         let edge = EdgeLimits::new(limits);
         tracing::info!(
             max_connections = edge.max_connections,
-            handshake_timeout = ?edge.handshake_timeout,
-            idle_timeout = ?edge.idle_timeout,
+            handshake_timeout = ?limits.handshake_timeout(),
+            idle_timeout = ?limits.idle_timeout(),
             max_memory_bytes = ?memory_limit,
             "edge limits"
         );

@@ -154,13 +154,13 @@ pub(crate) fn incoming(
     let (tx, rx) = mpsc::channel(64);
     let handshakes = tasks.clone();
     let cap = Arc::new(Semaphore::new(limits.max_connections));
-    let per_peer = limits.max_connections_per_peer;
+    let per_peer = limits.server.max_connections_per_peer;
     let peers = Arc::new(PeerCounts::default());
-    let deadline = limits.handshake_timeout;
+    let deadline = limits.server.handshake_timeout();
     let penalties = limits.penalties.clone();
     let accepts = snapgate_domain::TokenBucket::new(
-        limits.max_accepts_per_sec,
-        (limits.max_accepts_per_sec / 4.0).clamp(1.0, f64::from(u32::MAX)) as u32,
+        limits.server.max_accepts_per_sec,
+        (limits.server.max_accepts_per_sec / 4.0).clamp(1.0, f64::from(u32::MAX)) as u32,
         tokio::time::Instant::now().into_std(),
     );
     let alpn = match kind {

@@ -15,7 +15,6 @@ pub(crate) mod serve;
 pub(crate) mod shed;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::ServerSettings;
 
@@ -78,20 +77,12 @@ impl Listener {
     }
 }
 
-/// The edge's limits, resolved from the settings and the machine.
+/// The edge's limits: the server settings, with what they leave to the machine resolved.
 #[derive(Debug, Clone)]
 pub(crate) struct EdgeLimits {
+    pub(crate) server: Arc<ServerSettings>,
+    /// `server.max_connections`, or the default the open-file limit gives.
     pub(crate) max_connections: usize,
-    pub(crate) max_connections_per_peer: Option<usize>,
-    pub(crate) handshake_timeout: Duration,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) shutdown_grace: Duration,
-    pub(crate) paced_refusals_per_sec: f64,
-    pub(crate) paced_refusals_burst: u32,
-    pub(crate) max_read_bytes_per_sec: u64,
-    pub(crate) max_in_flight_calls: usize,
-    pub(crate) max_header_list_bytes: u32,
-    pub(crate) max_accepts_per_sec: f64,
     /// Peers held back for breaking HTTP/2's rules; shared by both listeners.
     pub(crate) penalties: Arc<pace::PeerPenalties>,
 }
@@ -101,17 +92,8 @@ impl EdgeLimits {
         let max_connections =
             settings.max_connections.unwrap_or_else(|| default_max_connections(open_file_limit().unwrap_or(1024)));
         EdgeLimits {
+            server: Arc::new(settings.clone()),
             max_connections,
-            max_connections_per_peer: settings.max_connections_per_peer,
-            handshake_timeout: settings.handshake_timeout(),
-            idle_timeout: settings.idle_timeout(),
-            shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
-            paced_refusals_per_sec: settings.paced_refusals_per_sec,
-            paced_refusals_burst: settings.paced_refusals_burst,
-            max_read_bytes_per_sec: settings.max_read_bytes_per_sec,
-            max_in_flight_calls: settings.max_in_flight_calls,
-            max_header_list_bytes: settings.max_header_list_bytes,
-            max_accepts_per_sec: settings.max_accepts_per_sec,
             penalties: Arc::new(pace::PeerPenalties::new()),
         }
     }

@@ -66,7 +66,7 @@ const OVERSIZED_STRIKES: f64 = 100.0;
 
 impl Pace {
     pub(crate) fn new(limits: &EdgeLimits) -> Pace {
-        let now = now();
+        let (now, limits) = (now(), &limits.server);
         let bytes_per_sec = limits.max_read_bytes_per_sec.max(1);
         Pace {
             strikes: TokenBucket::new(limits.paced_refusals_per_sec, limits.paced_refusals_burst, now),

@@ -81,7 +81,7 @@ pub(crate) fn serve(
     tasks: &TaskTracker,
 ) {
     let connections = tasks.clone();
-    let (idle, grace) = (limits.idle_timeout, limits.shutdown_grace);
+    let (idle, grace) = (limits.server.idle_timeout(), Duration::from_secs(limits.server.shutdown_grace_secs));
     let limits = limits.clone();
     // An idle connection has nothing to finish: a peer that does not answer GOAWAY's ping
     // within this is closed anyway.
@@ -102,7 +102,7 @@ pub(crate) fn serve(
             let conn_state = Arc::new(ConnState { open, pace: pace.clone() });
             let handler = handler.clone();
             let state = conn_state.clone();
-            let places = ConnectionCalls::new(limits.max_in_flight_calls);
+            let places = ConnectionCalls::new(limits.server.max_in_flight_calls);
             let service = tower::service_fn(move |mut request: http::Request<Incoming>| {
                 request.extensions_mut().insert(places.clone());
                 let call = handler(request, info.clone());
