@@ -382,6 +382,24 @@ pub struct CallerShare {
     pub in_flight: Option<u32>,
 }
 
+#[cfg(test)]
+impl CallerShare {
+    /// A share of `calls_per_sec` and `burst` for the principal `id`, or the group `id` when
+    /// `group`; the rest the default's. Tests set the fields they are about on top.
+    pub(crate) fn for_id(id: &str, group: bool, calls_per_sec: f64, burst: u32) -> CallerShare {
+        let (principal, group) = if group { (None, Some(id.into())) } else { (Some(id.into()), None) };
+        CallerShare {
+            principal,
+            group,
+            calls_per_sec,
+            burst,
+            aws_calls_per_sec: None,
+            aws_burst: None,
+            in_flight: None,
+        }
+    }
+}
+
 /// Progress streaming: how the coalesced pollers pace themselves and how streams are kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -76,15 +76,7 @@ mod tests {
             aws_calls_per_sec: 1.0,
             aws_burst: 2,
             aws_in_flight: 2,
-            overrides: vec![CallerShare {
-                principal: Some("dr-runner".into()),
-                group: None,
-                calls_per_sec: 200.0,
-                burst: 1000,
-                aws_calls_per_sec: None,
-                aws_burst: Some(4),
-                in_flight: None,
-            }],
+            overrides: vec![CallerShare { aws_burst: Some(4), ..CallerShare::for_id("dr-runner", false, 200.0, 1000) }],
             ..FairShareSettings::default()
         };
         AwsShare::new(settings, Metrics::new())

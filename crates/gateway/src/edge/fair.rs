@@ -163,15 +163,7 @@ mod tests {
         let settings = FairShareSettings {
             calls_per_sec: 1.0,
             burst: 2,
-            overrides: vec![CallerShare {
-                principal: None,
-                group: Some("backup".into()),
-                calls_per_sec: 1.0,
-                burst: 5,
-                aws_calls_per_sec: None,
-                aws_burst: None,
-                in_flight: None,
-            }],
+            overrides: vec![CallerShare::for_id("backup", true, 1.0, 5)],
             ..FairShareSettings::default()
         };
         let layer = FairShareLayer::new(settings, Duration::from_secs(1), Metrics::new());
@@ -195,15 +187,7 @@ mod tests {
 
         let settings = FairShareSettings {
             in_flight: 2,
-            overrides: vec![CallerShare {
-                principal: Some("dr-runner".into()),
-                group: None,
-                calls_per_sec: 200.0,
-                burst: 1000,
-                aws_calls_per_sec: None,
-                aws_burst: None,
-                in_flight: Some(3),
-            }],
+            overrides: vec![CallerShare { in_flight: Some(3), ..CallerShare::for_id("dr-runner", false, 200.0, 1000) }],
             ..FairShareSettings::default()
         };
         let metrics = Metrics::new();
