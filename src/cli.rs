@@ -209,7 +209,7 @@ async fn with_telemetry(
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut settings = Settings::load(args.config.as_deref()).map_err(anyhow::Error::msg)?;
+    let mut settings = Settings::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         settings.listen = listen;
     }

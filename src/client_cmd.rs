@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
-use snapgate_client::{Client, ClientConfig, ClientError, pb};
+use snapgate_client::{Client, ClientConfig, ClientError, GatewayAddr, pb};
 use tonic::Code;
 
 /// How a client command ended; its exit code. Several copies: the worst (highest) one.
@@ -95,9 +95,10 @@ pub(crate) enum Output {
 /// Where the gateway is and who calls it; every flag has its `SNAPGATE_` variable.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct Connection {
-    /// The gateway: http://HOST:PORT, or https://HOST:PORT for TLS.
-    #[arg(long, env = "SNAPGATE_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
-    addr: String,
+    /// The gateway: HOST:PORT (TLS when --ca-cert or --client-cert is given), http://HOST:PORT,
+    /// or https://HOST:PORT.
+    #[arg(long, env = "SNAPGATE_ADDR", default_value = "127.0.0.1:50051", global = true)]
+    addr: GatewayAddr,
     /// Bearer token (JWT or static token).
     #[arg(long, env = "SNAPGATE_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -126,7 +127,7 @@ impl Connection {
             ca_cert: self.ca_cert.clone(),
             client_cert: self.client_cert.clone().zip(self.client_key.clone()),
             retry_for: std::time::Duration::from_secs(self.retry_secs),
-            ..ClientConfig::new(self.addr.trim_end_matches('/'))
+            ..ClientConfig::new(self.addr.to_string())
         };
         Client::connect(&config).await
     }

@@ -12,11 +12,10 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 
 import pytest
 
-from conftest import SERVE_ENV, SNAPGATE, admin, free_port, serve_config, start_dev, start_emulator
+from conftest import SNAPGATE, admin, serve_config, start_dev, start_emulator, start_serve
 
 TOKEN = "snapgate-dev-token"
 
@@ -46,6 +45,25 @@ def test_copy_wait_ends_available_with_exit_0(dev):
     assert out.stdout.strip() == "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:cli-avail available"
     # Not a terminal: one plain line per change on stderr.
     assert "cli-avail: available 100%" in out.stderr
+
+
+def test_the_address_may_be_host_and_port_as_grpcurl_takes_it(dev):
+    out = cli(dev, "copy", "billing-pg-daily", "cli-bare-addr", addr=dev.endpoint)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:cli-bare-addr"
+    # The URL form names the same gateway.
+    got = cli(dev, "get", "cli-bare-addr", addr=f"http://{dev.endpoint}/")
+    assert got.returncode == 0, got.stderr
+
+
+@pytest.mark.parametrize("bad", ["127.0.0.1", "grpc://127.0.0.1:50051", "http://127.0.0.1:50051/v1", "127.0.0.1:0", "not an address"])
+def test_a_malformed_address_is_a_usage_error_that_shows_the_forms(dev, bad):
+    for how in ("env", "flag"):
+        args = ("list",) if how == "env" else ("list", "--addr", bad)
+        out = cli(dev, *args, addr=bad if how == "env" else None)
+        assert out.returncode == 2, (how, out.stderr)
+        assert "HOST:PORT" in out.stderr and "https://HOST:PORT" in out.stderr, out.stderr
+        assert "unreachable" not in out.stderr
 
 
 def test_json_output_is_one_object_per_event_then_the_result(dev):
@@ -155,20 +173,10 @@ def test_a_terminal_shows_a_progress_bar(dev):
 def test_a_wait_outlives_a_gateway_restart(tmp_path):
     emulator = start_emulator("--copy-gib-per-sec", "20")  # 120 GiB: six seconds
     admin(emulator.endpoint, "/_emulator/faults", "PUT", {"throttle": None})
-    port = free_port()
-    config = serve_config(tmp_path, port, emulator.endpoint, TOKEN, extra="[watch]\nmin_poll_interval_ms = 200")
-
-    def serve():
-        proc = subprocess.Popen([str(SNAPGATE), "serve", "--config", str(config)], env=SERVE_ENV, stderr=subprocess.PIPE, text=True)
-        for _ in range(200):
-            line = proc.stderr.readline()
-            if "snapgate listening" in line:
-                return proc
-        proc.kill()
-        raise RuntimeError("snapgate serve did not start")
-
-    gateway = serve()
-    client_env = dict(os.environ, SNAPGATE_ADDR=f"http://127.0.0.1:{port}", SNAPGATE_TOKEN=TOKEN)
+    extra = "[watch]\nmin_poll_interval_ms = 200"
+    first = start_serve(serve_config(tmp_path, emulator.endpoint, TOKEN, extra=extra))
+    gateway = first.proc
+    client_env = dict(os.environ, SNAPGATE_ADDR=first.endpoint, SNAPGATE_TOKEN=TOKEN)
     try:
         out = subprocess.run([str(SNAPGATE), "copy", "billing-pg-daily", "outlives"], env=client_env, capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
@@ -177,7 +185,8 @@ def test_a_wait_outlives_a_gateway_restart(tmp_path):
         assert "outlives: copying" in waiter.stderr.readline()
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(timeout=30)
-        gateway = serve()
+        # The same address again, as a restarted pod behind its service would have.
+        gateway = start_serve(serve_config(tmp_path, emulator.endpoint, TOKEN, extra=extra, port=first.port)).proc
         stdout, stderr = waiter.communicate(timeout=60)
         assert waiter.returncode == 0, stderr
         assert "outlives available" in stdout

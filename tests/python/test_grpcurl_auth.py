@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from conftest import SNAPGATE, VENV_BIN, free_port, start_emulator
+from conftest import SNAPGATE, VENV_BIN, start_emulator, start_serve
 
 SERVICE = "snapgate.v1.SnapshotCopyService"
 CI = "spiffe://corp.test/ns/ci/sa/runner"
@@ -93,17 +93,16 @@ def token(pki, sub, team=None, **overrides):
 @pytest.fixture(scope="module")
 def gateway(pki):
     emulator = start_emulator("--copy-gib-per-sec", "50")
-    port, admin = free_port(), free_port()
     config = pki["dir"] / "snapgate.toml"
     config.write_text(
         f"""
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 [aws]
 region = "us-east-1"
 endpoint_url = "{emulator.endpoint}"
 account_id = "123456789012"
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "127.0.0.1:0"
 [auth.tls]
 cert_file = "{pki['server']}"
 key_file = "{pki['server_key']}"
@@ -119,20 +118,9 @@ policy_file = "{pki['policies']}"
 data_dir = "{pki['dir'] / 'store'}"
 """
     )
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="AKIDTEST", AWS_SECRET_ACCESS_KEY="test-secret-key", AWS_EC2_METADATA_DISABLED="true")
-    proc = subprocess.Popen([str(SNAPGATE), "serve", "--config", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    endpoint = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        out = grpcurl("-cacert", pki["ca"], endpoint, "grpc.health.v1.Health/Check", check=False)
-        if out.returncode == 0:
-            break
-        if proc.poll() is not None:
-            raise RuntimeError(f"snapgate serve exited: {proc.stderr.read()}")
-        time.sleep(0.2)
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=15)
+    server = start_serve(config)
+    yield server.endpoint
+    server.stop()
     emulator.stop()
 
 
@@ -189,3 +177,31 @@ def test_policy_validate_and_check_answer_from_the_command_line(pki, tmp_path):
     assert json.loads(allowed.stdout) == {"decision": "allow", "policies": ["platform-team"], "errors": []}
     denied = subprocess.run([*check, "--principal", "svc-platform", "--team", "platform", "--destination-region", "eu-west-1"], capture_output=True, text=True)
     assert denied.returncode == 3 and json.loads(denied.stdout)["decision"] == "deny"
+
+
+def snapgate_cli(*args, addr):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPGATE_")}
+    env["SNAPGATE_ADDR"] = addr
+    return subprocess.run([str(SNAPGATE), *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_the_cli_takes_host_and_port_as_grpcurl_does_with_tls_from_its_ca(gateway, pki):
+    # grpcurl's form of the address; the CA and client certificate make it a TLS connection.
+    mtls = ["--ca-cert", pki["ca"], "--client-cert", pki["client"], "--client-key", pki["client_key"]]
+    out = snapgate_cli("copy", "billing-pg-daily", "cli-host-port", *mtls, addr=gateway)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0].endswith(":cli-host-port")
+    got = snapgate_cli("get", "cli-host-port", *mtls, "--output", "json", addr=gateway)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["copy"]["snapshot_id"] == "cli-host-port"
+
+
+def test_the_cli_takes_an_https_url_with_the_test_ca(gateway, pki):
+    port = gateway.rsplit(":", 1)[1]
+    bearer = token(pki, "svc-platform", team="platform")
+    out = snapgate_cli("copy", "billing-pg-daily", "cli-https-url", "--ca-cert", pki["ca"], "--token", bearer, addr=f"https://localhost:{port}/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0].endswith(":cli-https-url")
+    # Without the CA, the same URL fails on the gateway's certificate: unreachable, not refused.
+    untrusted = snapgate_cli("get", "cli-https-url", "--token", bearer, "--retry-secs", "0", addr=f"https://localhost:{port}")
+    assert untrusted.returncode == 7, untrusted.stderr

@@ -23,6 +23,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod addr;
+
+pub use addr::{ADDRESS_FORMS, AddrError, GatewayAddr};
 pub use snapgate_proto as pb;
 use snapgate_proto::snapshot_copy_service_client::SnapshotCopyServiceClient;
 use tonic::Code;
@@ -33,7 +36,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 /// Where the gateway is and how to prove who the caller is.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `http://HOST:PORT`, or `https://HOST:PORT` for TLS.
+    /// `HOST:PORT` (TLS when `ca_cert` or `client_cert` is set), `http://HOST:PORT`, or
+    /// `https://HOST:PORT` (see [`GatewayAddr`]).
     pub addr: String,
     /// A bearer token (a JWT, or a static token).
     pub token: Option<String>,
@@ -145,12 +149,15 @@ fn jitter() -> Duration {
 impl Client {
     /// Connects (lazily: the first call connects, and reconnects after a failure).
     pub async fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
-        let mut endpoint = Endpoint::from_shared(config.addr.clone())
-            .map_err(|e| ClientError::Config(format!("address '{}': {e}", config.addr)))?
+        let addr: GatewayAddr = config.addr.parse().map_err(|e: AddrError| ClientError::Config(e.to_string()))?;
+        let tls_settings = config.ca_cert.is_some() || config.client_cert.is_some();
+        let uri = addr.uri(tls_settings);
+        let mut endpoint = Endpoint::from_shared(uri.clone())
+            .map_err(|e| ClientError::Config(format!("address '{uri}': {e}")))?
             .connect_timeout(config.connect_timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        if config.addr.starts_with("https://") {
+        if addr.is_tls(tls_settings) {
             let mut tls = ClientTlsConfig::new().with_enabled_roots();
             if let Some(ca) = &config.ca_cert {
                 let pem = std::fs::read(ca).map_err(|e| ClientError::Config(format!("{}: {e}", ca.display())))?;
@@ -174,7 +181,7 @@ impl Client {
         let channel = endpoint.connect_lazy();
         Ok(Client {
             inner: SnapshotCopyServiceClient::with_interceptor(channel, Bearer(bearer)),
-            addr: config.addr.clone(),
+            addr: addr.to_string(),
             retry_for: config.retry_for,
         })
     }
