@@ -134,7 +134,7 @@ when { resource.family == "neptune" && context.cross_region };
 /// checked against `jwks`, and `POLICIES` in a file.
 struct Setup {
     emu: EmulatorHandle,
-    server: gateway::Server,
+    gateway: gateway::Gateway,
     pki: Pki,
     client_cert: (PathBuf, PathBuf),
     policy_file: PathBuf,
@@ -194,8 +194,8 @@ async fn setup(name: &str, mode: ClientCertificates, key: &SigningKey) -> Setup 
     let settings = auth_settings(&dir, &pki, &server_cert, mode, &jwks);
     let policy_file = settings.authz.policy_file.clone().unwrap();
     let emu = emulator_with(EmulatorConfig { seed: true, copy_gib_per_sec: 0.01, ..quiet_config() }).await;
-    let server = gateway::try_serve(settings, &emu.endpoint_url(), "AKIDTEST").await.expect("gateway starts");
-    Setup { emu, server, pki, client_cert, policy_file }
+    let gateway = gateway::try_start(settings, &emu.endpoint_url(), "AKIDTEST").await.expect("gateway starts");
+    Setup { emu, gateway, pki, client_cert, policy_file }
 }
 
 async fn tls_channel(addr: SocketAddr, ca: &Path, identity: Option<&(PathBuf, PathBuf)>) -> Result<Channel, String> {
@@ -223,7 +223,7 @@ fn aws_calls(emu: &EmulatorHandle) -> u64 {
 async fn bad_credentials_are_unauthenticated_and_reach_no_aws_api() {
     let key = rsa_key("k1");
     let s = setup("bad-credentials", ClientCertificates::Optional, &key).await;
-    let channel = tls_channel(s.server.addr, &s.pki.ca, None).await.expect("TLS without a client certificate");
+    let channel = tls_channel(s.gateway.addr, &s.pki.ca, None).await.expect("TLS without a client certificate");
     let other = rsa_key("k1");
     let good = claims("svc-payments", Some("platform"), &[]);
     let with = |f: &dyn Fn(&mut serde_json::Value)| {
@@ -280,7 +280,7 @@ async fn bad_credentials_are_unauthenticated_and_reach_no_aws_api() {
 async fn a_client_certificate_names_the_caller_and_other_cas_are_refused() {
     let key = rsa_key("k1");
     let s = setup("mtls", ClientCertificates::Optional, &key).await;
-    let channel = tls_channel(s.server.addr, &s.pki.ca, Some(&s.client_cert)).await.unwrap();
+    let channel = tls_channel(s.gateway.addr, &s.pki.ca, Some(&s.client_cert)).await.unwrap();
     let mut client = client_with(channel, None);
     // Only the certificate's SPIFFE id is permitted this cross-region copy.
     let req = copy_req("arn:aws:rds:us-west-2:123456789012:cluster-snapshot:orders-aurora-west-snap", "ci-copy");
@@ -292,7 +292,7 @@ async fn a_client_certificate_names_the_caller_and_other_cas_are_refused() {
     let (other, issuer) = Pki::new(&dir, "other");
     let stranger = other.leaf(&issuer, "stranger", vec![SanType::URI(CI_SPIFFE.try_into().unwrap())]);
     s.emu.emulator.reset_calls();
-    match tls_channel(s.server.addr, &s.pki.ca, Some(&stranger)).await {
+    match tls_channel(s.gateway.addr, &s.pki.ca, Some(&stranger)).await {
         Err(_) => {}
         Ok(channel) => {
             let status = client_with(channel, None)
@@ -328,12 +328,12 @@ async fn a_reload_that_withdraws_access_ends_open_watches() {
     let key = rsa_key("k1");
     let s = setup("revoke", ClientCertificates::Optional, &key).await;
     // The CI runner (by certificate) copies; the copy carries the payments team's tag.
-    let ci = client_with(tls_channel(s.server.addr, &s.pki.ca, Some(&s.client_cert)).await.unwrap(), None);
+    let ci = client_with(tls_channel(s.gateway.addr, &s.pki.ca, Some(&s.client_cert)).await.unwrap(), None);
     let mut request = copy_req("billing-pg-daily", "revoke-watch");
     request.tags = tags(&[("team", "payments")]);
     ci.clone().copy_cluster_snapshot(request).await.unwrap();
     // A payments caller may watch it, by "watch-what-you-may-copy".
-    let channel = tls_channel(s.server.addr, &s.pki.ca, None).await.unwrap();
+    let channel = tls_channel(s.gateway.addr, &s.pki.ca, None).await.unwrap();
     let mut payments = client_with(channel, Some(&sign(&key, &claims("svc-payments", Some("payments"), &[]))));
     let watch = snapgate_proto::WatchCopyRequest { name: "revoke-watch".into() };
     let mut stream = payments.watch_copy(watch).await.unwrap().into_inner();
@@ -375,7 +375,7 @@ async fn a_verified_token_stops_working_when_its_key_leaves_the_jwks() {
     std::fs::write(&jwks, serde_json::to_string(&JwkSet { keys: vec![key.jwk.clone()] }).unwrap()).unwrap();
     let settings = auth_settings(&dir, &pki, &server_cert, ClientCertificates::Optional, &jwks);
     let emu = emulator_with(EmulatorConfig { seed: true, ..quiet_config() }).await;
-    let server = gateway::try_serve(settings, &emu.endpoint_url(), "AKIDTEST").await.unwrap();
+    let server = gateway::try_start(settings, &emu.endpoint_url(), "AKIDTEST").await.unwrap();
     let channel = tls_channel(server.addr, &pki.ca, None).await.unwrap();
     let mut client = client_with(channel, Some(&sign(&key, &claims("svc-orders", Some("orders"), &[]))));
     let authenticated = |status: &tonic::Status| status.code() != Code::Unauthenticated;
@@ -410,7 +410,7 @@ async fn a_watch_ends_when_the_key_that_signed_its_token_leaves_the_jwks() {
     std::fs::write(dir.join("policies.cedar"), "permit(principal, action, resource);").unwrap();
     let settings = auth_settings(&dir, &pki, &server_cert, ClientCertificates::Optional, &jwks);
     let emu = emulator_with(EmulatorConfig { seed: true, copy_gib_per_sec: 0.01, ..quiet_config() }).await;
-    let server = gateway::try_serve(settings, &emu.endpoint_url(), "AKIDTEST").await.unwrap();
+    let server = gateway::try_start(settings, &emu.endpoint_url(), "AKIDTEST").await.unwrap();
     let channel = tls_channel(server.addr, &pki.ca, None).await.unwrap();
     let mut client = client_with(channel, Some(&sign(&key, &claims("svc-orders", Some("orders"), &[]))));
     client.copy_cluster_snapshot(copy_req("billing-pg-daily", "key-watch")).await.unwrap();
@@ -445,7 +445,7 @@ async fn curl_tls(args: &[&str]) -> (u16, serde_json::Value) {
 async fn http_json_takes_the_same_client_certificates_and_policies_over_tls() {
     let key = rsa_key("k1");
     let s = setup("mtls-http", ClientCertificates::Optional, &key).await;
-    let base = format!("https://127.0.0.1:{}", s.server.http.expect("the HTTP/JSON listener").port());
+    let base = format!("https://127.0.0.1:{}", s.gateway.http.expect("the HTTP/JSON listener").port());
     let ca = s.pki.ca.to_str().unwrap();
     let (cert, key_file) = (s.client_cert.0.to_str().unwrap(), s.client_cert.1.to_str().unwrap());
     let body = r#"{"sourceSnapshot": "arn:aws:rds:us-west-2:123456789012:cluster-snapshot:orders-aurora-west-snap", "targetSnapshotId": "ci-http-copy"}"#;
@@ -477,7 +477,7 @@ async fn required_client_certificates_refuse_connections_without_one() {
     let s = setup("mtls-required", ClientCertificates::Required, &key).await;
     s.emu.emulator.reset_calls();
     let token = sign(&key, &claims("svc", Some("platform"), &[]));
-    match tls_channel(s.server.addr, &s.pki.ca, None).await {
+    match tls_channel(s.gateway.addr, &s.pki.ca, None).await {
         Err(_) => {}
         Ok(channel) => {
             let status = client_with(channel, Some(&token))
@@ -488,7 +488,7 @@ async fn required_client_certificates_refuse_connections_without_one() {
         }
     }
     assert_eq!(aws_calls(&s.emu), 0);
-    let channel = tls_channel(s.server.addr, &s.pki.ca, Some(&s.client_cert)).await.unwrap();
+    let channel = tls_channel(s.gateway.addr, &s.pki.ca, Some(&s.client_cert)).await.unwrap();
     client_with(channel, None)
         .copy_cluster_snapshot(copy_req("billing-pg-daily", "with-cert"))
         .await
@@ -499,7 +499,7 @@ async fn required_client_certificates_refuse_connections_without_one() {
 async fn policies_decide_by_account_region_engine_kms_key_and_tags() {
     let key = rsa_key("k1");
     let s = setup("policies", ClientCertificates::Optional, &key).await;
-    let channel = tls_channel(s.server.addr, &s.pki.ca, None).await.unwrap();
+    let channel = tls_channel(s.gateway.addr, &s.pki.ca, None).await.unwrap();
     let as_ = |sub: &str, team: Option<&str>, groups: &[&str]| {
         client_with(channel.clone(), Some(&sign(&key, &claims(sub, team, groups))))
     };
@@ -560,7 +560,7 @@ async fn policies_decide_by_account_region_engine_kms_key_and_tags() {
 async fn policy_reloads_take_effect_and_a_broken_file_keeps_the_last_good_set() {
     let key = rsa_key("k1");
     let s = setup("reload", ClientCertificates::Optional, &key).await;
-    let channel = tls_channel(s.server.addr, &s.pki.ca, None).await.unwrap();
+    let channel = tls_channel(s.gateway.addr, &s.pki.ca, None).await.unwrap();
     let mut payments = client_with(channel, Some(&sign(&key, &claims("svc-payments", Some("payments"), &[]))));
     let status = payments.copy_cluster_snapshot(copy_req("billing-pg-daily", "reload-1")).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -577,7 +577,7 @@ async fn policy_reloads_take_effect_and_a_broken_file_keeps_the_last_good_set() 
     assert!(allowed, "the added permit took effect without a restart");
 
     std::fs::write(&s.policy_file, "permit(principal, action, resource) when { nonsense").unwrap();
-    let metrics = format!("http://{}/metrics", s.server.admin.unwrap());
+    let metrics = format!("http://{}/metrics", s.gateway.admin.unwrap());
     let failed_reload = eventually(Duration::from_secs(10), || {
         let metrics = metrics.clone();
         async move { scrape(&metrics).await.contains(r#"snapgate_policy_reloads_total{reason="failed"} 1"#) }
@@ -596,13 +596,13 @@ async fn a_broken_policy_stops_start_naming_the_policy() {
     let mut settings = gateway::settings();
     settings.authz.policies =
         Some(r#"@id("typo-policy") permit(principal, action, resource) when { resource.enigne == "neptune" };"#.into());
-    let error = gateway::try_serve(settings, &emu.endpoint_url(), "AKIDTEST").await.err().expect("start refused");
+    let error = gateway::try_start(settings, &emu.endpoint_url(), "AKIDTEST").await.err().expect("start refused");
     let error = format!("{error:#}");
     assert!(error.contains("typo-policy") && error.contains("enigne"), "{error}");
 
     let mut open = gateway::settings();
     open.auth = AuthSettings::default();
-    let error = gateway::try_serve(open, &emu.endpoint_url(), "AKIDTEST").await.err().expect("no authentication");
+    let error = gateway::try_start(open, &emu.endpoint_url(), "AKIDTEST").await.err().expect("no authentication");
     assert!(format!("{error:#}").contains("no way to authenticate"), "{error:#}");
 }
 
@@ -680,7 +680,7 @@ async fn certificates_reload_without_a_restart() {
     let (other, issuer) = Pki::new(&s.pki.dir, "partner");
     let partner = other.leaf(&issuer, "partner-client", vec![SanType::URI(CI_SPIFFE.try_into().unwrap())]);
     let works = |identity: (PathBuf, PathBuf)| {
-        let (addr, ca) = (s.server.addr, server_ca.clone());
+        let (addr, ca) = (s.gateway.addr, server_ca.clone());
         async move {
             match tls_channel(addr, &ca, Some(&identity)).await {
                 Ok(channel) => client_with(channel, None)

@@ -23,7 +23,7 @@ const WEST_PLAIN: &str = "arn:aws:rds:us-west-2:123456789012:cluster-snapshot:or
 
 #[tokio::test]
 async fn forty_bad_requests_are_refused_with_their_field_and_no_copy_call() {
-    let (emu, mut gw) = setup_with(slow_seeded(), gateway::settings()).await;
+    let (emu, mut gw) = setup(slow_seeded(), |_| {}).await;
     gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "in-flight")).await.expect("a copy in progress");
     emu.emulator.reset_calls();
 
@@ -246,7 +246,7 @@ async fn forty_bad_requests_are_refused_with_their_field_and_no_copy_call() {
 
 #[tokio::test]
 async fn copies_of_every_engine_go_through() {
-    let (_emu, mut gw) = setup_with(slow_seeded(), gateway::settings()).await;
+    let (_emu, mut gw) = setup(slow_seeded(), |_| {}).await;
     let sources = [
         ("orders-aurora-2026-11-20", "aurora-mysql"),
         ("billing-pg-daily", "aurora-postgresql"),
@@ -268,7 +268,7 @@ async fn copies_of_every_engine_go_through() {
 
 #[tokio::test]
 async fn a_cross_region_documentdb_copy_carries_a_presigned_url_the_emulator_verifies() {
-    let (emu, mut gw) = setup_with(slow_seeded(), gateway::settings()).await;
+    let (emu, mut gw) = setup(slow_seeded(), |_| {}).await;
     let mut r = copy_req("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:catalog-docdb-snap", "catalog-west");
     r.destination_region = "us-west-2".into();
     r.kms_key_id = "alias/snapgate-backup".into();
@@ -304,7 +304,7 @@ async fn a_cross_region_documentdb_copy_carries_a_presigned_url_the_emulator_ver
 
 #[tokio::test]
 async fn a_retry_returns_the_same_copy_and_twenty_at_once_make_one() {
-    let (emu, mut gw) = setup_with(slow_seeded(), gateway::settings()).await;
+    let (emu, mut gw) = setup(slow_seeded(), |_| {}).await;
     let first = gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "once")).await.unwrap().into_inner();
     let second = gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "ONCE")).await.unwrap().into_inner();
     assert_eq!(first.name, second.name);
@@ -336,10 +336,11 @@ async fn a_retry_returns_the_same_copy_and_twenty_at_once_make_one() {
 async fn a_burst_of_two_hundred_copies_stays_under_the_throttle() {
     let faults = Faults { throttle: Some(Throttle { burst: 20, per_second: 60.0 }), ..Faults::default() };
     let config = EmulatorConfig { seed: true, copy_gib_per_sec: 0.01, snapshot_quota: 1000, faults, ..quiet_config() };
-    let mut settings = gateway::settings();
-    settings.aws.rate_limit_per_sec = Some(50.0);
-    settings.aws.rate_limit_burst = Some(10);
-    let (emu, gw) = setup_with(config, settings).await;
+    let (emu, gw) = setup(config, |s| {
+        s.aws.rate_limit_per_sec = 50.0;
+        s.aws.rate_limit_burst = 10;
+    })
+    .await;
     let mut calls = vec![];
     for i in 0..200 {
         let mut client = gw.client.clone();
@@ -398,7 +399,7 @@ async fn a_copy_into_another_account_assumes_its_role_against_moto() {
         snapgate_gateway::config::AccountRole {
             role_arn: role.clone(),
             external_id: Some("snapgate-test".into()),
-            session_name: None,
+            session_name: "snapgate".into(),
         },
     );
     let mut gw = gateway::start(settings, &moto.endpoint, "AKIDTEST").await;
@@ -424,7 +425,7 @@ async fn cross_region_copies_of_every_engine_pass_an_emulator_that_verifies_stri
     // The emulator knows the gateway's secret and refuses URLs it cannot verify: what the
     // gateway presigns (DocumentDB) is checked exactly as botocore's URLs are.
     let config = EmulatorConfig { strict_presign: true, ..slow_seeded() };
-    let (emu, mut gw) = setup_with(config, gateway::settings()).await;
+    let (emu, mut gw) = setup(config, |_| {}).await;
     for (source, target) in [
         (ORDERS_ENC, "strict-aurora"),
         ("arn:aws:rds:us-east-1:123456789012:cluster-snapshot:graph-neptune-snap", "strict-neptune"),

@@ -25,14 +25,6 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An empty SETTINGS frame: the rest of a client's connection preface.
 const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
 
-async fn start(tune: impl FnOnce(&mut Settings)) -> (snapgate_emulator::EmulatorHandle, Gateway) {
-    let emu = emulator_with(EmulatorConfig { seed: true, ..quiet_config() }).await;
-    let mut settings = gateway::settings();
-    tune(&mut settings);
-    let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
-    (emu, gw)
-}
-
 /// Reads until the peer closes the connection; `None` if it is still open after `within`.
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
     let mut received = Vec::new();
@@ -90,7 +82,7 @@ fn get(name: &str) -> GetCopyRequest {
 
 #[tokio::test]
 async fn over_the_cap_the_next_connection_is_closed_and_open_ones_still_serve() {
-    let (_emu, mut gw) = start(|s| s.server.max_connections = Some(2)).await;
+    let (_emu, mut gw) = setup(seeded(), |s| s.server.max_connections = Some(2)).await;
     // The client's connection is one; a second peer that opened HTTP/2 is the other.
     gw.client.get_copy(get("billing-pg-daily")).await.unwrap();
     let mut second = TcpStream::connect(gw.addr).await.unwrap();
@@ -126,7 +118,7 @@ async fn over_the_cap_the_next_connection_is_closed_and_open_ones_still_serve() 
 
 #[tokio::test]
 async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
-    let (_emu, gw) = start(|s| s.server.handshake_timeout_secs = 1).await;
+    let (_emu, gw) = setup(seeded(), |s| s.server.handshake_timeout_secs = 1).await;
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
     // A trickled preface does not extend the deadline.
     let mut slow = TcpStream::connect(gw.addr).await.unwrap();
@@ -151,7 +143,7 @@ async fn a_peer_that_completes_tls_and_stays_silent_is_closed_too() {
     let (cert_file, key_file) = (dir.join("server.pem"), dir.join("server.key"));
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    let (_emu, gw) = start(|s| {
+    let (_emu, gw) = setup(seeded(), |s| {
         s.server.handshake_timeout_secs = 1;
         s.auth.tls = Some(snapgate_gateway::config::TlsSettings {
             cert_file: cert_file.clone(),
@@ -210,7 +202,7 @@ async fn an_idle_http2_connection_gets_goaway_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn an_oversized_header_block_fails_its_call_and_not_the_connection() {
-    let (_emu, mut gw) = start(|s| s.server.max_header_list_bytes = 8 * 1024).await;
+    let (_emu, mut gw) = setup(seeded(), |s| s.server.max_header_list_bytes = 8 * 1024).await;
     let mut request = tonic::Request::new(get("billing-pg-daily"));
     request.metadata_mut().insert("x-padding", "a".repeat(16 * 1024).parse().unwrap());
     let refused = gw.client.get_copy(request).await.expect_err("the header block is over the limit");
@@ -224,7 +216,7 @@ async fn an_oversized_header_block_fails_its_call_and_not_the_connection() {
 /// connection that keeps sending them is read at its pace, and the calls still fail alone.
 #[tokio::test]
 async fn a_connection_that_keeps_sending_oversized_header_blocks_is_paced() {
-    let (_emu, gw) = start(|s| s.server.max_header_list_bytes = 8 * 1024).await;
+    let (_emu, gw) = setup(seeded(), |s| s.server.max_header_list_bytes = 8 * 1024).await;
     let mut client = own_connection(&gw, gateway::TOKEN).await;
     for _ in 0..4 {
         let mut request = tonic::Request::new(get("billing-pg-daily"));
@@ -271,7 +263,7 @@ async fn calls_past_the_in_flight_limit_are_refused_at_once_with_retry_info() {
 
 #[tokio::test]
 async fn one_callers_flood_is_refused_while_another_caller_is_served() {
-    let (_emu, mut gw) = start(|s| {
+    let (_emu, mut gw) = setup(seeded(), |s| {
         s.fair_share.calls_per_sec = 1.0;
         s.fair_share.burst = 5;
         add_flood_caller(s);
@@ -298,7 +290,7 @@ async fn one_callers_flood_is_refused_while_another_caller_is_served() {
 /// another caller's calls go straight through.
 #[tokio::test]
 async fn a_callers_calls_past_its_turns_wait_for_its_own_and_not_anothers() {
-    let (emu, mut gw) = start(|s| {
+    let (emu, mut gw) = setup(seeded(), |s| {
         s.fair_share.in_flight = 2;
         add_flood_caller(s);
     })
@@ -331,10 +323,10 @@ async fn a_callers_calls_past_its_turns_wait_for_its_own_and_not_anothers() {
 /// past its AWS budget the burst is refused at once, OVER_SHARE with RetryInfo.
 #[tokio::test]
 async fn one_callers_aws_calls_cannot_hold_another_callers_behind_them() {
-    let (_emu, gw) = start(|s| {
+    let (_emu, gw) = setup(seeded(), |s| {
         // The region's pace: a call every half second.
-        s.aws.rate_limit_per_sec = Some(2.0);
-        s.aws.rate_limit_burst = Some(1);
+        s.aws.rate_limit_per_sec = 2.0;
+        s.aws.rate_limit_burst = 1;
         s.fair_share.aws_calls_per_sec = 0.5;
         s.fair_share.aws_burst = 8;
         s.fair_share.aws_in_flight = 2;
@@ -385,7 +377,7 @@ async fn one_callers_aws_calls_cannot_hold_another_callers_behind_them() {
 /// long as its retry time lasts; with none, the refusal is the caller's.
 #[tokio::test]
 async fn the_client_retries_a_refusal_after_the_delay_it_names() {
-    let (_emu, gw) = start(|s| {
+    let (_emu, gw) = setup(seeded(), |s| {
         s.fair_share.calls_per_sec = 1.0;
         s.fair_share.burst = 2;
     })
@@ -407,7 +399,7 @@ async fn the_client_retries_a_refusal_after_the_delay_it_names() {
 /// A storm of new connections is taken at the listener's accept rate; every one is served.
 #[tokio::test]
 async fn a_storm_of_connections_is_taken_at_the_accept_rate() {
-    let (_emu, gw) = start(|s| s.server.max_accepts_per_sec = 4.0).await;
+    let (_emu, gw) = setup(seeded(), |s| s.server.max_accepts_per_sec = 4.0).await;
     let mut storm = Vec::new();
     for _ in 0..4 {
         let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
@@ -436,7 +428,7 @@ async fn tcp_from_other_peer(addr: SocketAddr) -> TcpStream {
 /// few it is held back before its next handshake, while other peers are served as before.
 #[tokio::test]
 async fn a_peer_that_keeps_breaking_the_protocol_is_held_back_and_others_are_not() {
-    let (_emu, gw) = start(|s| s.server.handshake_timeout_secs = 2).await;
+    let (_emu, gw) = setup(seeded(), |s| s.server.handshake_timeout_secs = 2).await;
     // WINDOW_UPDATE of 0 on the connection: a connection error (RFC 9113 §6.9).
     const ZERO_WINDOW_UPDATE: &[u8] = &[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     for _ in 0..12 {
@@ -470,7 +462,7 @@ async fn a_peer_that_keeps_breaking_the_protocol_is_held_back_and_others_are_not
 /// HTTP/2's guard or, when the gateway accepted the streams first, read at its pace.
 #[tokio::test]
 async fn a_connection_that_resets_its_streams_is_ended_or_paced() {
-    let (_emu, gw) = start(|s| {
+    let (_emu, gw) = setup(seeded(), |s| {
         s.server.paced_refusals_per_sec = 5.0;
         s.server.paced_refusals_burst = 20;
     })
@@ -499,18 +491,31 @@ async fn a_connection_that_resets_its_streams_is_ended_or_paced() {
             tokio::task::yield_now().await;
         }
     }
-    if !ended {
-        let paced = || async { metrics(&gw).await.contains(r#"reason="refusals"}"#) };
+    if ended {
+        // Ended by HTTP/2's guard: a GOAWAY that says why, counted as the peer breaking the
+        // protocol (what holds its next connections back), not a connection that merely dropped.
+        let ending = tokio::time::timeout(Duration::from_secs(10), driver).await.expect("the connection ends").unwrap();
+        let error = ending.expect_err("the gateway ended the connection with an error");
+        assert!(error.is_go_away(), "{error:?}");
+        assert_eq!(error.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{error:?}");
+        let counted = || async {
+            metrics(&gw).await.contains(r#"snapgate_connections_refused_total{listener="grpc",reason="protocol"} 1"#)
+        };
+        assert!(eventually(Duration::from_secs(10), counted).await, "{}", metrics(&gw).await);
+    } else {
+        let paced = || async {
+            metrics(&gw).await.contains(r#"snapgate_connections_paced_total{listener="grpc",reason="refusals"}"#)
+        };
         assert!(eventually(Duration::from_secs(10), paced).await, "{}", metrics(&gw).await);
+        driver.abort();
     }
-    driver.abort();
 }
 
 /// A connection whose calls keep being refused is read at its pace (the refusals stop costing
 /// the gateway's CPU) while another connection's calls go on.
 #[tokio::test]
 async fn a_connection_whose_calls_keep_being_refused_is_paced() {
-    let (_emu, mut gw) = start(|s| {
+    let (_emu, mut gw) = setup(seeded(), |s| {
         s.fair_share.calls_per_sec = 1.0;
         s.fair_share.burst = 1;
         s.server.paced_refusals_per_sec = 5.0;

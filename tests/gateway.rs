@@ -6,20 +6,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::gateway::{self, Gateway};
+use common::gateway;
 use common::*;
-use snapgate_emulator::{EmulatorConfig, EmulatorHandle, Faults, Throttle};
+use snapgate_emulator::{EmulatorConfig, Faults, Throttle};
 use snapgate_proto::{self as pb, CopyClusterSnapshotRequest, GetCopyRequest};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-async fn setup(config: EmulatorConfig) -> (EmulatorHandle, Gateway) {
-    setup_with(config, gateway::settings()).await
-}
-
 #[tokio::test]
 async fn a_copy_starts_and_get_copy_reports_it() {
-    let (_emu, mut gw) = setup(seeded()).await;
+    let (_emu, mut gw) = setup(seeded(), |_| {}).await;
     let mut req = copy_req("billing-pg-daily", "Billing-Copy");
     req.tags = vec![pb::Tag { key: "purpose".into(), value: "dr".into() }];
     let copy = gw.client.copy_cluster_snapshot(req).await.expect("copy starts").into_inner();
@@ -42,7 +38,7 @@ async fn a_copy_starts_and_get_copy_reports_it() {
 
 #[tokio::test]
 async fn aws_faults_map_to_grpc_codes_with_error_info() {
-    let (emu, mut gw) = setup(EmulatorConfig { snapshot_quota: 8, copy_gib_per_sec: 0.001, ..seeded() }).await;
+    let (emu, mut gw) = setup(EmulatorConfig { snapshot_quota: 8, copy_gib_per_sec: 0.001, ..seeded() }, |_| {}).await;
     gw.client.copy_cluster_snapshot(copy_req("billing-pg-daily", "first")).await.unwrap();
 
     let cases = [
@@ -86,7 +82,7 @@ async fn aws_faults_map_to_grpc_codes_with_error_info() {
 
 #[tokio::test]
 async fn invalid_requests_are_refused_before_any_aws_call() {
-    let (emu, mut gw) = setup(seeded()).await;
+    let (emu, mut gw) = setup(seeded(), |_| {}).await;
     let cases = [
         (copy_req("", "target"), vec!["source_snapshot"]),
         (copy_req("billing-pg-daily", ""), vec!["target_snapshot_id"]),
@@ -124,7 +120,7 @@ async fn invalid_requests_are_refused_before_any_aws_call() {
 #[tokio::test]
 async fn the_callers_deadline_bounds_the_aws_call() {
     let faults = Faults { throttle: None, latency_ms: 3000, ..Faults::default() };
-    let (_emu, mut gw) = setup(EmulatorConfig { faults, ..seeded() }).await;
+    let (_emu, mut gw) = setup(EmulatorConfig { faults, ..seeded() }, |_| {}).await;
     let mut request = tonic::Request::new(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false });
     // Sent as the header alone: a client-side timer would fire first and hide the server's answer.
     request.metadata_mut().insert("grpc-timeout", "300m".parse().unwrap());
@@ -137,7 +133,7 @@ async fn the_callers_deadline_bounds_the_aws_call() {
 #[tokio::test]
 async fn throttling_that_outlives_the_retries_is_unavailable_with_retry_info() {
     let faults = Faults { throttle: Some(Throttle { burst: 1, per_second: 0.001 }), ..Faults::default() };
-    let (emu, mut gw) = setup(EmulatorConfig { faults, ..seeded() }).await;
+    let (emu, mut gw) = setup(EmulatorConfig { faults, ..seeded() }, |_| {}).await;
     gw.client
         .get_copy(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false })
         .await
@@ -205,7 +201,7 @@ async fn the_gateway_copies_through_motos_rds_api() {
 
 #[tokio::test]
 async fn metrics_move_with_calls() {
-    let (_emu, mut gw) = setup(seeded()).await;
+    let (_emu, mut gw) = setup(seeded(), |_| {}).await;
     let admin = gw.admin.expect("admin listener");
     let scrape = || async move {
         let (status, body) = raw_http(admin, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
@@ -232,7 +228,7 @@ async fn metrics_move_with_calls() {
 
 #[tokio::test]
 async fn every_region_a_request_names_is_checked_before_any_aws_call() {
-    let (emu, mut gw) = setup(seeded()).await;
+    let (emu, mut gw) = setup(seeded(), |_| {}).await;
     emu.emulator.reset_calls();
     let with = |f: &dyn Fn(&mut pb::CopyClusterSnapshotRequest)| {
         let mut r = copy_req("billing-pg-daily", "regions");

@@ -343,7 +343,7 @@ async fn a_fleet_under_5xx_throttling_latency_and_dropped_answers_finishes_once_
         })
         .unwrap();
     let mut settings = quick_jobs(gateway::settings());
-    settings.aws.max_attempts = Some(3);
+    settings.aws.max_attempts = 3;
     let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
     let mut calls = Vec::new();
     for i in 0..30 {
@@ -392,8 +392,8 @@ async fn a_copy_made_by_an_attempt_that_timed_out_is_found_by_the_retry_not_made
         .set_faults(snapgate_emulator::Faults { throttle: None, copy_answer_delay_ms: 1_500, ..Default::default() })
         .unwrap();
     let mut settings = quick_jobs(gateway::settings());
-    settings.aws.attempt_timeout_ms = Some(400);
-    settings.aws.max_attempts = Some(3);
+    settings.aws.attempt_timeout_ms = 400;
+    settings.aws.max_attempts = 3;
     let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
     let copy = gw.client.clone().copy_cluster_snapshot(copy_req(WEST, "lost-answer")).await.unwrap().into_inner();
     // Accepted (the half-second copy may even have finished while the retries ran).

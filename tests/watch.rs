@@ -6,17 +6,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::gateway::{self, Gateway};
+use common::gateway::Gateway;
 use common::*;
-use snapgate_emulator::{EmulatorConfig, EmulatorHandle, FailCopies, Faults};
+use snapgate_emulator::{EmulatorConfig, FailCopies, Faults};
 use snapgate_proto::{
     self as pb, CancelCopyRequest, CopyClusterSnapshotRequest, CopyEvent, GetCopyRequest, WatchCopyRequest,
 };
 use tonic::Code;
 use tonic_types::StatusExt;
 
-async fn setup(gib_per_sec: f64) -> (EmulatorHandle, Gateway) {
-    setup_with(EmulatorConfig { copy_gib_per_sec: gib_per_sec, ..seeded() }, gateway::settings()).await
+/// The seeded emulator, copying at `gib_per_sec`.
+fn copying_at(gib_per_sec: f64) -> EmulatorConfig {
+    EmulatorConfig { copy_gib_per_sec: gib_per_sec, ..seeded() }
 }
 
 async fn start_copy(gw: &mut Gateway, source: &str, target: &str) -> pb::Copy {
@@ -54,7 +55,7 @@ fn state_of(e: &CopyEvent) -> pb::copy::State {
 
 #[tokio::test]
 async fn a_copy_streams_from_copying_to_available_with_rising_percentages() {
-    let (_emu, mut gw) = setup(60.0).await;
+    let (_emu, mut gw) = setup(copying_at(60.0), |_| {}).await;
     let copy = start_copy(&mut gw, "billing-pg-daily", "streamed").await; // 120 GiB: 2 s
     let mut stream = watch(&mut gw, &copy.name).await;
     let (events, end) = drain(&mut stream).await;
@@ -74,7 +75,7 @@ async fn a_copy_streams_from_copying_to_available_with_rising_percentages() {
 
 #[tokio::test]
 async fn cancel_deletes_a_copy_in_progress_and_watchers_see_it_cancelled() {
-    let (emu, mut gw) = setup(0.01).await;
+    let (emu, mut gw) = setup(copying_at(0.01), |_| {}).await;
     let copy = start_copy(&mut gw, "billing-pg-daily", "to-cancel").await;
     let mut stream = watch(&mut gw, &copy.name).await;
     let first = stream.message().await.unwrap().unwrap();
@@ -108,11 +109,8 @@ async fn a_failing_copy_ends_the_stream_with_a_failed_event() {
         fail_copies: vec![FailCopies { target_prefix: "doomed".into(), at_percent: 20 }],
         ..Faults::default()
     };
-    let (_emu, mut gw) = setup_with(
-        EmulatorConfig { seed: true, copy_gib_per_sec: 60.0, faults, ..EmulatorConfig::default() },
-        gateway::settings(),
-    )
-    .await;
+    let (_emu, mut gw) =
+        setup(EmulatorConfig { seed: true, copy_gib_per_sec: 60.0, faults, ..EmulatorConfig::default() }, |_| {}).await;
     let copy = start_copy(&mut gw, "billing-pg-daily", "doomed-copy").await;
     let (events, end) = drain(&mut watch(&mut gw, &copy.name).await).await;
     assert!(end.is_none());
@@ -122,7 +120,7 @@ async fn a_failing_copy_ends_the_stream_with_a_failed_event() {
 
 #[tokio::test]
 async fn a_snapshot_deleted_under_a_watcher_is_reported_deleted() {
-    let (emu, mut gw) = setup(0.01).await;
+    let (emu, mut gw) = setup(copying_at(0.01), |_| {}).await;
     let copy = start_copy(&mut gw, "billing-pg-daily", "vanishing").await;
     let mut stream = watch(&mut gw, &copy.name).await;
     stream.message().await.unwrap().unwrap();
@@ -136,7 +134,7 @@ async fn a_snapshot_deleted_under_a_watcher_is_reported_deleted() {
 
 #[tokio::test]
 async fn watching_a_missing_copy_is_not_found() {
-    let (_emu, mut gw) = setup(1.0).await;
+    let (_emu, mut gw) = setup(copying_at(1.0), |_| {}).await;
     let status = gw.client.watch_copy(WatchCopyRequest { name: "no-such-copy".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let status = gw.client.watch_copy(WatchCopyRequest { name: "bad--name".into() }).await.unwrap_err();
@@ -145,7 +143,7 @@ async fn watching_a_missing_copy_is_not_found() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_frees_its_watcher() {
-    let (_emu, mut gw) = setup(0.01).await;
+    let (_emu, mut gw) = setup(copying_at(0.01), |_| {}).await;
     let copy = start_copy(&mut gw, "billing-pg-daily", "abandoned").await;
     let mut stream = watch(&mut gw, &copy.name).await;
     stream.message().await.unwrap().unwrap();
@@ -163,7 +161,7 @@ async fn a_client_that_goes_away_frees_its_watcher() {
 
 #[tokio::test]
 async fn transient_aws_errors_and_throttling_do_not_end_the_stream() {
-    let (emu, mut gw) = setup(40.0).await; // 120 GiB: 3 s
+    let (emu, mut gw) = setup(copying_at(40.0), |_| {}).await; // 120 GiB: 3 s
     let copy = start_copy(&mut gw, "billing-pg-daily", "bumpy").await;
     let mut stream = watch(&mut gw, &copy.name).await;
     stream.message().await.unwrap().unwrap();
@@ -195,7 +193,7 @@ async fn transient_aws_errors_and_throttling_do_not_end_the_stream() {
 
 #[tokio::test]
 async fn errors_that_persist_end_the_stream_unavailable_with_retry_info() {
-    let (emu, mut gw) = setup(0.01).await;
+    let (emu, mut gw) = setup(copying_at(0.01), |_| {}).await;
     let copy = start_copy(&mut gw, "billing-pg-daily", "stuck").await;
     let mut stream = watch(&mut gw, &copy.name).await;
     stream.message().await.unwrap().unwrap();
@@ -208,7 +206,7 @@ async fn errors_that_persist_end_the_stream_unavailable_with_retry_info() {
 
 #[tokio::test]
 async fn two_hundred_watchers_of_twenty_copies_cost_one_describe_per_round() {
-    let (emu, mut gw) = setup(0.001).await;
+    let (emu, mut gw) = setup(copying_at(0.001), |_| {}).await;
     let mut names = vec![];
     for i in 0..20 {
         names.push(start_copy(&mut gw, "billing-pg-daily", &format!("fanout-{i}")).await.name);
@@ -239,10 +237,7 @@ async fn two_hundred_watchers_of_twenty_copies_cost_one_describe_per_round() {
 
 #[tokio::test]
 async fn streams_over_the_cap_are_resource_exhausted() {
-    let mut settings = gateway::settings();
-    settings.watch.max_streams = 2;
-    let (_emu, mut gw) =
-        setup_with(EmulatorConfig { seed: true, copy_gib_per_sec: 0.01, ..quiet_config() }, settings).await;
+    let (_emu, mut gw) = setup(copying_at(0.01), |s| s.watch.max_streams = 2).await;
     let copy = start_copy(&mut gw, "billing-pg-daily", "capped").await;
     let _a = watch(&mut gw, &copy.name).await;
     let _b = watch(&mut gw, &copy.name).await;
@@ -252,10 +247,7 @@ async fn streams_over_the_cap_are_resource_exhausted() {
 
 #[tokio::test]
 async fn idle_streams_get_heartbeats_and_honour_the_callers_deadline() {
-    let mut settings = gateway::settings();
-    settings.watch.heartbeat_secs = 1;
-    let (_emu, mut gw) =
-        setup_with(EmulatorConfig { seed: true, copy_gib_per_sec: 0.0001, ..quiet_config() }, settings).await;
+    let (_emu, mut gw) = setup(copying_at(0.0001), |s| s.watch.heartbeat_secs = 1).await;
     let copy = start_copy(&mut gw, "billing-pg-daily", "idle").await;
     let mut request = tonic::Request::new(WatchCopyRequest { name: copy.name.clone() });
     request.metadata_mut().insert("grpc-timeout", "2500m".parse().unwrap());
@@ -268,7 +260,7 @@ async fn idle_streams_get_heartbeats_and_honour_the_callers_deadline() {
 
 #[tokio::test]
 async fn shutdown_ends_open_streams_with_unavailable_and_a_hint_to_reconnect() {
-    let (_emu, mut gw) = setup(0.01).await;
+    let (_emu, mut gw) = setup(copying_at(0.01), |_| {}).await;
     let copy = start_copy(&mut gw, "billing-pg-daily", "interrupted").await;
     let mut stream = watch(&mut gw, &copy.name).await;
     stream.message().await.unwrap().unwrap();
@@ -282,7 +274,7 @@ async fn shutdown_ends_open_streams_with_unavailable_and_a_hint_to_reconnect() {
 
 #[tokio::test]
 async fn get_copy_answers_from_a_fresh_poll_without_an_aws_call() {
-    let (emu, mut gw) = setup(0.01).await;
+    let (emu, mut gw) = setup(copying_at(0.01), |_| {}).await;
     let copy = start_copy(&mut gw, "billing-pg-daily", "fresh").await;
     let mut stream = watch(&mut gw, &copy.name).await;
     stream.message().await.unwrap().unwrap();
@@ -320,7 +312,7 @@ async fn get_copy_answers_from_a_fresh_poll_without_an_aws_call() {
 
 #[tokio::test]
 async fn reads_of_one_snapshot_share_a_call_and_reads_of_many_share_a_batch() {
-    let (emu, gw) = setup(1.0).await;
+    let (emu, gw) = setup(copying_at(1.0), |_| {}).await;
     emu.emulator.reset_calls();
     let mut reads = Vec::new();
     for _ in 0..20 {

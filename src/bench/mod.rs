@@ -42,8 +42,8 @@ pub(crate) async fn copy_burst(args: CopyBurstArgs) -> anyhow::Result<()> {
     .await?;
     // The gateway's own default pacing, which the report sets against RDS's limit.
     let defaults = AwsSettings::default();
-    let aws = bench_aws(defaults.rate_limit_per_sec(), defaults.rate_limit_burst());
-    let (rate, burst) = (aws.rate_limit_per_sec(), aws.rate_limit_burst());
+    let aws = bench_aws(defaults.rate_limit_per_sec, defaults.rate_limit_burst);
+    let (rate, burst) = (aws.rate_limit_per_sec, aws.rate_limit_burst);
     let addr = start_gateway(&emu, aws, bench_settings(&scratch)).await?;
     let client = bench_client(&addr.to_string()).await?;
     let started = Instant::now();
@@ -140,8 +140,8 @@ pub(crate) fn bench_aws(per_second: f64, burst: u32) -> AwsSettings {
     AwsSettings {
         region: Some("us-east-1".into()),
         account_id: Some(emulator::DEFAULT_ACCOUNT.into()),
-        rate_limit_per_sec: Some(per_second),
-        rate_limit_burst: Some(burst),
+        rate_limit_per_sec: per_second,
+        rate_limit_burst: burst,
         ..AwsSettings::default()
     }
 }

@@ -240,7 +240,7 @@ struct RoundEnd {
 
 /// Each watcher polls on its own: one describe per watcher every 30 s, spread over the window.
 async fn waiter_way(endpoint: &str, names: &[String], watchers: usize, seconds: u64) -> (u64, u64) {
-    let aws = AwsSettings { region: Some("us-east-1".into()), max_attempts: Some(1), ..AwsSettings::default() };
+    let aws = AwsSettings { region: Some("us-east-1".into()), max_attempts: 1, ..AwsSettings::default() };
     let sdk = snapgate_gateway::fixed_sdk_config(&aws, endpoint, "AKIDWAITER", "waiter-secret").await;
     let rds = aws_sdk_rds::Client::new(&sdk);
     let calls = Arc::new(AtomicU64::new(0));

@@ -42,12 +42,15 @@ pub fn seeded() -> EmulatorConfig {
     EmulatorConfig { seed: true, ..quiet_config() }
 }
 
-/// The emulator with `config` and the gateway with `settings` in front of it.
-pub async fn setup_with(
+/// The emulator with `config`, and in front of it the gateway with the tests' settings as
+/// `tune` leaves them: how every test that needs both starts them.
+pub async fn setup(
     config: EmulatorConfig,
-    settings: snapgate_gateway::config::Settings,
+    tune: impl FnOnce(&mut snapgate_gateway::config::Settings),
 ) -> (EmulatorHandle, gateway::Gateway) {
     let emu = emulator_with(config).await;
+    let mut settings = gateway::settings();
+    tune(&mut settings);
     let gw = gateway::start(settings, &emu.endpoint_url(), "AKIDTEST").await;
     (emu, gw)
 }
@@ -152,12 +155,19 @@ pub mod gateway {
         SnapshotCopyServiceClient::with_interceptor(channel, Bearer(token.map(str::to_owned)))
     }
 
+    /// A started gateway and what a test reaches it by: its gRPC address and a client with the
+    /// tests' token, its HTTP/JSON and admin listeners (when on), its watch hub and its store.
+    /// Dropping it shuts the gateway down.
     pub struct Gateway {
         pub addr: SocketAddr,
         pub channel: Channel,
         pub client: Client,
-        pub hub: std::sync::Arc<snapgate_gateway::WatchHub>,
+        /// The HTTP/JSON listener, when the settings turn it on.
+        pub http: Option<SocketAddr>,
         pub admin: Option<SocketAddr>,
+        pub hub: std::sync::Arc<snapgate_gateway::WatchHub>,
+        /// Where its jobs are kept.
+        pub store: snapgate_gateway::config::StoreSettings,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
     }
 
@@ -172,9 +182,7 @@ pub mod gateway {
 
     impl Drop for Gateway {
         fn drop(&mut self) {
-            if let Some(stop) = self.stop.take() {
-                let _ = stop.send(());
-            }
+            self.shut_down();
         }
     }
 
@@ -193,10 +201,10 @@ pub mod gateway {
             store: scratch_store(),
             aws: AwsSettings {
                 region: Some("us-east-1".into()),
-                max_attempts: Some(2),
+                max_attempts: 2,
                 account_id: Some(ACCOUNT.into()),
-                rate_limit_per_sec: Some(1000.0),
-                rate_limit_burst: Some(1000),
+                rate_limit_per_sec: 1000.0,
+                rate_limit_burst: 1000,
                 ..AwsSettings::default()
             },
             watch: snapgate_gateway::config::WatchSettings {
@@ -224,42 +232,35 @@ pub mod gateway {
         }
     }
 
-    /// A started gateway with no client: for tests that connect their own way (TLS).
-    pub struct Server {
-        pub addr: SocketAddr,
-        pub hub: std::sync::Arc<snapgate_gateway::WatchHub>,
-        pub admin: Option<SocketAddr>,
-        /// The HTTP/JSON listener, when the settings turn it on.
-        pub http: Option<SocketAddr>,
-        pub stop: tokio::sync::oneshot::Sender<()>,
-    }
-
-    /// Builds and runs the gateway against `endpoint`, signing as `access_key`.
-    pub async fn try_serve(settings: Settings, endpoint: &str, access_key: &str) -> anyhow::Result<Server> {
+    /// Builds and runs the gateway against `endpoint`, signing as `access_key`; its client's
+    /// channel connects on first use (a TLS gateway's tests connect their own way).
+    pub async fn try_start(settings: Settings, endpoint: &str, access_key: &str) -> anyhow::Result<Gateway> {
+        let store = settings.store.clone();
         let sdk = snapgate_gateway::fixed_sdk_config(&settings.aws, endpoint, access_key, "test-secret-key").await;
         let app = Application::build(settings, sdk).await?;
-        let addr = app.local_addr();
-        let hub = app.watch_hub();
-        let admin = app.admin_addr();
-        let http = app.http_addr();
+        let (addr, hub, admin, http) = (app.local_addr(), app.watch_hub(), app.admin_addr(), app.http_addr());
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        Ok(Server { addr, hub, admin, http, stop })
+        let channel = Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
+        let client = client_with(channel.clone(), Some(TOKEN));
+        Ok(Gateway { addr, channel, client, http, admin, hub, store, stop: Some(stop) })
     }
 
-    /// Starts the gateway against `endpoint` with `settings`, signing as `access_key`.
+    /// Starts the gateway against `endpoint` with `settings`, signing as `access_key`, with its
+    /// client connected.
     pub async fn start(settings: Settings, endpoint: &str, access_key: &str) -> Gateway {
-        let Server { addr, hub, admin, stop: tx, .. } =
-            try_serve(settings, endpoint, access_key).await.expect("gateway builds");
-        let channel =
-            Channel::from_shared(format!("http://{addr}")).expect("a URI").connect().await.expect("gateway accepts");
-        let client = client_with(channel.clone(), Some(TOKEN));
-        Gateway { addr, channel, client, hub, admin, stop: Some(tx) }
+        let mut gw = try_start(settings, endpoint, access_key).await.expect("gateway builds");
+        gw.channel = Channel::from_shared(format!("http://{}", gw.addr))
+            .expect("a URI")
+            .connect()
+            .await
+            .expect("gateway accepts");
+        gw.client = client_with(gw.channel.clone(), Some(TOKEN));
+        gw
     }
 }
-
 pub mod moto {
     //! moto's server, from the project's .venv, on a free loopback port.
 

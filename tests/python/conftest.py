@@ -1,4 +1,7 @@
-"""Fixtures that start real servers on loopback ports: snapgate's emulator and moto's server."""
+"""Fixtures that start real servers on loopback ports (snapgate's emulator, `snapgate dev` and
+`snapgate serve`, moto's server), shared by every test file. Servers that can bind port 0 do, and
+say which port they took in their output, which is read from a file with a deadline: no readiness
+check can block forever, and no port is picked here for another process to bind later."""
 
 import os
 import re
@@ -19,9 +22,35 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def free_port():
+    """A port nobody listens on now, for servers that cannot bind port 0 and say which port
+    they took (an OpenTelemetry collector)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_output(proc, path, pattern, timeout=30):
+    """The first match of `pattern` in the file `path` that `proc` writes its output to, within
+    `timeout` seconds; fails with the output so far if `proc` exits or the time passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        match = re.search(pattern, text)
+        if match:
+            return match
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{proc.args[:2]} did not print {pattern!r} (exit {proc.poll()}):\n{text[-4000:]}")
+        time.sleep(0.05)
+
+
+def output_file(prefix):
+    """A fresh file for a server's output."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix=f"snapgate-{prefix}-", suffix=".log")
+    os.close(fd)
+    return Path(name)
 
 
 # What `snapgate serve` is given in the tests: test credentials, and no metadata endpoint.
@@ -30,10 +59,10 @@ SERVE_ENV = dict(
 )
 
 
-def serve_config(tmp_path, port, emulator_endpoint, token, server="", extra=""):
+def serve_config(tmp_path, emulator_endpoint, token, server="", extra="", port=0):
     """Writes a `snapgate serve` configuration for the emulator at `emulator_endpoint` with one
     static token (principal "ci", every action permitted); `server` adds lines to [server],
-    `extra` whole sections. Returns its path."""
+    `extra` whole sections; `port` 0 lets the gateway pick its port. Returns its path."""
     config = tmp_path / "serve.toml"
     config.write_text(
         f"""listen = "127.0.0.1:{port}"
@@ -59,9 +88,14 @@ data_dir = "{tmp_path / 'data'}"
 
 
 class Server:
-    def __init__(self, proc, endpoint):
+    def __init__(self, proc, endpoint, log=None):
         self.proc = proc
         self.endpoint = endpoint
+        self.log = log
+
+    @property
+    def port(self):
+        return int(self.endpoint.rsplit(":", 1)[1])
 
     def stop(self):
         self.proc.terminate()
@@ -74,69 +108,53 @@ class Server:
 def start_emulator(*args):
     """Starts `snapgate emulator` on port 0 and reads the address it printed."""
     assert SNAPGATE.exists(), f"{SNAPGATE} is missing: run scripts/test (it builds the binary first)"
+    out = output_file("emulator")
     proc = subprocess.Popen(
-        [str(SNAPGATE), "emulator", "--listen", "127.0.0.1:0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+        [str(SNAPGATE), "emulator", "--listen", "127.0.0.1:0", *args], stdout=out.open("w"), stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        match = re.search(r"listening on (http://\S+)", line or "")
-        if match:
-            return Server(proc, match.group(1))
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError("emulator did not start")
+    match = wait_for_output(proc, out, r"listening on (http://\S+)")
+    return Server(proc, match.group(1), out)
+
+
+def start_serve(config, env=None, log=None):
+    """Starts `snapgate serve --config CONFIG` (its `listen` may be port 0) with its log in a file
+    and reads the address it listens on from its log; `env` defaults to SERVE_ENV."""
+    log = log or output_file("serve")
+    proc = subprocess.Popen(
+        [str(SNAPGATE), "serve", "--config", str(config)], env=env or SERVE_ENV, stdout=subprocess.DEVNULL, stderr=log.open("w")
+    )
+    match = wait_for_output(proc, log, r"snapgate listening addr=(\S+)")
+    return Server(proc, match.group(1), log)
 
 
 def start_dev(gib_per_sec, *args):
     """Starts `snapgate dev` on port 0 with copies at `gib_per_sec`; the Server it returns has the
     gateway's address as `endpoint`, its emulator's URL as `emulator` and its HTTP/JSON base URL
     as `http`."""
+    out = output_file("dev")
     proc = subprocess.Popen(
         [
             str(SNAPGATE), "dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
             "--http-listen", "127.0.0.1:0", "--copy-gib-per-sec", str(gib_per_sec), *args,
         ],
-        stdout=subprocess.PIPE,
+        stdout=out.open("w"),
         stderr=subprocess.DEVNULL,
-        text=True,
     )
-    server = None
-    for _ in range(30):
-        line = proc.stdout.readline()
-        match = re.search(r"gateway on (\S+), RDS emulator on (\S+) ", line or "")
-        if match:
-            server = Server(proc, match.group(1))
-            server.emulator = match.group(2)
-        match = re.search(r"HTTP/JSON on (http://[^\s:]+:\d+)", line or "")
-        if match and server:
-            server.http = match.group(1)
-            return server
-    proc.kill()
-    raise RuntimeError("snapgate dev did not start")
+    gateway = wait_for_output(proc, out, r"gateway on (\S+), RDS emulator on (\S+) ")
+    server = Server(proc, gateway.group(1), out)
+    server.emulator = gateway.group(2)
+    server.http = wait_for_output(proc, out, r"HTTP/JSON on (http://[^\s:]+:\d+)").group(1)
+    return server
 
 
 def start_moto():
-    port = free_port()
+    """moto's server on port 0; werkzeug prints the address it took."""
+    out = output_file("moto")
     proc = subprocess.Popen(
-        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", "0"], stdout=out.open("w"), stderr=subprocess.STDOUT
     )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
-            return Server(proc, endpoint)
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
+    match = wait_for_output(proc, out, r"Running on (http://127\.0\.0\.1:\d+)")
+    return Server(proc, match.group(1), out)
 
 
 def rds(endpoint, region="us-east-1", access_key="AKIDTEST"):

@@ -3,13 +3,14 @@
 import json
 import subprocess
 
-from conftest import SNAPGATE
+from conftest import SNAPGATE, output_file, wait_for_output
 
 
 def first_stderr_line(*args):
-    proc = subprocess.Popen([str(SNAPGATE), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = output_file("cli")
+    proc = subprocess.Popen([str(SNAPGATE), *args], stdout=subprocess.DEVNULL, stderr=log.open("w"))
     try:
-        return proc.stderr.readline()
+        return wait_for_output(proc, log, r"[^\n]*\n").group(0)
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -10,25 +10,16 @@ import time
 
 import pytest
 
-from conftest import SERVE_ENV, SNAPGATE, admin, free_port, serve_config, start_emulator
+from conftest import SNAPGATE, admin, serve_config, start_emulator, start_serve
 
 TOKEN = "edge-test-token-0123456789"
 HANDSHAKE_SECS = 2
 
 
 def serve(tmp_path, emulator):
-    port = free_port()
-    config = serve_config(tmp_path, port, emulator.endpoint, TOKEN, server=f"handshake_timeout_secs = {HANDSHAKE_SECS}")
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([str(SNAPGATE), "serve", "--config", str(config)], env=SERVE_ENV, stderr=log, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if "snapgate listening" in (tmp_path / "serve.log").read_text():
-            return proc, port
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("snapgate serve did not start")
+    config = serve_config(tmp_path, emulator.endpoint, TOKEN, server=f"handshake_timeout_secs = {HANDSHAKE_SECS}")
+    server = start_serve(config, log=tmp_path / "serve.log")
+    return server.proc, server.port
 
 
 def get(port):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SNAPGATE, VENV_BIN, Server, free_port
+from conftest import SNAPGATE, VENV_BIN, Server, free_port, wait_for_output
 
 SERVICE = "snapgate.v1.SnapshotCopyService"
 TOKEN = "snapgate-dev-token"
@@ -111,20 +111,16 @@ def dev(collector, request, tmp_path_factory):
         # One run with the old RPC names only (the default), one with old and current both.
         OTEL_SEMCONV_STABILITY_OPT_IN="rpc/dup" if protocol == "http/protobuf" else "",
     )
+    out = logs.parent / "stdout.log"
     proc = subprocess.Popen(
         [str(SNAPGATE), "--log-format", "json", "dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--copy-gib-per-sec", "20"],
-        env=env, stdout=subprocess.PIPE, stderr=logs.open("w"), text=True,
+        env=env, stdout=out.open("w"), stderr=logs.open("w"),
     )
-    for _ in range(20):
-        m = re.search(r"gateway on (\S+), RDS emulator on (\S+) ", proc.stdout.readline() or "")
-        if m:
-            server = Server(proc, m.group(1))
-            server.emulator, server.logs, server.protocol = m.group(2), logs, protocol
-            yield server
-            server.stop()
-            return
-    proc.kill()
-    raise RuntimeError("snapgate dev did not start")
+    m = wait_for_output(proc, out, r"gateway on (\S+), RDS emulator on (\S+) ")
+    server = Server(proc, m.group(1))
+    server.emulator, server.logs, server.protocol = m.group(2), logs, protocol
+    yield server
+    server.stop()
 
 
 def grpcurl(dev, method, body, *headers, token=TOKEN, check=True):

@@ -56,6 +56,22 @@ impl DecisionEvent<'_> {
     }
 }
 
+/// A ListCopies page: how many of its copies policies let the caller see, and how many not
+/// (one event a page, not one a copy).
+pub(crate) fn list_decision(caller: &Caller, shown: usize, hidden: usize) {
+    tracing::info!(
+        target: AUDIT_TARGET,
+        event = "authorization",
+        caller = %caller.id,
+        authn = caller.method.as_str(),
+        action = Action::ListCopies.name(),
+        shown,
+        hidden,
+        trace_id = crate::telemetry::current_trace_id(),
+        "list decision"
+    );
+}
+
 /// A copy job's start or end, with the AWS request id that started it.
 pub(crate) fn job_event(event: &str, job: &crate::store::Job, aws_request_id: Option<&str>, failure: Option<&str>) {
     let j = &job.new;

@@ -77,7 +77,7 @@ fn denial(action: &str, policies: &[String]) -> String {
 /// The `google.rpc.ErrorInfo` domain of the gateway's own refusals.
 pub(crate) const SNAPGATE_DOMAIN: &str = "snapgate";
 
-fn summary(violations: &[FieldViolation]) -> String {
+pub(crate) fn summary(violations: &[FieldViolation]) -> String {
     violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
 }
 

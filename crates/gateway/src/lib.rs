@@ -4,25 +4,32 @@
 //! snapshots and watch the copies finish. [`Application`] builds it from [`config::Settings`]
 //! and serves it; the `snapgate` binary wires it to its command line.
 //!
-//! The path of a request, one module a stage: `observe` (metrics and the server span) →
-//! `auth` (authentication layer) → `api::deadline` → `api` (decode, authorize, encode) →
-//! `copy` / `watch` (the core) → `aws` (the only module that knows aws-sdk-rds). Errors are
-//! typed once in `error` and become statuses there. `http` serves the same RPCs as HTTP/JSON
-//! by sending each request through that same path, in process.
+//! The path of a request, one room a stage, data flowing one way:
+//! `edge` (the connection: caps, handshake and idle deadlines, pacing) → `stack` (the per-call
+//! layers, outermost first: `observe` for metrics and the server span, `shed` for load
+//! shedding, `authenticate`, `fair_share` for the caller's share of calls, `deadline`) → `api`
+//! (decode, authorize with Cedar, encode) → `copy` / `watch` (the core: the copy workflow, and
+//! the hub with the follower of queued copies) → `aws` (the only module that knows
+//! aws-sdk-rds) and `store`. What a call carries between rooms lives in `call`; each caller's
+//! share of calls and of AWS calls in `share`. Errors are typed once in `error` and become
+//! statuses there. `http` serves the same RPCs as HTTP/JSON by sending each request through
+//! that same stack, in process.
 
 mod admin;
 mod api;
 mod audit;
 mod auth;
 mod aws;
+mod call;
 pub mod config;
 mod copy;
 mod edge;
 mod error;
 mod http;
 mod metrics;
-mod observe;
 mod reload;
+mod share;
+mod stack;
 mod startup;
 mod store;
 mod tasks;

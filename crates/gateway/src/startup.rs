@@ -17,26 +17,24 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 use crate::admin;
 use crate::api::Api;
-use crate::api::deadline::DeadlineLayer;
+use crate::auth::Authenticator;
 use crate::auth::policy::PolicyStore;
 use crate::auth::tls::TlsReloader;
-use crate::auth::{AuthLayer, Authenticator};
 use crate::aws::Accounts;
 use crate::config::Settings;
-use crate::copy::share::AwsShare;
-use crate::copy::{CopyService, Jobs};
+use crate::copy::{CopyWorkflow, Dispatcher};
 use crate::edge::accept;
-use crate::edge::fair::FairShareLayer;
 use crate::edge::serve::{self, Handler};
-use crate::edge::shed::{self, Memory, Openings, ShedLayer};
 use crate::edge::{EdgeLimits, Listener};
-use crate::http::{GrpcService, Transcoder};
+use crate::http::Transcoder;
 use crate::metrics::Metrics;
-use crate::observe::ObserveLayer;
 use crate::reload::{self, Reload};
+use crate::share::{AwsShare, CallShare};
+use crate::stack::shed::{self, Memory};
+use crate::stack::{self, Parts};
 use crate::store::Store;
 use crate::tasks::Tasks;
-use crate::watch::WatchHub;
+use crate::watch::{QueueFollower, WatchHub};
 use snapgate_proto::snapshot_copy_service_server::SnapshotCopyServiceServer;
 
 pub struct Application {
@@ -57,8 +55,8 @@ pub struct Application {
 impl Application {
     /// Binds `settings.listen` and prepares the services; `sdk` is the AWS side.
     pub async fn build(settings: Settings, sdk: SdkConfig) -> anyhow::Result<Application> {
-        settings.validate().map_err(anyhow::Error::msg)?;
-        settings.validate_for_serving().map_err(anyhow::Error::msg)?;
+        settings.validate()?;
+        settings.validate_for_serving()?;
         let tasks = Tasks::new();
         let metrics = Metrics::new();
         let authenticator = Arc::new(Authenticator::new(&settings.auth, metrics.clone(), &tasks).await?);
@@ -68,7 +66,7 @@ impl Application {
         let hub = Arc::new(WatchHub::new(accounts.clone(), settings.watch.clone(), tasks.clone(), metrics.clone()));
         let store = Arc::new(Store::open(&settings.store).await?);
         let share = Arc::new(AwsShare::new(settings.fair_share.clone(), metrics.clone()));
-        let jobs = Jobs::new(
+        let jobs = Dispatcher::new(
             store,
             accounts.clone(),
             hub.clone(),
@@ -77,7 +75,14 @@ impl Application {
             tasks.clone(),
             share,
         );
-        let copies = Arc::new(CopyService::new(accounts, hub.clone(), jobs, settings.aws.served_regions()));
+        let queued = QueueFollower::start(
+            jobs.clone(),
+            hub.clone(),
+            Duration::from_millis(settings.jobs.dispatch_interval_ms),
+            jobs.moved(),
+            &tasks,
+        );
+        let copies = Arc::new(CopyWorkflow::new(accounts, hub.clone(), jobs, queued, settings.aws.served_regions()));
         let api = Api::new(copies, policies.clone());
         let admin = match settings.admin.listen {
             Some(addr) => {
@@ -161,35 +166,11 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(copy_service);
-        let shedding = ShedLayer::new(
-            limits.max_in_flight_calls,
-            limits.max_stream_openings,
-            limits.max_request_bytes,
-            limits.request_timeout(),
-            memory,
-            metrics.clone(),
-        );
-        let openings = shedding.openings();
         // One stack serves both listeners: an HTTP/JSON call is a gRPC call made in process.
-        let stack = tower::ServiceBuilder::new()
-            // Outermost: every call is counted and has its server span, refused ones included
-            // (but for a stream opening on the gRPC listener that waits past the request
-            // timeout for its turn, before the stack: `calls_shed{reason="openings"}`), and
-            // the span covers authentication, the handler and the whole response body (a
-            // WatchCopy stream to its end).
-            .layer(ObserveLayer::new(metrics.clone()))
-            // Before authentication: shedding load must cost less than serving it.
-            .layer(shedding)
-            // Outside every service: an unauthenticated call never reaches a handler.
-            .layer(AuthLayer::new(self.authenticator.clone()))
-            // Each caller's share, once the caller is known.
-            .layer(FairShareLayer::new(self.settings.fair_share.clone(), limits.request_timeout(), metrics.clone()))
-            // Inside authentication, so a refused call costs no deadline timer.
-            .layer(DeadlineLayer::new(limits.request_timeout()))
-            .service(routes);
-        let stack = GrpcService::new(ServiceExt::<http::Request<tonic::body::Body>>::map_response(stack, |response| {
-            response.map(tonic::body::Body::new)
-        }));
+        let calls =
+            Arc::new(CallShare::new(self.settings.fair_share.clone(), limits.request_timeout(), metrics.clone()));
+        let parts = Parts { authenticator: self.authenticator.clone(), calls, memory, metrics: metrics.clone() };
+        let (stack, openings) = stack::compose(routes, limits, parts);
 
         let edge = EdgeLimits::new(limits);
         tracing::info!(
@@ -207,7 +188,7 @@ impl Application {
             Box::pin(async move {
                 // A stream's opening waits its turn before it enters the stack (see `Openings`);
                 // the shed layer inside gives the turn back once the stream has opened.
-                let admitted = if Openings::takes_turn(request.uri().path()) {
+                let admitted = if crate::call::opens_stream(request.uri().path()) {
                     openings.admit(request).await
                 } else {
                     Ok(request)

@@ -1,5 +1,6 @@
 //! Between the proto messages and the gateway's own types.
 
+use crate::copy::ListRequest;
 use crate::copy::{CopyRequest, CopyView};
 use crate::watch::{Change, WatchEvent};
 use snapgate_domain::{ClusterSnapshot, CopyState};
@@ -92,6 +93,19 @@ pub(crate) fn event(e: WatchEvent, trace_id: &str) -> pb::CopyEvent {
         change: change as i32,
         terminal: e.terminal,
         trace_id: trace_id.to_owned(),
+    }
+}
+
+/// A ListCopies request in the workflow's terms.
+pub(crate) fn list_request(message: pb::ListCopiesRequest) -> ListRequest {
+    let states = message.states.iter().map(|raw| pb::copy::State::try_from(*raw).ok().and_then(state_of)).collect();
+    ListRequest {
+        page_size: message.page_size,
+        page_token: message.page_token,
+        states,
+        destination_region: message.destination_region,
+        account_id: message.account_id,
+        requested_by: message.requested_by,
     }
 }
 

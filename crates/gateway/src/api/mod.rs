@@ -4,7 +4,6 @@
 //! `crate::error`. What is here besides: authorization decisions with their audit events.
 
 mod convert;
-pub(crate) mod deadline;
 mod revocable;
 
 use std::pin::Pin;
@@ -17,22 +16,21 @@ use crate::audit::DecisionEvent;
 use crate::auth::Caller;
 use crate::auth::jwt::SigningKeyHold;
 use crate::auth::policy::{Action, CopyContext, Decision, PolicyStore};
-use crate::copy::CopyService;
-use crate::error::{Error, FieldViolation};
-use crate::store::{JobFilter, JobState};
-use deadline::CallerDeadline;
+use crate::call::CallerDeadline;
+use crate::copy::CopyWorkflow;
+use crate::error::Error;
 use revocable::Revocable;
 use snapgate_domain::ClusterSnapshot;
 use snapgate_proto as pb;
 use snapgate_proto::snapshot_copy_service_server::SnapshotCopyService;
 
 pub(crate) struct Api {
-    copies: Arc<CopyService>,
+    copies: Arc<CopyWorkflow>,
     policies: Arc<PolicyStore>,
 }
 
 impl Api {
-    pub(crate) fn new(copies: Arc<CopyService>, policies: Arc<PolicyStore>) -> Api {
+    pub(crate) fn new(copies: Arc<CopyWorkflow>, policies: Arc<PolicyStore>) -> Api {
         Api { copies, policies }
     }
 
@@ -111,7 +109,7 @@ impl SnapshotCopyService for Api {
         // The gateway's request timeout does not bound a stream; the caller's deadline does.
         let deadline = extensions.get::<CallerDeadline>().and_then(|d| d.0);
         let authorize = |snapshot: &ClusterSnapshot| self.authorize(&caller, Action::WatchCopy, snapshot);
-        let turn = extensions.get::<crate::edge::shed::OpeningTurn>();
+        let turn = extensions.get::<crate::call::OpeningTurn>();
         let events = self.copies.watch(&message.name, deadline, turn, authorize).await?;
         let key = extensions.get::<SigningKeyHold>().cloned();
         let stream = Revocable::new(events, self.policies.clone(), caller, key);
@@ -132,8 +130,7 @@ impl SnapshotCopyService for Api {
     ) -> Result<Response<pb::ListCopiesResponse>, Status> {
         let (_, extensions, message) = request.into_parts();
         let caller = caller(&extensions)?;
-        let filter = list_filter(&message)?;
-        let (copies, next) = self.copies.list(filter).await?;
+        let (copies, next_page_token) = self.copies.list(&convert::list_request(message)).await?;
         // Each copy is shown only where a policy permits it (audited as one event a page).
         let mut shown = Vec::with_capacity(copies.len());
         let mut hidden = 0;
@@ -145,21 +142,8 @@ impl SnapshotCopyService for Api {
                 hidden += 1;
             }
         }
-        tracing::info!(
-            target: crate::telemetry::AUDIT_TARGET,
-            event = "authorization",
-            caller = %caller.id,
-            authn = caller.method.as_str(),
-            action = Action::ListCopies.name(),
-            shown = shown.len(),
-            hidden,
-            trace_id = crate::telemetry::current_trace_id(),
-            "list decision"
-        );
-        Ok(Response::new(pb::ListCopiesResponse {
-            copies: shown,
-            next_page_token: next.map(|(created, id)| format!("{created}.{id}")).unwrap_or_default(),
-        }))
+        crate::audit::list_decision(&caller, shown.len(), hidden);
+        Ok(Response::new(pb::ListCopiesResponse { copies: shown, next_page_token }))
     }
 }
 
@@ -169,57 +153,6 @@ fn caller(extensions: &tonic::Extensions) -> Result<Caller, Error> {
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| Error::Internal("a call reached a handler unauthenticated".into()))
-}
-
-/// The filter and page a ListCopies request asks for; a malformed one is INVALID_ARGUMENT.
-fn list_filter(message: &pb::ListCopiesRequest) -> Result<JobFilter, Error> {
-    let mut violations = Vec::new();
-    let limit = match message.page_size {
-        0 => 100,
-        n @ 1..=500 => i64::from(n),
-        _ => {
-            violations.push(FieldViolation::new("page_size", "must be between 1 and 500 (0: 100)"));
-            100
-        }
-    };
-    let after = if message.page_token.is_empty() {
-        None
-    } else {
-        let parsed =
-            message.page_token.split_once('.').and_then(|(created, id)| Some((created.parse().ok()?, id.to_owned())));
-        if parsed.is_none() {
-            violations.push(FieldViolation::new("page_token", "is not a token this service gave out"));
-        }
-        parsed
-    };
-    let mut states = Vec::new();
-    for (i, raw) in message.states.iter().enumerate() {
-        match pb::copy::State::try_from(*raw).ok().and_then(convert::state_of) {
-            Some(JobState::Queued) => states.extend([JobState::Queued, JobState::Starting]),
-            Some(state) => states.push(state),
-            None => violations.push(FieldViolation::new(format!("states[{i}]"), "is not a state of a copy")),
-        }
-    }
-    if !message.destination_region.is_empty() && !snapgate_domain::is_region_name(&message.destination_region) {
-        violations.push(FieldViolation::new("destination_region", "must be a region name such as us-east-1"));
-    }
-    if !message.account_id.is_empty()
-        && let Err(rule) = snapgate_domain::AccountId::parse(&message.account_id)
-    {
-        violations.push(FieldViolation::new("account_id", rule));
-    }
-    if !violations.is_empty() {
-        return Err(Error::InvalidArgument(violations));
-    }
-    let given = |text: &str| (!text.is_empty()).then(|| text.to_owned());
-    Ok(JobFilter {
-        states,
-        region: given(&message.destination_region),
-        account: given(&message.account_id),
-        caller: given(&message.requested_by),
-        after,
-        limit,
-    })
 }
 
 fn permitted(action: Action, decision: Decision) -> Result<(), Error> {

@@ -6,7 +6,6 @@
 pub(crate) mod identity;
 mod jwks;
 pub(crate) mod jwt;
-mod layer;
 pub mod policy;
 pub(crate) mod tls;
 
@@ -18,8 +17,6 @@ use aws_lc_rs::digest;
 use crate::config::AuthSettings;
 use crate::metrics::Metrics;
 use crate::tasks::Tasks;
-
-pub(crate) use layer::AuthLayer;
 
 /// How a caller proved its identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

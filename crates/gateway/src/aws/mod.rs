@@ -53,7 +53,7 @@ fn retry_config(settings: &AwsSettings) -> RetryConfig {
     // Standard mode: exponential backoff with full jitter on throttling, 5xx and transient
     // network errors; the caller's deadline bounds the whole sequence.
     RetryConfig::standard()
-        .with_max_attempts(settings.max_attempts())
+        .with_max_attempts(settings.max_attempts)
         .with_initial_backoff(Duration::from_millis(200))
         .with_max_backoff(Duration::from_secs(5))
 }
@@ -98,7 +98,7 @@ impl Rds {
             default_region,
             clients: Mutex::new(HashMap::new()),
             limiters: Mutex::new(HashMap::new()),
-            rate: (settings.rate_limit_per_sec(), settings.rate_limit_burst()),
+            rate: (settings.rate_limit_per_sec, settings.rate_limit_burst),
             metrics,
         })
     }
@@ -418,8 +418,8 @@ impl Accounts {
     ) -> Result<Accounts, String> {
         let mut roles = HashMap::new();
         for (account, role) in &settings.accounts {
-            let mut builder = aws_config::sts::AssumeRoleProvider::builder(&role.role_arn)
-                .session_name(role.session_name.clone().unwrap_or_else(|| "snapgate".into()));
+            let mut builder =
+                aws_config::sts::AssumeRoleProvider::builder(&role.role_arn).session_name(role.session_name.clone());
             if let Some(external_id) = &role.external_id {
                 builder = builder.external_id(external_id);
             }

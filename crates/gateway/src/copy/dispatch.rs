@@ -6,20 +6,22 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
-use super::share::AwsShare;
 use super::{CopyView, planned_snapshot};
 use crate::audit;
 use crate::aws::{Accounts, AwsError, AwsErrorKind, CopyInput, presign};
 use crate::config::JobSettings;
 use crate::error::{Error, FieldViolation};
 use crate::metrics::Metrics;
+use crate::share::AwsShare;
 use crate::store::{Job, JobState, NewJob, Store};
 use crate::tasks::Tasks;
-use crate::watch::{Observation, WatchHub};
+use crate::watch::{Observation, QueueReader, QueuedLook, WatchHub};
 use snapgate_domain::{ClusterSnapshot, CopyState, Engine};
 
 /// What starting a job came to.
@@ -35,7 +37,7 @@ pub(crate) enum Started {
     Lost,
 }
 
-pub(crate) struct Jobs {
+pub(crate) struct Dispatcher {
     pub(super) store: Arc<Store>,
     accounts: Arc<Accounts>,
     hub: Arc<WatchHub>,
@@ -43,6 +45,8 @@ pub(crate) struct Jobs {
     /// This gateway's name in leases.
     owner: String,
     wake: Notify,
+    /// Notified when the queue moved, for the follower of queued copies' watchers.
+    moved: Arc<Notify>,
     /// Copying jobs this gateway follows to their end.
     followed: Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
@@ -57,7 +61,7 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-impl Jobs {
+impl Dispatcher {
     pub(crate) fn new(
         store: Arc<Store>,
         accounts: Arc<Accounts>,
@@ -66,15 +70,16 @@ impl Jobs {
         metrics: Arc<Metrics>,
         tasks: Tasks,
         share: Arc<AwsShare>,
-    ) -> Arc<Jobs> {
+    ) -> Arc<Dispatcher> {
         let owner = uuid::Uuid::new_v4().to_string();
-        let jobs = Arc::new(Jobs {
+        let jobs = Arc::new(Dispatcher {
             store,
             accounts,
             hub,
             settings,
             owner,
             wake: Notify::new(),
+            moved: Arc::new(Notify::new()),
             followed: Mutex::new(HashSet::new()),
             metrics,
             tasks: tasks.clone(),
@@ -83,6 +88,16 @@ impl Jobs {
         let dispatcher = jobs.clone();
         tasks.spawn(async move { dispatcher.run().await });
         jobs
+    }
+
+    /// What is notified when the queue moves.
+    pub(crate) fn moved(&self) -> Arc<Notify> {
+        self.moved.clone()
+    }
+
+    /// Tells the watchers of queued copies that the queue moved.
+    pub(crate) fn queue_moved(&self) {
+        self.moved.notify_one();
     }
 
     /// Asks the dispatcher to look at the queue now.
@@ -119,6 +134,7 @@ impl Jobs {
         for (account, region, queued, active) in self.store.depths().await.map_err(store_error)? {
             self.metrics.job_depths(&account, &region, queued, active);
         }
+        self.queue_moved();
         Ok(())
     }
 
@@ -351,16 +367,6 @@ impl Jobs {
         Ok(CopyView { state, queue, ..CopyView::of_snapshot(snapshot) }.with_job(job))
     }
 
-    /// Cancelled when the gateway stops.
-    pub(crate) fn stopping(&self) -> tokio_util::sync::CancellationToken {
-        self.tasks.stopping()
-    }
-
-    /// Runs `task` as one of the gateway's.
-    pub(crate) fn spawn(self: Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn(task);
-    }
-
     /// Waits while a job is being started (by this gateway or another), at most `within`;
     /// returns the job as it is then.
     pub(crate) async fn settled(&self, job: Job, within: Duration) -> Result<Job, Error> {
@@ -374,6 +380,23 @@ impl Jobs {
             }
         }
         Ok(job)
+    }
+}
+
+/// How a queued job stands, for the one follower of queued copies' watchers.
+impl QueueReader for Dispatcher {
+    fn look<'a>(&'a self, job_id: &'a str) -> BoxFuture<'a, Result<QueuedLook, Error>> {
+        Box::pin(async move {
+            let Some(job) = self.store.get(job_id).await.map_err(store_error)? else {
+                return Ok(QueuedLook::Gone);
+            };
+            if job.state == JobState::Copying {
+                let j = job.new;
+                return Ok(QueuedLook::Copying { account: j.account, region: j.region, target: j.target });
+            }
+            let view = self.view(&job).await?;
+            Ok(QueuedLook::Waiting { snapshot: Arc::new(view.snapshot), state: view.state, queue: view.queue })
+        })
     }
 }
 

@@ -3,26 +3,25 @@
 //! (its job while it waits, then the watch hub's fresh observation or AWS); watch it; cancel
 //! it; list the jobs.
 
-mod jobs;
-pub(crate) mod share;
+mod dispatch;
 mod source_rules;
 pub(crate) mod validate;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub(crate) use jobs::Jobs;
-use jobs::{Started, now_ms, store_error};
-pub(crate) use validate::CopyRequest;
-use validate::{Served, ValidCopy, parse_copy_name, validate};
+pub(crate) use dispatch::Dispatcher;
+use dispatch::{Started, now_ms, store_error};
+pub(crate) use validate::{CopyRequest, ListRequest};
+use validate::{Served, ValidCopy, list_filter, page_token, parse_copy_name, validate};
 
 use crate::auth::Caller;
 use crate::auth::policy::CopyContext;
 use crate::aws::{Accounts, AwsErrorKind, Rds};
-use crate::edge::shed::OpeningTurn;
+use crate::call::OpeningTurn;
 use crate::error::{Error, FieldViolation};
 use crate::store::{Admitted, Job, JobFilter, JobState, NewJob};
-use crate::watch::{Change, WatchEvent, WatchHub, WatchStream, WatchTarget};
+use crate::watch::{QueueFollower, QueuedLook, QueuedWatch, WatchHub, WatchStream, WatchTarget};
 use snapgate_domain::rules::SnapshotRef;
 use snapgate_domain::{Arn, ClusterSnapshot, CopyState};
 
@@ -89,10 +88,12 @@ impl Located {
     }
 }
 
-pub(crate) struct CopyService {
+pub(crate) struct CopyWorkflow {
     accounts: Arc<Accounts>,
     hub: Arc<WatchHub>,
-    jobs: Arc<Jobs>,
+    jobs: Arc<Dispatcher>,
+    /// Watches of copies still in the queue.
+    queued: Arc<QueueFollower>,
     /// Described sources, by (account, region, reference): concurrent requests for one
     /// source share one describe (moka's single flight), and the answer serves for seconds.
     sources: moka::future::Cache<String, ClusterSnapshot>,
@@ -100,15 +101,16 @@ pub(crate) struct CopyService {
     regions: Vec<String>,
 }
 
-impl CopyService {
+impl CopyWorkflow {
     pub(crate) fn new(
         accounts: Arc<Accounts>,
         hub: Arc<WatchHub>,
-        jobs: Arc<Jobs>,
+        jobs: Arc<Dispatcher>,
+        queued: Arc<QueueFollower>,
         regions: Vec<String>,
-    ) -> CopyService {
+    ) -> CopyWorkflow {
         let sources = moka::future::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(SOURCE_TTL).build();
-        CopyService { accounts, hub, jobs, sources, regions }
+        CopyWorkflow { accounts, hub, jobs, queued, sources, regions }
     }
 
     /// Validates a copy, admits it as a job for `caller`, and starts it when a slot is free.
@@ -273,8 +275,8 @@ impl CopyService {
             (Ok(snapshot), Some(job)) => Ok(CopyView::of_snapshot(snapshot).with_job(&job)),
             (Ok(snapshot), None) => Ok(CopyView::of_snapshot(snapshot)),
             // Gone from AWS since: the job remembers how it ended.
-            (Err(Error::NotFound { .. }), Some(job)) if job.state.is_final() => self.jobs.view(&job).await,
-            (Err(Error::Aws(e)), Some(job)) if e.kind == AwsErrorKind::NotFound && job.state.is_final() => {
+            (Err(Error::NotFound { .. }), Some(job)) if job.state.is_terminal() => self.jobs.view(&job).await,
+            (Err(Error::Aws(e)), Some(job)) if e.kind == AwsErrorKind::NotFound && job.state.is_terminal() => {
                 self.jobs.view(&job).await
             }
             (Err(error), _) => Err(error),
@@ -311,7 +313,9 @@ impl CopyService {
             Some(job) if matches!(job.state, JobState::Queued | JobState::Starting) || job.snapshot_arn.is_none() => {
                 let view = self.jobs.view(&job).await?;
                 authorize(&view.snapshot)?;
-                Ok(self.watch_queued(job, view, name.to_owned(), deadline))
+                let first =
+                    QueuedLook::Waiting { snapshot: Arc::new(view.snapshot), state: view.state, queue: view.queue };
+                Ok(self.queued.watch(QueuedWatch { job_id: &job.new.id, name, first, deadline }))
             }
             _ => {
                 let target = WatchTarget {
@@ -325,110 +329,6 @@ impl CopyService {
                 self.hub.watch(target, deadline, authorize).await
             }
         }
-    }
-
-    /// The events of a copy that waits: its place as it changes, then, once AWS copies it,
-    /// the hub's events (its first one as a change of state).
-    fn watch_queued(
-        &self,
-        job: Job,
-        first: CopyView,
-        name: String,
-        deadline: Option<tokio::time::Instant>,
-    ) -> WatchStream {
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let (store, hub, jobs) = (self.jobs.store.clone(), self.hub.clone(), self.jobs.clone());
-        let stop = jobs.stopping();
-        let interval = Duration::from_millis(jobs.settings.dispatch_interval_ms)
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        self.jobs.clone().spawn(async move {
-            let event = |view: &CopyView, change: Change| WatchEvent {
-                snapshot: Arc::new(view.snapshot.clone()),
-                state: view.state,
-                observed: SystemTime::now(),
-                change,
-                terminal: view.state.is_terminal(),
-                queue: view.queue,
-            };
-            let mut last = first;
-            if tx.send(Ok(event(&last, Change::Initial))).await.is_err() || last.state.is_terminal() {
-                return;
-            }
-            let until = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::pin!(until);
-            let mut id = job.new.id.clone();
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => { let _ = tx.send(Err(Error::ShuttingDown)).await; return; }
-                    () = tx.closed() => return,
-                    () = &mut until => { let _ = tx.send(Err(Error::DeadlineExceeded)).await; return; }
-                    () = tokio::time::sleep(interval) => {}
-                }
-                let job = match store.get(&id).await {
-                    Ok(Some(job)) => job,
-                    Ok(None) => {
-                        let _ = tx.send(Err(Error::NotFound { what: "copy", name: name.clone() })).await;
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "reading a queued copy failed; retrying");
-                        continue;
-                    }
-                };
-                id = job.new.id.clone();
-                if job.state == JobState::Copying {
-                    // From here the hub's events; the stream already showed the copy.
-                    let target = WatchTarget {
-                        account: &job.new.account,
-                        region: &job.new.region,
-                        id: &job.new.target,
-                        name: &name,
-                        arn: None,
-                        turn: None,
-                    };
-                    match hub.watch(target, deadline, |_| Ok(())).await {
-                        Ok(mut events) => {
-                            use tokio_stream::StreamExt;
-                            while let Some(item) = events.next().await {
-                                let item = item.map(|e| {
-                                    if e.change == Change::Initial {
-                                        WatchEvent { change: Change::State, ..e }
-                                    } else {
-                                        e
-                                    }
-                                });
-                                if tx.send(item).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            let _ = tx.send(Err(error)).await;
-                        }
-                    }
-                    return;
-                }
-                let Ok(view) = jobs.view(&job).await else { continue };
-                let change = if view.state != last.state {
-                    if view.state.is_terminal() { Change::Terminal } else { Change::State }
-                } else if view.queue != last.queue {
-                    Change::Progress
-                } else {
-                    continue;
-                };
-                let done = view.state.is_terminal();
-                if tx.send(Ok(event(&view, change))).await.is_err() || done {
-                    return;
-                }
-                last = view;
-            }
-        });
-        WatchStream::from_receiver(rx)
     }
 
     /// Cancels a copy: a queued one leaves the queue with no AWS call; one in progress is
@@ -461,6 +361,7 @@ impl CopyService {
                         .map_err(store_error)?
                     {
                         crate::audit::job_event("cancelled", job, None, None);
+                        self.jobs.queue_moved();
                         let ended = Job { state: JobState::Cancelled, ..job.clone() };
                         return self.jobs.view(&ended).await;
                     }
@@ -509,8 +410,10 @@ impl CopyService {
         Ok(view)
     }
 
-    /// A page of the jobs, newest first, as the API shows them, and the cursor of the next.
-    pub(crate) async fn list(&self, filter: JobFilter) -> Result<(Vec<CopyView>, Option<(i64, String)>), Error> {
+    /// A page of the jobs, newest first, as the API shows them, and the token of the next
+    /// page ("" after the last).
+    pub(crate) async fn list(&self, request: &ListRequest) -> Result<(Vec<CopyView>, String), Error> {
+        let filter = list_filter(request).map_err(Error::InvalidArgument)?;
         let limit = filter.limit;
         let jobs = self.jobs.store.list(&JobFilter { limit: limit + 1, ..filter }).await.map_err(store_error)?;
         let more = jobs.len() as i64 > limit;
@@ -521,7 +424,7 @@ impl CopyService {
         let next = more
             .then(|| jobs.get(views.len().saturating_sub(1)).map(|j| (j.new.created_ms, j.new.id.clone())))
             .flatten();
-        Ok((views, next))
+        Ok((views, next.as_ref().map(page_token).unwrap_or_default()))
     }
 }
 

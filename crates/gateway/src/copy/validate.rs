@@ -2,6 +2,7 @@
 //! violation naming the proto field and the rule.
 
 use crate::error::FieldViolation;
+use crate::store::{JobFilter, JobState};
 use snapgate_domain::is_region_name;
 use snapgate_domain::rules::{self, KmsKeyRef, SnapshotRef};
 use snapgate_domain::{AccountId, EngineFamily};
@@ -190,6 +191,83 @@ pub(super) fn parse_copy_name(
     }
 }
 
+/// A ListCopies request in the gateway's terms, decoded from the proto; a state the proto
+/// does not define is `None`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ListRequest {
+    pub page_size: i32,
+    pub page_token: String,
+    pub states: Vec<Option<JobState>>,
+    pub destination_region: String,
+    pub account_id: String,
+    pub requested_by: String,
+}
+
+/// Copies a page holds when the request says nothing, and at most.
+const PAGE_SIZE: (i64, i64) = (100, 500);
+
+/// The filter and page a ListCopies request asks for.
+pub(crate) fn list_filter(req: &ListRequest) -> Result<JobFilter, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let limit = match i64::from(req.page_size) {
+        0 => PAGE_SIZE.0,
+        n if (1..=PAGE_SIZE.1).contains(&n) => n,
+        _ => {
+            violations.push(FieldViolation::new("page_size", "must be between 1 and 500 (0: 100)"));
+            PAGE_SIZE.0
+        }
+    };
+    let after = if req.page_token.is_empty() {
+        None
+    } else {
+        let parsed = parse_page_token(&req.page_token);
+        if parsed.is_none() {
+            violations.push(FieldViolation::new("page_token", "is not a token this service gave out"));
+        }
+        parsed
+    };
+    let mut states = Vec::new();
+    for (i, state) in req.states.iter().enumerate() {
+        match state {
+            // A queued copy being started is still queued to the caller.
+            Some(JobState::Queued) => states.extend([JobState::Queued, JobState::Starting]),
+            Some(state) => states.push(*state),
+            None => violations.push(FieldViolation::new(format!("states[{i}]"), "is not a state of a copy")),
+        }
+    }
+    if !req.destination_region.is_empty() && !is_region_name(&req.destination_region) {
+        violations.push(FieldViolation::new("destination_region", "must be a region name such as us-east-1"));
+    }
+    if !req.account_id.is_empty()
+        && let Err(rule) = AccountId::parse(&req.account_id)
+    {
+        violations.push(FieldViolation::new("account_id", rule));
+    }
+    if !violations.is_empty() {
+        return Err(violations);
+    }
+    let given = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+    Ok(JobFilter {
+        states,
+        region: given(&req.destination_region),
+        account: given(&req.account_id),
+        caller: given(&req.requested_by),
+        after,
+        limit,
+    })
+}
+
+/// The page token that continues a listing after the job created at `created_ms` with `id`
+/// (the listing's order): opaque to callers, `CREATED.ID`.
+pub(crate) fn page_token((created_ms, id): &(i64, String)) -> String {
+    format!("{created_ms}.{id}")
+}
+
+fn parse_page_token(token: &str) -> Option<(i64, String)> {
+    let (created, id) = token.split_once('.')?;
+    Some((created.parse().ok()?, id.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +355,30 @@ mod tests {
         assert!(arn.is_some());
         assert_eq!(parse_copy_name("c1", "us-east-1", &all()).unwrap().0, "us-east-1");
         assert_eq!(parse_copy_name("", "us-east-1", &all()).unwrap_err()[0].field, "name");
+    }
+
+    #[test]
+    fn a_listing_is_checked_field_by_field_and_its_page_token_round_trips() {
+        let token = page_token(&(1_700_000_000_000, "job-1".into()));
+        let filter = list_filter(&ListRequest {
+            page_token: token,
+            states: vec![Some(JobState::Queued)],
+            ..ListRequest::default()
+        })
+        .unwrap();
+        assert_eq!(filter.after, Some((1_700_000_000_000, "job-1".into())));
+        assert_eq!(filter.states, [JobState::Queued, JobState::Starting]);
+        assert_eq!(filter.limit, 100);
+        let bad = list_filter(&ListRequest {
+            page_size: 501,
+            page_token: "nonsense".into(),
+            states: vec![None],
+            destination_region: "mars".into(),
+            account_id: "12".into(),
+            requested_by: String::new(),
+        })
+        .unwrap_err();
+        let fields: Vec<_> = bad.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["page_size", "page_token", "states[0]", "destination_region", "account_id"]);
     }
 }

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{EdgeLimits, Listener};
 use crate::auth::tls::{Alpn, TlsReloader};
+use crate::call::ConnInfo;
 use crate::metrics::Metrics;
 
 /// The client's HTTP/2 connection preface (RFC 9113 §3.4), followed by its SETTINGS frame.
@@ -36,14 +37,6 @@ const DEADLINE_JITTER: f64 = 0.25;
 const ACCEPTS_PER_TURN: u32 = 8;
 /// A SETTINGS frame larger than this is no client's (six bytes a setting).
 const MAX_SETTINGS_PAYLOAD: usize = 1024;
-
-/// What the gateway knows of a connection's peer; in every request's extensions.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnInfo {
-    pub remote: Option<SocketAddr>,
-    /// The verified client certificate's caller id, or why it has none; `None` without one.
-    pub certificate: Option<Result<String, String>>,
-}
 
 /// One accepted connection, plain or TLS, with the bytes its handshake read (served first) and
 /// its places under the caps (given back when it is dropped).

@@ -1,18 +1,17 @@
-//! Where callers meet the gateway: the accept loop with its connection caps and handshake
-//! deadline (`accept`), the serving of each connection with its HTTP/2 limits and idle timeout
-//! (`serve`), the pacing of connections that cost more than a caller should (`pace`), writes
-//! coalesced across a connection's streams (`coalesce`), and load shedding before any work is
-//! done for a call (`shed`). Both listeners,
-//! gRPC and HTTP/JSON, go through it, so a peer that connects and stays silent, floods, or
-//! overloads the gateway costs other callers nothing.
+//! Where callers meet the gateway, connections only: the accept loop with its connection caps
+//! and handshake deadline (`accept`), the serving of each connection with its HTTP/2 limits and
+//! idle timeout (`serve`), the pacing of connections that cost more than a caller should
+//! (`pace`), HTTP/2 frame checks (`frames`), and writes coalesced across a connection's streams
+//! (`coalesce`). Both listeners, gRPC and HTTP/JSON, go through it, so a peer that connects and
+//! stays silent, floods, or overloads the gateway costs other callers nothing. What happens to
+//! each call once its connection hands it on (shedding, authentication, fair share, deadlines)
+//! is `stack`'s.
 
 pub(crate) mod accept;
 pub(crate) mod coalesce;
-pub(crate) mod fair;
 pub(crate) mod frames;
 pub(crate) mod pace;
 pub(crate) mod serve;
-pub(crate) mod shed;
 
 use std::sync::Arc;
 

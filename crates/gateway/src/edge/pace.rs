@@ -175,10 +175,9 @@ const SMALL_READ: usize = 256;
 /// How much any connection reads before it lets the tasks its reads started run: a hundred or
 /// so stream openings. HTTP/2 queues each stream's frames in the connection's receive buffer
 /// until the stream's task takes them, and that buffer (a slab) keeps the room of its busiest
-/// moment for the connection's life: with 500 streams opened at once on a connection, read in
-/// one go, it was ~440 KiB a connection (8.9 MiB over `bench watch`'s 20), and half that read
-/// in turns of this size. The yield also keeps one connection's burst from holding a worker
-/// while other connections wait.
+/// moment for the connection's life, so a burst of openings read in one go keeps twice the room
+/// it keeps read in turns of this size (the README's `bench watch` figures). The yield also
+/// keeps one connection's burst from holding a worker while other connections wait.
 const READ_BATCH: usize = 16 * 1024;
 
 /// Ends the connection task's turn. A read that returns Pending is not enough on its own:

@@ -23,11 +23,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::accept::{Conn, ConnInfo};
+use super::accept::Conn;
 use super::coalesce::Coalesced;
 use super::pace::{self, Pace, Paced};
-use super::shed::ConnectionCalls;
 use super::{EdgeLimits, Listener};
+use crate::call::ConnInfo;
+use crate::call::ConnectionCalls;
 use crate::config::ServerSettings;
 use crate::metrics::Metrics;
 

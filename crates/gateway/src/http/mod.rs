@@ -17,8 +17,9 @@ use crate::config::ServerSettings;
 use crate::edge::serve::{self, Handler};
 use crate::edge::{EdgeLimits, Listener, accept};
 use crate::metrics::Metrics;
+use crate::stack::Stack;
 use crate::tasks::Tasks;
-pub(crate) use transcode::{GrpcService, Transcoder};
+pub(crate) use transcode::Transcoder;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,7 +31,7 @@ pub(crate) fn spawn(
     listener: TcpListener,
     tls: Option<Arc<TlsReloader>>,
     transcoder: Arc<Transcoder>,
-    grpc: GrpcService,
+    grpc: Stack,
     settings: &ServerSettings,
     limits: &EdgeLimits,
     metrics: Arc<Metrics>,

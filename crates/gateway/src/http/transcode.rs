@@ -6,8 +6,6 @@
 //! `google.rpc.Status` of an error with the HTTP status of the standard gRPC mapping. So the
 //! two listeners cannot differ in who may do what.
 
-use std::convert::Infallible;
-
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use http_body::Frame;
@@ -21,20 +19,16 @@ use prost_reflect::{
 use tonic::Code;
 use tonic_types::StatusExt;
 use tower::ServiceExt;
-use tower::util::BoxCloneSyncService;
 
 use super::routes::{BodyRule, Found, Route, Routes};
-use crate::edge::accept::ConnInfo;
+use crate::call::ConnInfo;
 use crate::error::{Error, FieldViolation};
+use crate::stack::Stack;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of every HTTP/JSON response.
 pub(crate) type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// The gRPC service stack, as the gRPC listener serves it.
-pub(crate) type GrpcService =
-    BoxCloneSyncService<http::Request<tonic::body::Body>, http::Response<tonic::body::Body>, Infallible>;
 
 /// Request headers passed on to the RPC: credentials, trace context, deadline, and what
 /// identifies the caller's request in logs. Everything else (hop-by-hop, content) is HTTP's.
@@ -42,7 +36,7 @@ const FORWARDED: [&str; 6] =
     ["authorization", "traceparent", "tracestate", "grpc-timeout", "user-agent", "x-request-id"];
 
 /// Response headers the RPC may set that an HTTP caller sees too.
-const RETURNED: [&str; 1] = [crate::observe::TRACE_ID_HEADER];
+const RETURNED: [&str; 1] = [crate::stack::observe::TRACE_ID_HEADER];
 
 const JSON: &str = "application/json";
 const NDJSON: &str = "application/x-ndjson";
@@ -59,13 +53,13 @@ pub(crate) struct Transcoder {
     routes: Routes,
     status: MessageDescriptor,
     service: String,
-    grpc: GrpcService,
+    grpc: Stack,
     max_body_bytes: usize,
 }
 
 impl Transcoder {
     /// Routes every RPC of `service` declared in the protos to `grpc`.
-    pub(crate) fn new(service: &str, grpc: GrpcService, max_body_bytes: usize) -> Result<Transcoder, String> {
+    pub(crate) fn new(service: &str, grpc: Stack, max_body_bytes: usize) -> Result<Transcoder, String> {
         let mut pool = DescriptorPool::decode(snapgate_proto::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
         // google.rpc.Status and its details, so errors print as JSON with their `@type`.
         pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
@@ -497,8 +491,8 @@ mod tests {
     use super::*;
 
     fn transcoder() -> Transcoder {
-        let grpc = BoxCloneSyncService::new(tower::service_fn(|_: http::Request<tonic::body::Body>| async {
-            Ok::<_, Infallible>(tonic::Status::unavailable("not wired").into_http())
+        let grpc = Stack::new(tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(tonic::Status::unavailable("not wired").into_http())
         }));
         Transcoder::new("snapgate.v1.SnapshotCopyService", grpc, 1024).unwrap()
     }
@@ -595,8 +589,8 @@ mod properties {
     use super::*;
 
     fn transcoder() -> Transcoder {
-        let grpc = BoxCloneSyncService::new(tower::service_fn(|_: http::Request<tonic::body::Body>| async {
-            Ok::<_, Infallible>(tonic::Status::unavailable("not wired").into_http())
+        let grpc = Stack::new(tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(tonic::Status::unavailable("not wired").into_http())
         }));
         Transcoder::new("snapgate.v1.SnapshotCopyService", grpc, 1024).unwrap()
     }

@@ -14,13 +14,11 @@
 //! the queue hands its slots to callers in turn (`store::jobs`).
 
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::{CallerBuckets, IDLE};
 use crate::auth::Caller;
 use crate::config::FairShareSettings;
-use crate::edge::fair::CallerBuckets;
 use crate::error::Error;
 use crate::metrics::Metrics;
 
@@ -37,7 +35,7 @@ pub(crate) struct Turn(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 impl AwsShare {
     pub(crate) fn new(settings: FairShareSettings, metrics: Arc<Metrics>) -> AwsShare {
-        let turns = moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build();
+        let turns = moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(IDLE).build();
         AwsShare { settings, buckets: CallerBuckets::new(), turns, metrics }
     }
 
@@ -64,6 +62,8 @@ impl AwsShare {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config::CallerShare;
 

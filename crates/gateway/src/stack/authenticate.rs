@@ -3,65 +3,39 @@
 //! carry no credentials, and neither reveals more than the public proto).
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use tower::{Layer, Service};
+use tower::Service;
 use tracing::Instrument;
 
-use super::Authenticator;
-use crate::edge::accept::ConnInfo;
+use crate::auth::Authenticator;
+use crate::call::{self, ConnInfo};
+use crate::stack::around::{Around, AroundLayer, Response};
 
-const OPEN_PREFIXES: [&str; 3] =
-    ["/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
-
+/// The authentication step; `layer` makes it a tower layer.
 #[derive(Clone)]
-pub(crate) struct AuthLayer {
+pub(crate) struct Authenticate {
     auth: Arc<Authenticator>,
 }
 
-impl AuthLayer {
-    pub(crate) fn new(auth: Arc<Authenticator>) -> AuthLayer {
-        AuthLayer { auth }
-    }
+pub(crate) fn layer(auth: Arc<Authenticator>) -> AroundLayer<Authenticate> {
+    AroundLayer(Authenticate { auth })
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-
-    fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService { inner, auth: self.auth.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub(crate) struct AuthService<S> {
-    inner: S,
-    auth: Arc<Authenticator>,
-}
-
-impl<S, B> Service<http::Request<B>> for AuthService<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
-            return Box::pin(self.inner.call(request));
+impl Around for Authenticate {
+    fn around<S, B>(
+        &self,
+        mut request: http::Request<B>,
+        mut inner: S,
+    ) -> BoxFuture<'static, Result<Response, S::Error>>
+    where
+        S: Service<http::Request<B>, Response = Response> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
+        if call::is_open(request.uri().path()) {
+            return Box::pin(inner.call(request));
         }
-        // The clone that was made ready is the one that must serve this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         Box::pin(async move {
             let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();

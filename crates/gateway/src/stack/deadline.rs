@@ -3,64 +3,38 @@
 //! handler's work is dropped with it). A server stream is bounded only while it opens; the
 //! caller's own deadline, put into the request's extensions, bounds the stream itself.
 
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http::HeaderMap;
-use tower::{Layer, Service};
+use tower::Service;
 
+use crate::call::CallerDeadline;
 use crate::error::Error;
+use crate::stack::around::{Around, AroundLayer, Response};
 
-/// The caller's deadline, when it set one: the handler of a stream ends it there.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CallerDeadline(pub Option<tokio::time::Instant>);
-
+/// The deadline step; `layer` makes it a tower layer.
 #[derive(Clone)]
-pub(crate) struct DeadlineLayer {
+pub(crate) struct Deadline {
     default: Duration,
 }
 
-impl DeadlineLayer {
-    /// `default` bounds calls whose caller set no shorter deadline.
-    pub(crate) fn new(default: Duration) -> DeadlineLayer {
-        DeadlineLayer { default }
-    }
+/// `default` bounds calls whose caller set no shorter deadline.
+pub(crate) fn layer(default: Duration) -> AroundLayer<Deadline> {
+    AroundLayer(Deadline { default })
 }
 
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
-
-    fn layer(&self, inner: S) -> Deadline<S> {
-        Deadline { inner, default: self.default }
-    }
-}
-
-#[derive(Clone)]
-pub(crate) struct Deadline<S> {
-    inner: S,
-    default: Duration,
-}
-
-impl<S, B> Service<http::Request<B>> for Deadline<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+impl Around for Deadline {
+    fn around<S, B>(&self, mut request: http::Request<B>, mut next: S) -> BoxFuture<'static, Result<Response, S::Error>>
+    where
+        S: Service<http::Request<B>, Response = Response> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
         let budget = call_budget(request.headers(), self.default);
         let deadline = caller_deadline(request.headers()).map(|d| tokio::time::Instant::now() + d);
         request.extensions_mut().insert(CallerDeadline(deadline));
-        let call = self.inner.call(request);
+        let call = next.call(request);
         Box::pin(async move {
             match tokio::time::timeout(budget, call).await {
                 Ok(response) => response,

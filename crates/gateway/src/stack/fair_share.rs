@@ -1,150 +1,51 @@
-//! Fair share: a token bucket of calls per caller, after authentication (the caller is known)
-//! and before any work for the call. One caller's flood empties its own bucket and is refused
-//! with RESOURCE_EXHAUSTED and RetryInfo; every other caller's calls go on.
-//!
-//! Within its bucket, a caller also has `in_flight` turns at the gateway's work: its unary
-//! calls past them wait (in order) for one of its own to end. A rate alone lets a caller's
-//! burst (its whole bucket at once) fill the gateway's run queue, and every other caller's call
-//! then waits behind all of it; with turns it waits behind at most `in_flight` of them. A call
-//! that waits longer than the request timeout is refused (RESOURCE_EXHAUSTED with RetryInfo).
+//! The fair-share layer: each caller's share of calls (`share::CallShare`), taken after
+//! authentication (the caller is known) and before any work for the call, so that one caller's
+//! flood is refused from its own bucket, or waits for its own turns, while every other
+//! caller's calls go on. Health and reflection carry no caller and are not shared out; a stream
+//! opening takes its share of calls but no turn (openings have turns of their own, `shed`).
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use snapgate_domain::TokenBucket;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::{Layer, Service};
-
-use super::shed::Openings;
+use tower::Service;
 
 use crate::auth::Caller;
-use crate::config::FairShareSettings;
-use crate::error::Error;
-use crate::metrics::Metrics;
+use crate::call;
+use crate::share::CallShare;
+use crate::stack::around::{Around, AroundLayer, Response};
 
-/// A token bucket per caller id, made with the caller's share on first use and forgotten
-/// after ten idle minutes (a caller back after that starts full). The clock is tokio's.
+/// The fair-share step; `layer` makes it a tower layer.
 #[derive(Clone)]
-pub(crate) struct CallerBuckets(moka::sync::Cache<String, Arc<TokenBucket>>);
-
-impl CallerBuckets {
-    pub(crate) fn new() -> CallerBuckets {
-        CallerBuckets(moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build())
-    }
-
-    /// Takes one of `id`'s tokens (its bucket holds `burst` and refills at `rate` a second),
-    /// or says how long until the next one.
-    pub(crate) fn take(&self, id: &str, (rate, burst): (f64, u32)) -> Result<(), Duration> {
-        let now = || tokio::time::Instant::now().into_std();
-        let bucket = self.0.get_with_by_ref(id, || Arc::new(TokenBucket::new(rate, burst, now())));
-        bucket.take_or_wait(now())
-    }
+pub(crate) struct FairShare {
+    share: Arc<CallShare>,
 }
 
-#[derive(Clone)]
-pub(crate) struct FairShareLayer {
-    settings: Arc<FairShareSettings>,
-    buckets: CallerBuckets,
-    /// Each caller's turns at the gateway's work, made with its `in_flight` on first use.
-    turns: moka::sync::Cache<String, Arc<Semaphore>>,
-    /// How long a call waits for one of its caller's turns.
-    wait: Duration,
-    metrics: Arc<Metrics>,
+pub(crate) fn layer(share: Arc<CallShare>) -> AroundLayer<FairShare> {
+    AroundLayer(FairShare { share })
 }
 
-/// When a call refused for want of a turn may come back: a turn frees as soon as one of the
-/// caller's calls ends, but these have been running for the whole request timeout.
-const TURN_RETRY: Duration = Duration::from_secs(1);
-
-impl FairShareLayer {
-    /// `wait` bounds a call's wait for one of its caller's turns (the request timeout).
-    pub(crate) fn new(settings: FairShareSettings, wait: Duration, metrics: Arc<Metrics>) -> FairShareLayer {
-        let turns = moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build();
-        FairShareLayer { settings: Arc::new(settings), buckets: CallerBuckets::new(), turns, wait, metrics }
-    }
-
-    /// Takes a call from `caller`'s share: the first override naming it or one of its
-    /// groups, else the default.
-    fn admit(&self, caller: &Caller) -> Result<(), Duration> {
-        self.buckets.take(&caller.id, self.settings.calls_of(&caller.id, &caller.groups))
-    }
-
-    /// One of `caller`'s turns, at once or after waiting for one of its calls to end.
-    async fn turn(&self, caller: &Caller) -> Result<OwnedSemaphorePermit, Error> {
-        let turns = self.turns.get_with_by_ref(&caller.id, || {
-            let limit = self.settings.in_flight_of(&caller.id, &caller.groups);
-            Arc::new(Semaphore::new(usize::try_from(limit).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS)))
-        });
-        if let Ok(turn) = turns.clone().try_acquire_owned() {
-            return Ok(turn);
-        }
-        self.metrics.call_waited("caller_in_flight");
-        match tokio::time::timeout(self.wait, turns.acquire_owned()).await {
-            // The semaphore is never closed.
-            Ok(Ok(turn)) => Ok(turn),
-            _ => {
-                self.metrics.call_shed("caller_in_flight");
-                Err(Error::OverShare { caller: caller.id.clone(), of: "calls in progress", retry_after: TURN_RETRY })
-            }
-        }
-    }
-}
-
-impl<S> Layer<S> for FairShareLayer {
-    type Service = FairShare<S>;
-
-    fn layer(&self, inner: S) -> FairShare<S> {
-        FairShare { inner, layer: self.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub(crate) struct FairShare<S> {
-    inner: S,
-    layer: FairShareLayer,
-}
-
-impl<S, B> Service<http::Request<B>> for FairShare<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
+impl Around for FairShare {
+    fn around<S, B>(&self, request: http::Request<B>, mut next: S) -> BoxFuture<'static, Result<Response, S::Error>>
+    where
+        S: Service<http::Request<B>, Response = Response> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
+        let share = self.share.clone();
         Box::pin(async move {
-            // Health and reflection carry no caller: they are not shared out.
             let caller = request.extensions().get::<Caller>().cloned();
-            let Some(caller) = caller else { return inner.call(request).await };
-            if let Err(wait) = layer.admit(&caller) {
-                layer.metrics.call_shed("fair_share");
-                tracing::debug!(caller = caller.id, ?wait, "call over the caller's share");
-                let refusal = Error::OverShare { caller: caller.id, of: "calls", retry_after: wait };
+            let Some(caller) = caller else { return next.call(request).await };
+            if let Err(refusal) = share.admit(&caller) {
                 return Ok(tonic::Status::from(refusal).into_http());
             }
-            if Openings::takes_turn(request.uri().path()) {
-                return inner.call(request).await;
+            if call::opens_stream(request.uri().path()) {
+                return next.call(request).await;
             }
-            let _turn = match layer.turn(&caller).await {
+            let _turn = match share.turn(&caller).await {
                 Ok(turn) => turn,
-                Err(refusal) => {
-                    tracing::debug!(caller = caller.id, "call waited past the request timeout for a turn");
-                    return Ok(tonic::Status::from(refusal).into_http());
-                }
+                Err(refusal) => return Ok(tonic::Status::from(refusal).into_http()),
             };
-            inner.call(request).await
+            next.call(request).await
         })
     }
 }
@@ -152,32 +53,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CallerShare;
+    use crate::config::{CallerShare, FairShareSettings};
+    use crate::metrics::Metrics;
+    use std::time::Duration;
+    use tokio::sync::Semaphore;
+    use tower::Layer;
 
     fn caller(id: &str, groups: &[&str]) -> Caller {
         Caller::with_groups(id, groups)
-    }
-
-    #[test]
-    fn each_caller_has_its_own_bucket_and_overrides_apply() {
-        let settings = FairShareSettings {
-            calls_per_sec: 1.0,
-            burst: 2,
-            overrides: vec![CallerShare::for_id("backup", true, 1.0, 5)],
-            ..FairShareSettings::default()
-        };
-        let layer = FairShareLayer::new(settings, Duration::from_secs(1), Metrics::new());
-        let flood = caller("flood", &[]);
-        assert!(layer.admit(&flood).is_ok() && layer.admit(&flood).is_ok());
-        let wait = layer.admit(&flood).unwrap_err();
-        assert!(wait <= Duration::from_secs(1), "{wait:?}");
-        // Another caller is untouched by the first one's flood.
-        assert!(layer.admit(&caller("quiet", &[])).is_ok());
-        let backup = caller("dr-runner", &["backup"]);
-        for _ in 0..5 {
-            assert!(layer.admit(&backup).is_ok());
-        }
-        assert!(layer.admit(&backup).is_err());
     }
 
     #[tokio::test(start_paused = true)]
@@ -191,7 +74,7 @@ mod tests {
             ..FairShareSettings::default()
         };
         let metrics = Metrics::new();
-        let layer = FairShareLayer::new(settings, Duration::from_secs(5), metrics.clone());
+        let layer = layer(Arc::new(CallShare::new(settings, Duration::from_secs(5), metrics.clone())));
         // Every call runs until the test lets one end.
         let (gate, started) = (Arc::new(Semaphore::new(0)), Arc::new(AtomicUsize::new(0)));
         let inner = {

@@ -19,19 +19,14 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full, Limited};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
+use crate::call::{self, ConnectionCalls, OpeningTurn};
 use crate::metrics::Metrics;
 use crate::tasks::Tasks;
-
-const EXEMPT_PREFIXES: [&str; 3] =
-    ["/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
-
-/// Calls that open a stream or start a copy: what the memory watermark refuses.
-const HEAVY_SUFFIXES: [&str; 2] = ["/WatchCopy", "/CopyClusterSnapshot"];
 
 /// The resident set size, read every half second by a task of the gateway's.
 pub(crate) struct Memory {
@@ -82,45 +77,19 @@ pub(crate) fn default_memory_limit() -> Option<u64> {
     (limit < 1 << 60).then_some(limit / 5 * 4)
 }
 
-/// The places in progress of one connection's calls, in its requests' extensions.
-#[derive(Clone)]
-pub(crate) struct ConnectionCalls(pub(crate) Arc<Semaphore>);
-
-impl ConnectionCalls {
-    /// Half of the gateway's places (at least one).
-    pub(crate) fn new(max_in_flight: usize) -> ConnectionCalls {
-        ConnectionCalls(Arc::new(Semaphore::new((max_in_flight / 2).max(1))))
-    }
-}
-
-/// A WatchCopy opening's turn, in the request's extensions. The watch hub gives it back once
-/// the opening waits for the first poll of a snapshot new to the hub, so a storm of watchers of
-/// many snapshots (100,000 over 10,000) joins one poll round rather than one round per batch
-/// of turns, while watchers of snapshots already being polled still open a batch at a time.
-#[derive(Clone)]
-pub(crate) struct OpeningTurn(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
-
-impl OpeningTurn {
-    pub(crate) fn give_back(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-    }
-}
-
 /// The turns WatchCopy openings take: `max_stream_openings` of them at once, each waiting at
 /// most the request timeout (then UNAVAILABLE with RetryInfo, `calls_shed{reason="openings"}`).
 ///
-/// An opening holds ~10 KiB of call state while it authenticates, looks the copy up and waits
-/// for its first observation. 256 turns (a quarter of the unary places, where they were equal)
-/// took `bench watch`'s peak from 105.7 to 97.4 MiB at 10,000 streams opened at once; 100,000
-/// watchers over 10,000 snapshots still all open (0 errors), since an opening gives its turn
-/// back once it has joined a poll round (see `WatchHub::watch`) rather than when its stream
-/// opens, which a round stretched by RDS's throttling could hold for seconds.
+/// An opening holds its call state while it authenticates, looks the copy up and waits for its
+/// first observation, so fewer openings than unary calls run at once (the README's `bench
+/// watch` figures say how much that saves). An opening gives its turn back once it has joined
+/// a poll round (see `WatchHub::watch`) rather than when its stream opens, which a round
+/// stretched by RDS's throttling could hold for seconds.
 ///
 /// The gRPC listener admits an opening before the call enters the layered stack, so that an
-/// opening waiting its turn holds its request and little else: 10,000 openings at once were
-/// ~17 MiB of heap when each waited inside the stack, holding its server span and the futures
-/// of every layer around it. The shed layer admits what arrives without a turn (the HTTP/JSON
-/// listener's calls).
+/// opening waiting its turn holds its request and little else, not its server span and the
+/// futures of every layer around it. The shed layer admits what arrives without a turn (the
+/// HTTP/JSON listener's calls).
 #[derive(Clone)]
 pub(crate) struct Openings {
     turns: Arc<Semaphore>,
@@ -149,13 +118,8 @@ impl Openings {
             self.metrics.call_shed("openings");
             return Err(refusal(Code::Unavailable, "too many streams are being opened; retry shortly"));
         };
-        parts.extensions.insert(OpeningTurn(Arc::new(std::sync::Mutex::new(Some(turn)))));
+        parts.extensions.insert(OpeningTurn::new(turn));
         Ok(http::Request::from_parts(parts, Body::new(Full::new(body))))
-    }
-
-    /// Whether a call to this path opens a stream that takes a turn.
-    pub(crate) fn takes_turn(path: &str) -> bool {
-        path.ends_with("/WatchCopy")
     }
 }
 
@@ -243,11 +207,11 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path();
-        if EXEMPT_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        if call::is_open(path) {
             return Box::pin(self.inner.call(request));
         }
         let layer = &self.layer;
-        if HEAVY_SUFFIXES.iter().any(|s| path.ends_with(s)) && layer.memory.over() {
+        if call::is_heavy(path) && layer.memory.over() {
             layer.metrics.call_shed("memory");
             let response = refusal(Code::Unavailable, "the gateway is above its memory watermark; retry shortly");
             return Box::pin(async move { Ok(response) });
@@ -260,7 +224,7 @@ where
         // where a waiting call costs a few hundred bytes, instead of all of them holding the
         // state of authentication, lookup and first poll at once. The wait is bounded by the
         // request timeout, after which the caller is told to retry.
-        if Openings::takes_turn(path) {
+        if call::opens_stream(path) {
             return Box::pin(async move {
                 let request = match layer.openings.admit(request).await {
                     Ok(request) => request,

@@ -46,7 +46,7 @@ impl JobState {
     }
 
     /// Whether nothing more will happen to the job.
-    pub(crate) fn is_final(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         matches!(self, JobState::Available | JobState::Failed | JobState::Cancelled | JobState::Deleted)
     }
 }

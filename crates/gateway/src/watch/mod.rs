@@ -1,8 +1,11 @@
 //! The progress hub: one poller per region polls every watched snapshot in batches, and any
 //! number of watchers share what it sees through `tokio::sync::watch` channels. AWS calls per
 //! round grow with the number of watched snapshots / 100, not with the number of watchers.
+//! Copies still waiting in the gateway's queue are watched through one follower of the store
+//! (`queued`), the same way, and join the hub's streams once AWS copies them.
 
 mod poller;
+mod queued;
 mod stream;
 
 use std::collections::{HashMap, HashSet};
@@ -15,6 +18,7 @@ use futures_util::FutureExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use queued::{QueueFollower, QueueReader, QueuedLook, QueuedWatch};
 pub(crate) use stream::{Change, WatchEvent, WatchStream};
 
 use crate::aws::{Accounts, AwsError, Rds};
@@ -150,7 +154,7 @@ pub(crate) struct WatchTarget<'a> {
     pub name: &'a str,
     pub arn: Option<&'a str>,
     /// The opening's turn, given back when it waits for the first poll of a new snapshot.
-    pub turn: Option<&'a crate::edge::shed::OpeningTurn>,
+    pub turn: Option<&'a crate::call::OpeningTurn>,
 }
 
 /// A watcher's hold on a snapshot's observations; dropping it lets the snapshot leave the poll
@@ -429,14 +433,14 @@ impl WatchHub {
     /// gone), and returns that observation; `None` at shutdown. Failing polls are waited out.
     pub(crate) async fn final_observation(&self, account: &str, region: &str, id: &str) -> Option<Arc<Observation>> {
         let mut subscription = self.subscribe_with(account, region, id, false);
-        let is_final = |o: &Option<Arc<Observation>>| match o.as_deref() {
+        let is_terminal = |o: &Option<Arc<Observation>>| match o.as_deref() {
             Some(Observation::Present { snapshot, .. }) => snapshot.state().is_terminal(),
             Some(Observation::Gone { .. }) => true,
             _ => false,
         };
         tokio::select! {
             () = self.shutdown.cancelled() => None,
-            seen = subscription.rx.wait_for(is_final) => seen.ok().and_then(|o| o.clone()),
+            seen = subscription.rx.wait_for(is_terminal) => seen.ok().and_then(|o| o.clone()),
         }
     }
 
@@ -516,8 +520,8 @@ mod tests {
 
     /// A hub whose AWS side refuses connections: polls fail fast, and never for long enough
     /// to use up the error budget within the test.
-    async fn hub() -> WatchHub {
-        let aws = AwsSettings { region: Some("us-east-1".into()), max_attempts: Some(1), ..AwsSettings::default() };
+    pub(super) async fn hub() -> WatchHub {
+        let aws = AwsSettings { region: Some("us-east-1".into()), max_attempts: 1, ..AwsSettings::default() };
         let sdk = crate::aws::fixed_sdk_config(&aws, "http://127.0.0.1:1", "AKIDTEST", "secret").await;
         let metrics = Metrics::new();
         let accounts = Arc::new(Accounts::new(sdk, &aws, metrics.clone()).await.expect("accounts"));

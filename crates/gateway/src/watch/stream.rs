@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_stream::Stream;
 
 use super::{Observation, Subscription, observed_state};
@@ -50,20 +50,20 @@ pub(super) struct StreamTask {
 }
 
 /// The events of one watch, as a `Stream`: the hub's, inline (the stream that serves it is
-/// one allocation), or those a task feeds (a queued copy's watch).
+/// one allocation), or a queued copy's (`queued`), boxed.
 pub(crate) struct WatchStream {
     inner: Source,
 }
 
 enum Source {
     Hub(HubStream),
-    Fed(tokio_stream::wrappers::ReceiverStream<Result<WatchEvent, Error>>),
+    Boxed(Pin<Box<dyn Stream<Item = Result<WatchEvent, Error>> + Send>>),
 }
 
 impl WatchStream {
-    /// A stream fed by another task (a queued copy's watch).
-    pub(crate) fn from_receiver(rx: mpsc::Receiver<Result<WatchEvent, Error>>) -> WatchStream {
-        WatchStream { inner: Source::Fed(tokio_stream::wrappers::ReceiverStream::new(rx)) }
+    /// Any stream of events (a queued copy's watch).
+    pub(crate) fn from_stream(events: impl Stream<Item = Result<WatchEvent, Error>> + Send + 'static) -> WatchStream {
+        WatchStream { inner: Source::Boxed(Box::pin(events)) }
     }
 }
 
@@ -72,7 +72,7 @@ impl Stream for WatchStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match &mut self.inner {
             Source::Hub(hub) => Pin::new(hub).poll_next(cx),
-            Source::Fed(fed) => Pin::new(fed).poll_next(cx),
+            Source::Boxed(events) => events.as_mut().poll_next(cx),
         }
     }
 }
