@@ -108,16 +108,7 @@ async fn a_fleet_of_fifty(store: StoreSettings) {
     assert!(list(&mut gw.client, &[pb::copy::State::Failed]).await.is_empty());
 }
 
-#[tokio::test]
-async fn fifty_cross_region_copies_all_finish_within_aws_limit_on_sqlite() {
-    a_fleet_of_fifty(gateway::scratch_store()).await;
-}
-
-#[tokio::test]
-async fn fifty_cross_region_copies_all_finish_within_aws_limit_on_postgres() {
-    let pg = postgres::start();
-    a_fleet_of_fifty(StoreSettings { url: Some(Secret::new(pg.url.clone())), ..gateway::scratch_store() }).await;
-}
+on_each_store!(fifty_cross_region_copies_all_finish_within_aws_limit, a_fleet_of_fifty);
 
 #[tokio::test]
 async fn a_queued_copy_is_watched_listed_and_cancelled_without_an_aws_call() {
@@ -250,40 +241,16 @@ async fn a_team_is_not_queued_behind_another_teams_fleet(store: StoreSettings) {
     assert_eq!(us_east(&emu).copies_made, 4, "fleet-0, fleet-1, payments-1 and fleet-2 only");
 }
 
-#[tokio::test]
-async fn a_team_is_not_queued_behind_another_teams_fleet_on_sqlite() {
-    a_team_is_not_queued_behind_another_teams_fleet(gateway::scratch_store()).await;
-}
-
-#[tokio::test]
-async fn a_team_is_not_queued_behind_another_teams_fleet_on_postgres() {
-    let pg = postgres::start();
-    a_team_is_not_queued_behind_another_teams_fleet(StoreSettings {
-        url: Some(Secret::new(pg.url.clone())),
-        ..gateway::scratch_store()
-    })
-    .await;
-}
-
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-async fn connect(addr: std::net::SocketAddr) -> gateway::Client {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    gateway::client_with(channel, Some(gateway::TOKEN))
-}
+on_each_store!(a_team_is_not_queued_behind_another_teams_fleet, a_team_is_not_queued_behind_another_teams_fleet);
 
 #[tokio::test]
 async fn a_gateway_killed_mid_run_finishes_its_copies_after_a_restart() {
     let emu = emulator_with(emulator_config(100.0)).await; // 1.5 s a copy
-    let dir = scratch("restart");
+    let dir = scratch_dir("restart");
     let store = format!("data_dir = \"{}\"", dir.join("data").display());
     let config = serve::config(&emu.endpoint_url(), &store);
     let first = serve::spawn(&config, &dir, "first").await;
-    let mut client = connect(first.addr).await;
+    let mut client = gateway::connect(first.addr).await;
     for i in 0..12 {
         client.copy_cluster_snapshot(copy_req(WEST, &format!("restart-{i}"))).await.unwrap();
     }
@@ -291,7 +258,7 @@ async fn a_gateway_killed_mid_run_finishes_its_copies_after_a_restart() {
     first.kill().await;
 
     let second = serve::spawn(&config, &dir, "second").await;
-    let mut client = connect(second.addr).await;
+    let mut client = gateway::connect(second.addr).await;
     // A watcher that reconnects sees the copy's current state at once.
     let mut stream = client.watch_copy(WatchCopyRequest { name: "restart-11".into() }).await.unwrap().into_inner();
     let current = stream.message().await.unwrap().unwrap().copy.unwrap();
@@ -307,11 +274,11 @@ async fn a_gateway_killed_mid_run_finishes_its_copies_after_a_restart() {
 async fn two_replicas_share_a_postgres_queue_and_one_killed_loses_nothing() {
     let pg = postgres::start();
     let emu = emulator_with(emulator_config(150.0)).await; // 1 s a copy
-    let dir = scratch("replicas");
+    let dir = scratch_dir("replicas");
     let config = serve::config(&emu.endpoint_url(), &format!("url = \"{}\"", pg.url));
     let a = serve::spawn(&config, &dir, "a").await;
     let b = serve::spawn(&config, &dir, "b").await;
-    let (mut to_a, mut to_b) = (connect(a.addr).await, connect(b.addr).await);
+    let (mut to_a, mut to_b) = (gateway::connect(a.addr).await, gateway::connect(b.addr).await);
     for i in 0..20 {
         let client = if i % 2 == 0 { &mut to_a } else { &mut to_b };
         client.copy_cluster_snapshot(copy_req(WEST, &format!("replica-{i}"))).await.unwrap();

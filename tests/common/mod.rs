@@ -75,6 +75,33 @@ pub fn error_reason(status: &tonic::Status) -> String {
     status.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
 }
 
+/// An empty scratch directory for this test process, `name` telling tests apart.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Runs the scenario `$scenario(store: StoreSettings)` as two tests, `$name::on_sqlite` (the
+/// embedded store) and `$name::on_postgres` (a private PostgreSQL cluster).
+#[macro_export]
+macro_rules! on_each_store {
+    ($name:ident, $scenario:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn on_sqlite() {
+                super::$scenario($crate::common::gateway::scratch_store()).await;
+            }
+
+            #[tokio::test]
+            async fn on_postgres() {
+                let pg = $crate::common::postgres::start();
+                super::$scenario(pg.store()).await;
+            }
+        }
+    };
+}
+
 /// Checks `check` every 50 ms until it holds or `within` has passed; returns whether it held.
 /// A bounded wait on a condition: how the tests wait for something that happens on its own.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
@@ -149,6 +176,12 @@ pub mod gateway {
     }
 
     pub type Client = SnapshotCopyServiceClient<InterceptedService<Channel, Bearer>>;
+
+    /// A client of the gateway at `addr` (one started as a process) with the tests' token.
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        client_with(channel, Some(TOKEN))
+    }
 
     /// A client on `channel` that sends `token` (none: no credentials).
     pub fn client_with(channel: Channel, token: Option<&str>) -> Client {
@@ -374,6 +407,14 @@ pub mod postgres {
             &["-D", &data_text, "-o", &options, "-l", &log, "-w", "-t", "60", "start"],
         );
         Postgres { url: format!("postgres://snapgate@127.0.0.1:{port}/postgres"), dir, bin, as_postgres }
+    }
+
+    impl Postgres {
+        /// A gateway store on this cluster, its other settings as `gateway::scratch_store`'s.
+        pub fn store(&self) -> snapgate_gateway::config::StoreSettings {
+            use snapgate_gateway::config::{Secret, StoreSettings};
+            StoreSettings { url: Some(Secret::new(self.url.clone())), ..super::gateway::scratch_store() }
+        }
     }
 
     impl Drop for Postgres {

@@ -19,7 +19,7 @@ use crate::config::JobSettings;
 use crate::error::{Error, FieldViolation};
 use crate::metrics::Metrics;
 use crate::share::AwsShare;
-use crate::store::{Job, JobState, NewJob, Store};
+use crate::store::{Admitted, Job, JobState, NewJob, Store};
 use crate::tasks::Tasks;
 use crate::watch::{Observation, QueueReader, QueuedLook, WatchHub};
 use snapgate_domain::{ClusterSnapshot, CopyState, Engine};
@@ -54,6 +54,9 @@ pub(crate) struct Dispatcher {
     /// Callers' shares of the AWS budget: starts take their job's caller's turns.
     pub(super) share: Arc<AwsShare>,
 }
+
+/// Why a job whose snapshot AWS no longer has ends DELETED.
+pub(crate) const SNAPSHOT_GONE: &str = "the snapshot was deleted after the copy was made";
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -184,6 +187,9 @@ impl Dispatcher {
             Ok((snapshot, request_id)) => {
                 let marked = self.store.mark_copying(id, &snapshot.arn, request_id.as_deref(), now).await;
                 if matches!(marked, Ok(true)) {
+                    // What watchers and readers saw of an earlier snapshot of this name (one
+                    // deleted since) is not this copy's.
+                    self.hub.record_started(snapshot);
                     self.metrics.job_started(now - job.new.created_ms);
                     audit::job_event("started", &job, request_id.as_deref(), None);
                     self.follow(Job { state: JobState::Copying, ..job.clone() });
@@ -270,10 +276,11 @@ impl Dispatcher {
         }
     }
 
-    /// A request for a target an earlier job made from another source: AWS decides, as it
-    /// would with no job (`DBClusterSnapshotAlreadyExistsFault` while the snapshot is there).
-    /// Should AWS make the copy (the snapshot was deleted since), the new job replaces the old.
-    pub(crate) async fn supersede(self: &Arc<Self>, old: Job, new: NewJob) -> Result<Job, Error> {
+    /// Starts `new` at once in place of `old`, a job from another source whose snapshot holds
+    /// the target name, and lets AWS decide as it would without a job: while that snapshot
+    /// exists the answer is AWS's `DBClusterSnapshotAlreadyExistsFault` (with its request id);
+    /// once it is gone, AWS is copying `new`, and `old` is history, ended DELETED.
+    pub(crate) async fn supersede(self: &Arc<Self>, old: &Job, new: &NewJob) -> Result<Job, Error> {
         let attempt = Job {
             new: new.clone(),
             state: JobState::Starting,
@@ -283,12 +290,23 @@ impl Dispatcher {
             failure: None,
         };
         let (snapshot, request_id) = self.copy(&attempt).await?;
-        let job = self
+        let now = now_ms();
+        if self.store.retire(old, JobState::Deleted, Some(SNAPSHOT_GONE), now).await.map_err(store_error)? {
+            audit::job_event("deleted", old, old.aws_request_id.as_deref(), Some(SNAPSHOT_GONE));
+        }
+        let (Admitted::New(job) | Admitted::Existing(job)) = self.store.admit(new).await.map_err(store_error)?;
+        if !self
             .store
-            .supersede(&old.new.id, &new, &snapshot.arn, request_id.as_deref(), now_ms())
+            .mark_copying(&job.new.id, &snapshot.arn, request_id.as_deref(), now)
             .await
-            .map_err(store_error)?;
+            .map_err(store_error)?
+        {
+            // Another request or replica got there first: the job is as it recorded it.
+            return Ok(self.store.get(&job.new.id).await.map_err(store_error)?.unwrap_or(job));
+        }
+        self.hub.record_started(&snapshot);
         audit::job_event("started", &job, request_id.as_deref(), None);
+        let job = Job { state: JobState::Copying, snapshot_arn: Some(snapshot.arn), aws_request_id: request_id, ..job };
         self.follow(job.clone());
         Ok(job)
     }
@@ -311,7 +329,8 @@ impl Dispatcher {
         self.tasks.spawn(async move {
             let j = &job.new;
             let end = jobs.hub.final_observation(&j.account, &j.region, &j.target).await;
-            if let Some(end) = end {
+            // `_held` keeps the end readable until the store has it.
+            if let Some((end, _held)) = end {
                 let (state, failure) = match &*end {
                     Observation::Present { snapshot, .. } if snapshot.state() == CopyState::Available => {
                         (JobState::Available, None)
@@ -363,6 +382,9 @@ impl Dispatcher {
         };
         let fresh =
             (job.state == JobState::Copying).then(|| self.hub.fresh(&j.account, &j.region, &j.target)).flatten();
+        // A copy the poll saw end is shown ended, although its job records the end a moment
+        // later (its follower is woken by that same poll).
+        let state = fresh.as_ref().map_or(state, ClusterSnapshot::state);
         let snapshot = fresh.unwrap_or_else(|| planned_snapshot(job));
         Ok(CopyView { state, queue, ..CopyView::of_snapshot(snapshot) }.with_job(job))
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub(crate) use dispatch::Dispatcher;
-use dispatch::{Started, now_ms, store_error};
+use dispatch::{SNAPSHOT_GONE, Started, now_ms, store_error};
 pub(crate) use validate::{CopyRequest, ListRequest};
 use validate::{Served, ValidCopy, list_filter, page_token, parse_copy_name, validate};
 
@@ -97,6 +97,8 @@ pub(crate) struct CopyWorkflow {
     /// Described sources, by (account, region, reference): concurrent requests for one
     /// source share one describe (moka's single flight), and the answer serves for seconds.
     sources: moka::future::Cache<String, ClusterSnapshot>,
+    /// Whether finished jobs' snapshots still exist, by job id, while it is being decided.
+    made: moka::future::Cache<String, Option<ClusterSnapshot>>,
     /// The regions the gateway serves (`aws.regions`).
     regions: Vec<String>,
 }
@@ -110,13 +112,15 @@ impl CopyWorkflow {
         regions: Vec<String>,
     ) -> CopyWorkflow {
         let sources = moka::future::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(SOURCE_TTL).build();
-        CopyWorkflow { accounts, hub, jobs, queued, sources, regions }
+        let made = moka::future::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(SOURCE_TTL).build();
+        CopyWorkflow { accounts, hub, jobs, queued, sources, made, regions }
     }
 
     /// Validates a copy, admits it as a job for `caller`, and starts it when a slot is free.
-    /// Repeating a request returns the same copy whatever its state; a copy whose start fails
-    /// for good (a KMS key that is not there, a quota) is this request's error and leaves no
-    /// job behind.
+    /// Repeating a request returns the same copy while it waits, is copying, or is made and its
+    /// snapshot exists; once that snapshot is gone (or the copy failed or was cancelled) the
+    /// request is a new job, and the old one is history. A copy whose start fails for good (a
+    /// KMS key that is not there, a quota) is this request's error and leaves no job behind.
     ///
     /// `authorize` decides once the source is known (its engine, tags and encryption are what
     /// policies look at) and before the engine's rules or any call that changes anything.
@@ -181,7 +185,35 @@ impl CopyWorkflow {
             cross_region,
             created_ms: now_ms(),
         };
-        let job = match self.jobs.store.admit(&new).await.map_err(store_error)? {
+        let mut admitted = self.jobs.store.admit(&new).await.map_err(store_error)?;
+        // A job that ended AVAILABLE is this request's copy only while its snapshot exists:
+        // once it is gone the target is free, as it is for AWS, and the request is a new job.
+        // (A failed, cancelled or deleted job gives way in `admit` already.) Bounded: each
+        // round retires one job, and only a race with other requests makes another round.
+        for _ in 0..3 {
+            let Admitted::Existing(job) = &admitted else { break };
+            if job.state != JobState::Available {
+                break;
+            }
+            match self.made_copy(&rds, job, caller).await? {
+                Some(snapshot) => {
+                    // AWS names the source of a copy (moto does not: then the job's is taken).
+                    let made_from = snapshot.source_arn.as_deref().unwrap_or(&job.new.source_arn);
+                    if made_from != new.source_arn {
+                        // AWS answers, as it would without a job (its fault, or a copy if the
+                        // snapshot went since the describe).
+                        let job = self.jobs.supersede(job, &new).await?;
+                        return self.jobs.view(&job).await;
+                    }
+                    return Ok(CopyView::of_snapshot(snapshot).with_job(job));
+                }
+                None => {
+                    self.snapshot_gone(job).await?;
+                    admitted = self.jobs.store.admit(&new).await.map_err(store_error)?;
+                }
+            }
+        }
+        let job = match admitted {
             Admitted::Existing(job) if job.new.source_arn != new.source_arn => {
                 if job.snapshot_arn.is_none() {
                     return Err(Error::AlreadyExists(format!(
@@ -189,8 +221,8 @@ impl CopyWorkflow {
                         new.target, job.new.source_arn
                     )));
                 }
-                // The snapshot exists (or did): AWS says how it stands, as it would without a job.
-                let job = self.jobs.supersede(job, new).await?;
+                // Its snapshot exists (or did): AWS says how it stands.
+                let job = self.jobs.supersede(&job, &new).await?;
                 return self.jobs.view(&job).await;
             }
             Admitted::Existing(job) => self.jobs.settled(job, SETTLE).await?,
@@ -212,6 +244,39 @@ impl CopyWorkflow {
             }
         };
         self.jobs.view(&job).await
+    }
+
+    /// The snapshot a finished job made, as AWS describes it now (`None`: it is gone). One
+    /// describe decides for every request that asks about the job at once (moka's single
+    /// flight); it is `caller`'s AWS call.
+    async fn made_copy(&self, rds: &Rds, job: &Job, caller: &Caller) -> Result<Option<ClusterSnapshot>, Error> {
+        let j = &job.new;
+        let decided = self
+            .made
+            .try_get_with_by_ref(&j.id, async {
+                let _turn = self.jobs.share.spend(caller, &j.region).await?;
+                let snapshot = match rds.describe_cluster_snapshot(&j.region, &j.target).await {
+                    Ok(snapshot) => snapshot,
+                    Err(error) if error.kind == AwsErrorKind::NotFound => None,
+                    Err(error) => return Err(error.into()),
+                };
+                // The identifier in another account than the job's is not its copy.
+                Ok::<_, Error>(snapshot.filter(|s| job.snapshot_arn.as_ref().is_none_or(|arn| *arn == s.arn)))
+            })
+            .await
+            .map_err(Arc::unwrap_or_clone);
+        // Shared while it is being decided, not after: the next request asks AWS again.
+        self.made.invalidate(&j.id).await;
+        decided
+    }
+
+    /// Records that a job's snapshot is gone since the job ended AVAILABLE: the job is
+    /// history, ended DELETED, and its target is free for a new job.
+    async fn snapshot_gone(&self, job: &Job) -> Result<(), Error> {
+        if self.jobs.store.retire(job, JobState::Deleted, Some(SNAPSHOT_GONE), now_ms()).await.map_err(store_error)? {
+            crate::audit::job_event("deleted", job, job.aws_request_id.as_deref(), Some(SNAPSHOT_GONE));
+        }
+        Ok(())
     }
 
     /// Describes the source in its own region, as the destination account sees it. Requests
@@ -274,13 +339,34 @@ impl CopyWorkflow {
         match (snapshot, job) {
             (Ok(snapshot), Some(job)) => Ok(CopyView::of_snapshot(snapshot).with_job(&job)),
             (Ok(snapshot), None) => Ok(CopyView::of_snapshot(snapshot)),
-            // Gone from AWS since: the job remembers how it ended.
-            (Err(Error::NotFound { .. }), Some(job)) if job.state.is_terminal() => self.jobs.view(&job).await,
+            // Gone from AWS since: the job remembers how it ended, and a copy that was made
+            // and is gone now was deleted.
+            (Err(Error::NotFound { .. }), Some(job)) if job.state.is_terminal() => self.ended(job).await,
             (Err(Error::Aws(e)), Some(job)) if e.kind == AwsErrorKind::NotFound && job.state.is_terminal() => {
-                self.jobs.view(&job).await
+                self.ended(job).await
             }
             (Err(error), _) => Err(error),
         }
+    }
+
+    /// A finished job whose snapshot AWS no longer has, as the API shows it.
+    async fn ended(&self, job: Job) -> Result<CopyView, Error> {
+        let job = if job.state == JobState::Available {
+            let why = SNAPSHOT_GONE;
+            if self
+                .jobs
+                .store
+                .finish(&job.new.id, JobState::Available, JobState::Deleted, Some(why), now_ms())
+                .await
+                .map_err(store_error)?
+            {
+                crate::audit::job_event("deleted", &job, job.aws_request_id.as_deref(), Some(why));
+            }
+            Job { state: JobState::Deleted, failure: Some(why.to_owned()), ..job }
+        } else {
+            job
+        };
+        self.jobs.view(&job).await
     }
 
     /// A describe of the copy for `caller`, never a cached observation.

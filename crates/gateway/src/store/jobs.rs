@@ -167,7 +167,8 @@ pub(crate) enum Admitted {
 
 impl Store {
     /// Records a queued job, unless one for the same target is there: then that one. A job
-    /// whose copy failed or was cancelled or deleted gives way to the new one.
+    /// whose copy failed or was cancelled or deleted gives way to the new one, and stays as
+    /// history (`retire`).
     pub(crate) async fn admit(&self, job: &NewJob) -> Result<Admitted, StoreError> {
         let key = job.key();
         for _ in 0..3 {
@@ -175,12 +176,7 @@ impl Store {
                 if !matches!(existing.state, JobState::Failed | JobState::Cancelled | JobState::Deleted) {
                     return Ok(Admitted::Existing(existing));
                 }
-                sqlx::query("DELETE FROM copy_jobs WHERE id = $1 AND state = $2")
-                    .bind(&existing.new.id)
-                    .bind(existing.state.as_str())
-                    .execute(&self.pool)
-                    .await?;
-                self.changed();
+                self.retire(&existing, existing.state, None, job.created_ms).await?;
             }
             let inserted = sqlx::query(
                 "INSERT INTO copy_jobs (id, job_key, caller, source_ref, source_arn, source_region, engine, \
@@ -215,7 +211,7 @@ impl Store {
                 return Ok(Admitted::New(self.get(&job.id).await?.ok_or(sqlx::Error::RowNotFound)?));
             }
         }
-        // Three rounds of someone else's insert and delete: theirs stands.
+        // Three rounds of someone else's insert and retirement: theirs stands.
         Ok(Admitted::Existing(self.by_key(&key).await?.ok_or(sqlx::Error::RowNotFound)?))
     }
 
@@ -354,7 +350,8 @@ impl Store {
         Ok(claimed)
     }
 
-    /// AWS started the copy (or it was started already by this job): the job is copying.
+    /// AWS started the copy (or it was started already by this job): the job is copying. A
+    /// queued job is started at once when it takes the place of one whose snapshot is gone.
     pub(crate) async fn mark_copying(
         &self,
         id: &str,
@@ -364,7 +361,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE copy_jobs SET state = 'copying', snapshot_arn = $1, aws_request_id = $2, started_ms = $3, \
-             lease_owner = NULL, lease_until_ms = NULL WHERE id = $4 AND state = 'starting'",
+             lease_owner = NULL, lease_until_ms = NULL WHERE id = $4 AND state IN ('queued', 'starting')",
         )
         .bind(snapshot_arn)
         .bind(aws_request_id)
@@ -416,27 +413,32 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Replaces a job whose snapshot is gone with a new one AWS is already copying.
-    pub(crate) async fn supersede(
+    /// Makes a job that ended history: it no longer holds its target (a new job may make the
+    /// copy again) and it ends `state` (`Deleted` for a copy that was made and whose snapshot
+    /// is gone since). Only the job as `job` saw it is retired: of concurrent retirements (other
+    /// requests, other replicas) one wins; returns whether this one did.
+    pub(crate) async fn retire(
         &self,
-        old_id: &str,
-        new: &NewJob,
-        snapshot_arn: &str,
-        aws_request_id: Option<&str>,
+        job: &Job,
+        state: JobState,
+        failure: Option<&str>,
         now: i64,
-    ) -> Result<Job, StoreError> {
-        sqlx::query("DELETE FROM copy_jobs WHERE id = $1").bind(old_id).execute(&self.pool).await?;
-        let admitted = self.admit(new).await?;
-        let (Admitted::New(job) | Admitted::Existing(job)) = admitted;
-        sqlx::query("UPDATE copy_jobs SET state = 'copying', snapshot_arn = $1, aws_request_id = $2, started_ms = $3, attempts = 1 WHERE id = $4 AND state = 'queued'")
-            .bind(snapshot_arn)
-            .bind(aws_request_id)
-            .bind(now)
-            .bind(&job.new.id)
-            .execute(&self.pool)
-            .await?;
+    ) -> Result<bool, StoreError> {
+        // A target identifier has no '#', so a retired key never meets a current one.
+        let done = sqlx::query(
+            "UPDATE copy_jobs SET job_key = job_key || '#' || id, state = $1, failure = COALESCE($2, failure), \
+             finished_ms = COALESCE(finished_ms, $3) WHERE id = $4 AND state = $5 AND job_key = $6",
+        )
+        .bind(state.as_str())
+        .bind(failure)
+        .bind(now)
+        .bind(&job.new.id)
+        .bind(job.state.as_str())
+        .bind(job.new.key())
+        .execute(&self.pool)
+        .await?;
         self.changed();
-        Ok(self.get(&job.new.id).await?.unwrap_or(job))
+        Ok(done.rows_affected() == 1)
     }
 
     /// Forgets a job (its request failed as a whole, before anything was admitted).

@@ -341,7 +341,10 @@ impl WatchHub {
             }
             (entry.slot.subscribe(), entry.slot.borrow().is_some(), alone, entry.watchers == 1)
         };
-        if active && !fresh && (eager || alone) {
+        // The first active subscription wakes an idle poller even when the snapshot's
+        // observation is fresh (a lingering read's, or a copy's start just recorded): asleep
+        // with no timer, the poller would not poll it again.
+        if active && (alone || (eager && !fresh)) {
             poller.wake.notify_one();
         }
         Subscription { poller, id, rx, added, active }
@@ -354,6 +357,21 @@ impl WatchHub {
         let entries = poller.lock();
         let observation = entries.get(&id.to_ascii_lowercase())?.slot.borrow().clone()?;
         observation.present_within(read_freshness(&self.settings)).map(|snapshot| ClusterSnapshot::clone(snapshot))
+    }
+
+    /// Tells the watchers of a snapshot that AWS started copying it: an observation of an
+    /// earlier snapshot of the same name (gone, or cancelled) is not this copy's.
+    pub(crate) fn record_started(&self, snapshot: &ClusterSnapshot) {
+        let id = snapshot.id.to_ascii_lowercase();
+        let poller = self.poller(&snapshot.account, &snapshot.region);
+        poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if let Some(entry) = poller.lock().get(&id) {
+            entry.slot.send_replace(Some(Arc::new(Observation::Present {
+                snapshot: Arc::new(snapshot.clone()),
+                observed: SystemTime::now(),
+                at: Instant::now(),
+            })));
+        }
     }
 
     /// Tells the watchers of a snapshot that snapgate cancelled its copy.
@@ -431,17 +449,25 @@ impl WatchHub {
 
     /// Waits until a poll sees snapshot `id` of `account` in `region` in a final state (or
     /// gone), and returns that observation; `None` at shutdown. Failing polls are waited out.
-    pub(crate) async fn final_observation(&self, account: &str, region: &str, id: &str) -> Option<Arc<Observation>> {
+    /// The subscription comes with it: held while the caller records the end, it keeps the
+    /// observation readable (`fresh`) until the record says the same.
+    pub(crate) async fn final_observation(
+        &self,
+        account: &str,
+        region: &str,
+        id: &str,
+    ) -> Option<(Arc<Observation>, Subscription)> {
         let mut subscription = self.subscribe_with(account, region, id, false);
         let is_terminal = |o: &Option<Arc<Observation>>| match o.as_deref() {
             Some(Observation::Present { snapshot, .. }) => snapshot.state().is_terminal(),
             Some(Observation::Gone { .. }) => true,
             _ => false,
         };
-        tokio::select! {
+        let seen = tokio::select! {
             () = self.shutdown.cancelled() => None,
             seen = subscription.rx.wait_for(is_terminal) => seen.ok().and_then(|o| o.clone()),
-        }
+        };
+        seen.map(|o| (o, subscription))
     }
 
     /// Opens a watch of `target`. The first observation decides: a copy that is not there is
@@ -541,6 +567,34 @@ mod tests {
             }
         };
         tokio::time::timeout(Duration::from_secs(10), wait).await.expect("the poller polls");
+    }
+
+    #[tokio::test]
+    async fn a_copy_started_again_under_a_deleted_snapshots_name_is_not_ended_by_an_older_round() {
+        let hub = hub().await;
+        let subscription = hub.subscribe("", "us-east-1", "rc-a");
+        let gone = || Observation::Gone { last: None, cancelled: false, observed: SystemTime::now() };
+        let state = |s: &Subscription| s.rx.borrow().as_deref().and_then(observed_state).map(|(state, _)| state);
+        // The first snapshot of that name was deleted: a round saw it gone.
+        let before = Instant::now();
+        assert!(poller::publish(&subscription.poller, "rc-a", gone(), before));
+        assert_eq!(state(&subscription), Some(CopyState::Deleted));
+        // A new copy of that name starts while a round asked before it is under way.
+        let asked = Instant::now();
+        let copying = ClusterSnapshot {
+            id: "rc-a".into(),
+            region: "us-east-1".into(),
+            status: "copying".into(),
+            ..ClusterSnapshot::default()
+        };
+        hub.record_started(&copying);
+        assert_eq!(state(&subscription), Some(CopyState::Copying));
+        // That round's answer is of the deleted snapshot: it does not end the new copy.
+        assert!(!poller::publish(&subscription.poller, "rc-a", gone(), asked));
+        assert_eq!(state(&subscription), Some(CopyState::Copying));
+        // A round asked after the start does, should the copy be deleted.
+        assert!(poller::publish(&subscription.poller, "rc-a", gone(), Instant::now()));
+        assert_eq!(state(&subscription), Some(CopyState::Deleted));
     }
 
     #[tokio::test]

@@ -122,6 +122,7 @@ fn jitter(interval: Duration) -> Duration {
 
 /// One round: returns whether anything changed.
 async fn poll(poller: &Poller, rds: &Rds, ids: &[String]) -> Result<bool, crate::aws::AwsError> {
+    let asked = Instant::now();
     let found = rds.describe_cluster_snapshots_by_ids(&poller.region, ids).await?;
     let now = SystemTime::now();
     let at = Instant::now();
@@ -147,18 +148,23 @@ async fn poll(poller: &Poller, rds: &Rds, ids: &[String]) -> Result<bool, crate:
                 }
             }
         };
-        changed |= publish(poller, id, observation);
+        changed |= publish(poller, id, observation, asked);
     }
     Ok(changed)
 }
 
-/// Publishes an observation if it differs in state or progress from the last one (or refreshes
-/// the timestamp silently). Returns whether watchers were told.
-fn publish(poller: &Poller, id: &str, observation: Observation) -> bool {
+/// Publishes an observation of a round that asked AWS at `asked` if it differs in state or
+/// progress from the last one (or refreshes the timestamp silently). An observation newer than
+/// the round's question stands (a copy started while the round was under way: what the round
+/// saw is of the snapshot deleted before it). Returns whether watchers were told.
+pub(super) fn publish(poller: &Poller, id: &str, observation: Observation, asked: Instant) -> bool {
     let entries = poller.lock();
     let Some(entry) = entries.get(id) else { return false };
     let mut told = false;
     entry.slot.send_if_modified(|current| {
+        if matches!(current.as_deref(), Some(Observation::Present { at, .. }) if *at > asked) {
+            return false;
+        }
         let differs = match current.as_deref() {
             None => true,
             Some(Observation::Gone { .. }) => false,
