@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import SNAPGATE, admin, serve_config, start_dev, start_emulator, start_serve
+from conftest import SNAPGATE, admin, rds, serve_config, start_dev, start_emulator, start_serve
 
 TOKEN = "snapgate-dev-token"
 
@@ -45,6 +45,28 @@ def test_copy_wait_ends_available_with_exit_0(dev):
     assert out.stdout.strip() == "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:cli-avail available"
     # Not a terminal: one plain line per change on stderr.
     assert "cli-avail: available 100%" in out.stderr
+
+
+def test_a_copy_deleted_outside_snapgate_and_asked_for_again_is_made_again(dev):
+    """The nightly job that reuses a target name: copy, the copy is deleted (console, clean-up
+    script, AWS Backup), the same command again makes it again."""
+    def copy_calls():
+        return admin(dev.emulator, "/_emulator/calls")["calls"].get("CopyDBClusterSnapshot", 0)
+
+    before = copy_calls()
+    first = cli(dev, "copy", "billing-pg-daily", "cli-again", "--wait")
+    assert first.returncode == 0, first.stderr
+    rds(dev.emulator).delete_db_cluster_snapshot(DBClusterSnapshotIdentifier="cli-again")
+    again = cli(dev, "copy", "billing-pg-daily", "cli-again", "--wait")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:cli-again available"
+    assert copy_calls() - before == 2
+    made = rds(dev.emulator).describe_db_cluster_snapshots(DBClusterSnapshotIdentifier="cli-again")
+    assert made["DBClusterSnapshots"][0]["Status"] == "available"
+    # The same command once more: the copy exists, so it is the same copy and no copy call.
+    same = cli(dev, "copy", "billing-pg-daily", "cli-again", "--wait")
+    assert same.returncode == 0, same.stderr
+    assert copy_calls() - before == 2
 
 
 def test_the_address_may_be_host_and_port_as_grpcurl_takes_it(dev):
