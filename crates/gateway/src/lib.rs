@@ -27,6 +27,7 @@ mod edge;
 mod error;
 mod http;
 mod metrics;
+mod plan;
 mod reload;
 mod share;
 mod stack;
