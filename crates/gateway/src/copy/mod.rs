@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 pub(crate) use dispatch::Dispatcher;
 use dispatch::{SNAPSHOT_GONE, Started, now_ms, store_error};
-pub(crate) use validate::{CopyRequest, ListRequest};
-use validate::{Served, ValidCopy, list_filter, page_token, parse_copy_name, validate};
+pub(crate) use validate::{CopyRequest, ListRequest, Served};
+use validate::{ValidCopy, list_filter, page_token, parse_copy_name, validate};
 
 use crate::auth::Caller;
 use crate::auth::policy::CopyContext;

@@ -40,7 +40,7 @@ pub(crate) struct Served<'a>(pub &'a [String]);
 
 impl Served<'_> {
     /// The rule a region breaks, if any.
-    fn check(&self, region: &str) -> Option<String> {
+    pub(crate) fn check(&self, region: &str) -> Option<String> {
         if !is_region_name(region) {
             Some("must be a region name such as us-east-1".to_owned())
         } else if !self.0.iter().any(|r| r == region) {
