@@ -7,6 +7,7 @@
 //! start.
 
 mod jobs;
+mod plans;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -18,11 +19,16 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 
 pub(crate) use jobs::{Admitted, Job, JobFilter, JobState, NewJob};
+#[allow(unused_imports)] // The plan API and scheduler of issue #29 use them next.
+pub(crate) use plans::{NewRun, PlanCopyRecord, PlanRecord, Run, RunItem};
 
 use crate::config::StoreSettings;
 
 /// The migrations, in order; their text is in the repository and in the binary.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "copy jobs", include_str!("../../migrations/0001_copy_jobs.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "copy jobs", include_str!("../../migrations/0001_copy_jobs.sql")),
+    (2, "plans", include_str!("../../migrations/0002_plans.sql")),
+];
 
 #[derive(Debug)]
 struct Embedded;
