@@ -135,6 +135,59 @@ async fn describe_filters_by_several_values_and_pages_with_markers() {
     assert_eq!(fault(err), ("DBClusterSnapshotNotFoundFault".into(), 404));
 }
 
+/// What a DR plan selects by: DescribeDBClusters with its tags (TagList), filters by id, ARN
+/// and engine, pages of at least 20, and the cluster faults.
+#[tokio::test]
+async fn clusters_are_described_with_their_tags_filtered_and_paged() {
+    let emu = emulator_with(quiet_config()).await;
+    let rds = rds_client(&emu.endpoint_url(), "us-east-1", "AKIDTEST");
+    let before = rds.describe_db_clusters().send().await.unwrap().db_clusters().len();
+    for i in 0..24 {
+        seed_cluster(&rds, &format!("prod-pg-{i:02}"), "aurora-postgresql", 10, false).await;
+    }
+    seed_cluster(&rds, "graph", "neptune", 10, false).await;
+    let arn = format!("arn:aws:rds:us-east-1:{ACCOUNT}:cluster:prod-pg-03");
+    let env = Tag::builder().key("env").value("prod").build();
+    rds.add_tags_to_resource().resource_name(&arn).tags(env).send().await.unwrap();
+
+    let mut ids = vec![];
+    let mut marker = None;
+    let mut pages = 0;
+    loop {
+        let out = rds.describe_db_clusters().max_records(20).set_marker(marker.clone()).send().await.unwrap();
+        pages += 1;
+        ids.extend(out.db_clusters().iter().map(|c| c.db_cluster_identifier().unwrap().to_owned()));
+        marker = out.marker().map(str::to_owned);
+        if marker.is_none() {
+            break;
+        }
+    }
+    assert_eq!(ids.len(), before + 25, "{ids:?}");
+    assert_eq!(pages, (before + 25).div_ceil(20));
+
+    let one = rds.describe_db_clusters().db_cluster_identifier(&arn).send().await.unwrap();
+    let [cluster] = one.db_clusters() else { panic!("one cluster: {one:?}") };
+    assert_eq!(cluster.db_cluster_arn(), Some(arn.as_str()));
+    let tags: Vec<_> = cluster.tag_list().iter().map(|t| (t.key().unwrap(), t.value().unwrap())).collect();
+    assert_eq!(tags, [("env", "prod")]);
+
+    let neptune = Filter::builder().name("engine").values("neptune").build();
+    let out = rds.describe_db_clusters().filters(neptune).send().await.unwrap();
+    let engines: Vec<_> = out.db_clusters().iter().map(|c| c.engine().unwrap()).collect();
+    assert!(!engines.is_empty() && engines.iter().all(|e| *e == "neptune"), "{engines:?}");
+    let by_id = Filter::builder().name("db-cluster-id").values("prod-pg-01").values(&arn).values("nope").build();
+    let out = rds.describe_db_clusters().filters(by_id).send().await.unwrap();
+    assert_eq!(out.db_clusters().len(), 2);
+
+    let err = rds.describe_db_clusters().db_cluster_identifier("missing").send().await.unwrap_err();
+    assert_eq!(fault(err), ("DBClusterNotFoundFault".into(), 404));
+    let err = rds.describe_db_clusters().max_records(101).send().await.unwrap_err();
+    assert_eq!(fault(err), ("InvalidParameterValue".into(), 400));
+    let bogus = Filter::builder().name("snapshot-type").values("manual").build();
+    let err = rds.describe_db_clusters().filters(bogus).send().await.unwrap_err();
+    assert_eq!(fault(err).0, "InvalidParameterValue");
+}
+
 #[tokio::test]
 async fn every_documented_copy_fault_comes_back_with_its_code_and_status() {
     let emu = emulator_with(EmulatorConfig { snapshot_quota: 5, copy_gib_per_sec: 0.001, ..quiet_config() }).await;

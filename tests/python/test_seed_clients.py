@@ -233,6 +233,32 @@ def raw_members(emulator, snapshot, region="us-east-1"):
 
 
 @pytest.mark.parametrize("service", ENGINES)
+def test_clusters_as_plans_select_them_are_in_the_service_models(emulator, service):
+    """DescribeDBClusters with tags and filters, as a DR plan's selection reads it."""
+    session = botocore.session.get_session()
+    rds_members = set(session.get_service_model("rds").shape_for("DBCluster").members)
+    engine, _ = ENGINES[service]
+    c = client(emulator, service)
+    name = f"{service}-plan-shape"
+    c.create_db_cluster(DBClusterIdentifier=name, Engine=engine, MasterUsername="admin", MasterUserPassword="password123", Tags=[{"Key": "env", "Value": "prod"}])
+    captured = {}
+    c.meta.events.register(f"after-call.{service}.DescribeDBClusters", lambda http_response, **_: captured.update(xml=http_response.text))
+    [cluster] = c.describe_db_clusters(DBClusterIdentifier=name)["DBClusters"]
+    element = re.search(r"<DBCluster>(.*)</DBCluster>", captured["xml"], re.S).group(1)
+    written = set(re.findall(r"<([A-Za-z]+)>", re.sub(r"<(AvailabilityZones|TagList)>.*?</\1>", r"<\1>", element, flags=re.S)))
+    assert written <= rds_members, written - rds_members
+    assert cluster["Engine"] == engine and cluster["DBClusterIdentifier"] == name
+    if "TagList" in set(session.get_service_model(service).shape_for("DBCluster").members):
+        assert cluster["TagList"] == [{"Key": "env", "Value": "prod"}]
+    # Selection by engine through the engine's own client.
+    found = c.describe_db_clusters(Filters=[{"Name": "engine", "Values": [engine]}])["DBClusters"]
+    assert name in [x["DBClusterIdentifier"] for x in found]
+    assert all(x["Engine"] == engine for x in found)
+    tags = c.list_tags_for_resource(ResourceName=cluster["DBClusterArn"])["TagList"]
+    assert tags == [{"Key": "env", "Value": "prod"}]
+
+
+@pytest.mark.parametrize("service", ENGINES)
 def test_snapshots_have_every_member_of_the_service_models(emulator, service):
     session = botocore.session.get_session()
     rds_members = set(session.get_service_model("rds").shape_for("DBClusterSnapshot").members)

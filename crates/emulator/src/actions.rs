@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use crate::model::{Cluster, CopyJob, Key, Snapshot, World};
 use crate::query::{AwsError, Params};
 use crate::xml;
+use aws_smithy_xml::encode::ScopeWriter;
 use snapgate_domain::rules::{self, SnapshotRef};
 use snapgate_domain::source::{self, SourceRule};
 use snapgate_domain::{AccountId, Arn, Engine, EngineFamily};
@@ -40,6 +41,7 @@ pub(crate) const ACTIONS: &[&str] = &[
     "CreateDBClusterSnapshot",
     "DeleteDBClusterSnapshot",
     "DescribeDBClusterSnapshots",
+    "DescribeDBClusters",
     "ListTagsForResource",
     "ModifyDBClusterSnapshotAttribute",
 ];
@@ -51,6 +53,7 @@ pub(crate) fn dispatch(world: &mut World, ctx: &Ctx<'_>, action: &str, mut param
         "DescribeDBClusterSnapshots" => describe_db_cluster_snapshots(world, ctx, &mut params),
         "DeleteDBClusterSnapshot" => delete_db_cluster_snapshot(world, ctx, &mut params),
         "CreateDBCluster" => create_db_cluster(world, ctx, &mut params),
+        "DescribeDBClusters" => describe_db_clusters(world, ctx, &mut params),
         "CreateDBClusterSnapshot" => create_db_cluster_snapshot(world, ctx, &mut params),
         "AddTagsToResource" => add_tags_to_resource(world, ctx, &mut params),
         "ListTagsForResource" => list_tags_for_resource(world, ctx, &mut params),
@@ -268,7 +271,7 @@ fn describe_db_cluster_snapshots(world: &mut World, ctx: &Ctx<'_>, p: &mut Param
     {
         return Err(AwsError::invalid_value(format!("Invalid snapshot type: {t}")));
     }
-    let filters = parse_filters(p)?;
+    let filters = parse_filters(p, SNAPSHOT_FILTERS)?;
 
     let mut selected: Vec<&Snapshot> = Vec::new();
     if let Some(id) = &id {
@@ -312,29 +315,8 @@ fn describe_db_cluster_snapshots(world: &mut World, ctx: &Ctx<'_>, p: &mut Param
                 None => values.iter().any(|v| filter_matches(s, name, v)),
             })
     });
-    let start = match &marker {
-        None => 0,
-        Some(m) => {
-            let after = decode_marker(m)?;
-            selected.partition_point(|s| s.key <= after)
-        }
-    };
-    let page: Vec<&Snapshot> = selected.iter().skip(start).take(max_records as usize).copied().collect();
-    let next_marker = (start + page.len() < selected.len()).then(|| encode_marker(&page[page.len() - 1].key));
-    Ok(xml::response(
-        "DescribeDBClusterSnapshots",
-        ctx.request_id,
-        Some(&|w| {
-            let mut list = w.start_el("DBClusterSnapshots").finish();
-            for s in &page {
-                xml::snapshot(&mut list, s);
-            }
-            list.finish();
-            if let Some(m) = &next_marker {
-                xml::leaf(w, "Marker", m);
-            }
-        }),
-    ))
+    let listing = Listing { action: "DescribeDBClusterSnapshots", list: "DBClusterSnapshots", write: xml::snapshot };
+    listing.page(ctx, &selected, marker.as_deref(), max_records, |s| &s.key)
 }
 
 fn matches_cluster(s: &Snapshot, cluster: &str) -> bool {
@@ -362,11 +344,17 @@ fn filter_matches(s: &Snapshot, name: &str, value: &str) -> bool {
     }
 }
 
-fn parse_filters(p: &mut Params) -> Result<Vec<(String, Vec<String>)>, AwsError> {
+/// The filters DescribeDBClusterSnapshots takes.
+const SNAPSHOT_FILTERS: &[&str] = &["db-cluster-id", "db-cluster-snapshot-id", "snapshot-type", "engine"];
+/// The filters of DescribeDBClusters the emulator models (AWS also has clone-group-id and
+/// domain, which describe nothing the emulator has: refused rather than matched wrongly).
+const CLUSTER_FILTERS: &[&str] = &["db-cluster-id", "db-cluster-resource-id", "engine"];
+
+fn parse_filters(p: &mut Params, names: &[&str]) -> Result<Vec<(String, Vec<String>)>, AwsError> {
     let mut out = Vec::new();
     for mut filter in p.take_struct_list("Filters.Filter")? {
         let name = filter.remove("Name").ok_or_else(|| AwsError::missing("Filters.Filter.N.Name"))?;
-        if !["db-cluster-id", "db-cluster-snapshot-id", "snapshot-type", "engine"].contains(&name.as_str()) {
+        if !names.contains(&name.as_str()) {
             return Err(AwsError::invalid_value(format!("Unrecognized filter name: {name}")));
         }
         let mut values = Vec::new();
@@ -385,6 +373,64 @@ fn parse_filters(p: &mut Params) -> Result<Vec<(String, Vec<String>)>, AwsError>
         out.push((name, values));
     }
     Ok(out)
+}
+
+/// A describe's answer: a list element of items, in pages with markers.
+struct Listing<T> {
+    action: &'static str,
+    list: &'static str,
+    write: fn(&mut ScopeWriter<'_, '_>, &T),
+}
+
+impl<T> Listing<T> {
+    /// The page of `selected` (in key order) after `marker`, and the marker of the next.
+    fn page(
+        &self,
+        ctx: &Ctx<'_>,
+        selected: &[&T],
+        marker: Option<&str>,
+        max_records: i64,
+        key: impl Fn(&T) -> &Key,
+    ) -> Result<String, AwsError> {
+        let (page, next_marker) = page_after(selected, marker, max_records, key)?;
+        Ok(xml::response(
+            self.action,
+            ctx.request_id,
+            Some(&|w| {
+                let mut list = w.start_el(self.list).finish();
+                for item in &page {
+                    (self.write)(&mut list, item);
+                }
+                list.finish();
+                if let Some(m) = &next_marker {
+                    xml::leaf(w, "Marker", m);
+                }
+            }),
+        ))
+    }
+}
+
+/// One page of `selected` (in key order) after `marker`, and the marker of the next page.
+fn page_after<'a, T>(
+    selected: &[&'a T],
+    marker: Option<&str>,
+    max_records: i64,
+    key: impl Fn(&T) -> &Key,
+) -> Result<(Vec<&'a T>, Option<String>), AwsError> {
+    let start = match marker {
+        None => 0,
+        Some(m) => {
+            let after = decode_marker(m)?;
+            selected.partition_point(|item| *key(item) <= after)
+        }
+    };
+    let page: Vec<&T> =
+        selected.iter().skip(start).take(usize::try_from(max_records).unwrap_or(100)).copied().collect();
+    let next = match page.last() {
+        Some(last) if start + page.len() < selected.len() => Some(encode_marker(key(last))),
+        _ => None,
+    };
+    Ok((page, next))
 }
 
 fn encode_marker(key: &Key) -> String {
@@ -524,6 +570,45 @@ fn create_db_cluster(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result
     world.snapshots.insert(automated.key.clone(), automated);
     world.clusters.insert(key, cluster.clone());
     Ok(xml::response("CreateDBCluster", ctx.request_id, Some(&|w| xml::cluster(w, &cluster))))
+}
+
+fn describe_db_clusters(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result<String, AwsError> {
+    let id = p.take("DBClusterIdentifier").filter(|v| !v.is_empty());
+    let max_records = p.take_int("MaxRecords")?.unwrap_or(100);
+    let marker = p.take("Marker").filter(|v| !v.is_empty());
+    // Clusters are never shared across accounts here; the flag changes nothing.
+    p.take_bool("IncludeShared")?;
+    if !(20..=100).contains(&max_records) {
+        return Err(AwsError::invalid_value(format!(
+            "Invalid value {max_records} for MaxRecords. Must be between 20 and 100"
+        )));
+    }
+    let filters = parse_filters(p, CLUSTER_FILTERS)?;
+    let own = |c: &&Cluster| c.key.account == ctx.account && c.key.region == ctx.region;
+    let mut selected: Vec<&Cluster> = world.clusters.values().filter(own).collect();
+    if let Some(id) = &id {
+        selected.retain(|c| cluster_is(c, id));
+        if selected.is_empty() {
+            return Err(AwsError::not_found("DBClusterNotFoundFault", format!("DBCluster {id} not found.")));
+        }
+    }
+    selected.retain(|c| {
+        filters.iter().all(|(name, values)| {
+            values.iter().any(|v| match name.as_str() {
+                "db-cluster-id" => cluster_is(c, v),
+                "db-cluster-resource-id" => c.resource_id == *v,
+                "engine" => Engine::parse(v) == c.engine,
+                _ => false,
+            })
+        })
+    });
+    let listing = Listing { action: "DescribeDBClusters", list: "DBClusters", write: xml::cluster };
+    listing.page(ctx, &selected, marker.as_deref(), max_records, |c| &c.key)
+}
+
+/// Whether `reference` (an identifier or the cluster's ARN) names `c`.
+fn cluster_is(c: &Cluster, reference: &str) -> bool {
+    if reference.starts_with("arn:") { reference == c.arn() } else { reference.eq_ignore_ascii_case(&c.key.id) }
 }
 
 fn create_db_cluster_snapshot(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result<String, AwsError> {

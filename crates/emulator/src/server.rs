@@ -287,6 +287,7 @@ mod properties {
     const ACTIONS: &[&str] = &[
         "CopyDBClusterSnapshot",
         "DescribeDBClusterSnapshots",
+        "DescribeDBClusters",
         "DeleteDBClusterSnapshot",
         "CreateDBCluster",
         "CreateDBClusterSnapshot",
