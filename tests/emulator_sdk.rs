@@ -188,6 +188,43 @@ async fn clusters_are_described_with_their_tags_filtered_and_paged() {
     assert_eq!(fault(err).0, "InvalidParameterValue");
 }
 
+/// Automated snapshots come in each cluster's backup window (here every second, not daily),
+/// as the newest source a DR plan's next run takes; off by default.
+#[tokio::test]
+async fn clusters_take_automated_snapshots_in_their_backup_window() {
+    let emu = emulator_with(EmulatorConfig { backup_interval_secs: Some(1), ..quiet_config() }).await;
+    let rds = rds_client(&emu.endpoint_url(), "us-east-1", "AKIDTEST");
+    seed_cluster(&rds, "nightly", "aurora-postgresql", 10, false).await;
+    // The same cluster in an emulator as configured by default, created at the same time.
+    let quiet = emulator_with(quiet_config()).await;
+    let quiet_rds = rds_client(&quiet.endpoint_url(), "us-east-1", "AKIDTEST");
+    seed_cluster(&quiet_rds, "nightly", "aurora-postgresql", 10, false).await;
+    let automated = || async {
+        let out = rds
+            .describe_db_cluster_snapshots()
+            .db_cluster_identifier("nightly")
+            .snapshot_type("automated")
+            .send()
+            .await
+            .unwrap();
+        out.db_cluster_snapshots().to_vec()
+    };
+    assert!(eventually(Duration::from_secs(10), || async { automated().await.len() >= 3 }).await, "three windows pass");
+    let snapshots = automated().await;
+    let mut times: Vec<_> = snapshots.iter().map(|s| s.snapshot_create_time().unwrap().secs()).collect();
+    times.sort();
+    times.dedup();
+    assert_eq!(times.len(), snapshots.len(), "one snapshot a window: {snapshots:#?}");
+    for s in &snapshots {
+        assert!(s.db_cluster_snapshot_identifier().unwrap().starts_with("rds:nightly-"), "{s:?}");
+        assert_eq!(s.status(), Some("available"));
+    }
+
+    // Off by default: the same windows passed, and the cluster has its first snapshot only.
+    let first = quiet_rds.describe_db_cluster_snapshots().db_cluster_identifier("nightly").send().await.unwrap();
+    assert_eq!(first.db_cluster_snapshots().len(), 1);
+}
+
 #[tokio::test]
 async fn every_documented_copy_fault_comes_back_with_its_code_and_status() {
     let emu = emulator_with(EmulatorConfig { snapshot_quota: 5, copy_gib_per_sec: 0.001, ..quiet_config() }).await;

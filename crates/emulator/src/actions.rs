@@ -22,6 +22,8 @@ pub(crate) struct Ctx<'a> {
     pub copy_gib_per_sec: f64,
     pub snapshot_quota: usize,
     pub cross_region_copy_limit: usize,
+    /// How often clusters take automated snapshots (`None`: never after their first).
+    pub backup_interval: Option<std::time::Duration>,
     pub fail_at_percent: &'a dyn Fn(&str) -> Option<i32>,
     pub presigned: &'a dyn Fn(&str, &PresignedExpectation) -> Result<(), String>,
 }
@@ -48,6 +50,9 @@ pub(crate) const ACTIONS: &[&str] = &[
 
 pub(crate) fn dispatch(world: &mut World, ctx: &Ctx<'_>, action: &str, mut params: Params) -> Result<String, AwsError> {
     world.advance(ctx.now);
+    if let Some(every) = ctx.backup_interval {
+        take_backups(world, every, SystemTime::now());
+    }
     let body = match action {
         "CopyDBClusterSnapshot" => copy_db_cluster_snapshot(world, ctx, &mut params),
         "DescribeDBClusterSnapshots" => describe_db_cluster_snapshots(world, ctx, &mut params),
@@ -562,11 +567,8 @@ fn create_db_cluster(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result
         tags,
     };
     // RDS takes an automated snapshot of a new cluster; moto models that too.
-    let stamp = aws_smithy_types::DateTime::from(cluster.create_time)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_default();
-    let automated_id = format!("rds:{}-{}-{}", cluster.key.id, &stamp[..10], stamp[11..16].replace(':', "-"));
-    let automated = snapshot_of(&cluster, &automated_id, "automated", Vec::new());
+    let automated =
+        snapshot_of(&cluster, &automated_id(&cluster.key.id, cluster.create_time, false), "automated", Vec::new());
     world.snapshots.insert(automated.key.clone(), automated);
     world.clusters.insert(key, cluster.clone());
     Ok(xml::response("CreateDBCluster", ctx.request_id, Some(&|w| xml::cluster(w, &cluster))))
@@ -647,6 +649,50 @@ fn create_db_cluster_snapshot(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) 
 }
 
 /// A finished snapshot of a cluster (snapshot creation is instant in the emulator).
+/// Automated snapshots a pause catches up at most per cluster (RDS keeps up to 35 days' worth).
+const BACKUPS_CAUGHT_UP: u64 = 35;
+
+/// RDS's name for an automated snapshot: `rds:<cluster>-YYYY-MM-DD-HH-MM` (and `-SS` when the
+/// emulator takes them more often than once a minute).
+fn automated_id(cluster: &str, at: SystemTime, seconds: bool) -> String {
+    let stamp =
+        aws_smithy_types::DateTime::from(at).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default();
+    let minutes = stamp.get(11..16).unwrap_or("00:00").replace(':', "-");
+    let seconds = if seconds { format!("-{}", stamp.get(17..19).unwrap_or("00")) } else { String::new() };
+    format!("rds:{cluster}-{}-{minutes}{seconds}", stamp.get(..10).unwrap_or("1970-01-01"))
+}
+
+/// Takes the automated snapshots due by `now`: each available cluster one every `every` since
+/// its creation, as in RDS's daily backup window. A long pause catches up at most
+/// `BACKUPS_CAUGHT_UP` of them per cluster.
+fn take_backups(world: &mut World, every: std::time::Duration, now: SystemTime) {
+    let every_ns = every.as_nanos().max(1);
+    let mut taken = Vec::new();
+    for cluster in world.clusters.values().filter(|c| c.status == "available") {
+        let age = now.duration_since(cluster.create_time).unwrap_or_default();
+        let due = u64::try_from(age.as_nanos() / every_ns).unwrap_or(u64::MAX);
+        let last = world.backups_taken.get(&cluster.key).copied().unwrap_or(0);
+        if due <= last {
+            continue;
+        }
+        for window in (last + 1).max(due.saturating_sub(BACKUPS_CAUGHT_UP - 1))..=due {
+            let Some(at) =
+                u32::try_from(window).ok().and_then(|w| every.checked_mul(w)).map(|d| cluster.create_time + d)
+            else {
+                continue;
+            };
+            let id = automated_id(&cluster.key.id, at, every < std::time::Duration::from_secs(60));
+            let mut snapshot = snapshot_of(cluster, &id, "automated", Vec::new());
+            snapshot.create_time = at;
+            taken.push(snapshot);
+        }
+        world.backups_taken.insert(cluster.key.clone(), due);
+    }
+    for snapshot in taken {
+        world.snapshots.entry(snapshot.key.clone()).or_insert(snapshot);
+    }
+}
+
 pub(crate) fn snapshot_of(cluster: &Cluster, id: &str, snapshot_type: &str, tags: Vec<(String, String)>) -> Snapshot {
     Snapshot {
         key: Key::new(&cluster.key.account, &cluster.key.region, id),

@@ -52,6 +52,10 @@ pub struct EmulatorConfig {
     pub snapshot_quota: usize,
     /// Copies from other regions in progress at once into one region per account (AWS: 5).
     pub cross_region_copy_limit: usize,
+    /// Every available cluster takes an automated snapshot each this many seconds after its
+    /// creation, as RDS does once a day in its backup window (86400 is AWS's cadence; tests
+    /// take seconds). `None` (the default): only the one a new cluster takes.
+    pub backup_interval_secs: Option<u64>,
     /// Load the dev seed data (clusters and snapshots of every engine in two regions).
     pub seed: bool,
     /// Largest request body accepted, in bytes.
@@ -69,6 +73,7 @@ impl Default for EmulatorConfig {
             copy_gib_per_sec: 2.0,
             snapshot_quota: 100,
             cross_region_copy_limit: 5,
+            backup_interval_secs: None,
             seed: false,
             max_body_bytes: 1 << 20,
             faults: Faults::default(),
@@ -87,6 +92,9 @@ impl EmulatorConfig {
         }
         if !(self.copy_gib_per_sec > 0.0 && self.copy_gib_per_sec.is_finite()) {
             return Err("copy_gib_per_sec must be a positive number".into());
+        }
+        if self.backup_interval_secs == Some(0) {
+            return Err("backup_interval_secs must be at least 1 (or left out: no backups)".into());
         }
         if self.max_body_bytes < 1024 {
             return Err("max_body_bytes must be at least 1024".into());

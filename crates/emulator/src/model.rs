@@ -140,6 +140,9 @@ pub(crate) struct World {
     pub peak_cross_region_copies: BTreeMap<(String, String), usize>,
     /// Copies made (snapshots CopyDBClusterSnapshot created), per (account, region).
     pub copies_made: BTreeMap<(String, String), usize>,
+    /// The latest backup window each cluster took its automated snapshot in (a count of
+    /// `backup_interval_secs` since its creation).
+    pub backups_taken: BTreeMap<Key, u64>,
 }
 
 /// The alias of the AWS-managed RDS key, present in every account and region.

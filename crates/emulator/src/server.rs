@@ -151,6 +151,7 @@ async fn handle(emulator: &Emulator, request: Request, request_id: &str) -> Resu
             copy_gib_per_sec: emulator.config().copy_gib_per_sec,
             snapshot_quota: emulator.config().snapshot_quota,
             cross_region_copy_limit: emulator.config().cross_region_copy_limit,
+            backup_interval: emulator.config().backup_interval_secs.map(std::time::Duration::from_secs),
             fail_at_percent: &fail_at,
             presigned: &presigned,
         };
