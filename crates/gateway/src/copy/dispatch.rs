@@ -56,7 +56,7 @@ pub(crate) struct Dispatcher {
 }
 
 /// Why a job whose snapshot AWS no longer has ends DELETED.
-pub(crate) const SNAPSHOT_GONE: &str = "the snapshot was deleted after the copy was made";
+const SNAPSHOT_GONE: &str = "the snapshot was deleted after the copy was made";
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -276,6 +276,23 @@ impl Dispatcher {
         }
     }
 
+    /// Records that a job's snapshot is gone from AWS: the job ends DELETED, audited once
+    /// (whichever request or replica gets there first). With `free_target` the job also
+    /// becomes history and its target is free for a new job; without, it stays the target's
+    /// current job, shown DELETED, until a request for the target replaces it.
+    pub(crate) async fn record_gone(&self, job: &Job, free_target: bool) -> Result<(), Error> {
+        let (why, now) = (Some(SNAPSHOT_GONE), now_ms());
+        let recorded = if free_target {
+            self.store.retire(job, JobState::Deleted, why, now).await
+        } else {
+            self.store.finish(&job.new.id, job.state, JobState::Deleted, why, now).await
+        };
+        if recorded.map_err(store_error)? {
+            audit::job_event("deleted", job, job.aws_request_id.as_deref(), why);
+        }
+        Ok(())
+    }
+
     /// Starts `new` at once in place of `old`, a job from another source whose snapshot holds
     /// the target name, and lets AWS decide as it would without a job: while that snapshot
     /// exists the answer is AWS's `DBClusterSnapshotAlreadyExistsFault` (with its request id);
@@ -291,9 +308,7 @@ impl Dispatcher {
         };
         let (snapshot, request_id) = self.copy(&attempt).await?;
         let now = now_ms();
-        if self.store.retire(old, JobState::Deleted, Some(SNAPSHOT_GONE), now).await.map_err(store_error)? {
-            audit::job_event("deleted", old, old.aws_request_id.as_deref(), Some(SNAPSHOT_GONE));
-        }
+        self.record_gone(old, true).await?;
         let (Admitted::New(job) | Admitted::Existing(job)) = self.store.admit(new).await.map_err(store_error)?;
         if !self
             .store

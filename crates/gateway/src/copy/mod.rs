@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub(crate) use dispatch::Dispatcher;
-use dispatch::{SNAPSHOT_GONE, Started, now_ms, store_error};
-pub(crate) use validate::{CopyRequest, ListRequest, Served};
+use dispatch::{Started, now_ms, store_error};
+pub(crate) use validate::{CopyRequest, ListRequest, Served, check_kms_key, tag_violations};
 use validate::{ValidCopy, list_filter, page_token, parse_copy_name, validate};
 
 use crate::auth::Caller;
@@ -208,7 +208,7 @@ impl CopyWorkflow {
                     return Ok(CopyView::of_snapshot(snapshot).with_job(job));
                 }
                 None => {
-                    self.snapshot_gone(job).await?;
+                    self.jobs.record_gone(job, true).await?;
                     admitted = self.jobs.store.admit(&new).await.map_err(store_error)?;
                 }
             }
@@ -268,15 +268,6 @@ impl CopyWorkflow {
         // Shared while it is being decided, not after: the next request asks AWS again.
         self.made.invalidate(&j.id).await;
         decided
-    }
-
-    /// Records that a job's snapshot is gone since the job ended AVAILABLE: the job is
-    /// history, ended DELETED, and its target is free for a new job.
-    async fn snapshot_gone(&self, job: &Job) -> Result<(), Error> {
-        if self.jobs.store.retire(job, JobState::Deleted, Some(SNAPSHOT_GONE), now_ms()).await.map_err(store_error)? {
-            crate::audit::job_event("deleted", job, job.aws_request_id.as_deref(), Some(SNAPSHOT_GONE));
-        }
-        Ok(())
     }
 
     /// Describes the source in its own region, as the destination account sees it. Requests
@@ -351,21 +342,11 @@ impl CopyWorkflow {
 
     /// A finished job whose snapshot AWS no longer has, as the API shows it.
     async fn ended(&self, job: Job) -> Result<CopyView, Error> {
-        let job = if job.state == JobState::Available {
-            let why = SNAPSHOT_GONE;
-            if self
-                .jobs
-                .store
-                .finish(&job.new.id, JobState::Available, JobState::Deleted, Some(why), now_ms())
-                .await
-                .map_err(store_error)?
-            {
-                crate::audit::job_event("deleted", &job, job.aws_request_id.as_deref(), Some(why));
-            }
-            Job { state: JobState::Deleted, failure: Some(why.to_owned()), ..job }
-        } else {
-            job
-        };
+        if job.state != JobState::Available {
+            return self.jobs.view(&job).await;
+        }
+        self.jobs.record_gone(&job, false).await?;
+        let job = self.jobs.store.get(&job.new.id).await.map_err(store_error)?.unwrap_or(job);
         self.jobs.view(&job).await
     }
 

@@ -122,32 +122,16 @@ pub(super) fn validate(
     let kms_key = if req.kms_key_id.is_empty() {
         None
     } else {
-        match KmsKeyRef::parse(&req.kms_key_id) {
+        match check_kms_key(&req.kms_key_id, &destination_region) {
             Err(rule) => {
                 v.push(FieldViolation::new("kms_key_id", rule));
                 None
             }
-            Ok(key) => {
-                if let Some(region) = key.region()
-                    && region != destination_region
-                {
-                    v.push(FieldViolation::new(
-                        "kms_key_id",
-                        format!("a KMS key ARN must name the destination region {destination_region}, not {region}"),
-                    ));
-                }
-                Some((req.kms_key_id.clone(), key))
-            }
+            Ok(key) => Some((req.kms_key_id.clone(), key)),
         }
     };
     // The engine's own character set is checked once the source is known; here the widest.
-    for tv in rules::check_tags(&req.tags, EngineFamily::Rds) {
-        let field = match tv.index {
-            Some(i) => format!("tags[{i}].{}", tv.part),
-            None => "tags".to_owned(),
-        };
-        v.push(FieldViolation::new(field, tv.rule));
-    }
+    v.extend(tag_violations("tags", &req.tags));
     let destination_account = (!req.destination_account.is_empty()).then(|| req.destination_account.clone());
     if let Some(Err(rule)) = destination_account.as_deref().map(AccountId::parse) {
         v.push(FieldViolation::new("destination_account", rule));
@@ -165,6 +149,32 @@ pub(super) fn validate(
         }),
         _ => Err(v),
     }
+}
+
+/// A KMS key for a copy into `destination_region`: its form, and an ARN's region.
+pub(crate) fn check_kms_key(text: &str, destination_region: &str) -> Result<KmsKeyRef, String> {
+    let key = KmsKeyRef::parse(text)?;
+    match key.region() {
+        Some(region) if region != destination_region => {
+            Err(format!("a KMS key ARN must name the destination region {destination_region}, not {region}"))
+        }
+        _ => Ok(key),
+    }
+}
+
+/// The tag rules `tags` break (the widest character set, RDS's), as violations of the fields
+/// under `prefix` (`tags`, `plan[0].copy[1].tags`).
+pub(crate) fn tag_violations(prefix: &str, tags: &[(String, String)]) -> Vec<FieldViolation> {
+    rules::check_tags(tags, EngineFamily::Rds)
+        .into_iter()
+        .map(|tv| {
+            let field = match tv.index {
+                Some(i) => format!("{prefix}[{i}].{}", tv.part),
+                None => prefix.to_owned(),
+            };
+            FieldViolation::new(field, tv.rule)
+        })
+        .collect()
 }
 
 /// Reads a copy's name: a cluster-snapshot ARN, or a bare identifier in the default region.

@@ -61,10 +61,6 @@ pub(crate) fn parse_zone(text: &str) -> Result<Tz, String> {
 }
 
 impl Schedule {
-    pub(crate) fn new(cron: Cron, zone: Tz) -> Schedule {
-        Schedule { cron, zone }
-    }
-
     /// Parses a pattern and a zone; each error names its field.
     pub(crate) fn parse(pattern: &str, zone: &str) -> Result<Schedule, (&'static str, String)> {
         let cron = parse_cron(pattern).map_err(|e| ("schedule", e))?;

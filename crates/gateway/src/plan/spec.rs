@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde::Deserialize;
-use snapgate_domain::rules::{self, KmsKeyRef};
-use snapgate_domain::{AccountId, Engine, EngineFamily};
+use snapgate_domain::rules;
+use snapgate_domain::{AccountId, Engine};
 
 use super::schedule::Schedule;
-use crate::copy::Served;
+use crate::copy::{Served, check_kms_key, tag_violations};
 use crate::error::FieldViolation;
 
 /// The tag every copy a plan makes carries, with the plan's name: retention touches only copies
@@ -283,28 +283,16 @@ pub(crate) fn validate(
         }
         match action.kms_key_id.as_deref() {
             Some("") => bad(&format!("{here}.kms_key_id"), "must not be empty when given".to_owned()),
-            Some(text) => match KmsKeyRef::parse(text) {
-                Err(rule) => bad(&format!("{here}.kms_key_id"), rule),
-                Ok(key) => {
-                    if let Some(key_region) = key.region()
-                        && key_region != region
-                    {
-                        bad(
-                            &format!("{here}.kms_key_id"),
-                            format!("a KMS key ARN must name the destination region {region}, not {key_region}"),
-                        );
-                    }
+            Some(text) => {
+                if let Err(rule) = check_kms_key(text, region) {
+                    bad(&format!("{here}.kms_key_id"), rule);
                 }
-            },
+            }
             None => {}
         }
         let tags: Vec<(String, String)> = action.tags.iter().map(|(k, val)| (k.clone(), val.clone())).collect();
-        for tv in rules::check_tags(&tags, EngineFamily::Rds) {
-            let field = match tv.index {
-                Some(i) => format!("{here}.tags[{i}].{}", tv.part),
-                None => format!("{here}.tags"),
-            };
-            bad(&field, tv.rule);
+        for violation in tag_violations(&format!("{here}.tags"), &tags) {
+            bad(&violation.field, violation.description);
         }
         if action.tags.contains_key(PLAN_TAG) {
             bad(&format!("{here}.tags"), format!("{PLAN_TAG} is the gateway's own tag on a plan's copies"));
