@@ -40,6 +40,10 @@ pub(crate) enum Command {
     /// Cedar policies: print the schema, validate files, decide a call offline.
     #[command(subcommand)]
     Policy(crate::policy_cmd::PolicyCommand),
+    /// DR plans: apply a plan file, run plans, see what runs did and how fresh each cluster's
+    /// recovery point is.
+    #[command(subcommand)]
+    Plan(crate::plan_cmd::PlanCommand),
     /// Benchmarks that print a report.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -153,6 +157,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => return client(format, crate::client_cmd::get(args)).await,
         Command::Cancel(args) => return client(format, crate::client_cmd::cancel(args)).await,
         Command::List(args) => return client(format, crate::client_cmd::list(args)).await,
+        Command::Plan(command) => return client(format, crate::plan_cmd::run(command)).await,
         Command::Bench(BenchCommand::Watch(args)) => {
             with_telemetry("warn", format, crate::bench::watch::watch(args)).await
         }

@@ -121,7 +121,11 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    async fn client(&self) -> Result<Client, ClientError> {
+    pub(crate) fn output(&self) -> Output {
+        self.output
+    }
+
+    pub(crate) async fn client(&self) -> Result<Client, ClientError> {
         let config = ClientConfig {
             token: self.token.clone(),
             ca_cert: self.ca_cert.clone(),
@@ -247,13 +251,13 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Prints what happens to the copies being followed: a bar per copy on a terminal, a line
 /// per change otherwise, or NDJSON.
-struct Reporter {
+pub(crate) struct Reporter {
     output: Output,
     bars: Option<MultiProgress>,
 }
 
 impl Reporter {
-    fn new(output: Output) -> Reporter {
+    pub(crate) fn new(output: Output) -> Reporter {
         let bars = (output == Output::Text && std::io::stderr().is_terminal()).then(MultiProgress::new);
         Reporter { output, bars }
     }
@@ -412,7 +416,7 @@ fn summary(reporter: &Reporter, outcomes: &[Outcome]) {
     }
 }
 
-fn fail(reporter: &Reporter, name: &str, error: &ClientError) -> ExitCode {
+pub(crate) fn fail(reporter: &Reporter, name: &str, error: &ClientError) -> ExitCode {
     let outcome = Outcome::of_error(error);
     reporter.result(name, outcome, None, Some(error), None);
     outcome.exit()

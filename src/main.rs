@@ -5,6 +5,7 @@
 mod bench;
 mod cli;
 mod client_cmd;
+mod plan_cmd;
 mod policy_cmd;
 
 use clap::Parser;

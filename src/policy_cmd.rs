@@ -44,15 +44,26 @@ pub(crate) struct CheckArgs {
     pub groups: Vec<String>,
     #[arg(long)]
     pub team: Option<String>,
-    /// CopyClusterSnapshot, GetCopy, WatchCopy or CancelCopy.
+    /// An action of the schema: CopyClusterSnapshot, GetCopy, WatchCopy, CancelCopy, ListCopies,
+    /// ApplyPlan, GetPlan, ListPlans, DeletePlan, PreviewPlan, RunPlan, ListPlanRuns, ExpireCopy.
     #[arg(long)]
     pub action: String,
-    /// The snapshot's ARN (the source of a copy, or the copy itself).
+    /// The snapshot's ARN (the source of a copy, or the copy itself); not for plan actions.
     #[arg(long)]
-    pub snapshot_arn: String,
+    pub snapshot_arn: Option<String>,
     /// The snapshot's engine, as AWS names it (aurora-postgresql, neptune, docdb, ...).
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     pub engine: String,
+    /// The DR plan: the resource of plan actions, the context of ExpireCopy and of a plan's
+    /// CopyClusterSnapshot.
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// Plan actions: the plan's owner (empty: a plan not applied yet).
+    #[arg(long, default_value = "")]
+    pub plan_owner: String,
+    /// ListCopies: whether the caller asked for the copy.
+    #[arg(long)]
+    pub requested_by_self: bool,
     /// The snapshot's cluster identifier.
     #[arg(long, default_value = "")]
     pub cluster: String,
@@ -122,7 +133,10 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         std::fs::read_to_string(&args.policies).with_context(|| format!("reading {}", args.policies.display()))?;
     let policies = policy::parse_policies(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.policies.display()))?;
     let action = Action::parse(&args.action).ok_or_else(|| {
-        anyhow::anyhow!("--action: '{}' is not CopyClusterSnapshot, GetCopy, WatchCopy or CancelCopy", args.action)
+        anyhow::anyhow!(
+            "--action: '{}' is not an action of the schema (snapgate policy schema lists them)",
+            args.action
+        )
     })?;
     let method = match args.authn.as_str() {
         "mtls" => AuthMethod::Mtls,
@@ -130,12 +144,20 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         "static_token" => AuthMethod::StaticToken,
         other => anyhow::bail!("--authn: '{other}' is not mtls, jwt or static_token"),
     };
-    let arn = Arn::parse(&args.snapshot_arn)
-        .filter(|a| a.cluster_snapshot_id().is_some())
-        .ok_or_else(|| anyhow::anyhow!("--snapshot-arn: '{}' is not a DB cluster snapshot ARN", args.snapshot_arn))?;
     let caller = Caller { id: args.principal, method, groups: args.groups, team: args.team, issuer: None };
+    if action.on_plan() {
+        let plan = args.plan.ok_or_else(|| anyhow::anyhow!("--plan: {} decides on a plan; name it", action.name()))?;
+        let decision = policy::decide_plan(&policies, &caller, action, &plan, &args.plan_owner);
+        return Ok(report(&decision, action, &caller, &format!("plan {plan}"), args.json));
+    }
+    let snapshot_arn = args
+        .snapshot_arn
+        .ok_or_else(|| anyhow::anyhow!("--snapshot-arn: {} decides on a snapshot; give its ARN", action.name()))?;
+    let arn = Arn::parse(&snapshot_arn)
+        .filter(|a| a.cluster_snapshot_id().is_some())
+        .ok_or_else(|| anyhow::anyhow!("--snapshot-arn: '{snapshot_arn}' is not a DB cluster snapshot ARN"))?;
     let snapshot = ClusterSnapshot {
-        arn: args.snapshot_arn.clone(),
+        arn: snapshot_arn.clone(),
         id: arn.cluster_snapshot_id().unwrap_or_default().to_owned(),
         region: arn.region.clone(),
         account: arn.account.clone(),
@@ -147,22 +169,37 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         snapshot_type: args.snapshot_type,
         ..ClusterSnapshot::default()
     };
-    let context = (action == Action::CopyClusterSnapshot).then(|| {
-        let destination_region = args.destination_region.unwrap_or_else(|| arn.region.clone());
-        let destination_account = args.destination_account.unwrap_or_else(|| arn.account.clone());
-        CopyContext {
-            cross_region: destination_region != arn.region,
-            cross_account: destination_account != arn.account,
-            destination_account,
-            destination_region,
-            target: args.target,
-            kms_key: args.kms_key,
-            tags: args.tags,
-            copy_tags: args.copy_tags,
+    let decision = match action {
+        Action::ExpireCopy => {
+            let plan = args.plan.ok_or_else(|| anyhow::anyhow!("--plan: ExpireCopy is decided for a plan; name it"))?;
+            policy::decide_expire(&policies, &caller, &snapshot, &plan)
         }
-    });
-    let decision = policy::decide(&policies, &caller, action, &snapshot, context.as_ref());
-    if args.json {
+        Action::ListCopies => policy::decide_list(&policies, &caller, &snapshot, args.requested_by_self),
+        _ => {
+            let context = (action == Action::CopyClusterSnapshot).then(|| {
+                let destination_region = args.destination_region.unwrap_or_else(|| arn.region.clone());
+                let destination_account = args.destination_account.unwrap_or_else(|| arn.account.clone());
+                CopyContext {
+                    cross_region: destination_region != arn.region,
+                    cross_account: destination_account != arn.account,
+                    destination_account,
+                    destination_region,
+                    target: args.target,
+                    kms_key: args.kms_key,
+                    tags: args.tags,
+                    copy_tags: args.copy_tags,
+                    plan: args.plan,
+                }
+            });
+            policy::decide(&policies, &caller, action, &snapshot, context.as_ref())
+        }
+    };
+    Ok(report(&decision, action, &caller, &snapshot.arn, args.json))
+}
+
+/// Prints a decision; exit 0 when allowed, 3 when denied.
+fn report(decision: &policy::Decision, action: Action, caller: &Caller, resource: &str, json: bool) -> ExitCode {
+    if json {
         let out = serde_json::json!({
             "decision": if decision.allowed { "allow" } else { "deny" },
             "policies": decision.policies,
@@ -176,10 +213,10 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             (true, _) => format!("permitted by {}", decision.policies.join(", ")),
             (false, false) => format!("forbidden by {}", decision.policies.join(", ")),
         };
-        println!("{verdict} {} by {} on {}: {why}", action.name(), caller.id, snapshot.arn);
+        println!("{verdict} {} by {} on {resource}: {why}", action.name(), caller.id);
         for error in &decision.errors {
             println!("  policy error: {error}");
         }
     }
-    Ok(if decision.allowed { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    if decision.allowed { ExitCode::SUCCESS } else { ExitCode::from(3) }
 }

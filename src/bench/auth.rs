@@ -138,6 +138,7 @@ pub(crate) async fn auth(args: AuthBenchArgs) -> anyhow::Result<()> {
         copy_tags: true,
         cross_region: true,
         cross_account: false,
+        plan: None,
     };
     let decide_us = per_call(n, || async {
         policy::decide(&policies, &caller, Action::CopyClusterSnapshot, &snapshot, Some(&context)).allowed

@@ -257,6 +257,67 @@ impl Client {
         .await
     }
 
+    /// Creates or replaces a DR plan; the caller becomes its owner.
+    pub async fn apply_plan(&self, plan: pb::Plan) -> Result<pb::Plan, ClientError> {
+        let request = pb::ApplyPlanRequest { plan: Some(plan) };
+        self.call(|mut stub| {
+            let request = request.clone();
+            async move { stub.apply_plan(request).await }
+        })
+        .await
+    }
+
+    pub async fn get_plan(&self, name: &str) -> Result<pb::Plan, ClientError> {
+        let request = pb::GetPlanRequest { name: name.to_owned() };
+        self.call(|mut stub| {
+            let request = request.clone();
+            async move { stub.get_plan(request).await }
+        })
+        .await
+    }
+
+    pub async fn list_plans(&self) -> Result<Vec<pb::Plan>, ClientError> {
+        self.call(|mut stub| async move { stub.list_plans(pb::ListPlansRequest {}).await }).await.map(|r| r.plans)
+    }
+
+    pub async fn delete_plan(&self, name: &str) -> Result<pb::Plan, ClientError> {
+        let request = pb::DeletePlanRequest { name: name.to_owned() };
+        self.call(|mut stub| {
+            let request = request.clone();
+            async move { stub.delete_plan(request).await }
+        })
+        .await
+    }
+
+    /// What a run now would do: of the stored plan `name`, or of `plan` before it is applied.
+    pub async fn preview_plan(&self, request: pb::PreviewPlanRequest) -> Result<pb::PlanPreview, ClientError> {
+        self.call(|mut stub| {
+            let request = request.clone();
+            async move { stub.preview_plan(request).await }
+        })
+        .await
+    }
+
+    pub async fn run_plan(&self, name: &str) -> Result<pb::PlanRun, ClientError> {
+        let request = pb::RunPlanRequest { name: name.to_owned() };
+        self.call(|mut stub| {
+            let request = request.clone();
+            async move { stub.run_plan(request).await }
+        })
+        .await
+    }
+
+    /// A plan's runs, newest first.
+    pub async fn plan_runs(&self, name: &str, page_size: i32) -> Result<Vec<pb::PlanRun>, ClientError> {
+        let request = pb::ListPlanRunsRequest { name: name.to_owned(), page_size };
+        self.call(|mut stub| {
+            let request = request.clone();
+            async move { stub.list_plan_runs(request).await }
+        })
+        .await
+        .map(|r| r.runs)
+    }
+
     /// The raw event stream of one WatchCopy call.
     pub async fn watch(&self, name: &str) -> Result<tonic::Streaming<pb::CopyEvent>, ClientError> {
         let request = pb::WatchCopyRequest { name: name.to_owned() };

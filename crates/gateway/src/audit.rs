@@ -59,12 +59,18 @@ impl DecisionEvent<'_> {
 /// A ListCopies page: how many of its copies policies let the caller see, and how many not
 /// (one event a page, not one a copy).
 pub(crate) fn list_decision(caller: &Caller, shown: usize, hidden: usize) {
+    list_decision_of(Action::ListCopies, caller, shown, hidden);
+}
+
+/// A listing (ListCopies, ListPlans): how many entries policies let the caller see, and how
+/// many not.
+pub(crate) fn list_decision_of(action: Action, caller: &Caller, shown: usize, hidden: usize) {
     tracing::info!(
         target: AUDIT_TARGET,
         event = "authorization",
         caller = %caller.id,
         authn = caller.method.as_str(),
-        action = Action::ListCopies.name(),
+        action = action.name(),
         shown,
         hidden,
         trace_id = crate::telemetry::current_trace_id(),
@@ -86,5 +92,34 @@ pub(crate) fn job_event(event: &str, job: &crate::store::Job, aws_request_id: Op
         aws_request_id,
         failure,
         "copy job {event}"
+    );
+}
+
+/// A DR plan's run deleting one of its own old copies (or finding it gone), with the request id
+/// of the delete: the audit trail of every snapshot the gateway ever deletes by retention.
+pub(crate) fn plan_expiry(plan: &str, run: &str, owner: &str, copy: &str, aws_request_id: Option<&str>, how: &str) {
+    tracing::info!(
+        target: AUDIT_TARGET,
+        event = "plan_expiry",
+        plan,
+        run,
+        caller = owner,
+        resource = copy,
+        aws_request_id,
+        outcome = how,
+        "plan copy expired"
+    );
+}
+
+/// A DR plan applied or deleted.
+pub(crate) fn plan_event(event: &str, plan: &str, caller: &Caller, generation: i64) {
+    tracing::info!(
+        target: AUDIT_TARGET,
+        event = "plan",
+        plan_event = event,
+        plan,
+        caller = %caller.id,
+        generation,
+        "plan {event}"
     );
 }

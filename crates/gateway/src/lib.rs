@@ -45,3 +45,12 @@ pub use metrics::Metrics;
 pub use startup::Application;
 pub use tasks::Tasks;
 pub use watch::WatchHub;
+
+/// Reads a DR plan file (TOML, as `snapgate plan apply` takes it) into the API's plans. A
+/// violation of the file's shape or of its rules as a whole is `(field, rule)`, the field named
+/// by its place (`plan[1].name`); each plan's own rules are checked by the gateway it is sent to.
+pub fn read_plan_file(text: &str) -> Result<Vec<snapgate_proto::Plan>, Vec<(String, String)>> {
+    plan::spec::read_file(text)
+        .map(|plans| plans.iter().map(api::plan_message).collect())
+        .map_err(|violations| violations.into_iter().map(|v| (v.field, v.description)).collect())
+}

@@ -62,7 +62,28 @@ struct OutcomeLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlanRunLabels {
+    plan: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlanLabels {
+    plan: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlanCopyLabels {
+    plan: String,
+    cluster: String,
+    destination: String,
+}
+
 pub struct Metrics {
+    plan_runs: Family<PlanRunLabels, Counter>,
+    plan_last_success: Family<PlanLabels, Gauge>,
+    plan_copy_age: Family<PlanCopyLabels, Gauge>,
     jobs_queued: Family<DestinationLabels, Gauge>,
     jobs_in_progress: Family<DestinationLabels, Gauge>,
     job_queued_seconds: Histogram,
@@ -196,7 +217,24 @@ impl Metrics {
             "Copy jobs ended, by outcome (available, failed, cancelled, deleted)",
             jobs_finished.clone(),
         );
+        let plan_runs = Family::<PlanRunLabels, Counter>::default();
+        registry.register("plan_runs", "DR plan runs ended, by plan and state", plan_runs.clone());
+        let plan_last_success = Family::<PlanLabels, Gauge>::default();
+        registry.register(
+            "plan_last_success_timestamp_seconds",
+            "When each DR plan's latest SUCCEEDED run ended (Unix time)",
+            plan_last_success.clone(),
+        );
+        let plan_copy_age = Family::<PlanCopyLabels, Gauge>::default();
+        registry.register(
+            "plan_copy_age_seconds",
+            "Age of the recovery point each DR plan's newest available copy holds, per cluster and destination, as of the plan's latest run",
+            plan_copy_age.clone(),
+        );
         Arc::new(Metrics {
+            plan_runs,
+            plan_last_success,
+            plan_copy_age,
             jobs_queued,
             jobs_in_progress,
             job_queued_seconds,
@@ -294,6 +332,21 @@ impl Metrics {
 
     pub(crate) fn job_finished(&self, outcome: &str) {
         self.jobs_finished.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
+    }
+
+    /// A DR plan's run ended in `state` at `at_secs` (Unix time).
+    pub(crate) fn plan_run(&self, plan: &str, state: &str, at_secs: i64) {
+        self.plan_runs.get_or_create(&PlanRunLabels { plan: plan.to_owned(), state: state.to_owned() }).inc();
+        if state == "SUCCEEDED" {
+            self.plan_last_success.get_or_create(&PlanLabels { plan: plan.to_owned() }).set(at_secs);
+        }
+    }
+
+    /// The age of the recovery point a plan's newest available copy of `cluster` holds at `destination`.
+    pub(crate) fn plan_copy_age(&self, plan: &str, cluster: &str, destination: &str, secs: i64) {
+        let labels =
+            PlanCopyLabels { plan: plan.to_owned(), cluster: cluster.to_owned(), destination: destination.to_owned() };
+        self.plan_copy_age.get_or_create(&labels).set(secs);
     }
 
     pub fn poll_round(&self, elapsed: Duration) {

@@ -28,6 +28,7 @@ use crate::edge::serve::{self, Handler};
 use crate::edge::{EdgeLimits, Listener};
 use crate::http::Transcoder;
 use crate::metrics::Metrics;
+use crate::plan::Plans;
 use crate::reload::{self, Reload};
 use crate::share::{AwsShare, CallShare};
 use crate::stack::shed::{self, Memory};
@@ -67,7 +68,7 @@ impl Application {
         let store = Arc::new(Store::open(&settings.store).await?);
         let share = Arc::new(AwsShare::new(settings.fair_share.clone(), metrics.clone()));
         let jobs = Dispatcher::new(
-            store,
+            store.clone(),
             accounts.clone(),
             hub.clone(),
             settings.jobs.clone(),
@@ -83,7 +84,10 @@ impl Application {
             &tasks,
         );
         let copies = Arc::new(CopyWorkflow::new(accounts, hub.clone(), jobs, queued, settings.aws.served_regions()));
-        let api = Api::new(copies, policies.clone());
+        let plans =
+            Plans::new(store, copies.clone(), policies.clone(), metrics.clone(), tasks.clone(), settings.plans.clone());
+        plans.start_scheduler();
+        let api = Api::new(copies, plans, policies.clone());
         let admin = match settings.admin.listen {
             Some(addr) => {
                 Some(TcpListener::bind(addr).await.with_context(|| format!("admin.listen: cannot bind {addr}"))?)

@@ -2,6 +2,9 @@
 
 use crate::copy::ListRequest;
 use crate::copy::{CopyRequest, CopyView};
+use crate::plan::spec::{self, CopyAction, PlanSpec, Select};
+use crate::plan::{Outcome, PlanView, RunView};
+use crate::store::plans::RunItem;
 use crate::watch::{Change, WatchEvent};
 use snapgate_domain::{ClusterSnapshot, CopyState};
 use snapgate_proto as pb;
@@ -120,4 +123,135 @@ pub(crate) fn state_of(state: pb::copy::State) -> Option<crate::store::JobState>
         pb::copy::State::Cancelled => Some(JobState::Cancelled),
         pb::copy::State::Deleted => Some(JobState::Deleted),
     }
+}
+
+/// A plan as the API sends it, in the plan file's terms (validated next, field by field).
+pub(crate) fn plan_spec(plan: pb::Plan) -> PlanSpec {
+    // A negative number is kept out of range rather than dropped, so validation names it.
+    let unsigned = |n: i32| u32::try_from(n).unwrap_or(0);
+    let select = plan.select.unwrap_or_default();
+    PlanSpec {
+        name: plan.name,
+        schedule: plan.schedule,
+        timezone: if plan.timezone.is_empty() { "UTC".to_owned() } else { plan.timezone },
+        start_window_minutes: plan.start_window_minutes.map_or(spec::DEFAULT_WINDOW_MINUTES, unsigned),
+        rpo_hours: plan.rpo_hours.map(unsigned),
+        select: Select {
+            source_region: (!select.source_region.is_empty()).then_some(select.source_region),
+            engines: select.engines,
+            clusters: (!select.clusters.is_empty()).then_some(select.clusters),
+            cluster_tags: select.cluster_tags.into_iter().collect(),
+            snapshot_types: select.snapshot_types,
+        },
+        copy: plan
+            .copy
+            .into_iter()
+            .map(|c| CopyAction {
+                destination_region: c.destination_region,
+                destination_account: c.destination_account,
+                kms_key_id: (!c.kms_key_id.is_empty()).then_some(c.kms_key_id),
+                copy_tags: c.copy_tags,
+                tags: c.tags.into_iter().collect(),
+                keep_last: c.keep_last,
+                max_age_days: c.max_age_days.map(unsigned),
+            })
+            .collect(),
+    }
+}
+
+/// A plan in the API's terms (what the plan file and a stored plan declare).
+pub(crate) fn plan_message(spec: &PlanSpec) -> pb::Plan {
+    let signed = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    pb::Plan {
+        name: spec.name.clone(),
+        schedule: spec.schedule.clone(),
+        timezone: spec.timezone.clone(),
+        start_window_minutes: Some(signed(spec.start_window_minutes)),
+        rpo_hours: spec.rpo_hours.map(signed),
+        select: Some(pb::PlanSelect {
+            source_region: spec.select.source_region.clone().unwrap_or_default(),
+            engines: spec.select.engines.clone(),
+            clusters: spec.select.clusters.clone().unwrap_or_default(),
+            cluster_tags: spec.select.cluster_tags.clone().into_iter().collect(),
+            snapshot_types: spec.select.snapshot_types.clone(),
+        }),
+        copy: spec
+            .copy
+            .iter()
+            .map(|c| pb::PlanCopyAction {
+                destination_region: c.destination_region.clone(),
+                destination_account: c.destination_account.clone(),
+                kms_key_id: c.kms_key_id.clone().unwrap_or_default(),
+                copy_tags: c.copy_tags,
+                tags: c.tags.clone().into_iter().collect(),
+                keep_last: c.keep_last,
+                max_age_days: c.max_age_days.map(signed),
+            })
+            .collect(),
+        ..pb::Plan::default()
+    }
+}
+
+/// A stored plan as the API shows it.
+pub(crate) fn plan_view(v: &PlanView) -> pb::Plan {
+    pb::Plan {
+        owner: v.record.owner.clone(),
+        apply_time: Some(prost_types::Timestamp::from(time_of_ms(v.record.applied_ms))),
+        update_time: Some(prost_types::Timestamp::from(time_of_ms(v.record.updated_ms))),
+        generation: v.record.generation,
+        next_run_time: v.next_run.map(prost_types::Timestamp::from),
+        ..plan_message(&v.spec)
+    }
+}
+
+pub(crate) fn run_item(i: &RunItem) -> pb::PlanRunItem {
+    let outcome = match Outcome::parse(&i.outcome) {
+        Some(Outcome::Copied) => pb::plan_run_item::Outcome::Copied,
+        Some(Outcome::UpToDate) => pb::plan_run_item::Outcome::UpToDate,
+        Some(Outcome::SkippedInProgress) => pb::plan_run_item::Outcome::SkippedInProgress,
+        Some(Outcome::Expired) => pb::plan_run_item::Outcome::Expired,
+        Some(Outcome::Refused) => pb::plan_run_item::Outcome::Refused,
+        Some(Outcome::Failed) => pb::plan_run_item::Outcome::Failed,
+        Some(Outcome::WouldCopy) => pb::plan_run_item::Outcome::WouldCopy,
+        Some(Outcome::WouldExpire) => pb::plan_run_item::Outcome::WouldExpire,
+        Some(Outcome::Available) => pb::plan_run_item::Outcome::Available,
+        Some(Outcome::NoSnapshot) => pb::plan_run_item::Outcome::NoSnapshot,
+        None => pb::plan_run_item::Outcome::Unspecified,
+    };
+    pb::PlanRunItem {
+        cluster_id: i.cluster_id.clone(),
+        source_snapshot_arn: i.source_arn.clone().unwrap_or_default(),
+        destination: i.destination.clone(),
+        copy: i.copy_name.clone().unwrap_or_default(),
+        outcome: outcome as i32,
+        detail: i.detail.clone().unwrap_or_default(),
+        recovery_point_time: i.recovery_ms.map(|ms| prost_types::Timestamp::from(time_of_ms(ms))),
+    }
+}
+
+pub(crate) fn run_view(v: &RunView) -> pb::PlanRun {
+    let r = &v.run;
+    let state = match r.new.state.as_str() {
+        "RUNNING" => pb::plan_run::State::Running,
+        "SUCCEEDED" => pb::plan_run::State::Succeeded,
+        "PARTIAL" => pb::plan_run::State::Partial,
+        "FAILED" => pb::plan_run::State::Failed,
+        "MISSED" => pb::plan_run::State::Missed,
+        _ => pb::plan_run::State::Unspecified,
+    };
+    pb::PlanRun {
+        id: r.new.id.clone(),
+        plan: r.new.plan.clone(),
+        state: state as i32,
+        cause: r.new.cause.clone(),
+        slot_time: r.new.slot_ms.map(|ms| prost_types::Timestamp::from(time_of_ms(ms))),
+        start_time: Some(prost_types::Timestamp::from(time_of_ms(r.new.started_ms))),
+        finish_time: r.finished_ms.map(|ms| prost_types::Timestamp::from(time_of_ms(ms))),
+        reason: r.new.reason.clone().unwrap_or_default(),
+        items: v.items.iter().map(run_item).collect(),
+    }
+}
+
+fn time_of_ms(ms: i64) -> std::time::SystemTime {
+    std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }

@@ -4,6 +4,7 @@
 //! `crate::error`. What is here besides: authorization decisions with their audit events.
 
 mod convert;
+pub(crate) use convert::plan_message;
 mod revocable;
 
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use crate::auth::policy::{Action, CopyContext, Decision, PolicyStore};
 use crate::call::CallerDeadline;
 use crate::copy::CopyWorkflow;
 use crate::error::Error;
+use crate::plan::{Plans, owner_of};
 use revocable::Revocable;
 use snapgate_domain::ClusterSnapshot;
 use snapgate_proto as pb;
@@ -26,12 +28,31 @@ use snapgate_proto::snapshot_copy_service_server::SnapshotCopyService;
 
 pub(crate) struct Api {
     copies: Arc<CopyWorkflow>,
+    plans: Arc<Plans>,
     policies: Arc<PolicyStore>,
 }
 
 impl Api {
-    pub(crate) fn new(copies: Arc<CopyWorkflow>, policies: Arc<PolicyStore>) -> Api {
-        Api { copies, policies }
+    pub(crate) fn new(copies: Arc<CopyWorkflow>, plans: Arc<Plans>, policies: Arc<PolicyStore>) -> Api {
+        Api { copies, plans, policies }
+    }
+
+    /// Decides `action` on the plan `name` (owned by `owner`; "" while it does not exist) for
+    /// `caller`, with its audit event.
+    fn authorize_plan(&self, caller: &Caller, action: Action, name: &str, owner: &str) -> Result<(), Error> {
+        let decision = self.policies.decide_plan(caller, action, name, owner);
+        let resource = format!("plan/{name}");
+        DecisionEvent {
+            caller,
+            action,
+            resource: &resource,
+            destination: None,
+            decision: &decision,
+            aws_request_id: None,
+            outcome: None,
+        }
+        .emit();
+        permitted(action, decision)
     }
 
     /// Decides `action` on `snapshot` for `caller`, with its audit event.
@@ -144,6 +165,103 @@ impl SnapshotCopyService for Api {
         }
         crate::audit::list_decision(&caller, shown.len(), hidden);
         Ok(Response::new(pb::ListCopiesResponse { copies: shown, next_page_token }))
+    }
+
+    async fn apply_plan(&self, request: Request<pb::ApplyPlanRequest>) -> Result<Response<pb::Plan>, Status> {
+        let (_, extensions, message) = request.into_parts();
+        let caller = caller(&extensions)?;
+        let spec = convert::plan_spec(message.plan.unwrap_or_default());
+        let valid = self.plans.validate(&spec)?;
+        let owner = self.plans.record(&valid.name).await?.map(|r| r.owner).unwrap_or_default();
+        self.authorize_plan(&caller, Action::ApplyPlan, &valid.name, &owner)?;
+        let view = self.plans.apply(&valid, &caller).await?;
+        Ok(Response::new(convert::plan_view(&view)))
+    }
+
+    async fn get_plan(&self, request: Request<pb::GetPlanRequest>) -> Result<Response<pb::Plan>, Status> {
+        let (_, extensions, message) = request.into_parts();
+        let caller = caller(&extensions)?;
+        let record = self.plans.existing(&message.name).await?;
+        self.authorize_plan(&caller, Action::GetPlan, &record.name, &record.owner)?;
+        Ok(Response::new(convert::plan_view(&self.plans.view(record)?)))
+    }
+
+    async fn list_plans(
+        &self,
+        request: Request<pb::ListPlansRequest>,
+    ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        let (_, extensions, _) = request.into_parts();
+        let caller = caller(&extensions)?;
+        let mut plans = Vec::new();
+        let mut hidden = 0;
+        for record in self.plans.list().await? {
+            if self.policies.decide_plan(&caller, Action::ListPlans, &record.name, &record.owner).allowed {
+                plans.push(convert::plan_view(&self.plans.view(record)?));
+            } else {
+                hidden += 1;
+            }
+        }
+        crate::audit::list_decision_of(Action::ListPlans, &caller, plans.len(), hidden);
+        Ok(Response::new(pb::ListPlansResponse { plans }))
+    }
+
+    async fn delete_plan(&self, request: Request<pb::DeletePlanRequest>) -> Result<Response<pb::Plan>, Status> {
+        let (_, extensions, message) = request.into_parts();
+        let caller = caller(&extensions)?;
+        let record = self.plans.existing(&message.name).await?;
+        self.authorize_plan(&caller, Action::DeletePlan, &record.name, &record.owner)?;
+        Ok(Response::new(convert::plan_view(&self.plans.delete(&record, &caller).await?)))
+    }
+
+    async fn preview_plan(
+        &self,
+        request: Request<pb::PreviewPlanRequest>,
+    ) -> Result<Response<pb::PlanPreview>, Status> {
+        let (_, extensions, message) = request.into_parts();
+        let caller = caller(&extensions)?;
+        // A plan given in the request is previewed as the caller, who would own it; a stored
+        // one as its owner.
+        let (valid, owner) = match message.plan {
+            Some(plan) => {
+                let valid = self.plans.validate(&convert::plan_spec(plan))?;
+                let owner = self.plans.record(&valid.name).await?.map(|r| r.owner).unwrap_or_default();
+                self.authorize_plan(&caller, Action::PreviewPlan, &valid.name, &owner)?;
+                (valid, caller.clone())
+            }
+            None => {
+                let record = self.plans.existing(&message.name).await?;
+                self.authorize_plan(&caller, Action::PreviewPlan, &record.name, &record.owner)?;
+                (self.plans.valid(&record)?, owner_of(&record))
+            }
+        };
+        let preview = self.plans.preview(&valid, &owner).await?;
+        Ok(Response::new(pb::PlanPreview {
+            plan: Some(convert::plan_message(&preview.spec)),
+            items: preview.items.iter().map(convert::run_item).collect(),
+        }))
+    }
+
+    async fn run_plan(&self, request: Request<pb::RunPlanRequest>) -> Result<Response<pb::PlanRun>, Status> {
+        let (_, extensions, message) = request.into_parts();
+        let caller = caller(&extensions)?;
+        let record = self.plans.existing(&message.name).await?;
+        self.authorize_plan(&caller, Action::RunPlan, &record.name, &record.owner)?;
+        // Validated now: a plan that no longer holds with the gateway's settings says so here.
+        self.plans.valid(&record)?;
+        let run = self.plans.run_now(&record).await?;
+        Ok(Response::new(convert::run_view(&run)))
+    }
+
+    async fn list_plan_runs(
+        &self,
+        request: Request<pb::ListPlanRunsRequest>,
+    ) -> Result<Response<pb::ListPlanRunsResponse>, Status> {
+        let (_, extensions, message) = request.into_parts();
+        let caller = caller(&extensions)?;
+        let record = self.plans.existing(&message.name).await?;
+        self.authorize_plan(&caller, Action::ListPlanRuns, &record.name, &record.owner)?;
+        let runs = self.plans.runs(&record.name, message.page_size).await?;
+        Ok(Response::new(pb::ListPlanRunsResponse { runs: runs.iter().map(convert::run_view).collect() }))
     }
 }
 

@@ -288,15 +288,82 @@ impl Rds {
         Ok(found)
     }
 
-    /// Deletes a snapshot; returns it as it was when deleted.
-    pub(crate) async fn delete_cluster_snapshot(&self, region: &str, id: &str) -> Result<ClusterSnapshot, AwsError> {
+    /// Every DB cluster in `region` (Aurora, Multi-AZ, Neptune and DocumentDB alike), with its
+    /// tags: one call per 100 clusters.
+    pub(crate) async fn describe_clusters(&self, region: &str) -> Result<Vec<DbCluster>, AwsError> {
+        const ACTION: &str = "DescribeDBClusters";
+        let mut found = Vec::new();
+        let mut marker = None;
+        loop {
+            let out = self
+                .call(ACTION, region, |client| client.describe_db_clusters().max_records(100).set_marker(marker).send())
+                .await?;
+            found.extend(out.db_clusters().iter().map(|c| {
+                DbCluster {
+                    id: c.db_cluster_identifier().unwrap_or_default().to_owned(),
+                    engine: c.engine().unwrap_or_default().to_owned(),
+                    tags: c
+                        .tag_list()
+                        .iter()
+                        .map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned()))
+                        .collect(),
+                }
+            }));
+            marker = out.marker().map(str::to_owned);
+            if marker.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// The automated and manual snapshots of `clusters` in `region`, with the `db-cluster-id`
+    /// filter: one call per 100 snapshots (and per 100 clusters).
+    pub(crate) async fn describe_snapshots_of_clusters(
+        &self,
+        region: &str,
+        clusters: &[String],
+    ) -> Result<Vec<ClusterSnapshot>, AwsError> {
+        const ACTION: &str = "DescribeDBClusterSnapshots";
+        let mut found = Vec::new();
+        for chunk in clusters.chunks(MAX_FILTER_VALUES) {
+            let filter =
+                aws_sdk_rds::types::Filter::builder().name("db-cluster-id").set_values(Some(chunk.to_vec())).build();
+            let mut marker = None;
+            loop {
+                let out = self
+                    .call(ACTION, region, |client| {
+                        client
+                            .describe_db_cluster_snapshots()
+                            .filters(filter.clone())
+                            .max_records(100)
+                            .set_marker(marker)
+                            .send()
+                    })
+                    .await?;
+                found.extend(out.db_cluster_snapshots().iter().map(convert));
+                marker = out.marker().map(str::to_owned);
+                if marker.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes a snapshot; returns it as it was when deleted, and AWS's request id.
+    pub(crate) async fn delete_cluster_snapshot(
+        &self,
+        region: &str,
+        id: &str,
+    ) -> Result<(ClusterSnapshot, Option<String>), AwsError> {
         const ACTION: &str = "DeleteDBClusterSnapshot";
         let out = self
             .call(ACTION, region, |client| {
                 client.delete_db_cluster_snapshot().db_cluster_snapshot_identifier(id).send()
             })
             .await?;
-        out.db_cluster_snapshot().map(convert).ok_or_else(|| missing_snapshot(ACTION))
+        let request_id = aws_sdk_rds::operation::RequestId::request_id(&out).map(str::to_owned);
+        out.db_cluster_snapshot().map(|s| (convert(s), request_id)).ok_or_else(|| missing_snapshot(ACTION))
     }
 }
 
@@ -354,6 +421,14 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for AttemptRecorder
         }
         Ok(())
     }
+}
+
+/// A DB cluster as DescribeDBClusters shows it: what a DR plan selects on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DbCluster {
+    pub id: String,
+    pub engine: String,
+    pub tags: Vec<(String, String)>,
 }
 
 /// Identifiers per `DescribeDBClusterSnapshots` call: one page of the API's largest size.

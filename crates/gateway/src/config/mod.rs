@@ -1,5 +1,5 @@
 //! One typed configuration, a section a file: `server`, `aws`, `watch`, `admin` and `http`,
-//! `fair_share`, `auth` and `authz`, `store`, `jobs`. Each section owns its defaults (its
+//! `fair_share`, `auth` and `authz`, `store`, `jobs`, `plans`. Each section owns its defaults (its
 //! `Default`, the one place a default is written) and its validation, which names every broken
 //! setting as a field violation, in the same style as a request's.
 //!
@@ -12,6 +12,7 @@ mod aws;
 mod fair_share;
 mod http;
 mod jobs;
+mod plans;
 mod server;
 mod store;
 mod watch;
@@ -30,6 +31,7 @@ pub use aws::{AccountRole, AwsSettings};
 pub use fair_share::{CallerShare, FairShareSettings};
 pub use http::{AdminSettings, HttpSettings};
 pub use jobs::{DestinationLimit, JobSettings};
+pub use plans::PlanSettings;
 pub use server::ServerSettings;
 pub use store::StoreSettings;
 pub use watch::WatchSettings;
@@ -49,6 +51,7 @@ pub struct Settings {
     pub authz: AuthzSettings,
     pub store: StoreSettings,
     pub jobs: JobSettings,
+    pub plans: PlanSettings,
 }
 
 impl Default for Settings {
@@ -65,6 +68,7 @@ impl Default for Settings {
             authz: AuthzSettings::default(),
             store: StoreSettings::default(),
             jobs: JobSettings::default(),
+            plans: PlanSettings::default(),
         }
     }
 }
@@ -127,8 +131,8 @@ impl Violations {
 }
 
 /// The top-level keys of [`Settings`], which `SNAPGATE_` variables may set.
-const SECTIONS: [&str; 11] =
-    ["listen", "server", "aws", "watch", "admin", "http", "fair_share", "auth", "authz", "store", "jobs"];
+const SECTIONS: [&str; 12] =
+    ["listen", "server", "aws", "watch", "admin", "http", "fair_share", "auth", "authz", "store", "jobs", "plans"];
 
 impl Settings {
     /// Loads defaults, then `file`, then `SNAPGATE_`-prefixed environment variables (nested
@@ -165,6 +169,7 @@ impl Settings {
         self.authz.validate(&mut v);
         self.store.validate(&mut v);
         self.jobs.validate(&mut v);
+        self.plans.validate(&mut v);
         v.into_result()
     }
 

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub(crate) use dispatch::Dispatcher;
-use dispatch::{Started, now_ms, store_error};
+use dispatch::Started;
+pub(crate) use dispatch::{now_ms, store_error};
 pub(crate) use validate::{CopyRequest, ListRequest, Served, check_kms_key, tag_violations};
 use validate::{ValidCopy, list_filter, page_token, parse_copy_name, validate};
 
@@ -151,6 +152,7 @@ impl CopyWorkflow {
             &source,
             &CopyContext {
                 cross_account: !destination.is_empty() && !source.account.is_empty() && destination != source.account,
+                plan: None,
                 destination_account: destination.clone(),
                 destination_region: valid.destination_region.clone(),
                 target: valid.target.clone(),
@@ -244,6 +246,22 @@ impl CopyWorkflow {
             }
         };
         self.jobs.view(&job).await
+    }
+
+    /// The clients of the accounts copies go to.
+    pub(crate) fn accounts(&self) -> &Arc<Accounts> {
+        &self.accounts
+    }
+
+    /// Waits for `caller`'s turn at an AWS call in `region` (its share of the gateway's AWS
+    /// budget); the turn is held while the call is made.
+    pub(crate) async fn spend(&self, caller: &Caller, region: &str) -> Result<crate::share::Turn, Error> {
+        self.jobs.share.spend(caller, region).await
+    }
+
+    /// The regions the gateway serves.
+    pub(crate) fn served(&self) -> Served<'_> {
+        Served(&self.regions)
     }
 
     /// The snapshot a finished job made, as AWS describes it now (`None`: it is gone). One
@@ -452,7 +470,7 @@ impl CopyWorkflow {
         }
         let deleted = {
             let _turn = self.jobs.share.spend(caller, &current.region).await?;
-            located.rds.delete_cluster_snapshot(&current.region, &current.id).await?
+            located.rds.delete_cluster_snapshot(&current.region, &current.id).await?.0
         };
         let (state, ended) = if deleted.status == "copying" {
             self.hub.record_cancelled(&deleted);

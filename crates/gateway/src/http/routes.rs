@@ -247,7 +247,23 @@ mod tests {
         let routes = routes();
         let mut names: Vec<&str> = routes.iter().map(|r| r.rpc.name()).collect();
         names.sort_unstable();
-        assert_eq!(names, ["CancelCopy", "CopyClusterSnapshot", "GetCopy", "ListCopies", "WatchCopy"]);
+        assert_eq!(
+            names,
+            [
+                "ApplyPlan",
+                "CancelCopy",
+                "CopyClusterSnapshot",
+                "DeletePlan",
+                "GetCopy",
+                "GetPlan",
+                "ListCopies",
+                "ListPlanRuns",
+                "ListPlans",
+                "PreviewPlan",
+                "RunPlan",
+                "WatchCopy"
+            ]
+        );
     }
 
     #[test]

@@ -12,13 +12,7 @@ use super::spec::{PLAN_TAG, Retention, SnapshotType, ValidPlan};
 /// Characters of the hash that ends a plan copy's target id.
 const HASH_CHARS: usize = 10;
 
-/// A cluster as DescribeDBClusters shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Cluster {
-    pub id: String,
-    pub engine: String,
-    pub tags: Vec<(String, String)>,
-}
+pub(crate) use crate::aws::DbCluster as Cluster;
 
 /// Whether the plan selects `cluster`: its engine, id and tags (all must match).
 pub(crate) fn selects(plan: &ValidPlan, cluster: &Cluster) -> bool {

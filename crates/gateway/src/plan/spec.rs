@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use snapgate_domain::rules;
 use snapgate_domain::{AccountId, Engine};
 
@@ -17,7 +17,7 @@ use crate::error::FieldViolation;
 /// that carry it and that the store records as the plan's.
 pub(crate) const PLAN_TAG: &str = "snapgate:plan";
 /// The start window when a plan does not say.
-const DEFAULT_WINDOW_MINUTES: u32 = 60;
+pub(crate) const DEFAULT_WINDOW_MINUTES: u32 = 60;
 /// At most a week late.
 const MAX_WINDOW_MINUTES: u32 = 7 * 24 * 60;
 /// A regular expression over cluster ids is compiled within this size.
@@ -27,7 +27,7 @@ const MAX_PLANS: usize = 100;
 const MAX_DESTINATIONS: usize = 20;
 
 /// A plan file: `[[plan]]` tables.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PlanFile {
     #[serde(default)]
@@ -35,7 +35,7 @@ pub(crate) struct PlanFile {
 }
 
 /// One plan as declared.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PlanSpec {
     pub name: String,
@@ -51,7 +51,7 @@ pub(crate) struct PlanSpec {
 }
 
 /// Which clusters a plan copies, as AWS Backup selects resources.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Select {
     /// Default: the gateway's region.
@@ -69,7 +69,7 @@ pub(crate) struct Select {
 }
 
 /// A destination and its retention.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CopyAction {
     pub destination_region: String,
@@ -134,7 +134,6 @@ pub(crate) struct ValidPlan {
     pub name: String,
     pub schedule: Schedule,
     pub start_window: Duration,
-    pub rpo: Option<Duration>,
     pub source_region: String,
     pub engines: Vec<Engine>,
     pub clusters: Option<regex::Regex>,
@@ -150,12 +149,16 @@ pub(crate) fn parse_file(text: &str) -> Result<PlanFile, Vec<FieldViolation>> {
     toml::from_str(text).map_err(|e| vec![FieldViolation::new("file", e.message().to_owned())])
 }
 
-/// Validates every plan of a file; the names must differ.
-pub(crate) fn validate_file(
-    file: &PlanFile,
-    default_region: &str,
-    served: &Served<'_>,
-) -> Result<Vec<ValidPlan>, Vec<FieldViolation>> {
+/// Reads a plan file as a client sends it: its TOML, and the rules of the file as a whole (at
+/// least one plan, at most 100, names that differ). Each plan's own rules are the gateway's to
+/// check, which knows the regions it serves.
+pub(crate) fn read_file(text: &str) -> Result<Vec<PlanSpec>, Vec<FieldViolation>> {
+    let file = parse_file(text)?;
+    let violations = file_violations(&file);
+    if violations.is_empty() { Ok(file.plan) } else { Err(violations) }
+}
+
+fn file_violations(file: &PlanFile) -> Vec<FieldViolation> {
     let mut violations = Vec::new();
     if file.plan.is_empty() {
         violations.push(FieldViolation::new("plan", "the file declares no plan ([[plan]] tables)"));
@@ -164,13 +167,25 @@ pub(crate) fn validate_file(
         violations.push(FieldViolation::new("plan", format!("at most {MAX_PLANS} plans a file")));
     }
     let mut names = HashSet::new();
+    for (i, spec) in file.plan.iter().enumerate() {
+        if !names.insert(spec.name.to_ascii_lowercase()) {
+            violations.push(FieldViolation::new(format!("plan[{i}].name"), format!("{} is declared twice", spec.name)));
+        }
+    }
+    violations
+}
+
+/// Validates every plan of a file; the names must differ.
+#[cfg(test)]
+pub(crate) fn validate_file(
+    file: &PlanFile,
+    default_region: &str,
+    served: &Served<'_>,
+) -> Result<Vec<ValidPlan>, Vec<FieldViolation>> {
+    let mut violations = file_violations(file);
     let mut valid = Vec::new();
     for (i, spec) in file.plan.iter().enumerate() {
-        let at = format!("plan[{i}]");
-        if !names.insert(spec.name.to_ascii_lowercase()) {
-            violations.push(FieldViolation::new(format!("{at}.name"), format!("{} is declared twice", spec.name)));
-        }
-        match validate(spec, &at, default_region, served) {
+        match validate(spec, &format!("plan[{i}]"), default_region, served) {
             Ok(plan) => valid.push(plan),
             Err(v) => violations.extend(v),
         }
@@ -190,7 +205,10 @@ pub(crate) fn validate(
     if let Err(rule) = check_name(&spec.name) {
         bad("name", rule);
     }
-    let schedule = Schedule::parse(&spec.schedule, &spec.timezone).map_err(|(field, rule)| bad(field, rule)).ok();
+    // The pattern and the zone are checked apart, so both are named when both are wrong.
+    let cron_ok = super::schedule::parse_cron(&spec.schedule).map_err(|rule| bad("schedule", rule)).is_ok();
+    let zone_ok = super::schedule::parse_zone(&spec.timezone).map_err(|rule| bad("timezone", rule)).is_ok();
+    let schedule = (cron_ok && zone_ok).then(|| Schedule::parse(&spec.schedule, &spec.timezone).ok()).flatten();
     if spec.start_window_minutes == 0 || spec.start_window_minutes > MAX_WINDOW_MINUTES {
         bad("start_window_minutes", format!("must be 1 to {MAX_WINDOW_MINUTES} minutes (a week)"));
     }
@@ -340,7 +358,6 @@ pub(crate) fn validate(
             name: spec.name.to_ascii_lowercase(),
             schedule,
             start_window: Duration::from_secs(u64::from(spec.start_window_minutes) * 60),
-            rpo: spec.rpo_hours.map(|h| Duration::from_secs(u64::from(h) * 3600)),
             source_region,
             engines,
             clusters,
@@ -400,7 +417,7 @@ max_age_days = 30
         let plan = &plans[0];
         assert_eq!(plan.name, "nightly-dr");
         assert_eq!(plan.start_window, Duration::from_secs(3600));
-        assert_eq!(plan.rpo, Some(Duration::from_secs(26 * 3600)));
+        assert_eq!(plan.spec.rpo_hours, Some(26));
         assert_eq!(plan.engines, [Engine::parse("aurora-postgresql")]);
         assert!(plan.clusters.as_ref().unwrap().is_match("billing-pg"));
         assert_eq!(plan.cluster_tags, [("env".to_owned(), "prod".to_owned())]);

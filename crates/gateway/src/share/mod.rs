@@ -17,7 +17,7 @@ use snapgate_domain::TokenBucket;
 
 use crate::config::{CallerShare, FairShareSettings};
 
-pub(crate) use aws::AwsShare;
+pub(crate) use aws::{AwsShare, Turn};
 pub(crate) use calls::CallShare;
 
 /// A token bucket per caller id, made with the caller's share on first use and forgotten

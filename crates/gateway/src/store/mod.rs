@@ -7,7 +7,7 @@
 //! start.
 
 mod jobs;
-mod plans;
+pub(crate) mod plans;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -28,6 +28,7 @@ use crate::config::StoreSettings;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "copy jobs", include_str!("../../migrations/0001_copy_jobs.sql")),
     (2, "plans", include_str!("../../migrations/0002_plans.sql")),
+    (3, "plan owners and runners", include_str!("../../migrations/0003_plan_runs.sql")),
 ];
 
 #[derive(Debug)]

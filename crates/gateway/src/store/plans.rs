@@ -1,8 +1,6 @@
 //! The plan tables: plans and their owners, runs (a scheduled slot claimed once across
 //! replicas), what each run did, and the copies plans made (all retention may ever expire).
 
-#![allow(dead_code)] // The plan API and scheduler of issue #29 are built on these next.
-
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -13,6 +11,8 @@ use super::{Store, StoreError};
 pub(crate) struct PlanRecord {
     pub name: String,
     pub owner: String,
+    /// The owner's facts as authentication established them at apply (JSON).
+    pub owner_facts: String,
     /// The plan as declared, JSON.
     pub spec: String,
     pub applied_ms: i64,
@@ -34,6 +34,8 @@ pub(crate) struct NewRun {
     pub state: String,
     pub started_ms: i64,
     pub reason: Option<String>,
+    /// The replica that runs it.
+    pub runner: String,
 }
 
 /// A run as stored.
@@ -53,6 +55,8 @@ pub(crate) struct RunItem {
     /// `COPIED`, `UP_TO_DATE`, `SKIPPED_IN_PROGRESS`, `EXPIRED`, `REFUSED`, `FAILED`.
     pub outcome: String,
     pub detail: Option<String>,
+    /// When the copy's source snapshot was taken: the recovery point it holds.
+    pub recovery_ms: Option<i64>,
 }
 
 /// A copy a plan made.
@@ -74,6 +78,7 @@ fn plan_of(row: &AnyRow) -> Result<PlanRecord, sqlx::Error> {
     Ok(PlanRecord {
         name: row.try_get("name")?,
         owner: row.try_get("owner")?,
+        owner_facts: row.try_get("owner_facts")?,
         spec: row.try_get("spec")?,
         applied_ms: row.try_get("applied_ms")?,
         updated_ms: row.try_get("updated_ms")?,
@@ -92,6 +97,7 @@ fn run_of(row: &AnyRow) -> Result<Run, sqlx::Error> {
             state: row.try_get("state")?,
             started_ms: row.try_get("started_ms")?,
             reason: row.try_get("reason")?,
+            runner: row.try_get::<Option<String>, _>("runner")?.unwrap_or_default(),
         },
         finished_ms: row.try_get("finished_ms")?,
     })
@@ -112,8 +118,8 @@ fn copy_of(row: &AnyRow) -> Result<PlanCopyRecord, sqlx::Error> {
     })
 }
 
-const PLAN_COLUMNS: &str = "name, owner, spec, applied_ms, updated_ms, generation";
-const RUN_COLUMNS: &str = "id, plan, slot_key, slot_ms, cause, state, started_ms, finished_ms, reason";
+const PLAN_COLUMNS: &str = "name, owner, owner_facts, spec, applied_ms, updated_ms, generation";
+const RUN_COLUMNS: &str = "id, plan, slot_key, slot_ms, cause, state, started_ms, finished_ms, reason, runner";
 const COPY_COLUMNS: &str =
     "account, region, target, plan, cluster_id, source_arn, source_time_ms, run_id, created_ms, expired_ms";
 
@@ -124,16 +130,19 @@ impl Store {
         &self,
         name: &str,
         owner: &str,
+        owner_facts: &str,
         spec: &str,
         now: i64,
     ) -> Result<PlanRecord, StoreError> {
         sqlx::query(
-            "INSERT INTO plans (name, owner, spec, applied_ms, updated_ms, generation) VALUES ($1, $2, $3, $4, $4, 1) \
-             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, spec = excluded.spec, \
-             updated_ms = excluded.updated_ms, generation = plans.generation + 1",
+            "INSERT INTO plans (name, owner, owner_facts, spec, applied_ms, updated_ms, generation) \
+             VALUES ($1, $2, $3, $4, $5, $5, 1) \
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, owner_facts = excluded.owner_facts, \
+             spec = excluded.spec, updated_ms = excluded.updated_ms, generation = plans.generation + 1",
         )
         .bind(name)
         .bind(owner)
+        .bind(owner_facts)
         .bind(spec)
         .bind(now)
         .execute(&self.pool)
@@ -165,8 +174,8 @@ impl Store {
     /// Claims a run: `None` when its slot was claimed already (by this or another replica).
     pub(crate) async fn claim_run(&self, run: &NewRun) -> Result<Option<Run>, StoreError> {
         let done = sqlx::query(
-            "INSERT INTO plan_runs (id, plan, slot_key, slot_ms, cause, state, started_ms, finished_ms, reason) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (slot_key) DO NOTHING",
+            "INSERT INTO plan_runs (id, plan, slot_key, slot_ms, cause, state, started_ms, finished_ms, reason, \
+             runner, heartbeat_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $7) ON CONFLICT (slot_key) DO NOTHING",
         )
         .bind(&run.id)
         .bind(&run.plan)
@@ -178,6 +187,7 @@ impl Store {
         // A missed slot is over when it is recorded.
         .bind((run.state == "MISSED").then_some(run.started_ms))
         .bind(&run.reason)
+        .bind(&run.runner)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
@@ -192,6 +202,59 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.as_ref().map(run_of).transpose()?)
+    }
+
+    /// Marks a run alive, by the replica running it; `false` when another took it over (or it
+    /// ended), so this replica stops.
+    pub(crate) async fn heartbeat_run(&self, id: &str, runner: &str, now: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE plan_runs SET heartbeat_ms = $1 WHERE id = $2 AND runner = $3 AND state = 'RUNNING'")
+                .bind(now)
+                .bind(id)
+                .bind(runner)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Takes over the runs whose replica stopped marking them alive before `stale_before`: each
+    /// is taken by one replica only.
+    pub(crate) async fn take_over_runs(
+        &self,
+        runner: &str,
+        stale_before: i64,
+        now: i64,
+    ) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM plan_runs WHERE state = 'RUNNING' AND COALESCE(heartbeat_ms, 0) < $1 LIMIT 100"
+        ))
+        .bind(stale_before)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut taken = Vec::new();
+        for row in &rows {
+            let run = run_of(row)?;
+            let done = sqlx::query(
+                "UPDATE plan_runs SET runner = $1, heartbeat_ms = $2 WHERE id = $3 AND state = 'RUNNING' \
+                 AND COALESCE(heartbeat_ms, 0) < $4",
+            )
+            .bind(runner)
+            .bind(now)
+            .bind(&run.new.id)
+            .bind(stale_before)
+            .execute(&self.pool)
+            .await?;
+            if done.rows_affected() == 1 {
+                taken.push(Run { new: NewRun { runner: runner.to_owned(), ..run.new }, ..run });
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Forgets what a run did, before a replica that took it over runs it again.
+    pub(crate) async fn clear_run_items(&self, run_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM plan_run_items WHERE run_id = $1").bind(run_id).execute(&self.pool).await?;
+        Ok(())
     }
 
     /// A plan's runs, newest first.
@@ -238,8 +301,9 @@ impl Store {
     /// Records what a run did, in order.
     pub(crate) async fn add_run_item(&self, run_id: &str, item: &RunItem) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO plan_run_items (run_id, seq, cluster_id, source_arn, destination, copy_name, outcome, detail) \
-             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM plan_run_items WHERE run_id = $1), $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO plan_run_items (run_id, seq, cluster_id, source_arn, destination, copy_name, outcome, detail, \
+             recovery_ms) VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM plan_run_items WHERE run_id = $1), \
+             $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(run_id)
         .bind(&item.cluster_id)
@@ -248,6 +312,7 @@ impl Store {
         .bind(&item.copy_name)
         .bind(&item.outcome)
         .bind(&item.detail)
+        .bind(item.recovery_ms)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -255,7 +320,7 @@ impl Store {
 
     pub(crate) async fn run_items(&self, run_id: &str) -> Result<Vec<RunItem>, StoreError> {
         let rows = sqlx::query(
-            "SELECT cluster_id, source_arn, destination, copy_name, outcome, detail FROM plan_run_items \
+            "SELECT cluster_id, source_arn, destination, copy_name, outcome, detail, recovery_ms FROM plan_run_items \
              WHERE run_id = $1 ORDER BY seq",
         )
         .bind(run_id)
@@ -270,6 +335,7 @@ impl Store {
                     copy_name: row.try_get("copy_name")?,
                     outcome: row.try_get("outcome")?,
                     detail: row.try_get("detail")?,
+                    recovery_ms: row.try_get("recovery_ms")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -359,18 +425,19 @@ mod tests {
             state: state.into(),
             started_ms: slot_ms.unwrap_or(5),
             reason: None,
+            runner: "replica-a".into(),
         }
     }
 
     #[tokio::test]
     async fn a_plan_is_applied_replaced_listed_and_deleted() {
         let (store, dir) = scratch_store().await;
-        let first = store.put_plan("nightly-dr", "team-a", "{\"v\":1}", 10).await.unwrap();
+        let first = store.put_plan("nightly-dr", "team-a", "{}", "{\"v\":1}", 10).await.unwrap();
         assert_eq!((first.generation, first.applied_ms, first.updated_ms), (1, 10, 10));
-        let second = store.put_plan("nightly-dr", "team-a", "{\"v\":2}", 20).await.unwrap();
+        let second = store.put_plan("nightly-dr", "team-a", "{}", "{\"v\":2}", 20).await.unwrap();
         assert_eq!((second.generation, second.applied_ms, second.updated_ms), (2, 10, 20));
         assert_eq!(second.spec, "{\"v\":2}");
-        store.put_plan("another", "team-b", "{}", 30).await.unwrap();
+        store.put_plan("another", "team-b", "{}", "{}", 30).await.unwrap();
         let names: Vec<_> = store.plans().await.unwrap().into_iter().map(|p| p.name).collect();
         assert_eq!(names, ["another", "nightly-dr"]);
         assert!(store.delete_plan("another").await.unwrap());
@@ -398,6 +465,7 @@ mod tests {
             copy_name: Some("nightly-dr-billing-pg-0123456789".into()),
             outcome: outcome.into(),
             detail: None,
+            recovery_ms: None,
         };
         store.add_run_item("r1", &item("COPIED")).await.unwrap();
         store.add_run_item("r1", &item("EXPIRED")).await.unwrap();
@@ -408,6 +476,41 @@ mod tests {
         assert!(!store.finish_run("r3", "SUCCEEDED", None, 3001).await.unwrap(), "a missed slot stays missed");
         let states: Vec<_> = store.runs("nightly-dr", 10).await.unwrap().into_iter().map(|r| r.new.state).collect();
         assert_eq!(states, ["MISSED", "SUCCEEDED", "RUNNING"], "newest first");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_replica_stopped_is_taken_over_once() {
+        let (store, dir) = scratch_store().await;
+        store.claim_run(&run("r1", Some(1000), "RUNNING")).await.unwrap().unwrap();
+        assert!(store.heartbeat_run("r1", "replica-a", 2000).await.unwrap());
+        assert!(!store.heartbeat_run("r1", "replica-b", 2000).await.unwrap(), "only its runner marks it");
+        // Alive at 2000: not stale before 1500.
+        assert!(store.take_over_runs("replica-b", 1500, 3000).await.unwrap().is_empty());
+        let taken = store.take_over_runs("replica-b", 2500, 3000).await.unwrap();
+        assert_eq!(
+            taken.iter().map(|r| (r.new.id.as_str(), r.new.runner.as_str())).collect::<Vec<_>>(),
+            [("r1", "replica-b")]
+        );
+        assert!(store.take_over_runs("replica-c", 2500, 3000).await.unwrap().is_empty(), "taken once");
+        assert!(!store.heartbeat_run("r1", "replica-a", 3100).await.unwrap(), "the old runner learns it lost the run");
+        store
+            .add_run_item(
+                "r1",
+                &RunItem {
+                    cluster_id: "c".into(),
+                    source_arn: None,
+                    destination: "us-west-2".into(),
+                    copy_name: None,
+                    outcome: "COPIED".into(),
+                    detail: None,
+                    recovery_ms: Some(1),
+                },
+            )
+            .await
+            .unwrap();
+        store.clear_run_items("r1").await.unwrap();
+        assert!(store.run_items("r1").await.unwrap().is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
 

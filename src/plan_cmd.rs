@@ -1,0 +1,548 @@
+//! `snapgate plan`: DR plans from the command line. `apply FILE` sends a plan file (TOML) to the
+//! gateway (`--dry-run`: what a run now would copy and expire, nothing applied); `list`, `get`,
+//! `delete`; `run NAME [--wait]` starts a run now; `runs NAME` shows what runs did; `status`
+//! judges every cluster's newest DR copy against the plan's recovery point objective. Exit codes
+//! as the copy commands': 0 done (or fresh), 1 a run not SUCCEEDED (or a stale recovery point),
+//! 2 a plan file that does not read, 4 a wait that timed out, 5 no such plan, 6 refused.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use snapgate_client::{Client, ClientError, pb};
+
+use crate::client_cmd::{Connection, Output, Reporter, fail, parse_duration};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PlanCommand {
+    /// Create or replace the plans of a file (TOML, `[[plan]]` tables); you become their owner.
+    Apply(ApplyArgs),
+    /// The plans you may see.
+    List(PlanConnection),
+    /// One plan as applied.
+    Get(PlanName),
+    /// Delete a plan: it runs no more; its copies stay.
+    Delete(PlanName),
+    /// Run a plan now, outside its schedule.
+    Run(RunArgs),
+    /// A plan's runs, newest first, with what each did.
+    Runs(RunsArgs),
+    /// Every cluster's newest DR copy against the plan's recovery point objective.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlanConnection {
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// The plan file ("-": standard input).
+    file: PathBuf,
+    /// Apply nothing: show what a run now would copy and expire.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlanName {
+    name: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    name: String,
+    /// Wait for the run to end; the exit code says how (0 SUCCEEDED, 1 otherwise).
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long (90s, 45m, 6h).
+    #[arg(long, value_parser = parse_duration, default_value = "6h")]
+    timeout: Duration,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunsArgs {
+    name: String,
+    /// Runs to show, 1 to 100.
+    #[arg(long, default_value_t = 10)]
+    limit: i32,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// One plan; every plan you may see when left out.
+    name: Option<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// How often `run --wait` looks at the run.
+const WAIT_POLL: Duration = Duration::from_secs(2);
+
+pub(crate) async fn run(command: PlanCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PlanCommand::Apply(args) => apply(args).await,
+        PlanCommand::List(args) => {
+            with_client(&args.connection, |client, output| async move {
+                let plans = client.list_plans().await?;
+                for plan in &plans {
+                    match output {
+                        Output::Json => println!("{}", plan_json(plan)),
+                        Output::Text => println!(
+                            "{}\t{} {}\towner {}\tnext run {}",
+                            plan.name,
+                            plan.schedule,
+                            plan.timezone,
+                            plan.owner,
+                            time_text(plan.next_run_time.as_ref())
+                        ),
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+            .await
+        }
+        PlanCommand::Get(args) => {
+            with_client(&args.connection, |client, output| async move {
+                let plan = client.get_plan(&args.name).await?;
+                print_plan(&plan, output);
+                Ok(ExitCode::SUCCESS)
+            })
+            .await
+        }
+        PlanCommand::Delete(args) => {
+            with_client(&args.connection, |client, output| async move {
+                let plan = client.delete_plan(&args.name).await?;
+                match output {
+                    Output::Json => println!("{}", json!({ "deleted": plan_json(&plan) })),
+                    Output::Text => println!("deleted {} (its copies stay)", plan.name),
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+            .await
+        }
+        PlanCommand::Run(args) => run_plan(args).await,
+        PlanCommand::Runs(args) => {
+            with_client(&args.connection, |client, output| async move {
+                for run in client.plan_runs(&args.name, args.limit).await? {
+                    print_run(&run, output);
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+            .await
+        }
+        PlanCommand::Status(args) => status(args).await,
+    }
+}
+
+/// Connects and runs `body`; a call's error is reported as the copy commands report theirs.
+async fn with_client<F, Fut>(connection: &Connection, body: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(Client, Output) -> Fut,
+    Fut: Future<Output = Result<ExitCode, ClientError>>,
+{
+    let reporter = Reporter::new(connection.output());
+    let client = match connection.client().await {
+        Ok(client) => client,
+        Err(error) => return Ok(fail(&reporter, "snapgate", &error)),
+    };
+    match body(client, connection.output()).await {
+        Ok(code) => Ok(code),
+        Err(error) => Ok(fail(&reporter, "plan", &error)),
+    }
+}
+
+async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let text = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&args.file).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?
+    };
+    let plans = match snapgate_gateway::read_plan_file(&text) {
+        Ok(plans) => plans,
+        Err(violations) => {
+            eprintln!("{}: the plan file does not read:", args.file.display());
+            for (field, rule) in violations {
+                eprintln!("  {field}: {rule}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let output = args.connection.output();
+    let reporter = Reporter::new(output);
+    let client = match args.connection.client().await {
+        Ok(client) => client,
+        Err(error) => return Ok(fail(&reporter, "snapgate", &error)),
+    };
+    let mut code = ExitCode::SUCCESS;
+    for (i, plan) in plans.into_iter().enumerate() {
+        let name = plan.name.clone();
+        let done = if args.dry_run {
+            client
+                .preview_plan(pb::PreviewPlanRequest { name: String::new(), plan: Some(plan) })
+                .await
+                .map(|preview| print_preview(&preview, output))
+        } else {
+            client.apply_plan(plan).await.map(|applied| match output {
+                Output::Json => println!("{}", json!({ "applied": plan_json(&applied) })),
+                Output::Text => println!(
+                    "applied {} (generation {}, owner {}, next run {})",
+                    applied.name,
+                    applied.generation,
+                    applied.owner,
+                    time_text(applied.next_run_time.as_ref())
+                ),
+            })
+        };
+        if let Err(error) = done {
+            // The gateway names a plan's fields `plan.…`; the file's are `plan[i].…`.
+            let error = match error {
+                ClientError::Status(status) => {
+                    let message = status.message().replace("plan.", &format!("plan[{i}]."));
+                    ClientError::Status(tonic::Status::with_details(
+                        status.code(),
+                        message,
+                        status.details().to_vec().into(),
+                    ))
+                }
+                other => other,
+            };
+            code = fail(&reporter, &name, &error);
+        }
+    }
+    Ok(code)
+}
+
+async fn run_plan(args: RunArgs) -> anyhow::Result<ExitCode> {
+    with_client(&args.connection, |client, output| async move {
+        let started = client.run_plan(&args.name).await?;
+        if !args.wait {
+            print_run(&started, output);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if output == Output::Text {
+            println!("run {} of {} started", started.id, started.plan);
+        }
+        let give_up = tokio::time::Instant::now() + args.timeout;
+        loop {
+            let runs = client.plan_runs(&args.name, 100).await?;
+            if let Some(run) = runs.iter().find(|r| r.id == started.id)
+                && run.state() != pb::plan_run::State::Running
+            {
+                print_run(run, output);
+                return Ok(if run.state() == pb::plan_run::State::Succeeded {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            if tokio::time::Instant::now() + WAIT_POLL > give_up {
+                match output {
+                    Output::Json => {
+                        println!("{}", json!({ "run": started.id, "outcome": "timed_out", "exit_code": 4 }))
+                    }
+                    Output::Text => eprintln!("run {}: still running after {:?}", started.id, args.timeout),
+                }
+                return Ok(ExitCode::from(4));
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+    })
+    .await
+}
+
+/// The recovery point of every cluster at every destination, from each plan's latest run that
+/// ended, judged against its `rpo_hours`.
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    with_client(&args.connection, |client, output| async move {
+        let plans = match &args.name {
+            Some(name) => vec![client.get_plan(name).await?],
+            None => client.list_plans().await?,
+        };
+        let mut stale_any = false;
+        for plan in &plans {
+            let runs = client.plan_runs(&plan.name, 100).await?;
+            let latest =
+                runs.iter().find(|r| !matches!(r.state(), pb::plan_run::State::Running | pb::plan_run::State::Missed));
+            let rpo = plan.rpo_hours.map(|h| Duration::from_secs(u64::try_from(h).unwrap_or(0) * 3600));
+            let Some(run) = latest else {
+                stale_any = true;
+                match output {
+                    Output::Json => println!("{}", json!({ "plan": plan.name, "status": "NO_RUN" })),
+                    Output::Text => println!("{}: no run has ended yet", plan.name),
+                }
+                continue;
+            };
+            for row in status_rows(run, rpo, SystemTime::now()) {
+                stale_any |= row.stale;
+                match output {
+                    Output::Json => println!(
+                        "{}",
+                        json!({
+                            "plan": plan.name,
+                            "run": run.id,
+                            "cluster": row.cluster,
+                            "destination": row.destination,
+                            "status": if row.stale { "STALE" } else { "FRESH" },
+                            "recovery_point_age_seconds": row.age.map(|a| a.as_secs()),
+                            "rpo_seconds": rpo.map(|r| r.as_secs()),
+                            "detail": row.detail,
+                        })
+                    ),
+                    Output::Text => println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        plan.name,
+                        row.cluster,
+                        row.destination,
+                        if row.stale { "STALE" } else { "FRESH" },
+                        row.age.map_or(row.detail.clone(), |a| format!("recovery point {} old", age_text(a)))
+                    ),
+                }
+            }
+        }
+        Ok(if stale_any { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    })
+    .await
+}
+
+/// One cluster at one destination, as `plan status` judges it.
+#[derive(Debug, PartialEq)]
+struct StatusRow {
+    cluster: String,
+    destination: String,
+    age: Option<Duration>,
+    stale: bool,
+    detail: String,
+}
+
+/// The status of each cluster and destination a run looked at: fresh when its copy there is
+/// available and holds a recovery point within the objective (any age without one).
+fn status_rows(run: &pb::PlanRun, rpo: Option<Duration>, now: SystemTime) -> Vec<StatusRow> {
+    use pb::plan_run_item::Outcome as O;
+    let mut rows: Vec<StatusRow> = Vec::new();
+    for item in &run.items {
+        if item.cluster_id.is_empty() || matches!(item.outcome(), O::Expired | O::WouldExpire | O::Copied) {
+            continue;
+        }
+        let good = matches!(item.outcome(), O::Available | O::UpToDate);
+        let age = item
+            .recovery_point_time
+            .as_ref()
+            .and_then(|t| SystemTime::try_from(*t).ok())
+            .map(|t| now.duration_since(t).unwrap_or_default());
+        let stale = !good || matches!((age, rpo), (Some(age), Some(rpo)) if age > rpo);
+        let detail = if good { String::new() } else { format!("{:?}: {}", item.outcome(), item.detail) };
+        let row = StatusRow {
+            cluster: item.cluster_id.clone(),
+            destination: item.destination.clone(),
+            age: good.then_some(age).flatten(),
+            stale,
+            detail,
+        };
+        // A later item of the same cluster and destination (the copy's end) says more.
+        match rows.iter_mut().find(|r| r.cluster == row.cluster && r.destination == row.destination) {
+            Some(existing) if existing.stale || !row.stale => *existing = row,
+            Some(_) => {}
+            None => rows.push(row),
+        }
+    }
+    rows
+}
+
+fn print_plan(plan: &pb::Plan, output: Output) {
+    match output {
+        Output::Json => println!("{}", plan_json(plan)),
+        Output::Text => {
+            println!(
+                "{}: {} ({}), owner {}, generation {}",
+                plan.name, plan.schedule, plan.timezone, plan.owner, plan.generation
+            );
+            println!("  next run {}", time_text(plan.next_run_time.as_ref()));
+            if let Some(select) = &plan.select {
+                println!(
+                    "  select: region {}, engines {:?}, clusters {:?}, tags {:?}, types {:?}",
+                    select.source_region, select.engines, select.clusters, select.cluster_tags, select.snapshot_types
+                );
+            }
+            for copy in &plan.copy {
+                println!(
+                    "  copy to {}/{}: kms {:?}, keep_last {:?}, max_age_days {:?}",
+                    copy.destination_account,
+                    copy.destination_region,
+                    copy.kms_key_id,
+                    copy.keep_last,
+                    copy.max_age_days
+                );
+            }
+        }
+    }
+}
+
+fn print_run(run: &pb::PlanRun, output: Output) {
+    match output {
+        Output::Json => println!("{}", run_json(run)),
+        Output::Text => {
+            println!(
+                "run {} of {}: {:?} ({}, started {}){}",
+                run.id,
+                run.plan,
+                run.state(),
+                run.cause,
+                time_text(run.start_time.as_ref()),
+                if run.reason.is_empty() { String::new() } else { format!(": {}", run.reason) }
+            );
+            for item in &run.items {
+                println!("  {}", item_text(item));
+            }
+        }
+    }
+}
+
+fn print_preview(preview: &pb::PlanPreview, output: Output) {
+    let name = preview.plan.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
+    match output {
+        Output::Json => {
+            println!("{}", json!({ "preview": name, "items": preview.items.iter().map(item_json).collect::<Vec<_>>() }))
+        }
+        Output::Text => {
+            println!("{name}: a run now would (nothing applied):");
+            for item in &preview.items {
+                println!("  {}", item_text(item));
+            }
+        }
+    }
+}
+
+fn item_text(item: &pb::PlanRunItem) -> String {
+    let mut text = format!("{:?}\t{}\t{}", item.outcome(), item.cluster_id, item.destination);
+    if !item.copy.is_empty() {
+        text.push_str(&format!("\t{}", item.copy));
+    }
+    if !item.detail.is_empty() {
+        text.push_str(&format!("\t({})", item.detail));
+    }
+    text
+}
+
+fn time_text(t: Option<&prost_types::Timestamp>) -> String {
+    t.map_or_else(|| "-".to_owned(), |t| format!("{t}"))
+}
+
+fn age_text(age: Duration) -> String {
+    let s = age.as_secs();
+    if s >= 3600 { format!("{}h{:02}m", s / 3600, s % 3600 / 60) } else { format!("{}m{:02}s", s / 60, s % 60) }
+}
+
+fn plan_json(p: &pb::Plan) -> serde_json::Value {
+    let select = p.select.clone().unwrap_or_default();
+    json!({
+        "name": p.name,
+        "schedule": p.schedule,
+        "timezone": p.timezone,
+        "start_window_minutes": p.start_window_minutes,
+        "rpo_hours": p.rpo_hours,
+        "select": {
+            "source_region": select.source_region,
+            "engines": select.engines,
+            "clusters": select.clusters,
+            "cluster_tags": select.cluster_tags,
+            "snapshot_types": select.snapshot_types,
+        },
+        "copy": p.copy.iter().map(|c| json!({
+            "destination_region": c.destination_region,
+            "destination_account": c.destination_account,
+            "kms_key_id": c.kms_key_id,
+            "copy_tags": c.copy_tags,
+            "tags": c.tags,
+            "keep_last": c.keep_last,
+            "max_age_days": c.max_age_days,
+        })).collect::<Vec<_>>(),
+        "owner": p.owner,
+        "generation": p.generation,
+        "apply_time": p.apply_time.as_ref().map(|t| t.to_string()),
+        "update_time": p.update_time.as_ref().map(|t| t.to_string()),
+        "next_run_time": p.next_run_time.as_ref().map(|t| t.to_string()),
+    })
+}
+
+fn item_json(i: &pb::PlanRunItem) -> serde_json::Value {
+    json!({
+        "cluster": i.cluster_id,
+        "source": i.source_snapshot_arn,
+        "destination": i.destination,
+        "copy": i.copy,
+        "outcome": format!("{:?}", i.outcome()),
+        "detail": i.detail,
+        "recovery_point_time": i.recovery_point_time.as_ref().map(|t| t.to_string()),
+    })
+}
+
+fn run_json(r: &pb::PlanRun) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "plan": r.plan,
+        "state": format!("{:?}", r.state()),
+        "cause": r.cause,
+        "slot_time": r.slot_time.as_ref().map(|t| t.to_string()),
+        "start_time": r.start_time.as_ref().map(|t| t.to_string()),
+        "finish_time": r.finish_time.as_ref().map(|t| t.to_string()),
+        "reason": r.reason,
+        "items": r.items.iter().map(item_json).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::plan_run_item::Outcome as O;
+
+    fn at(secs_ago: u64, now: SystemTime) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp::from(now - Duration::from_secs(secs_ago)))
+    }
+
+    fn item(cluster: &str, outcome: O, recovery: Option<prost_types::Timestamp>) -> pb::PlanRunItem {
+        pb::PlanRunItem {
+            cluster_id: cluster.into(),
+            destination: "123456789012/us-west-2".into(),
+            outcome: outcome as i32,
+            recovery_point_time: recovery,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_recovery_point_is_fresh_within_the_objective_and_stale_beyond_or_without_a_copy() {
+        let now = SystemTime::now();
+        let hour = 3600;
+        let run = pb::PlanRun {
+            items: vec![
+                item("fresh", O::Copied, at(hour, now)),
+                item("fresh", O::Available, at(hour, now)),
+                item("old", O::UpToDate, at(30 * hour, now)),
+                item("refused", O::Refused, None),
+                item("none", O::NoSnapshot, None),
+                item("", O::Failed, None),
+                item("fresh", O::Expired, None),
+            ],
+            ..Default::default()
+        };
+        let rows = status_rows(&run, Some(Duration::from_secs(26 * hour)), now);
+        let verdicts: Vec<(&str, bool)> = rows.iter().map(|r| (r.cluster.as_str(), r.stale)).collect();
+        assert_eq!(verdicts, [("fresh", false), ("old", true), ("refused", true), ("none", true)]);
+        // Without an objective, any available copy is fresh.
+        let rows = status_rows(&run, None, now);
+        assert!(!rows.iter().find(|r| r.cluster == "old").unwrap().stale);
+    }
+}
