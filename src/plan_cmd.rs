@@ -209,20 +209,29 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         if let Err(error) = done {
             // The gateway names a plan's fields `plan.…`; the file's are `plan[i].…`.
             let error = match error {
-                ClientError::Status(status) => {
-                    let message = status.message().replace("plan.", &format!("plan[{i}]."));
-                    ClientError::Status(tonic::Status::with_details(
-                        status.code(),
-                        message,
-                        status.details().to_vec().into(),
-                    ))
-                }
+                ClientError::Status(status) => ClientError::Status(in_file(&status, i)),
                 other => other,
             };
             code = fail(&reporter, &name, &error);
         }
     }
     Ok(code)
+}
+
+/// A refusal of the file's `i`th plan, its fields named as the file's (`plan[i].…`).
+fn in_file(status: &tonic::Status, i: usize) -> tonic::Status {
+    use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+    let at =
+        |field: &str| field.strip_prefix("plan").map_or_else(|| field.to_owned(), |rest| format!("plan[{i}]{rest}"));
+    let message = status.message().replace("plan.", &format!("plan[{i}]."));
+    match status.get_error_details().bad_request() {
+        Some(bad) => {
+            let violations: Vec<FieldViolation> =
+                bad.field_violations.iter().map(|v| FieldViolation::new(at(&v.field), v.description.clone())).collect();
+            tonic::Status::with_error_details(status.code(), message, ErrorDetails::with_bad_request(violations))
+        }
+        None => tonic::Status::new(status.code(), message),
+    }
 }
 
 async fn run_plan(args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -259,6 +259,15 @@ impl CopyWorkflow {
         self.jobs.share.spend(caller, region).await
     }
 
+    /// Whether a copy of `source` as `request` asks would pass the request's rules and the
+    /// source engine's, with no AWS call: what a plan's preview says of a copy it would make.
+    pub(crate) fn check_copy(&self, request: &CopyRequest, source: &ClusterSnapshot) -> Result<(), Error> {
+        let valid = validate(request, self.accounts.default_region(), &Served(&self.regions))
+            .map_err(Error::InvalidArgument)?;
+        let account = valid.destination_account.clone().or_else(|| self.accounts.own_account().map(str::to_owned));
+        source_rules::check(&valid, source, account.as_deref())
+    }
+
     /// The regions the gateway serves.
     pub(crate) fn served(&self) -> Served<'_> {
         Served(&self.regions)

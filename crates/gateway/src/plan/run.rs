@@ -131,7 +131,9 @@ impl Plans {
         CopyRequest {
             source_snapshot: source.arn.clone(),
             target_snapshot_id: target.to_owned(),
-            kms_key_id: destination.kms_key_id.clone().unwrap_or_default(),
+            // The plan's key encrypts the copies of encrypted sources; AWS refuses a key for
+            // an unencrypted one, whose copy stays unencrypted.
+            kms_key_id: destination.kms_key_id.clone().filter(|_| source.encrypted).unwrap_or_default(),
             copy_tags: destination.copy_tags,
             tags,
             source_region: plan.source_region.clone(),
@@ -178,6 +180,19 @@ impl Plans {
                         items.push(item(&s.cluster.id, Some(source), &place.key, Some(&name), outcome, detail));
                     }
                     None => {
+                        if let Err(error) =
+                            self.copies.check_copy(&Self::copy_request(plan, destination, source, target), source)
+                        {
+                            items.push(item(
+                                &s.cluster.id,
+                                Some(source),
+                                &place.key,
+                                Some(&name),
+                                Outcome::Failed,
+                                Some(error.to_string()),
+                            ));
+                            continue;
+                        }
                         let context = plan_context(plan, destination, source, &place, target);
                         let decision = self.policies.decide(owner, Action::CopyClusterSnapshot, source, Some(&context));
                         if decision.allowed {
@@ -754,7 +769,7 @@ fn plan_context(
         destination_account: place.account.clone(),
         destination_region: place.region.clone(),
         target: target.to_owned(),
-        kms_key: destination.kms_key_id.clone(),
+        kms_key: destination.kms_key_id.clone().filter(|_| source.encrypted),
         tags,
         copy_tags: destination.copy_tags,
         cross_region: source.region != place.region,
