@@ -160,6 +160,8 @@ async fn a_plan_copies_the_newest_of_what_it_selects_and_expires_only_its_own(st
         gw.client.apply_plan(pb::ApplyPlanRequest { plan: Some(plan_message(2)) }).await.unwrap().into_inner();
     assert_eq!((applied.owner.as_str(), applied.generation), ("tester", 1));
     assert!(applied.next_run_time.is_some(), "the next 03:00 in Berlin");
+    let same = gw.client.apply_plan(pb::ApplyPlanRequest { plan: Some(plan_message(2)) }).await.unwrap().into_inner();
+    assert_eq!(same.generation, 1, "applying the same plan again changes nothing");
 
     // The preview: the four production Aurora clusters, nothing else, nothing changed.
     let calls_before = emu.emulator.calls().get("CopyDBClusterSnapshot");

@@ -217,11 +217,16 @@ impl Plans {
     pub(crate) async fn apply(&self, plan: &ValidPlan, caller: &Caller) -> Result<PlanView, Error> {
         let spec = PlanSpec { name: plan.name.clone(), ..plan.spec.clone() };
         let text = serde_json::to_string(&spec).map_err(|e| Error::Internal(format!("plan to JSON: {e}")))?;
-        let record = self
-            .store
-            .put_plan(&plan.name, &caller.id, &owner_facts(caller), &text, now_ms())
-            .await
-            .map_err(store_error)?;
+        let facts = owner_facts(caller);
+        // Applying what is applied already changes nothing (a CronJob applying its file hourly).
+        if let Some(existing) = self.record(&plan.name).await?
+            && existing.spec == text
+            && existing.owner == caller.id
+            && existing.owner_facts == facts
+        {
+            return self.view(existing);
+        }
+        let record = self.store.put_plan(&plan.name, &caller.id, &facts, &text, now_ms()).await.map_err(store_error)?;
         crate::audit::plan_event("applied", &plan.name, caller, record.generation);
         self.wake.notify_one();
         self.view(record)
