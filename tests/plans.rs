@@ -316,3 +316,54 @@ async fn a_bad_plan_is_refused_field_by_field() {
     let plans = gw.client.list_plans(pb::ListPlansRequest {}).await.unwrap().into_inner().plans;
     assert!(plans.is_empty(), "nothing stored");
 }
+
+/// Two replicas on one PostgreSQL: the replica running a plan's run is SIGKILLed while its copies
+/// are in progress; the other takes the run over once it is no longer marked alive, finds the
+/// copies in progress, waits for them and ends the run SUCCEEDED. Every copy is made once.
+#[tokio::test]
+async fn a_run_whose_replica_is_killed_is_finished_by_another_and_copies_once() {
+    // 10 GiB clusters at 2 GiB/s: each copy takes about 5 s.
+    let emu = emulator_with(EmulatorConfig { copy_gib_per_sec: 2.0, ..quiet_config() }).await;
+    for id in ["billing-pg-1", "billing-pg-2", "billing-pg-3"] {
+        create_cluster(&emu, id, "aurora-postgresql", "prod").await;
+    }
+    let pg = common::postgres::start();
+    let store_toml = format!("url = \"{}\"", pg.url);
+    let config = format!(
+        "{}[plans]\ncheck_interval_ms = 100\nfollow_interval_ms = 100\nheartbeat_secs = 1\ntakeover_after_secs = 2\n",
+        serve::config(&emu.endpoint_url(), &store_toml)
+    );
+    let dir = scratch_dir("plans-takeover");
+    let a = serve::spawn(&config, &dir, "a").await;
+    let b = serve::spawn(&config, &dir, "b").await;
+    let mut on_a = gateway::connect(a.addr).await;
+    let mut on_b = gateway::connect(b.addr).await;
+    on_a.apply_plan(pb::ApplyPlanRequest { plan: Some(plan_message(2)) }).await.unwrap();
+    let run = on_a.run_plan(pb::RunPlanRequest { name: PLAN.into() }).await.unwrap().into_inner();
+    let copying =
+        eventually(Duration::from_secs(20), || async { emu.emulator.calls().get("CopyDBClusterSnapshot") == 3 }).await;
+    assert!(copying, "replica A admitted the three copies");
+    a.kill().await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        let runs = on_b
+            .list_plan_runs(pb::ListPlanRunsRequest { name: PLAN.into(), page_size: 10 })
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        let this = runs.into_iter().find(|r| r.id == run.id).unwrap();
+        if this.state() != RunState::Running {
+            break this;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replica B ends the run within 60 s: {this:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ended.state(), RunState::Succeeded, "{ended:?}");
+    assert_eq!(outcomes(&ended, Outcome::SkippedInProgress), ["billing-pg-1", "billing-pg-2", "billing-pg-3"]);
+    assert_eq!(outcomes(&ended, Outcome::Available), ["billing-pg-1", "billing-pg-2", "billing-pg-3"]);
+    assert_eq!(emu.emulator.calls().get("CopyDBClusterSnapshot"), 3, "no copy made twice");
+    b.kill().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
