@@ -85,6 +85,8 @@ pub(crate) enum BenchCommand {
     /// A fleet with its watches and readers under throttling, 500s, late and dropped answers:
     /// every accepted copy ends, none is made twice, callers see only documented codes.
     Soak(crate::bench::soak::SoakBenchArgs),
+    /// A DR plan over a fleet: describes per run, time against the ideal, copies once, expiries.
+    Plans(crate::bench::plans::PlansBenchArgs),
     /// One attack of `bench flood`, in a child process.
     #[command(hide = true)]
     FloodAttack(crate::bench::flood::FloodAttackArgs),
@@ -175,6 +177,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Reads(args)) => {
             with_telemetry("warn", format, crate::bench::reads::reads(args)).await
+        }
+        Command::Bench(BenchCommand::Plans(args)) => {
+            with_telemetry("warn", format, crate::bench::plans::plans(args)).await
         }
         Command::Bench(BenchCommand::Unary(args)) => {
             with_telemetry("warn", format, crate::bench::reads::unary(args)).await

@@ -4,6 +4,7 @@
 pub(crate) mod auth;
 mod child;
 pub(crate) mod flood;
+pub(crate) mod plans;
 pub(crate) mod queue;
 pub(crate) mod reads;
 pub(crate) mod soak;

@@ -106,6 +106,9 @@ pub(crate) enum Verdict {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CallCounts {
     pub calls: BTreeMap<String, u64>,
+    /// The same by region: `"us-east-1 DescribeDBClusters"`.
+    #[serde(default)]
+    pub by_region: BTreeMap<String, u64>,
     pub throttled: u64,
     pub internal_failures: u64,
     /// Answers cut off by `drop_rate`.
@@ -129,6 +132,11 @@ pub struct RecentRequest {
 impl CallCounts {
     pub fn get(&self, action: &str) -> u64 {
         self.calls.get(action).copied().unwrap_or(0)
+    }
+
+    /// Calls of `action` in `region`.
+    pub fn in_region(&self, region: &str, action: &str) -> u64 {
+        self.by_region.get(&format!("{region} {action}")).copied().unwrap_or(0)
     }
 
     pub fn remember(&mut self, action: &str, request_id: &str) {
@@ -159,6 +167,7 @@ impl FaultState {
     /// Counts the call and decides whether it is throttled or fails.
     pub(crate) fn admit(&mut self, action: &str, account: &str, region: &str, now: Instant, dice: f64) -> Verdict {
         *self.counts.calls.entry(action.to_owned()).or_default() += 1;
+        *self.counts.by_region.entry(format!("{region} {action}")).or_default() += 1;
         if let Some(throttle) = &self.faults.throttle {
             let bucket = self
                 .buckets

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
 use snapgate_domain::{Arn, ClusterSnapshot, CopyState};
 
 use super::decide::{PlanCopy, expiries, newest_source, selects, target_id};
@@ -43,6 +44,24 @@ struct Place {
     recorded: Vec<PlanCopyRecord>,
     /// What AWS has here of those and of this run's targets, by identifier.
     described: HashMap<String, ClusterSnapshot>,
+}
+
+/// Copies a run admits at once.
+const ADMIT_AT_ONCE: usize = 16;
+
+/// One admission, boxed so that a run's future stays `Send` across the concurrent admissions.
+type AdmitFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(RunItem, Option<Followed>), Error>> + Send + 'a>>;
+
+/// One destination's copies or expiries, boxed for the same reason.
+type DestinationFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+
+/// A copy a run will ask for.
+struct Pending<'a> {
+    cluster: String,
+    source: &'a ClusterSnapshot,
+    target: String,
+    name: String,
+    record: PlanCopyRecord,
 }
 
 /// A copy a run waits for.
@@ -313,14 +332,56 @@ impl Plans {
         let plan = self.valid(&record)?;
         let owner = owner_of(&record);
         let selected = self.select(&plan, &owner).await?;
-        let mut log = RunLog { plans: self, run: &run.new.id, items: Vec::new() };
+        let mut log = RunLog { plans: self, run: &run.new.id, items: Vec::new(), write: true };
+        // Destinations are worked at once: each has its own queue and limit in AWS, and one
+        // admitted after the other would start its copies late.
+        let mut kept: Vec<(RunLog<'_>, Vec<Followed>)> = plan
+            .destinations
+            .iter()
+            .map(|_| (RunLog { plans: self, run: &run.new.id, items: Vec::new(), write: false }, Vec::new()))
+            .collect();
+        let copying: Vec<DestinationFuture<'_>> = plan
+            .destinations
+            .iter()
+            .zip(kept.iter_mut())
+            .map(|(destination, (buffer, followed))| {
+                Box::pin(self.copy_to(&plan, destination, &selected, &owner, run, buffer, followed))
+                    as DestinationFuture<'_>
+            })
+            .collect();
+        for copied in futures_util::future::join_all(copying).await {
+            copied?;
+        }
         let mut followed = Vec::new();
-        for destination in &plan.destinations {
-            self.copy_to(&plan, destination, &selected, &owner, run, &mut log, &mut followed).await?;
+        for (buffer, follow) in kept {
+            for item in buffer.items {
+                log.add(item).await?;
+            }
+            followed.extend(follow);
         }
         self.follow(&owner, followed, &mut log).await?;
-        for destination in &plan.destinations {
-            self.expire_at(&plan, destination, &owner, run, &mut log).await?;
+        // Destinations expire at once (each region has its own pace); their items are logged
+        // destination by destination.
+        let mut kept: Vec<RunLog<'_>> = plan
+            .destinations
+            .iter()
+            .map(|_| RunLog { plans: self, run: &run.new.id, items: Vec::new(), write: false })
+            .collect();
+        let expiring: Vec<DestinationFuture<'_>> = plan
+            .destinations
+            .iter()
+            .zip(kept.iter_mut())
+            .map(|(destination, buffer)| {
+                Box::pin(self.expire_at(&plan, destination, &owner, run, buffer)) as DestinationFuture<'_>
+            })
+            .collect();
+        for expired in futures_util::future::join_all(expiring).await {
+            expired?;
+        }
+        for buffer in kept {
+            for item in buffer.items {
+                log.add(item).await?;
+            }
         }
         Ok(verdict(&log.items))
     }
@@ -349,6 +410,7 @@ impl Plans {
             Err(error) => return Err(error),
         };
         let recorded: HashSet<&str> = place.recorded.iter().map(|c| c.target.as_str()).collect();
+        let mut pending = Vec::new();
         for s in selected {
             let Some(source) = &s.source else {
                 log.add(item(
@@ -394,70 +456,76 @@ impl Plans {
                 log.add(item(&s.cluster.id, Some(source), &place.key, Some(&name), outcome, detail)).await?;
                 continue;
             }
-            let request = Self::copy_request(plan, destination, source, target);
-            let mut denied = None;
-            let authorize = |snapshot: &ClusterSnapshot, context: &CopyContext| {
-                let context = CopyContext { plan: Some(plan.name.clone()), ..context.clone() };
-                let decision = self.policies.decide(owner, Action::CopyClusterSnapshot, snapshot, Some(&context));
-                DecisionEvent {
-                    caller: owner,
-                    action: Action::CopyClusterSnapshot,
-                    resource: &snapshot.arn,
-                    destination: Some(format!("{}/{}", place.key, target)),
-                    decision: &decision,
-                    aws_request_id: None,
-                    outcome: None,
-                }
-                .emit();
-                if decision.allowed {
-                    Ok(())
-                } else {
-                    denied = Some(decision.policies.clone());
-                    Err(Error::PermissionDenied {
-                        action: Action::CopyClusterSnapshot.name(),
-                        policies: decision.policies,
-                    })
-                }
-            };
-            let copied = self.copy_as_owner(&request, owner, authorize).await;
-            match copied {
-                Ok(view) => {
-                    self.store.record_plan_copy(&record).await.map_err(store_error)?;
-                    let name = if view.snapshot.arn.is_empty() { name } else { view.snapshot.arn.clone() };
-                    followed.push(Followed {
-                        cluster: s.cluster.id.clone(),
-                        source: source.clone(),
-                        destination: place.key.clone(),
-                        name: name.clone(),
-                    });
-                    log.add(item(&s.cluster.id, Some(source), &place.key, Some(&name), Outcome::Copied, None)).await?;
-                }
-                Err(Error::PermissionDenied { policies, .. }) => {
-                    let policies = denied.unwrap_or(policies);
-                    log.add(item(
-                        &s.cluster.id,
-                        Some(source),
-                        &place.key,
-                        Some(&name),
-                        Outcome::Refused,
-                        Some(refusal(owner, "CopyClusterSnapshot", &policies)),
-                    ))
-                    .await?;
-                }
-                Err(error) => {
-                    log.add(item(
-                        &s.cluster.id,
-                        Some(source),
-                        &place.key,
-                        Some(&name),
-                        Outcome::Failed,
-                        Some(error.to_string()),
-                    ))
-                    .await?;
-                }
-            }
+            pending.push(Pending { cluster: s.cluster.id.clone(), source, target: target.clone(), name, record });
+        }
+        // Admitted a few at once: each costs a describe of its source, a decision and the store;
+        // one at a time, a fleet waited on its own admission before its copies could run.
+        let admissions: Vec<AdmitFuture<'_>> = pending
+            .iter()
+            .map(|p| Box::pin(self.admit(plan, destination, owner, &place, p)) as AdmitFuture<'_>)
+            .collect();
+        let admitted: Vec<Result<(RunItem, Option<Followed>), Error>> =
+            futures_util::stream::iter(admissions).buffered(ADMIT_AT_ONCE).collect().await;
+        for result in admitted {
+            let (item, follow) = result?;
+            followed.extend(follow);
+            log.add(item).await?;
         }
         Ok(())
+    }
+
+    /// Admits one copy a run makes, as the owner; its item, and the copy to wait for.
+    async fn admit(
+        &self,
+        plan: &ValidPlan,
+        destination: &Destination,
+        owner: &Caller,
+        place: &Place,
+        p: &Pending<'_>,
+    ) -> Result<(RunItem, Option<Followed>), Error> {
+        let request = Self::copy_request(plan, destination, p.source, &p.target);
+        let mut denied = None;
+        let authorize = |snapshot: &ClusterSnapshot, context: &CopyContext| {
+            let context = CopyContext { plan: Some(plan.name.clone()), ..context.clone() };
+            let decision = self.policies.decide(owner, Action::CopyClusterSnapshot, snapshot, Some(&context));
+            DecisionEvent {
+                caller: owner,
+                action: Action::CopyClusterSnapshot,
+                resource: &snapshot.arn,
+                destination: Some(format!("{}/{}", place.key, p.target)),
+                decision: &decision,
+                aws_request_id: None,
+                outcome: None,
+            }
+            .emit();
+            if decision.allowed {
+                Ok(())
+            } else {
+                denied = Some(decision.policies.clone());
+                Err(Error::PermissionDenied { action: Action::CopyClusterSnapshot.name(), policies: decision.policies })
+            }
+        };
+        let copied = self.copy_as_owner(&request, owner, authorize).await;
+        let at =
+            |name: &str, outcome, detail| item(&p.cluster, Some(p.source), &place.key, Some(name), outcome, detail);
+        Ok(match copied {
+            Ok(view) => {
+                self.store.record_plan_copy(&p.record).await.map_err(store_error)?;
+                let name = if view.snapshot.arn.is_empty() { p.name.clone() } else { view.snapshot.arn.clone() };
+                let follow = Followed {
+                    cluster: p.cluster.clone(),
+                    source: p.source.clone(),
+                    destination: place.key.clone(),
+                    name: name.clone(),
+                };
+                (at(&name, Outcome::Copied, None), Some(follow))
+            }
+            Err(Error::PermissionDenied { policies, .. }) => {
+                let policies = denied.unwrap_or(policies);
+                (at(&p.name, Outcome::Refused, Some(refusal(owner, "CopyClusterSnapshot", &policies))), None)
+            }
+            Err(error) => (at(&p.name, Outcome::Failed, Some(error.to_string())), None),
+        })
     }
 
     /// The copy workflow's admission, as the owner; the owner's share of AWS calls is waited
@@ -672,11 +740,15 @@ struct RunLog<'a> {
     plans: &'a Plans,
     run: &'a str,
     items: Vec<RunItem>,
+    /// Written to the store as they come; otherwise kept, to be logged in order later.
+    write: bool,
 }
 
 impl RunLog<'_> {
     async fn add(&mut self, item: RunItem) -> Result<(), Error> {
-        self.plans.store.add_run_item(self.run, &item).await.map_err(store_error)?;
+        if self.write {
+            self.plans.store.add_run_item(self.run, &item).await.map_err(store_error)?;
+        }
         self.items.push(item);
         Ok(())
     }
