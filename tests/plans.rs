@@ -112,6 +112,11 @@ async fn started(
 async fn run_to_end(client: &mut gateway::Client) -> pb::PlanRun {
     let run = client.run_plan(pb::RunPlanRequest { name: PLAN.into() }).await.unwrap().into_inner();
     assert_eq!(run.state(), RunState::Running);
+    end_of(client, &run.id).await
+}
+
+/// Waits (bounded) for the run `id` to end, as `client`'s gateway lists it.
+async fn end_of(client: &mut gateway::Client, id: &str) -> pb::PlanRun {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let runs = client
@@ -120,13 +125,26 @@ async fn run_to_end(client: &mut gateway::Client) -> pb::PlanRun {
             .unwrap()
             .into_inner()
             .runs;
-        let this = runs.into_iter().find(|r| r.id == run.id).unwrap();
+        let this = runs.into_iter().find(|r| r.id == id).unwrap();
         if this.state() != RunState::Running {
             return this;
         }
         assert!(tokio::time::Instant::now() < deadline, "the run ends within 60 s: {this:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether the plan's preview shows `outcome` within 20 s (a policy file reloaded meanwhile).
+async fn previews(client: &gateway::Client, outcome: Outcome) -> bool {
+    eventually(Duration::from_secs(20), || {
+        let mut client = client.clone();
+        async move {
+            let request = pb::PreviewPlanRequest { name: PLAN.into(), plan: None };
+            let preview = client.preview_plan(request).await.unwrap().into_inner();
+            preview.items.iter().any(|i| i.outcome() == outcome)
+        }
+    })
+    .await
 }
 
 fn outcomes(run: &pb::PlanRun, outcome: Outcome) -> Vec<String> {
@@ -252,18 +270,7 @@ async fn a_permission_withdrawn_stops_the_plans_copies_and_the_run_says_why() {
     );
     std::fs::write(&policy_file, &forbid).unwrap();
     // Reloaded within its interval: the preview, decided as the owner, shows the refusal.
-    let refused = eventually(Duration::from_secs(20), || {
-        let mut client = gw.client.clone();
-        async move {
-            let preview = client
-                .preview_plan(pb::PreviewPlanRequest { name: PLAN.into(), plan: None })
-                .await
-                .unwrap()
-                .into_inner();
-            preview.items.iter().any(|i| i.outcome() == Outcome::Refused)
-        }
-    })
-    .await;
+    let refused = previews(&gw.client, Outcome::Refused).await;
     assert!(refused, "the new policy is in force within 20 s");
     let run = run_to_end(&mut gw.client).await;
     assert_eq!(run.state(), RunState::Failed, "{run:?}");
@@ -272,18 +279,7 @@ async fn a_permission_withdrawn_stops_the_plans_copies_and_the_run_says_why() {
     assert_eq!(emu.emulator.calls().get("CopyDBClusterSnapshot"), 0);
 
     std::fs::write(&policy_file, permit).unwrap();
-    let allowed = eventually(Duration::from_secs(20), || {
-        let mut client = gw.client.clone();
-        async move {
-            let preview = client
-                .preview_plan(pb::PreviewPlanRequest { name: PLAN.into(), plan: None })
-                .await
-                .unwrap()
-                .into_inner();
-            preview.items.iter().any(|i| i.outcome() == Outcome::WouldCopy)
-        }
-    })
-    .await;
+    let allowed = previews(&gw.client, Outcome::WouldCopy).await;
     assert!(allowed);
     let run = run_to_end(&mut gw.client).await;
     assert_eq!(run.state(), RunState::Succeeded, "{run:?}");
@@ -345,21 +341,7 @@ async fn a_run_whose_replica_is_killed_is_finished_by_another_and_copies_once() 
     assert!(copying, "replica A admitted the three copies");
     a.kill().await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let ended = loop {
-        let runs = on_b
-            .list_plan_runs(pb::ListPlanRunsRequest { name: PLAN.into(), page_size: 10 })
-            .await
-            .unwrap()
-            .into_inner()
-            .runs;
-        let this = runs.into_iter().find(|r| r.id == run.id).unwrap();
-        if this.state() != RunState::Running {
-            break this;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "replica B ends the run within 60 s: {this:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let ended = end_of(&mut on_b, &run.id).await;
     assert_eq!(ended.state(), RunState::Succeeded, "{ended:?}");
     assert_eq!(outcomes(&ended, Outcome::SkippedInProgress), ["billing-pg-1", "billing-pg-2", "billing-pg-3"]);
     assert_eq!(outcomes(&ended, Outcome::Available), ["billing-pg-1", "billing-pg-2", "billing-pg-3"]);

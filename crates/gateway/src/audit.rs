@@ -37,6 +37,17 @@ pub(crate) struct DecisionEvent<'a> {
 }
 
 impl DecisionEvent<'_> {
+    /// Records a decision that is not (yet) followed by an AWS call of its own.
+    pub(crate) fn decided(
+        caller: &Caller,
+        action: Action,
+        resource: &str,
+        destination: Option<String>,
+        decision: &Decision,
+    ) {
+        DecisionEvent { caller, action, resource, destination, decision, aws_request_id: None, outcome: None }.emit();
+    }
+
     pub(crate) fn emit(&self) {
         tracing::info!(
             target: AUDIT_TARGET,

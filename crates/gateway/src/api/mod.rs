@@ -41,33 +41,14 @@ impl Api {
     /// `caller`, with its audit event.
     fn authorize_plan(&self, caller: &Caller, action: Action, name: &str, owner: &str) -> Result<(), Error> {
         let decision = self.policies.decide_plan(caller, action, name, owner);
-        let resource = format!("plan/{name}");
-        DecisionEvent {
-            caller,
-            action,
-            resource: &resource,
-            destination: None,
-            decision: &decision,
-            aws_request_id: None,
-            outcome: None,
-        }
-        .emit();
+        DecisionEvent::decided(caller, action, &format!("plan/{name}"), None, &decision);
         permitted(action, decision)
     }
 
     /// Decides `action` on `snapshot` for `caller`, with its audit event.
     fn authorize(&self, caller: &Caller, action: Action, snapshot: &ClusterSnapshot) -> Result<(), Error> {
         let decision = self.policies.decide(caller, action, snapshot, None);
-        DecisionEvent {
-            caller,
-            action,
-            resource: &snapshot.arn,
-            destination: None,
-            decision: &decision,
-            aws_request_id: None,
-            outcome: None,
-        }
-        .emit();
+        DecisionEvent::decided(caller, action, &snapshot.arn, None, &decision);
         permitted(action, decision)
     }
 }

@@ -259,13 +259,20 @@ impl Rds {
         region: &str,
         ids: &[String],
     ) -> Result<Vec<ClusterSnapshot>, AwsError> {
+        self.describe_filtered(region, "db-cluster-snapshot-id", ids).await
+    }
+
+    /// The snapshots matching `filter` for each 100 of `values`, every page of 100 records.
+    async fn describe_filtered(
+        &self,
+        region: &str,
+        filter: &str,
+        values: &[String],
+    ) -> Result<Vec<ClusterSnapshot>, AwsError> {
         const ACTION: &str = "DescribeDBClusterSnapshots";
-        let mut found = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(MAX_FILTER_VALUES) {
-            let filter = aws_sdk_rds::types::Filter::builder()
-                .name("db-cluster-snapshot-id")
-                .set_values(Some(chunk.to_vec()))
-                .build();
+        let mut found = Vec::with_capacity(values.len());
+        for chunk in values.chunks(MAX_FILTER_VALUES) {
+            let filter = aws_sdk_rds::types::Filter::builder().name(filter).set_values(Some(chunk.to_vec())).build();
             let mut marker = None;
             loop {
                 let out = self
@@ -323,31 +330,7 @@ impl Rds {
         region: &str,
         clusters: &[String],
     ) -> Result<Vec<ClusterSnapshot>, AwsError> {
-        const ACTION: &str = "DescribeDBClusterSnapshots";
-        let mut found = Vec::new();
-        for chunk in clusters.chunks(MAX_FILTER_VALUES) {
-            let filter =
-                aws_sdk_rds::types::Filter::builder().name("db-cluster-id").set_values(Some(chunk.to_vec())).build();
-            let mut marker = None;
-            loop {
-                let out = self
-                    .call(ACTION, region, |client| {
-                        client
-                            .describe_db_cluster_snapshots()
-                            .filters(filter.clone())
-                            .max_records(100)
-                            .set_marker(marker)
-                            .send()
-                    })
-                    .await?;
-                found.extend(out.db_cluster_snapshots().iter().map(convert));
-                marker = out.marker().map(str::to_owned);
-                if marker.is_none() {
-                    break;
-                }
-            }
-        }
-        Ok(found)
+        self.describe_filtered(region, "db-cluster-id", clusters).await
     }
 
     /// Deletes a snapshot; returns it as it was when deleted, and AWS's request id.

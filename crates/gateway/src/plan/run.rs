@@ -488,16 +488,8 @@ impl Plans {
         let authorize = |snapshot: &ClusterSnapshot, context: &CopyContext| {
             let context = CopyContext { plan: Some(plan.name.clone()), ..context.clone() };
             let decision = self.policies.decide(owner, Action::CopyClusterSnapshot, snapshot, Some(&context));
-            DecisionEvent {
-                caller: owner,
-                action: Action::CopyClusterSnapshot,
-                resource: &snapshot.arn,
-                destination: Some(format!("{}/{}", place.key, p.target)),
-                decision: &decision,
-                aws_request_id: None,
-                outcome: None,
-            }
-            .emit();
+            let at = Some(format!("{}/{}", place.key, p.target));
+            DecisionEvent::decided(owner, Action::CopyClusterSnapshot, &snapshot.arn, at, &decision);
             if decision.allowed {
                 Ok(())
             } else {
@@ -638,21 +630,9 @@ impl Plans {
         let now = SystemTime::now();
         // Recorded copies AWS no longer has were deleted by someone: they are history.
         for copy in &place.recorded {
-            if !place.described.contains_key(&copy.target)
-                && self
-                    .store
-                    .expire_plan_copy(&place.account, &place.region, &copy.target, now_ms())
-                    .await
-                    .map_err(store_error)?
-            {
-                crate::audit::plan_expiry(
-                    &plan.name,
-                    &run.new.id,
-                    &owner.id,
-                    &copy_name(&place, &copy.target),
-                    None,
-                    "gone",
-                );
+            if !place.described.contains_key(&copy.target) {
+                let name = copy_name(&place, &copy.target);
+                self.record_expiry(&plan.name, &run.new.id, owner, &place, &copy.target, &name, None, "gone").await?;
             }
         }
         for (cluster, copies) in plan_copies(plan, &place) {
@@ -663,16 +643,7 @@ impl Plans {
             for copy in expiries(&destination.retention, &copies, now) {
                 let Some(snapshot) = place.described.get(&copy.id) else { continue };
                 let decision = self.policies.decide_expire(owner, snapshot, &plan.name);
-                DecisionEvent {
-                    caller: owner,
-                    action: Action::ExpireCopy,
-                    resource: &snapshot.arn,
-                    destination: None,
-                    decision: &decision,
-                    aws_request_id: None,
-                    outcome: None,
-                }
-                .emit();
+                DecisionEvent::decided(owner, Action::ExpireCopy, &snapshot.arn, None, &decision);
                 if !decision.allowed {
                     log.add(item(
                         &cluster,
@@ -705,21 +676,17 @@ impl Plans {
                         continue;
                     }
                 };
-                if self
-                    .store
-                    .expire_plan_copy(&place.account, &place.region, &copy.id, now_ms())
-                    .await
-                    .map_err(store_error)?
-                {
-                    crate::audit::plan_expiry(
-                        &plan.name,
-                        &run.new.id,
-                        &owner.id,
-                        &snapshot.arn,
-                        request_id.as_deref(),
-                        how,
-                    );
-                }
+                self.record_expiry(
+                    &plan.name,
+                    &run.new.id,
+                    owner,
+                    &place,
+                    &copy.id,
+                    &snapshot.arn,
+                    request_id.as_deref(),
+                    how,
+                )
+                .await?;
                 log.add(item(
                     &cluster,
                     None,
@@ -730,6 +697,28 @@ impl Plans {
                 ))
                 .await?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl Plans {
+    /// Marks a plan's copy expired (deleted by this run, or found gone) and audits it, once
+    /// across replicas.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_expiry(
+        &self,
+        plan: &str,
+        run: &str,
+        owner: &Caller,
+        place: &Place,
+        target: &str,
+        name: &str,
+        request_id: Option<&str>,
+        how: &str,
+    ) -> Result<(), Error> {
+        if self.store.expire_plan_copy(&place.account, &place.region, target, now_ms()).await.map_err(store_error)? {
+            crate::audit::plan_expiry(plan, run, &owner.id, name, request_id, how);
         }
         Ok(())
     }
