@@ -246,7 +246,7 @@ on_each_store!(
 );
 
 /// The owner loses the right to copy: the plan's next run makes no copy and says why; given back,
-/// the run after it copies.
+/// the run after it copies; denied `ExpireCopy`, a run keeps the old copy and says why.
 #[tokio::test]
 async fn a_permission_withdrawn_stops_the_plans_copies_and_the_run_says_why() {
     let emu = emulator_with(emulator_config()).await;
@@ -263,7 +263,7 @@ async fn a_permission_withdrawn_stops_the_plans_copies_and_the_run_says_why() {
         s.authz.reload_secs = 1;
     })
     .await;
-    gw.client.apply_plan(pb::ApplyPlanRequest { plan: Some(plan_message(2)) }).await.unwrap();
+    gw.client.apply_plan(pb::ApplyPlanRequest { plan: Some(plan_message(1)) }).await.unwrap();
 
     let forbid = format!(
         "{permit}\n@id(\"no-plan-copies-to-west\") forbid(principal, action == Snapgate::Action::\"CopyClusterSnapshot\", resource) when {{ context has plan && context.destination_region == \"us-west-2\" }};"
@@ -283,6 +283,21 @@ async fn a_permission_withdrawn_stops_the_plans_copies_and_the_run_says_why() {
     assert!(allowed);
     let run = run_to_end(&mut gw.client).await;
     assert_eq!(run.state(), RunState::Succeeded, "{run:?}");
+
+    // The owner may copy but no longer expire: the next night's copy is made, the old one stays.
+    let no_expiry = format!(
+        "{permit}\n@id(\"no-expiries\") forbid(principal, action == Snapgate::Action::\"ExpireCopy\", resource);"
+    );
+    std::fs::write(&policy_file, &no_expiry).unwrap();
+    snapshot(&emu, "billing-pg-1", "billing-pg-1-night-2").await;
+    assert!(previews(&gw.client, Outcome::Refused).await, "the preview shows the expiry refused");
+    let run = run_to_end(&mut gw.client).await;
+    assert_eq!(run.state(), RunState::Partial, "{run:?}");
+    assert_eq!(outcomes(&run, Outcome::Available), ["billing-pg-1"]);
+    let refused = run.items.iter().find(|i| i.outcome() == Outcome::Refused).unwrap();
+    assert!(refused.detail.contains("ExpireCopy") && refused.detail.contains("no-expiries"), "{}", refused.detail);
+    assert_eq!(emu.emulator.calls().get("DeleteDBClusterSnapshot"), 0);
+    assert_eq!(west_snapshots(&emu).await.len(), 2, "both copies stay");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -81,6 +81,18 @@ def test_a_plan_file_is_previewed_applied_run_and_reported(dev, tmp_path):
     assert len(runs) == 2 and {r["state"] for r in runs} == {"SUCCEEDED"}
 
 
+def test_status_exits_1_once_a_recovery_point_is_older_than_the_objective(dev, tmp_path):
+    """The seeds' snapshot is a day old: fresh against 26 hours, stale against one."""
+    path = tmp_path / "strict.toml"
+    path.write_text(PLAN.replace('name = "nightly-dr"', 'name = "hourly-rpo"').replace("rpo_hours = 26", "rpo_hours = 1"))
+    assert cli(dev, "plan", "apply", str(path)).returncode == 0
+    run = cli(dev, "plan", "run", "hourly-rpo", "--wait", "--timeout", "60s")
+    assert run.returncode == 0, run.stdout + run.stderr
+    status = cli(dev, "plan", "status", "hourly-rpo")
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert "STALE" in status.stdout and "recovery point 24h" in status.stdout
+
+
 def test_a_bad_plan_file_names_its_fields_as_the_file_does(dev, tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text(PLAN.replace("keep_last = 2", "keep_last = 0").replace("Europe/Berlin", "Mars/Base"))
