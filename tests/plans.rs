@@ -341,7 +341,7 @@ async fn a_run_whose_replica_is_killed_is_finished_by_another_and_copies_once() 
     let pg = common::postgres::start();
     let store_toml = format!("url = \"{}\"", pg.url);
     let config = format!(
-        "{}[plans]\ncheck_interval_ms = 100\nfollow_interval_ms = 100\nheartbeat_secs = 1\ntakeover_after_secs = 2\n",
+        "{}[plans]\ncheck_interval_ms = 100\nfollow_interval_ms = 100\nheartbeat_secs = 1\ntakeover_after_secs = 4\n",
         serve::config(&emu.endpoint_url(), &store_toml)
     );
     let dir = scratch_dir("plans-takeover");
@@ -360,7 +360,12 @@ async fn a_run_whose_replica_is_killed_is_finished_by_another_and_copies_once() 
     assert_eq!(ended.state(), RunState::Succeeded, "{ended:?}");
     assert_eq!(outcomes(&ended, Outcome::SkippedInProgress), ["billing-pg-1", "billing-pg-2", "billing-pg-3"]);
     assert_eq!(outcomes(&ended, Outcome::Available), ["billing-pg-1", "billing-pg-2", "billing-pg-3"]);
-    assert_eq!(emu.emulator.calls().get("CopyDBClusterSnapshot"), 3, "no copy made twice");
+    // A killed between sending a copy and recording it leaves that job starting; B's dispatcher
+    // asks again once its lease passes and adopts the copy AWS answers already exists. Calls may
+    // so be more than three; copies made are three.
+    let made: usize = emu.emulator.copies().iter().map(|d| d.copies_made).sum();
+    assert_eq!(made, 3, "no copy made twice");
+    assert_eq!(west_snapshots(&emu).await.len(), 3);
     b.kill().await;
     let _ = std::fs::remove_dir_all(dir);
 }
