@@ -207,7 +207,15 @@ impl CopyWorkflow {
                         let job = self.jobs.supersede(job, &new).await?;
                         return self.jobs.view(&job).await;
                     }
-                    return Ok(CopyView::of_snapshot(snapshot).with_job(job));
+                    // A concurrent request may have found the copy gone meanwhile, retired this
+                    // job and made a new copy: the snapshot described is then the new job's (its
+                    // copy exists only once this job is retired), and so is the answer.
+                    let current = self.jobs.store.get(&job.new.id).await.map_err(store_error)?;
+                    if current.is_some_and(|j| j.state == JobState::Available) {
+                        return Ok(CopyView::of_snapshot(snapshot).with_job(job));
+                    }
+                    admitted = self.jobs.store.admit(&new).await.map_err(store_error)?;
+                    continue;
                 }
                 None => {
                     self.jobs.record_gone(job, true).await?;
