@@ -93,9 +93,7 @@ pub(crate) fn item(
         copy_name: copy.map(str::to_owned),
         outcome: outcome.as_str().to_owned(),
         detail,
-        recovery_ms: source.and_then(|s| s.create_time).map(|t| {
-            t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        }),
+        recovery_ms: source.and_then(|s| s.create_time).map(run::ms_of),
     }
 }
 

@@ -114,8 +114,7 @@ impl Plans {
                 destination.account.as_deref().unwrap_or_default()
             ))
         })?;
-        let account =
-            destination.account.clone().or_else(|| accounts.own_account().map(str::to_owned)).unwrap_or_default();
+        let account = self.account_of(destination);
         let region = destination.region.clone();
         let key = format!("{account}/{region}");
         let recorded = self.store.plan_copies(&plan.name, &account, &region).await.map_err(store_error)?;
@@ -145,16 +144,12 @@ impl Plans {
         source: &ClusterSnapshot,
         target: &str,
     ) -> CopyRequest {
-        let mut tags = destination.tags.clone();
-        tags.push((PLAN_TAG.to_owned(), plan.name.clone()));
         CopyRequest {
             source_snapshot: source.arn.clone(),
             target_snapshot_id: target.to_owned(),
-            // The plan's key encrypts the copies of encrypted sources; AWS refuses a key for
-            // an unencrypted one, whose copy stays unencrypted.
-            kms_key_id: destination.kms_key_id.clone().filter(|_| source.encrypted).unwrap_or_default(),
+            kms_key_id: copy_key(destination, source).unwrap_or_default(),
             copy_tags: destination.copy_tags,
-            tags,
+            tags: copy_tags(plan, destination),
             source_region: plan.source_region.clone(),
             destination_region: destination.region.clone(),
             destination_account: destination.account.clone().unwrap_or_default(),
@@ -265,10 +260,13 @@ impl Plans {
 
     /// `ACCOUNT/REGION` of a destination.
     fn key_of(&self, destination: &Destination) -> String {
-        let accounts = self.copies.accounts();
-        let account =
-            destination.account.clone().or_else(|| accounts.own_account().map(str::to_owned)).unwrap_or_default();
-        format!("{account}/{}", destination.region)
+        format!("{}/{}", self.account_of(destination), destination.region)
+    }
+
+    /// A destination's account: its own, or the gateway's ("" when that is not known).
+    fn account_of(&self, destination: &Destination) -> String {
+        let own = || self.copies.accounts().own_account().map(str::to_owned);
+        destination.account.clone().or_else(own).unwrap_or_default()
     }
 
     /// Runs `run` to its end, marking it alive; stops when the gateway stops or another replica
@@ -816,6 +814,19 @@ fn plan_copies(plan: &ValidPlan, place: &Place) -> BTreeMap<String, Vec<PlanCopy
     by_cluster
 }
 
+/// The tags of a plan's copy: the destination's, and the plan's own.
+fn copy_tags(plan: &ValidPlan, destination: &Destination) -> Vec<(String, String)> {
+    let mut tags = destination.tags.clone();
+    tags.push((PLAN_TAG.to_owned(), plan.name.clone()));
+    tags
+}
+
+/// The KMS key of a plan's copy: the plan's key encrypts the copies of encrypted sources; AWS
+/// refuses a key for an unencrypted one, whose copy stays unencrypted.
+fn copy_key(destination: &Destination, source: &ClusterSnapshot) -> Option<String> {
+    destination.kms_key_id.clone().filter(|_| source.encrypted)
+}
+
 /// The context of a plan's copy decision, as the copy workflow will give it.
 fn plan_context(
     plan: &ValidPlan,
@@ -824,14 +835,12 @@ fn plan_context(
     place: &Place,
     target: &str,
 ) -> CopyContext {
-    let mut tags = destination.tags.clone();
-    tags.push((PLAN_TAG.to_owned(), plan.name.clone()));
     CopyContext {
         destination_account: place.account.clone(),
         destination_region: place.region.clone(),
         target: target.to_owned(),
-        kms_key: destination.kms_key_id.clone().filter(|_| source.encrypted),
-        tags,
+        kms_key: copy_key(destination, source),
+        tags: copy_tags(plan, destination),
         copy_tags: destination.copy_tags,
         cross_region: source.region != place.region,
         cross_account: !place.account.is_empty() && !source.account.is_empty() && place.account != source.account,
@@ -847,6 +856,6 @@ fn refusal(owner: &Caller, action: &str, policies: &[String]) -> String {
     }
 }
 
-fn ms_of(time: SystemTime) -> i64 {
+pub(super) fn ms_of(time: SystemTime) -> i64 {
     time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
