@@ -209,6 +209,15 @@ async fn a_plan_copies_the_newest_of_what_it_selects_and_expires_only_its_own(st
         for id in PROD {
             snapshot(&emu, id, &format!("{id}-night-{round}")).await;
         }
+        // The preview names every expiry before a run makes one.
+        let preview = gw
+            .client
+            .preview_plan(pb::PreviewPlanRequest { name: PLAN.into(), plan: None })
+            .await
+            .unwrap()
+            .into_inner();
+        let would = outcomes(&pb::PlanRun { items: preview.items, ..Default::default() }, Outcome::WouldExpire);
+        assert_eq!(would, if round == 2 { Vec::<String>::new() } else { PROD.map(str::to_owned).to_vec() });
         let run = run_to_end(&mut gw.client).await;
         assert_eq!(run.state(), RunState::Succeeded, "{run:?}");
         assert_eq!(outcomes(&run, Outcome::Copied), PROD);
