@@ -378,3 +378,116 @@ async fn a_run_whose_replica_is_killed_is_finished_by_another_and_copies_once() 
     b.kill().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The scheduled runs of the plan, as `client`'s gateway lists them (newest first).
+async fn scheduled_runs(client: &mut gateway::Client) -> Vec<pb::PlanRun> {
+    let request = pb::ListPlanRunsRequest { name: PLAN.into(), page_size: 100 };
+    let runs = client.list_plan_runs(request).await.unwrap().into_inner().runs;
+    runs.into_iter().filter(|r| r.cause == "schedule").collect()
+}
+
+/// Waits (bounded: a slot comes within a minute) for the plan's `n`th scheduled run to exist.
+async fn nth_scheduled(client: &mut gateway::Client, n: usize) -> pb::PlanRun {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut runs = scheduled_runs(client).await;
+        if runs.len() >= n {
+            runs.sort_by_key(|r| r.slot_time.map(|t| t.seconds));
+            return runs.swap_remove(n - 1);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "scheduled run {n} within 90 s: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two replicas on one PostgreSQL with a plan due every minute, for three slots; the replica
+/// running the second slot is SIGKILLed while that slot's copies are in progress. Every slot runs
+/// exactly once, every copy is made once (the emulator's counts), and retention deletes each
+/// expired copy once.
+#[tokio::test]
+async fn a_plan_due_every_minute_runs_each_slot_once_while_a_replica_is_killed() {
+    // 10 GiB clusters at 2 GiB/s: each copy takes about 5 s.
+    let emu = emulator_with(EmulatorConfig { copy_gib_per_sec: 2.0, ..quiet_config() }).await;
+    let clusters = ["billing-pg-1", "billing-pg-2"];
+    for id in clusters {
+        create_cluster(&emu, id, "aurora-postgresql", "prod").await;
+    }
+    let pg = common::postgres::start();
+    let store_toml = format!("url = \"{}\"", pg.url);
+    let config = format!(
+        "{}[plans]\ncheck_interval_ms = 100\nfollow_interval_ms = 100\nheartbeat_secs = 1\ntakeover_after_secs = 4\n",
+        serve::config(&emu.endpoint_url(), &store_toml)
+    );
+    let dir = scratch_dir("plans-every-minute");
+    let a = serve::spawn(&config, &dir, "a").await;
+    let b = serve::spawn(&config, &dir, "b").await;
+    let mut on_a = gateway::connect(a.addr).await;
+    let mut on_b = gateway::connect(b.addr).await;
+    let plan = pb::Plan {
+        schedule: "* * * * *".into(),
+        timezone: "UTC".into(),
+        start_window_minutes: Some(1),
+        ..plan_message(2)
+    };
+    on_a.apply_plan(pb::ApplyPlanRequest { plan: Some(plan) }).await.unwrap();
+
+    // Slot 1, on whichever replica claims it.
+    let first = nth_scheduled(&mut on_a, 1).await;
+    let first = end_of(&mut on_a, &first.id).await;
+    assert_eq!(first.state(), RunState::Succeeded, "{first:?}");
+    assert_eq!(outcomes(&first, Outcome::Available), clusters);
+
+    // Slot 2: a new snapshot of each cluster; the replica running it is killed mid-copy.
+    for id in clusters {
+        snapshot(&emu, id, &format!("{id}-second")).await;
+    }
+    let second = nth_scheduled(&mut on_b, 2).await;
+    let runner_known = eventually(Duration::from_secs(10), || {
+        let started = ["plan run started", second.id.as_str()];
+        let known = a.logged(&started) || b.logged(&started);
+        async move { known }
+    })
+    .await;
+    assert!(runner_known, "a replica logged the start of run {}", second.id);
+    let a_runs = a.logged(&["plan run started", &second.id]);
+    let (runner, survivor, mut client) = if a_runs { (a, b, on_b) } else { (b, a, on_a) };
+    let copying =
+        eventually(Duration::from_secs(20), || async { emu.emulator.calls().get("CopyDBClusterSnapshot") >= 4 }).await;
+    assert!(copying, "slot 2's copies were sent");
+    runner.kill().await;
+    let second = end_of(&mut client, &second.id).await;
+    assert_eq!(second.state(), RunState::Succeeded, "{second:?}");
+    assert!(survivor.logged(&["taking over", &second.id]), "the survivor took run {} over", second.id);
+
+    // Slot 3, on the survivor: one more copy each, and the oldest of three expired.
+    for id in clusters {
+        snapshot(&emu, id, &format!("{id}-third")).await;
+    }
+    let third = nth_scheduled(&mut client, 3).await;
+    let third = end_of(&mut client, &third.id).await;
+    assert_eq!(third.state(), RunState::Succeeded, "{third:?}");
+    assert_eq!(outcomes(&third, Outcome::Expired), clusters);
+
+    // Each slot ran once: three scheduled runs, one a minute.
+    let mut slots: Vec<i64> =
+        scheduled_runs(&mut client).await.iter().map(|r| r.slot_time.map_or(0, |t| t.seconds)).collect();
+    slots.sort_unstable();
+    assert_eq!(slots.len(), 3, "{slots:?}");
+    assert!(slots.windows(2).all(|w| w[1] - w[0] == 60), "one run a minute: {slots:?}");
+    let made: usize = emu.emulator.copies().iter().map(|d| d.copies_made).sum();
+    assert_eq!(made, 6, "every copy made once");
+    assert_eq!(emu.emulator.calls().get("DeleteDBClusterSnapshot"), 2, "each expired copy deleted once");
+    let left = west_snapshots(&emu).await;
+    assert_eq!(left.len(), 4, "two copies of each cluster: {left:?}");
+    let expired: Vec<&str> =
+        third.items.iter().filter(|i| i.outcome() == Outcome::Expired).map(|i| i.copy.as_str()).collect();
+    let first_copies: Vec<&str> =
+        first.items.iter().filter(|i| i.outcome() == Outcome::Copied).map(|i| i.copy.as_str()).collect();
+    assert_eq!(first_copies.len(), 2, "{first:?}");
+    for copy in first_copies {
+        assert!(expired.iter().any(|e| e.ends_with(copy) || copy.ends_with(e)), "slot 1's {copy} expired: {expired:?}");
+        assert!(!left.iter().any(|(id, _, _)| copy.ends_with(id.as_str())), "{copy} is gone: {left:?}");
+    }
+    survivor.kill().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

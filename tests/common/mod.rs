@@ -445,9 +445,16 @@ pub mod serve {
     pub struct Process {
         pub addr: SocketAddr,
         child: tokio::process::Child,
+        log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     }
 
     impl Process {
+        /// Whether a line of its log of plan runs so far contains every one of `texts`.
+        pub fn logged(&self, texts: &[&str]) -> bool {
+            let has = |line: &String| texts.iter().all(|text| line.contains(text));
+            self.log.lock().map(|log| log.iter().any(has)).unwrap_or(false)
+        }
+
         /// SIGKILL: no shutdown, no flush, as a crash or an OOM kill would end it.
         pub async fn kill(mut self) {
             let _ = self.child.kill().await;
@@ -523,8 +530,18 @@ retry_max_ms = 1000
         .ok()
         .flatten()
         .expect("snapgate serve printed its address");
-        // Keep reading its log, so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Process { addr, child }
+        // Keep reading its log, so it never blocks on a full pipe; plan runs' lines are kept.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if (line.contains("plan run") || line.contains("plan scheduler"))
+                    && let Ok(mut kept) = kept.lock()
+                {
+                    kept.push(line);
+                }
+            }
+        });
+        Process { addr, child, log }
     }
 }
