@@ -190,10 +190,16 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     for (i, plan) in plans.into_iter().enumerate() {
         let name = plan.name.clone();
         let done = if args.dry_run {
-            client
-                .preview_plan(pb::PreviewPlanRequest { name: String::new(), plan: Some(plan) })
-                .await
-                .map(|preview| print_preview(&preview, output))
+            match client.preview_plan(pb::PreviewPlanRequest { name: String::new(), plan: Some(plan) }).await {
+                Ok(preview) => match stored(&client, &name).await {
+                    Ok(before) => {
+                        print_dry_run(&name, before.as_ref(), &preview, output);
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                },
+                Err(error) => Err(error),
+            }
         } else {
             client.apply_plan(plan).await.map(|applied| match output {
                 Output::Json => println!("{}", json!({ "applied": plan_json(&applied) })),
@@ -216,6 +222,95 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(code)
+}
+
+/// The plan stored under `name`, if any.
+async fn stored(client: &snapgate_client::Client, name: &str) -> Result<Option<pb::Plan>, ClientError> {
+    match client.get_plan(name).await {
+        Ok(plan) => Ok(Some(plan)),
+        Err(ClientError::Status(status)) if status.code() == tonic::Code::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// One field of a plan that an apply would change, as `select.engines` or `copy[0].keep_last`.
+#[derive(Debug, PartialEq)]
+struct Change {
+    field: String,
+    from: serde_json::Value,
+    to: serde_json::Value,
+}
+
+/// What applying `proposed` would change in the plan stored as `before` (none: a new plan),
+/// field by field; the gateway's own fields (owner, generation, times) are not the file's.
+fn changes(before: &pb::Plan, proposed: &pb::Plan) -> Vec<Change> {
+    fn spec(plan: &pb::Plan) -> serde_json::Value {
+        let mut value = plan_json(plan);
+        if let Some(fields) = value.as_object_mut() {
+            for own in ["owner", "generation", "apply_time", "update_time", "next_run_time"] {
+                fields.remove(own);
+            }
+        }
+        value
+    }
+    fn walk(at: &str, from: &serde_json::Value, to: &serde_json::Value, out: &mut Vec<Change>) {
+        use serde_json::Value;
+        let field = |key: &str| if at.is_empty() { key.to_owned() } else { format!("{at}.{key}") };
+        match (from, to) {
+            (Value::Object(a), Value::Object(b)) if !at.ends_with("tags") => {
+                let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for key in keys {
+                    let none = Value::Null;
+                    walk(&field(key), a.get(key).unwrap_or(&none), b.get(key).unwrap_or(&none), out);
+                }
+            }
+            (Value::Array(a), Value::Array(b)) if a.iter().chain(b).any(Value::is_object) => {
+                for i in 0..a.len().max(b.len()) {
+                    let none = Value::Null;
+                    walk(&format!("{at}[{i}]"), a.get(i).unwrap_or(&none), b.get(i).unwrap_or(&none), out);
+                }
+            }
+            (a, b) if a != b => out.push(Change { field: at.to_owned(), from: a.clone(), to: b.clone() }),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &spec(before), &spec(proposed), &mut out);
+    out
+}
+
+/// A dry run of one plan: what an apply would change in it, then what a run now would do.
+fn print_dry_run(name: &str, before: Option<&pb::Plan>, preview: &pb::PlanPreview, output: Output) {
+    let proposed = preview.plan.clone().unwrap_or_default();
+    let changed = before.map(|before| changes(before, &proposed));
+    match output {
+        Output::Json => {
+            let fields: Vec<_> = changed
+                .iter()
+                .flatten()
+                .map(|c| json!({ "field": c.field, "from": c.from, "to": c.to }))
+                .collect();
+            let mut line = preview_json(preview);
+            line["new"] = json!(before.is_none());
+            line["changes"] = json!(fields);
+            println!("{line}");
+        }
+        Output::Text => {
+            match changed {
+                None => println!("{name}: a new plan (you would own it)"),
+                Some(changes) if changes.is_empty() => println!("{name}: the plan is unchanged"),
+                Some(changes) => {
+                    println!("{name}: an apply would change:");
+                    for c in changes {
+                        println!("  {}: {} -> {}", c.field, c.from, c.to);
+                    }
+                }
+            }
+            print_preview_text(preview);
+        }
+    }
 }
 
 /// A refusal of the file's `i`th plan, its fields named as the file's (`plan[i].…`).
@@ -419,19 +514,54 @@ fn print_run(run: &pb::PlanRun, output: Output) {
     }
 }
 
-fn print_preview(preview: &pb::PlanPreview, output: Output) {
+fn preview_json(preview: &pb::PlanPreview) -> serde_json::Value {
     let name = preview.plan.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
-    match output {
-        Output::Json => {
-            println!("{}", json!({ "preview": name, "items": preview.items.iter().map(item_json).collect::<Vec<_>>() }))
-        }
-        Output::Text => {
-            println!("{name}: a run now would (nothing applied):");
-            for item in &preview.items {
-                println!("  {}", item_text(item));
-            }
-        }
+    let items: Vec<_> = preview.items.iter().map(item_json).collect();
+    let quotas: Vec<_> = preview.quotas.iter().map(quota_json).collect();
+    json!({ "preview": name, "items": items, "quotas": quotas })
+}
+
+fn print_preview_text(preview: &pb::PlanPreview) {
+    let name = preview.plan.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
+    println!("{name}: a run now would (nothing applied):");
+    for item in &preview.items {
+        println!("  {}", item_text(item));
     }
+    for quota in &preview.quotas {
+        println!("  {}", quota_text(quota));
+    }
+}
+
+/// A destination's manual-snapshot quota, as a dry run shows it.
+fn quota_text(q: &pb::PlanQuota) -> String {
+    let (Some(used), Some(max)) = (q.used, q.max) else {
+        return format!("quota\t{}\tunknown ({})", q.destination, q.detail);
+    };
+    let mut text = format!(
+        "quota\t{}\t{used} of {max} manual cluster snapshots; a run copies {} and expires {}: {} left while copying, {} after",
+        q.destination,
+        q.would_copy,
+        q.would_expire,
+        q.left_while_copying.unwrap_or_default(),
+        q.left_after_run.unwrap_or_default()
+    );
+    if let Some(short) = q.left_while_copying.filter(|left| *left < 0) {
+        text.push_str(&format!(" (AWS would refuse {} of the copies: SnapshotQuotaExceeded)", -short));
+    }
+    text
+}
+
+fn quota_json(q: &pb::PlanQuota) -> serde_json::Value {
+    json!({
+        "destination": q.destination,
+        "used": q.used,
+        "max": q.max,
+        "would_copy": q.would_copy,
+        "would_expire": q.would_expire,
+        "left_while_copying": q.left_while_copying,
+        "left_after_run": q.left_after_run,
+        "detail": q.detail,
+    })
 }
 
 fn item_text(item: &pb::PlanRunItem) -> String {
@@ -516,6 +646,45 @@ fn run_json(r: &pb::PlanRun) -> serde_json::Value {
 mod tests {
     use super::*;
     use pb::plan_run_item::Outcome as O;
+
+    fn plan(keep_last: i32, engines: &[&str]) -> pb::Plan {
+        pb::Plan {
+            name: "nightly-dr".into(),
+            schedule: "0 3 * * *".into(),
+            select: Some(pb::PlanSelect {
+                engines: engines.iter().map(|e| (*e).to_owned()).collect(),
+                ..Default::default()
+            }),
+            copy: vec![pb::PlanCopyAction {
+                destination_region: "us-west-2".into(),
+                tags: [("purpose".to_owned(), "dr".to_owned())].into(),
+                keep_last: Some(keep_last),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_dry_run_names_each_field_an_apply_would_change() {
+        let stored = pb::Plan { owner: "alice".into(), generation: 3, ..plan(7, &["aurora-postgresql"]) };
+        assert_eq!(changes(&stored, &plan(7, &["aurora-postgresql"])), [], "owner and generation are not the file's");
+        let mut proposed = plan(5, &["aurora-postgresql", "neptune"]);
+        proposed.copy.push(pb::PlanCopyAction {
+            destination_region: "eu-west-1".into(),
+            keep_last: Some(2),
+            ..Default::default()
+        });
+        proposed.copy[0].tags.insert("tier".into(), "gold".into());
+        let fields: Vec<String> = changes(&stored, &proposed).into_iter().map(|c| c.field).collect();
+        assert_eq!(
+            fields,
+            ["copy[0].keep_last", "copy[0].tags", "copy[1]", "select.engines"],
+            "a field each, a new destination whole"
+        );
+        let keep = changes(&stored, &plan(5, &["aurora-postgresql"]));
+        assert_eq!((keep[0].from.clone(), keep[0].to.clone()), (json!(7), json!(5)));
+    }
 
     fn at(secs_ago: u64, now: SystemTime) -> Option<prost_types::Timestamp> {
         Some(prost_types::Timestamp::from(now - Duration::from_secs(secs_ago)))

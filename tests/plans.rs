@@ -337,6 +337,62 @@ async fn a_bad_plan_is_refused_field_by_field() {
     assert!(plans.is_empty(), "nothing stored");
 }
 
+/// A destination whose quota of manual snapshots cannot take a run's copies: the preview says how
+/// many slots are left (AWS's own count, DescribeAccountAttributes), the run copies what fits and
+/// ends PARTIAL naming the full quota.
+#[tokio::test]
+async fn a_full_snapshot_quota_is_previewed_and_the_run_says_so() {
+    let emu = emulator_with(EmulatorConfig { snapshot_quota: 3, ..emulator_config() }).await;
+    for id in PROD {
+        create_cluster(&emu, id, "aurora-postgresql", "prod").await;
+    }
+    // Someone else's manual snapshot in the destination takes one of its three slots.
+    let west_rds = west(&emu);
+    west_rds
+        .create_db_cluster()
+        .db_cluster_identifier("west-app")
+        .engine("aurora-mysql")
+        .master_username("admin")
+        .send()
+        .await
+        .unwrap();
+    west_rds
+        .create_db_cluster_snapshot()
+        .db_cluster_identifier("west-app")
+        .db_cluster_snapshot_identifier("west-app-by-hand")
+        .send()
+        .await
+        .unwrap();
+    let mut gw = started(&emu, gateway::scratch_store(), |_| {}).await;
+    gw.client.apply_plan(pb::ApplyPlanRequest { plan: Some(plan_message(2)) }).await.unwrap();
+
+    let preview =
+        gw.client.preview_plan(pb::PreviewPlanRequest { name: PLAN.into(), plan: None }).await.unwrap().into_inner();
+    assert_eq!(preview.quotas.len(), 1, "{preview:?}");
+    let quota = &preview.quotas[0];
+    assert_eq!(quota.destination, "123456789012/us-west-2");
+    assert_eq!((quota.used, quota.max), (Some(1), Some(3)), "{quota:?}");
+    assert_eq!((quota.would_copy, quota.would_expire), (4, 0));
+    assert_eq!((quota.left_while_copying, quota.left_after_run), (Some(-2), Some(-2)));
+
+    let run = run_to_end(&mut gw.client).await;
+    assert_eq!(run.state(), RunState::Partial, "{run:?}");
+    assert_eq!(outcomes(&run, Outcome::Available).len(), 2, "{run:?}");
+    let failed: Vec<_> = run.items.iter().filter(|i| i.outcome() == Outcome::Failed).collect();
+    assert_eq!(failed.len(), 2, "{run:?}");
+    assert!(failed.iter().all(|i| i.detail.contains("SnapshotQuotaExceeded")), "{failed:?}");
+    assert!(
+        run.reason.contains("quota is full at 123456789012/us-west-2"),
+        "the run names the full quota: {}",
+        run.reason
+    );
+    // Full now: the preview shows no slot left for the two copies still to make.
+    let preview =
+        gw.client.preview_plan(pb::PreviewPlanRequest { name: PLAN.into(), plan: None }).await.unwrap().into_inner();
+    assert_eq!(preview.quotas[0].used, Some(3));
+    assert_eq!(preview.quotas[0].left_while_copying, Some(-2), "{preview:?}");
+}
+
 /// Two replicas on one PostgreSQL: the replica running a plan's run is SIGKILLed while its copies
 /// are in progress; the other takes the run over once it is no longer marked alive, finds the
 /// copies in progress, waits for them and ends the run SUCCEEDED. Every copy is made once.

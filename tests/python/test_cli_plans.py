@@ -48,13 +48,26 @@ def test_a_plan_file_is_previewed_applied_run_and_reported(dev, tmp_path):
     path.write_text(PLAN)
     preview = cli(dev, "plan", "apply", str(path), "--dry-run", "--output", "json")
     assert preview.returncode == 0, preview.stderr
-    items = json.loads(preview.stdout)["items"]
-    assert [(i["cluster"], i["outcome"]) for i in items] == [("billing-pg", "WouldCopy")]
+    previewed = json.loads(preview.stdout)
+    assert [(i["cluster"], i["outcome"]) for i in previewed["items"]] == [("billing-pg", "WouldCopy")]
+    assert previewed["new"] is True and previewed["changes"] == []
+    [quota] = previewed["quotas"]
+    assert quota["used"] is not None and quota["max"] == 100 and quota["would_copy"] == 1, quota
+    assert quota["left_while_copying"] == quota["max"] - quota["used"] - 1
     assert cli(dev, "plan", "list").stdout == "", "a dry run applies nothing"
 
     applied = cli(dev, "plan", "apply", str(path))
     assert applied.returncode == 0, applied.stderr
     assert applied.stdout.startswith("applied nightly-dr (generation 1, owner dev")
+
+    # A dry run of a changed file names each field it would change, and changes nothing.
+    path.write_text(PLAN.replace("keep_last = 2", "keep_last = 3"))
+    changed = cli(dev, "plan", "apply", str(path), "--dry-run")
+    assert changed.returncode == 0, changed.stderr
+    assert "nightly-dr: an apply would change:\n  copy[0].keep_last: 2 -> 3\n" in changed.stdout, changed.stdout
+    assert "quota\t123456789012/us-west-2\t" in changed.stdout, changed.stdout
+    assert json.loads(cli(dev, "plan", "get", "nightly-dr", "--output", "json").stdout)["generation"] == 1
+    path.write_text(PLAN)
 
     run = cli(dev, "plan", "run", "nightly-dr", "--wait", "--timeout", "60s", "--output", "json")
     assert run.returncode == 0, run.stdout + run.stderr

@@ -399,3 +399,23 @@ def test_every_fault_the_emulator_answers_has_the_models_code_status_and_type(tm
     assert not unprovoked, unprovoked
     for code in NOT_PROVOKED:
         assert modelled(models["rds"], code) == (400, "Sender")
+
+
+def test_account_attributes_report_the_manual_cluster_snapshot_quota(emulator):
+    """DescribeAccountAttributes, as a DR plan's preview reads the quota: `ManualClusterSnapshots`
+    counts the caller's manual cluster snapshots in the region against the quota, and a new
+    manual snapshot is one more used."""
+    c = client(emulator, "rds")
+    quotas = {q["AccountQuotaName"]: q for q in c.describe_account_attributes()["AccountQuotas"]}
+    manual = quotas["ManualClusterSnapshots"]
+    assert manual["Max"] == 100
+    listed = c.describe_db_cluster_snapshots(SnapshotType="manual")["DBClusterSnapshots"]
+    assert manual["Used"] == len([s for s in listed if s["DBClusterSnapshotArn"].split(":")[4] == ACCOUNT])
+    name = "quota-count-cluster"
+    c.create_db_cluster(DBClusterIdentifier=name, Engine="aurora-postgresql", MasterUsername="admin", MasterUserPassword="password123")
+    c.create_db_cluster_snapshot(DBClusterIdentifier=name, DBClusterSnapshotIdentifier=f"{name}-manual")
+    after = {q["AccountQuotaName"]: q for q in c.describe_account_attributes()["AccountQuotas"]}
+    assert after["ManualClusterSnapshots"]["Used"] == manual["Used"] + 1
+    assert after["DBClusters"]["Used"] == quotas["DBClusters"]["Used"] + 1
+    members = set(botocore.session.get_session().get_service_model("rds").shape_for("AccountQuota").members)
+    assert all(set(q) <= members for q in after.values())

@@ -63,6 +63,7 @@ pub(crate) fn dispatch(world: &mut World, ctx: &Ctx<'_>, action: &str, mut param
         "AddTagsToResource" => add_tags_to_resource(world, ctx, &mut params),
         "ListTagsForResource" => list_tags_for_resource(world, ctx, &mut params),
         "ModifyDBClusterSnapshotAttribute" => modify_db_cluster_snapshot_attribute(world, ctx, &mut params),
+        "DescribeAccountAttributes" => Ok(describe_account_attributes(world, ctx)),
         other => {
             Err(AwsError::client("InvalidAction", format!("The action {other} is not valid for this web service.")))
         }
@@ -768,6 +769,36 @@ fn list_tags_for_resource(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> R
     let (tags, _) = tags_of(world, ctx, &resource)?;
     let tags = tags.clone();
     Ok(xml::response("ListTagsForResource", ctx.request_id, Some(&|w| xml::tag_list(w, &tags))))
+}
+
+/// RDS's default quota of DB clusters per account and region.
+const CLUSTER_QUOTA: usize = 40;
+
+/// The account's quotas in the caller's region, as RDS names them: the ones the emulator models
+/// (manual cluster snapshots against `snapshot_quota`, and clusters). The action takes no
+/// parameters.
+fn describe_account_attributes(world: &World, ctx: &Ctx<'_>) -> String {
+    let clusters =
+        world.clusters.values().filter(|c| c.key.account == ctx.account && c.key.region == ctx.region).count();
+    let quotas = [
+        ("DBClusters", clusters, CLUSTER_QUOTA),
+        ("ManualClusterSnapshots", world.manual_snapshot_count(ctx.account, ctx.region), ctx.snapshot_quota),
+    ];
+    xml::response(
+        "DescribeAccountAttributes",
+        ctx.request_id,
+        Some(&|w| {
+            let mut list = w.start_el("AccountQuotas").finish();
+            for (name, used, max) in quotas {
+                let mut quota = list.start_el("AccountQuota").finish();
+                xml::leaf(&mut quota, "AccountQuotaName", name);
+                xml::leaf(&mut quota, "Used", &used.to_string());
+                xml::leaf(&mut quota, "Max", &max.to_string());
+                quota.finish();
+            }
+            list.finish();
+        }),
+    )
 }
 
 fn modify_db_cluster_snapshot_attribute(world: &mut World, ctx: &Ctx<'_>, p: &mut Params) -> Result<String, AwsError> {

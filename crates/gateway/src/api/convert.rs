@@ -3,7 +3,7 @@
 use crate::copy::ListRequest;
 use crate::copy::{CopyRequest, CopyView};
 use crate::plan::spec::{self, CopyAction, PlanSpec, Select};
-use crate::plan::{Outcome, PlanView, RunView};
+use crate::plan::{Outcome, PlanView, QuotaView, RunView};
 use crate::store::plans::RunItem;
 use crate::watch::{Change, WatchEvent};
 use snapgate_domain::{ClusterSnapshot, CopyState};
@@ -201,6 +201,19 @@ pub(crate) fn plan_view(v: &PlanView) -> pb::Plan {
         generation: v.record.generation,
         next_run_time: v.next_run.map(prost_types::Timestamp::from),
         ..plan_message(&v.spec)
+    }
+}
+
+pub(crate) fn quota_message(q: &QuotaView) -> pb::PlanQuota {
+    pb::PlanQuota {
+        destination: q.destination.clone(),
+        used: q.quota.map(|q| q.used),
+        max: q.quota.map(|q| q.max),
+        would_copy: i32::try_from(q.would_copy).unwrap_or(i32::MAX),
+        would_expire: i32::try_from(q.would_expire).unwrap_or(i32::MAX),
+        left_while_copying: q.left_while_copying(),
+        left_after_run: q.left_after_run(),
+        detail: q.detail.clone().unwrap_or_default(),
     }
 }
 

@@ -219,6 +219,7 @@ impl SnapshotCopyService for Api {
         Ok(Response::new(pb::PlanPreview {
             plan: Some(convert::plan_message(&preview.spec)),
             items: preview.items.iter().map(convert::run_item).collect(),
+            quotas: preview.quotas.iter().map(convert::quota_message).collect(),
         }))
     }
 

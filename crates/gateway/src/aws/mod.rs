@@ -333,6 +333,18 @@ impl Rds {
         self.describe_filtered(region, "db-cluster-id", clusters).await
     }
 
+    /// The account's quota of manual cluster snapshots in `region` (`ManualClusterSnapshots` of
+    /// DescribeAccountAttributes) as (used, max); `None` when AWS does not report it.
+    pub(crate) async fn manual_cluster_snapshot_quota(&self, region: &str) -> Result<Option<SnapshotQuota>, AwsError> {
+        const ACTION: &str = "DescribeAccountAttributes";
+        let out = self.call(ACTION, region, |client| client.describe_account_attributes().send()).await?;
+        Ok(out
+            .account_quotas()
+            .iter()
+            .find(|q| q.account_quota_name() == Some("ManualClusterSnapshots"))
+            .and_then(|q| Some(SnapshotQuota { used: q.used()?, max: q.max()? })))
+    }
+
     /// Deletes a snapshot; returns it as it was when deleted, and AWS's request id.
     pub(crate) async fn delete_cluster_snapshot(
         &self,
@@ -348,6 +360,13 @@ impl Rds {
         let request_id = aws_sdk_rds::operation::RequestId::request_id(&out).map(str::to_owned);
         out.db_cluster_snapshot().map(|s| (convert(s), request_id)).ok_or_else(|| missing_snapshot(ACTION))
     }
+}
+
+/// An account's quota of manual cluster snapshots in a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SnapshotQuota {
+    pub used: i64,
+    pub max: i64,
 }
 
 /// The CLIENT span of one AWS call (retries included). The SDK's own spans are DEBUG-level

@@ -152,6 +152,34 @@ pub(crate) struct RunView {
 pub(crate) struct Preview {
     pub spec: PlanSpec,
     pub items: Vec<RunItem>,
+    pub quotas: Vec<QuotaView>,
+}
+
+/// The manual-snapshot quota at one destination, and what a run now would do to it.
+pub(crate) struct QuotaView {
+    /// `ACCOUNT/REGION`.
+    pub destination: String,
+    pub quota: Option<crate::aws::SnapshotQuota>,
+    pub would_copy: usize,
+    pub would_expire: usize,
+    /// Why the quota is not known.
+    pub detail: Option<String>,
+}
+
+impl QuotaView {
+    pub(crate) fn unknown(destination: String, detail: String) -> QuotaView {
+        QuotaView { destination, quota: None, would_copy: 0, would_expire: 0, detail: Some(detail) }
+    }
+
+    /// Slots left once the run's copies are requested, before its expiries.
+    pub(crate) fn left_while_copying(&self) -> Option<i64> {
+        self.quota.map(|q| q.max - q.used - i64::try_from(self.would_copy).unwrap_or(i64::MAX))
+    }
+
+    /// Slots left after the run's expiries too.
+    pub(crate) fn left_after_run(&self) -> Option<i64> {
+        self.left_while_copying().map(|left| left + i64::try_from(self.would_expire).unwrap_or(0))
+    }
 }
 
 /// Runs a plan's API shows at most.
@@ -265,8 +293,8 @@ impl Plans {
 
     /// What a run of `plan` now would do, decided as `owner`; nothing is changed.
     pub(crate) async fn preview(&self, plan: &ValidPlan, owner: &Caller) -> Result<Preview, Error> {
-        let items = self.look(plan, owner).await?;
-        Ok(Preview { spec: PlanSpec { name: plan.name.clone(), ..plan.spec.clone() }, items })
+        let (items, quotas) = self.look(plan, owner).await?;
+        Ok(Preview { spec: PlanSpec { name: plan.name.clone(), ..plan.spec.clone() }, items, quotas })
     }
 
     /// Starts a run of a stored plan now, outside its schedule.

@@ -17,7 +17,7 @@ use snapgate_domain::{Arn, ClusterSnapshot, CopyState};
 
 use super::decide::{PlanCopy, expiries, newest_source, selects, target_id};
 use super::spec::{Destination, PLAN_TAG, ValidPlan};
-use super::{Outcome, Plans, item, now_ms, owner_of, store_error};
+use super::{Outcome, Plans, QuotaView, item, now_ms, owner_of, store_error};
 use crate::audit::DecisionEvent;
 use crate::auth::Caller;
 use crate::auth::policy::{Action, CopyContext};
@@ -157,10 +157,11 @@ impl Plans {
     }
 
     /// What a run now would do, item by item, decided as `owner`; no AWS call changes anything.
-    pub(super) async fn look(&self, plan: &ValidPlan, owner: &Caller) -> Result<Vec<RunItem>, Error> {
+    pub(super) async fn look(&self, plan: &ValidPlan, owner: &Caller) -> Result<(Vec<RunItem>, Vec<QuotaView>), Error> {
         let selected = self.select(plan, owner).await?;
         let now = SystemTime::now();
         let mut items = Vec::new();
+        let mut quotas = Vec::new();
         for destination in &plan.destinations {
             let targets = targets(plan, &selected, self.key_of(destination));
             let ids: Vec<String> = targets.values().cloned().collect();
@@ -175,12 +176,14 @@ impl Plans {
                         Outcome::Failed,
                         Some(error.to_string()),
                     ));
+                    quotas.push(QuotaView::unknown(self.key_of(destination), error.to_string()));
                     continue;
                 }
             };
             // The copies a run would make join the plan's copies before retention is decided:
             // each is its cluster's newest, so it is never expired itself.
             let mut would_copy: HashMap<String, SystemTime> = HashMap::new();
+            let mut expiring = 0;
             for s in &selected {
                 let Some(source) = &s.source else {
                     items.push(item(&s.cluster.id, None, &place.key, None, Outcome::NoSnapshot, None));
@@ -247,6 +250,7 @@ impl Plans {
                     let Some(snapshot) = place.described.get(&copy.id) else { continue };
                     let decision = self.policies.decide_expire(owner, snapshot, &plan.name);
                     let (outcome, detail) = if decision.allowed {
+                        expiring += 1;
                         (Outcome::WouldExpire, None)
                     } else {
                         (Outcome::Refused, Some(refusal(owner, "ExpireCopy", &decision.policies)))
@@ -254,8 +258,24 @@ impl Plans {
                     items.push(item(&cluster, None, &place.key, Some(&snapshot.arn), outcome, detail));
                 }
             }
+            quotas.push(self.quota_at(&place, owner, would_copy.len(), expiring).await);
         }
-        Ok(items)
+        Ok((items, quotas))
+    }
+
+    /// The manual-snapshot quota at a place, and what a run making `copies` and `expiries`
+    /// there leaves of it.
+    async fn quota_at(&self, place: &Place, owner: &Caller, copies: usize, expiries: usize) -> QuotaView {
+        let asked = async {
+            let _turn = self.turn(owner, &place.region).await?;
+            place.rds.manual_cluster_snapshot_quota(&place.region).await.map_err(Error::from)
+        };
+        let (quota, detail) = match asked.await {
+            Ok(Some(quota)) => (Some(quota), None),
+            Ok(None) => (None, Some("AWS did not report the ManualClusterSnapshots quota".to_owned())),
+            Err(error) => (None, Some(format!("the quota could not be read: {error}"))),
+        };
+        QuotaView { destination: place.key.clone(), quota, would_copy: copies, would_expire: expiries, detail }
     }
 
     /// `ACCOUNT/REGION` of a destination.
@@ -743,6 +763,9 @@ impl RunLog<'_> {
 
 /// A run's state from its items: SUCCEEDED when every cluster has an available copy at every
 /// destination and nothing was refused or failed; PARTIAL when some did; FAILED when none.
+/// AWS's code for a full quota of manual snapshots (and for its limit of copies in progress).
+const QUOTA_CODE: &str = "SnapshotQuotaExceeded";
+
 fn verdict(items: &[RunItem]) -> (&'static str, Option<String>) {
     let count = |o: Outcome| items.iter().filter(|i| i.outcome == o.as_str()).count();
     let (refused, failed, none) = (count(Outcome::Refused), count(Outcome::Failed), count(Outcome::NoSnapshot));
@@ -756,7 +779,24 @@ fn verdict(items: &[RunItem]) -> (&'static str, Option<String>) {
             why.push(format!("{n} {what}"));
         }
     }
-    let reason = Some(format!("{} (see the run's items)", why.join(", ")));
+    // AWS answers a full quota of manual snapshots with SnapshotQuotaExceeded; a run says so,
+    // and where, rather than leave it to be found in the items.
+    let mut full: Vec<&str> = items
+        .iter()
+        .filter(|i| i.outcome == Outcome::Failed.as_str())
+        .filter(|i| i.detail.as_deref().is_some_and(|d| d.contains(QUOTA_CODE) && !d.contains("across region")))
+        .map(|i| i.destination.as_str())
+        .collect();
+    full.sort_unstable();
+    full.dedup();
+    let mut reason = format!("{} (see the run's items)", why.join(", "));
+    if !full.is_empty() {
+        reason.push_str(&format!(
+            "; the manual cluster snapshot quota is full at {} (expire copies, lower keep_last or raise the quota)",
+            full.join(", ")
+        ));
+    }
+    let reason = Some(reason);
     if good > 0 { ("PARTIAL", reason) } else { ("FAILED", reason) }
 }
 
