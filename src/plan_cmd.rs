@@ -287,11 +287,8 @@ fn print_dry_run(name: &str, before: Option<&pb::Plan>, preview: &pb::PlanPrevie
     let changed = before.map(|before| changes(before, &proposed));
     match output {
         Output::Json => {
-            let fields: Vec<_> = changed
-                .iter()
-                .flatten()
-                .map(|c| json!({ "field": c.field, "from": c.from, "to": c.to }))
-                .collect();
+            let fields: Vec<_> =
+                changed.iter().flatten().map(|c| json!({ "field": c.field, "from": c.from, "to": c.to })).collect();
             let mut line = preview_json(preview);
             line["new"] = json!(before.is_none());
             line["changes"] = json!(fields);

@@ -29,25 +29,7 @@ impl Plans {
             return;
         }
         let plans = self.clone();
-        let stopping = self.tasks.stopping();
-        let tracker = self.tasks.tracker().clone();
-        self.tasks.spawn(async move {
-            let mut backoff = RESTART_BACKOFF;
-            loop {
-                let round = tracker.spawn(plans.clone().schedule_loop());
-                match round.await {
-                    Ok(()) => return,
-                    Err(error) => {
-                        tracing::error!(%error, "the plan scheduler died; starting it again");
-                    }
-                }
-                tokio::select! {
-                    () = stopping.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-            }
-        });
+        self.tasks.supervise("plan scheduler", RESTART_BACKOFF, move || plans.clone().schedule_loop());
     }
 
     async fn schedule_loop(self: Arc<Self>) {
