@@ -335,12 +335,15 @@ impl Plans {
             }
         };
         let runs = self.store.runs(&plan.to_ascii_lowercase(), limit).await.map_err(store_error)?;
-        let mut out = Vec::with_capacity(runs.len());
-        for run in runs {
-            let items = self.store.run_items(&run.new.id).await.map_err(store_error)?;
-            out.push(RunView { run, items });
-        }
-        Ok(out)
+        let ids: Vec<String> = runs.iter().map(|r| r.new.id.clone()).collect();
+        let mut items = self.store.items_of_runs(&ids).await.map_err(store_error)?;
+        Ok(runs
+            .into_iter()
+            .map(|run| {
+                let items = items.remove(&run.new.id).unwrap_or_default();
+                RunView { run, items }
+            })
+            .collect())
     }
 
     /// Runs `run` as one of the gateway's tasks.

@@ -1,6 +1,8 @@
 //! The plan tables: plans and their owners, runs (a scheduled slot claimed once across
 //! replicas), what each run did, and the copies plans made (all retention may ever expire).
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -318,28 +320,35 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) async fn run_items(&self, run_id: &str) -> Result<Vec<RunItem>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT cluster_id, source_arn, destination, copy_name, outcome, detail, recovery_ms FROM plan_run_items \
-             WHERE run_id = $1 ORDER BY seq",
-        )
-        .bind(run_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RunItem {
-                    cluster_id: row.try_get("cluster_id")?,
-                    source_arn: row.try_get("source_arn")?,
-                    destination: row.try_get("destination")?,
-                    copy_name: row.try_get("copy_name")?,
-                    outcome: row.try_get("outcome")?,
-                    detail: row.try_get("detail")?,
-                    recovery_ms: row.try_get("recovery_ms")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+    /// The items of several runs in one query, by run, each run's in order.
+    pub(crate) async fn items_of_runs(&self, run_ids: &[String]) -> Result<HashMap<String, Vec<RunItem>>, StoreError> {
+        let mut of: HashMap<String, Vec<RunItem>> = HashMap::new();
+        if run_ids.is_empty() {
+            return Ok(of);
+        }
+        let marks: Vec<String> = (1..=run_ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT run_id, cluster_id, source_arn, destination, copy_name, outcome, detail, recovery_ms \
+             FROM plan_run_items WHERE run_id IN ({}) ORDER BY run_id, seq",
+            marks.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in run_ids {
+            query = query.bind(id);
+        }
+        for row in query.fetch_all(&self.pool).await? {
+            let item = RunItem {
+                cluster_id: row.try_get("cluster_id")?,
+                source_arn: row.try_get("source_arn")?,
+                destination: row.try_get("destination")?,
+                copy_name: row.try_get("copy_name")?,
+                outcome: row.try_get("outcome")?,
+                detail: row.try_get("detail")?,
+                recovery_ms: row.try_get("recovery_ms")?,
+            };
+            of.entry(row.try_get("run_id")?).or_default().push(item);
+        }
+        Ok(of)
     }
 
     /// Records a copy as the plan's; a copy recorded already (a run repeated or resumed) stays
@@ -469,7 +478,15 @@ mod tests {
         };
         store.add_run_item("r1", &item("COPIED")).await.unwrap();
         store.add_run_item("r1", &item("EXPIRED")).await.unwrap();
-        let outcomes: Vec<_> = store.run_items("r1").await.unwrap().into_iter().map(|i| i.outcome).collect();
+        let outcomes: Vec<_> = store
+            .items_of_runs(&["r1".into()])
+            .await
+            .unwrap()
+            .remove("r1")
+            .unwrap()
+            .into_iter()
+            .map(|i| i.outcome)
+            .collect();
         assert_eq!(outcomes, ["COPIED", "EXPIRED"]);
         assert!(store.finish_run("r1", "SUCCEEDED", None, 3000).await.unwrap());
         assert!(!store.finish_run("r1", "FAILED", None, 3001).await.unwrap(), "ended once");
@@ -510,7 +527,7 @@ mod tests {
             .await
             .unwrap();
         store.clear_run_items("r1").await.unwrap();
-        assert!(store.run_items("r1").await.unwrap().is_empty());
+        assert!(store.items_of_runs(&["r1".into()]).await.unwrap().is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
 
