@@ -80,7 +80,14 @@ struct PlanCopyLabels {
     destination: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    account: String,
+    region: String,
+}
+
 pub struct Metrics {
+    aws_budget_share: Family<BudgetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     plan_runs: Family<PlanRunLabels, Counter>,
     plan_last_success: Family<PlanLabels, Gauge>,
     plan_copy_age: Family<PlanCopyLabels, Gauge>,
@@ -231,7 +238,14 @@ impl Metrics {
             "Age of the recovery point each DR plan's newest available copy holds, per cluster and destination, as of the plan's latest run",
             plan_copy_age.clone(),
         );
+        let aws_budget_share = Family::<BudgetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "aws_budget_share",
+            "This replica's share of the fleet's AWS budget per account and region (tokens it drew over the last 10 s against the pace's; replicas on PostgreSQL)",
+            aws_budget_share.clone(),
+        );
         Arc::new(Metrics {
+            aws_budget_share,
             plan_runs,
             plan_last_success,
             plan_copy_age,
@@ -347,6 +361,11 @@ impl Metrics {
         let labels =
             PlanCopyLabels { plan: plan.to_owned(), cluster: cluster.to_owned(), destination: destination.to_owned() };
         self.plan_copy_age.get_or_create(&labels).set(secs);
+    }
+
+    pub(crate) fn aws_budget_share(&self, account: &str, region: &str, share: f64) {
+        let labels = BudgetLabels { account: account.to_owned(), region: region.to_owned() };
+        self.aws_budget_share.get_or_create(&labels).set(share);
     }
 
     pub fn poll_round(&self, elapsed: Duration) {

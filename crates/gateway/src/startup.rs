@@ -63,9 +63,12 @@ impl Application {
         let authenticator = Arc::new(Authenticator::new(&settings.auth, metrics.clone(), &tasks).await?);
         let policies = PolicyStore::new(&settings.authz, metrics.clone())?;
         let tls = settings.auth.tls.clone().map(TlsReloader::new).transpose()?;
-        let accounts = Arc::new(Accounts::new(sdk, &settings.aws, metrics.clone()).await.map_err(anyhow::Error::msg)?);
-        let hub = Arc::new(WatchHub::new(accounts.clone(), settings.watch.clone(), tasks.clone(), metrics.clone()));
         let store = Arc::new(Store::open(&settings.store).await?);
+        // Replicas sharing PostgreSQL hold one AWS budget per account and region together.
+        let fleet = store.shared().then(|| store.clone() as Arc<dyn crate::aws::FleetBudget>);
+        let accounts =
+            Arc::new(Accounts::new(sdk, &settings.aws, fleet, metrics.clone()).await.map_err(anyhow::Error::msg)?);
+        let hub = Arc::new(WatchHub::new(accounts.clone(), settings.watch.clone(), tasks.clone(), metrics.clone()));
         let share = Arc::new(AwsShare::new(settings.fair_share.clone(), metrics.clone()));
         let jobs = Dispatcher::new(
             store.clone(),

@@ -1,6 +1,7 @@
 //! The only module that knows aws-sdk-rds: it builds clients per region from one SDK
 //! configuration, makes the RDS calls, and turns SDK types and errors into snapgate's own.
 
+mod budget;
 mod error;
 pub(crate) mod presign;
 
@@ -18,7 +19,10 @@ pub(crate) use error::{AwsError, AwsErrorKind};
 
 use crate::config::AwsSettings;
 use crate::metrics::Metrics;
-use snapgate_domain::{ClusterSnapshot, TokenBucket};
+use snapgate_domain::ClusterSnapshot;
+
+use budget::Pacer;
+pub(crate) use budget::{DEBT_SECS, Draw, FleetBudget};
 
 /// Loads the SDK configuration the way AWS users expect: the standard credential chain and
 /// variables (`AWS_REGION`, `AWS_PROFILE`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_RDS`), with the
@@ -82,25 +86,26 @@ pub(crate) struct Rds {
     base: SdkConfig,
     default_region: String,
     clients: Mutex<HashMap<String, aws_sdk_rds::Client>>,
-    limiters: Mutex<HashMap<String, Arc<TokenBucket>>>,
-    rate: (f64, u32),
+    pacer: Pacer,
     metrics: Arc<Metrics>,
 }
 
 impl Rds {
-    pub(crate) fn new(base: SdkConfig, settings: &AwsSettings, metrics: Arc<Metrics>) -> Result<Rds, String> {
+    /// The clients of `account` (as the fleet's budget and metrics name it), paced alone or,
+    /// with `fleet`, together with the other replicas.
+    pub(crate) fn new(
+        base: SdkConfig,
+        settings: &AwsSettings,
+        account: String,
+        fleet: Option<Arc<dyn FleetBudget>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Rds, String> {
         let default_region = base
             .region()
             .map(|r| r.to_string())
             .ok_or("no AWS region: set AWS_REGION, a profile region, or aws.region")?;
-        Ok(Rds {
-            base,
-            default_region,
-            clients: Mutex::new(HashMap::new()),
-            limiters: Mutex::new(HashMap::new()),
-            rate: (settings.rate_limit_per_sec, settings.rate_limit_burst),
-            metrics,
-        })
+        let pacer = Pacer::new(settings.rate_limit_per_sec, settings.rate_limit_burst, account, fleet, metrics.clone());
+        Ok(Rds { base, default_region, clients: Mutex::new(HashMap::new()), pacer, metrics })
     }
 
     /// Counts a finished AWS call by action and outcome, and puts its request id and outcome
@@ -131,24 +136,6 @@ impl Rds {
         &self.default_region
     }
 
-    /// Waits for this region's turn to call AWS: a burst passes at once, then calls are
-    /// spaced at the configured rate, in the order they asked. The clock is tokio's, so tests
-    /// can pause it.
-    async fn pace(&self, region: &str) {
-        let now = tokio::time::Instant::now();
-        let bucket = {
-            let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
-            limiters
-                .entry(region.to_owned())
-                .or_insert_with(|| Arc::new(TokenBucket::new(self.rate.0, self.rate.1, now.into_std())))
-                .clone()
-        };
-        let wait = bucket.reserve(now.into_std());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-
     /// The one path of every AWS call: wait for the region's pace, send under a CLIENT span,
     /// classify a failure, and count the outcome with its request id on the span.
     async fn call<T, E, Fut>(
@@ -162,7 +149,7 @@ impl Rds {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         Fut: Future<Output = Result<T, SdkError<E, aws_sdk_rds::config::http::HttpResponse>>>,
     {
-        self.pace(region).await;
+        self.pacer.turn(region).await;
         let started = std::time::Instant::now();
         let span = call_span(action, region);
         let out = send(self.client(region)).instrument(span.clone()).await.map_err(|e| AwsError::from_sdk(action, e));
@@ -488,9 +475,11 @@ pub(crate) struct Accounts {
 impl Accounts {
     /// Builds a client set for the gateway's own credentials and one per configured role
     /// (STS AssumeRole through aws-config, whose provider caches and refreshes credentials).
+    /// With `fleet` (replicas on PostgreSQL), every account's pace is held by the fleet.
     pub(crate) async fn new(
         base: SdkConfig,
         settings: &AwsSettings,
+        fleet: Option<Arc<dyn FleetBudget>>,
         metrics: Arc<Metrics>,
     ) -> Result<Accounts, String> {
         let mut roles = HashMap::new();
@@ -505,10 +494,14 @@ impl Accounts {
                 .to_builder()
                 .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider))
                 .build();
-            roles.insert(account.clone(), Arc::new(Rds::new(config, settings, metrics.clone())?));
+            let rds = Rds::new(config, settings, account.clone(), fleet.clone(), metrics.clone())?;
+            roles.insert(account.clone(), Arc::new(rds));
         }
+        // The gateway's own account by its id when configured; replicas configured alike
+        // share one budget for it either way.
+        let own = settings.account_id.clone().unwrap_or_else(|| "own".to_owned());
         Ok(Accounts {
-            own: Arc::new(Rds::new(base, settings, metrics)?),
+            own: Arc::new(Rds::new(base, settings, own, fleet, metrics)?),
             own_account: settings.account_id.clone(),
             roles,
         })

@@ -6,6 +6,7 @@
 //! lock in the process). Migrations are versioned in `crates/gateway/migrations` and run at
 //! start.
 
+mod budget;
 mod jobs;
 pub(crate) mod plans;
 
@@ -29,6 +30,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "copy jobs", include_str!("../../migrations/0001_copy_jobs.sql")),
     (2, "plans", include_str!("../../migrations/0002_plans.sql")),
     (3, "plan owners and runners", include_str!("../../migrations/0003_plan_runs.sql")),
+    (4, "the fleet's AWS budgets", include_str!("../../migrations/0004_aws_budgets.sql")),
 ];
 
 #[derive(Debug)]
@@ -150,6 +152,11 @@ impl Store {
         migrator.run(&pool).await.with_context(|| format!("store: migrating {}", settings.redacted_url()))?;
         tracing::info!(store = %settings.redacted_url(), "job store ready");
         Ok(Store { pool, dialect, claims: tokio::sync::Mutex::new(()), lookups: Lookups::new() })
+    }
+
+    /// Whether replicas may share this store (PostgreSQL).
+    pub(crate) fn shared(&self) -> bool {
+        self.dialect == Dialect::Postgres
     }
 
     /// After a change to the jobs: lookups kept for reads are forgotten.

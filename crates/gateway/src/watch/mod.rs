@@ -550,7 +550,7 @@ mod tests {
         let aws = AwsSettings { region: Some("us-east-1".into()), max_attempts: 1, ..AwsSettings::default() };
         let sdk = crate::aws::fixed_sdk_config(&aws, "http://127.0.0.1:1", "AKIDTEST", "secret").await;
         let metrics = Metrics::new();
-        let accounts = Arc::new(Accounts::new(sdk, &aws, metrics.clone()).await.expect("accounts"));
+        let accounts = Arc::new(Accounts::new(sdk, &aws, None, metrics.clone()).await.expect("accounts"));
         let settings = WatchSettings {
             min_poll_interval_ms: 50,
             max_poll_interval_ms: 100,
