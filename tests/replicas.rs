@@ -1,6 +1,6 @@
 //! Replicas on one PostgreSQL acting as one gateway toward AWS: one budget of AWS calls per
 //! account and region for the whole fleet, whatever the number of replicas, given back when a
-//! replica dies.
+//! replica dies; and a change made on one replica seen by the others at once.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use snapgate_emulator::EmulatorHandle;
-use snapgate_proto::GetCopyRequest;
+use snapgate_emulator::{EmulatorConfig, EmulatorHandle};
+use snapgate_proto::{self as pb, CancelCopyRequest, GetCopyRequest, WatchCopyRequest};
 use tokio::time::Instant;
 
 /// Seeded snapshots in us-east-1 that fresh reads ask AWS about.
@@ -107,5 +107,57 @@ async fn three_replicas_keep_one_aws_budget_and_two_keep_it_whole() {
     for replica in replicas {
         replica.kill().await;
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An unencrypted 150 GiB snapshot in us-west-2: its copies into us-east-1 are cross-region.
+const WEST: &str = "arn:aws:rds:us-west-2:123456789012:cluster-snapshot:orders-aurora-west-snap";
+
+/// A copy admitted on replica A and queued (one copy in progress at a time here), cancelled on
+/// replica B: A's watcher of it ends CANCELLED at once, told by B's notification — not by a
+/// timer: the dispatchers here look every minute, the followers of queued copies every second.
+#[tokio::test]
+async fn a_copy_cancelled_on_one_replica_ends_the_watch_on_another_at_once() {
+    // 15 s a copy: the first is copying for the whole test.
+    let emu = emulator_with(EmulatorConfig { copy_gib_per_sec: 10.0, snapshot_quota: 1000, ..seeded() }).await;
+    let pg = common::postgres::start();
+    let store_toml = format!("url = \"{}\"", pg.url);
+    let config = serve::config(&emu.endpoint_url(), &store_toml)
+        .replace("dispatch_interval_ms = 100", "dispatch_interval_ms = 60000\ncross_region_limit = 1");
+    let dir = scratch_dir("replicas-notify");
+    let a = serve::spawn(&config, &dir, "a").await;
+    let b = serve::spawn(&config, &dir, "b").await;
+    let mut on_a = gateway::connect(a.addr).await;
+    let mut on_b = gateway::connect(b.addr).await;
+    let first = on_a.copy_cluster_snapshot(copy_req(WEST, "notify-first")).await.unwrap().into_inner();
+    let second = on_a.copy_cluster_snapshot(copy_req(WEST, "notify-second")).await.unwrap().into_inner();
+    assert_eq!(first.state(), pb::copy::State::Copying, "{first:?}");
+    assert_eq!(second.state(), pb::copy::State::Queued, "{second:?}");
+
+    let mut stream = on_a.watch_copy(WatchCopyRequest { name: second.name.clone() }).await.unwrap().into_inner();
+    let opened = stream.message().await.unwrap().unwrap().copy.unwrap();
+    assert_eq!(opened.state(), pb::copy::State::Queued);
+    let cancelled = on_b.cancel_copy(CancelCopyRequest { name: second.name.clone() }).await.unwrap().into_inner();
+    let since = Instant::now();
+    assert_eq!(cancelled.state(), pb::copy::State::Cancelled);
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(event) = stream.message().await.unwrap() {
+            if event.terminal {
+                return event.copy.unwrap();
+            }
+        }
+        panic!("the watch ended without a terminal event");
+    })
+    .await
+    .expect("A's watcher sees the cancel");
+    let lag = since.elapsed();
+    eprintln!("A's watcher saw B's cancel {lag:?} after it returned");
+    assert_eq!(ended.state(), pb::copy::State::Cancelled, "{ended:?}");
+    assert!(lag < Duration::from_millis(100), "seen in {lag:?}: by notification, not the 1 s timer");
+    // A's reads see it too: what A kept of the job for reads was forgotten.
+    let read = on_a.get_copy(GetCopyRequest { name: second.name.clone(), fresh: false }).await.unwrap().into_inner();
+    assert_eq!(read.state(), pb::copy::State::Cancelled);
+    a.kill().await;
+    b.kill().await;
     let _ = std::fs::remove_dir_all(dir);
 }

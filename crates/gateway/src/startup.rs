@@ -86,6 +86,22 @@ impl Application {
             jobs.moved(),
             &tasks,
         );
+        if store.shared() {
+            // Another replica's change wakes this one's dispatcher and queued copies' watchers.
+            store.listen(&tasks);
+            let mut heard = store.remote_changes();
+            let (jobs, stopping) = (jobs.clone(), tasks.stopping());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stopping.cancelled() => return,
+                        changed = heard.changed() => if changed.is_err() { return },
+                    }
+                    jobs.wake();
+                    jobs.queue_moved();
+                }
+            });
+        }
         let copies = Arc::new(CopyWorkflow::new(accounts, hub.clone(), jobs, queued, settings.aws.served_regions()));
         let plans =
             Plans::new(store, copies.clone(), policies.clone(), metrics.clone(), tasks.clone(), settings.plans.clone());

@@ -207,7 +207,7 @@ impl Store {
             .execute(&self.pool)
             .await?;
             if inserted.rows_affected() == 1 {
-                self.changed();
+                self.changed().await;
                 return Ok(Admitted::New(self.get(&job.id).await?.ok_or(sqlx::Error::RowNotFound)?));
             }
         }
@@ -346,7 +346,7 @@ impl Store {
             }
         }
         tx.commit().await?;
-        self.changed();
+        self.changed().await;
         Ok(claimed)
     }
 
@@ -369,7 +369,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        self.changed();
+        self.changed().await;
         Ok(done.rows_affected() == 1)
     }
 
@@ -384,7 +384,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        self.changed();
+        self.changed().await;
         Ok(done.rows_affected() == 1)
     }
 
@@ -409,7 +409,7 @@ impl Store {
         .bind(from.as_str())
         .execute(&self.pool)
         .await?;
-        self.changed();
+        self.changed().await;
         Ok(done.rows_affected() == 1)
     }
 
@@ -437,14 +437,14 @@ impl Store {
         .bind(job.new.key())
         .execute(&self.pool)
         .await?;
-        self.changed();
+        self.changed().await;
         Ok(done.rows_affected() == 1)
     }
 
     /// Forgets a job (its request failed as a whole, before anything was admitted).
     pub(crate) async fn forget(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM copy_jobs WHERE id = $1").bind(id).execute(&self.pool).await?;
-        self.changed();
+        self.changed().await;
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 
 mod budget;
 mod jobs;
+mod notify;
 pub(crate) mod plans;
 
 use std::borrow::Cow;
@@ -67,6 +68,12 @@ pub(crate) struct Store {
     /// SQLite: claims of one process are serialized here (one process per SQLite file).
     claims: tokio::sync::Mutex<()>,
     lookups: Lookups,
+    /// PostgreSQL's URL, for the listener's own connection.
+    url: Option<String>,
+    /// This process's name in its announcements (it does not hear its own).
+    name: String,
+    /// Counts the other replicas' changes heard.
+    remote: tokio::sync::watch::Sender<u64>,
 }
 
 /// How long a job looked up for a read is kept: another replica's change to it shows within
@@ -151,7 +158,15 @@ impl Store {
         let migrator = Migrator::new(Embedded).await.context("store: migrations")?;
         migrator.run(&pool).await.with_context(|| format!("store: migrating {}", settings.redacted_url()))?;
         tracing::info!(store = %settings.redacted_url(), "job store ready");
-        Ok(Store { pool, dialect, claims: tokio::sync::Mutex::new(()), lookups: Lookups::new() })
+        Ok(Store {
+            pool,
+            dialect,
+            claims: tokio::sync::Mutex::new(()),
+            lookups: Lookups::new(),
+            url: (dialect == Dialect::Postgres).then_some(url),
+            name: uuid::Uuid::new_v4().to_string(),
+            remote: tokio::sync::watch::Sender::new(0),
+        })
     }
 
     /// Whether replicas may share this store (PostgreSQL).
@@ -159,9 +174,11 @@ impl Store {
         self.dialect == Dialect::Postgres
     }
 
-    /// After a change to the jobs: lookups kept for reads are forgotten.
-    fn changed(&self) {
+    /// After a change to the jobs: lookups kept for reads are forgotten, and the other
+    /// replicas told.
+    async fn changed(&self) {
         self.lookups.forget();
+        self.announce().await;
     }
 }
 
