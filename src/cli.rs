@@ -228,7 +228,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let sdk = load_sdk_config(&settings.aws).await;
     let app = Application::build(settings, sdk).await?;
-    tracing::info!(addr = %app.local_addr(), http = ?app.http_addr(), "snapgate listening");
+    tracing::info!(addr = %app.local_addr(), http = ?app.http_addr(), admin = ?app.admin_addr(), "snapgate listening");
     app.run_until_stopped(shutdown_signal()).await
 }
 

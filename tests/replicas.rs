@@ -161,3 +161,161 @@ async fn a_copy_cancelled_on_one_replica_ends_the_watch_on_another_at_once() {
     b.kill().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// What one watch stream saw: the states of its events, and how it ended.
+struct Watched {
+    states: Vec<pb::copy::State>,
+    ended: Result<pb::copy::State, tonic::Status>,
+}
+
+/// Watches `name` through `addr` to its end (bounded).
+fn watch(
+    addr: std::net::SocketAddr,
+    name: String,
+    opened: tokio::sync::mpsc::UnboundedSender<()>,
+) -> tokio::task::JoinHandle<Watched> {
+    tokio::spawn(async move {
+        let mut client = gateway::connect(addr).await;
+        let mut states = Vec::new();
+        let mut stream = match client.watch_copy(WatchCopyRequest { name }).await {
+            Ok(stream) => stream.into_inner(),
+            Err(status) => return Watched { states, ended: Err(status) },
+        };
+        let mut first = true;
+        let ended = tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(event)) => {
+                        let state = event.copy.map(|c| c.state()).unwrap_or_default();
+                        states.push(state);
+                        if first {
+                            first = false;
+                            let _ = opened.send(());
+                        }
+                        if event.terminal {
+                            return Ok(state);
+                        }
+                    }
+                    Ok(None) => return Err(tonic::Status::aborted("the stream ended without a terminal event")),
+                    Err(status) => return Err(status),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no end within 120 s")));
+        Watched { states, ended }
+    })
+}
+
+/// Three replicas, 100 copies in progress, each watched on every replica: the emulator's
+/// describes are those of one replica (one a round of the poll holder, not three), and the
+/// others' watchers are served from its rounds. The holder is SIGKILLed mid-copy: no stream on
+/// the others ends, another replica takes the poll within the lease and a poll interval, every
+/// watcher there sees its copy AVAILABLE, and each copy is made once.
+#[tokio::test]
+async fn three_replicas_poll_each_region_once_and_survive_the_holders_death() {
+    // 120 GiB at 4 GiB/s: 30 s a copy.
+    let emu = emulator_with(EmulatorConfig { copy_gib_per_sec: 4.0, snapshot_quota: 1000, ..seeded() }).await;
+    let pg = common::postgres::start();
+    let store_toml = format!("url = \"{}\"", pg.url);
+    let config = serve::config(&emu.endpoint_url(), &store_toml)
+        .replace("max_poll_interval_ms = 300", "max_poll_interval_ms = 300\nmax_streams = 1000\npoll_lease_secs = 3")
+        + "[fair_share]\ncalls_per_sec = 10000.0\nburst = 10000\nin_flight = 256\n";
+    let dir = scratch_dir("replicas-poll");
+    let mut replicas = Vec::new();
+    for name in ["a", "b", "c"] {
+        replicas.push(serve::spawn(&config, &dir, name).await);
+    }
+    let mut on_a = gateway::connect(replicas[0].addr).await;
+    let mut names = Vec::new();
+    for i in 0..100 {
+        let copy = on_a.copy_cluster_snapshot(copy_req("billing-pg-daily", &format!("fleet-watch-{i}"))).await.unwrap();
+        names.push(copy.into_inner().name);
+    }
+    let (opened_tx, mut opened) = tokio::sync::mpsc::unbounded_channel();
+    let mut streams: Vec<Vec<tokio::task::JoinHandle<Watched>>> = Vec::new();
+    for replica in &replicas {
+        streams.push(names.iter().map(|name| watch(replica.addr, name.clone(), opened_tx.clone())).collect());
+    }
+    let all_open = tokio::time::timeout(Duration::from_secs(30), async {
+        for _ in 0..300 {
+            opened.recv().await;
+        }
+    })
+    .await;
+    assert!(all_open.is_ok(), "all 300 streams had their first event within 30 s");
+
+    // 5 s of the three polling together: the describes are the holder's rounds, one each.
+    let leader = |replicas: &[serve::Process]| {
+        let admins: Vec<_> = replicas.iter().map(|r| r.admin).collect();
+        async move {
+            for (i, admin) in admins.into_iter().enumerate() {
+                let probe = serve::Process::probe(admin);
+                if probe.metric("snapgate_poll_leader{region=\"us-east-1\"}").await == 1.0 {
+                    return Some(i);
+                }
+            }
+            None
+        }
+    };
+    let holder = leader(&replicas).await.expect("a replica holds the poll of us-east-1");
+    let rounds = |i: usize| replicas[i].metric("snapgate_watch_poll_rounds_total");
+    let (describes_before, rounds_before) =
+        (emu.emulator.calls().get("DescribeDBClusterSnapshots"), rounds(holder).await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let describes = emu.emulator.calls().get("DescribeDBClusterSnapshots") - describes_before;
+    let holder_rounds = rounds(holder).await - rounds_before;
+    let in_progress = us_east_in_progress(&emu);
+    eprintln!("in 5 s: {describes} describes, {holder_rounds} rounds of the holder; {in_progress} copies in progress");
+    assert_eq!(in_progress, 100, "the premise: every copy still in progress");
+    assert!(holder_rounds >= 5.0, "the holder polled: {holder_rounds} rounds");
+    assert!(
+        describes as f64 <= holder_rounds * 1.1 + 2.0,
+        "the fleet's describes are one replica's: {describes} for {holder_rounds} rounds of the holder"
+    );
+    for (i, replica) in replicas.iter().enumerate() {
+        if i != holder {
+            assert!(
+                replica.metric("snapgate_fleet_observations_total").await > 0.0,
+                "replica {i} read the holder's rounds"
+            );
+        }
+    }
+
+    // The holder dies mid-copy.
+    let dead = replicas.remove(holder);
+    let dead_streams = streams.remove(holder);
+    dead.kill().await;
+    let killed = Instant::now();
+    let taken = eventually(Duration::from_secs(20), || {
+        let probe = leader(&replicas);
+        async move { probe.await.is_some() }
+    })
+    .await;
+    let failover = killed.elapsed();
+    eprintln!("another replica took the poll {failover:?} after the holder's death");
+    assert!(taken, "another replica holds the poll");
+    assert!(failover <= Duration::from_secs(3) + Duration::from_secs(2), "within the lease and a round: {failover:?}");
+    for (r, replica_streams) in streams.into_iter().enumerate() {
+        for (i, stream) in replica_streams.into_iter().enumerate() {
+            let watched = stream.await.unwrap();
+            let ended = watched.ended.unwrap_or_else(|status| panic!("stream {i} on survivor {r} failed: {status:?}"));
+            assert_eq!(ended, pb::copy::State::Available, "{:?}", watched.states);
+            assert!(watched.states.contains(&pb::copy::State::Copying), "{:?}", watched.states);
+        }
+    }
+    for stream in dead_streams {
+        stream.abort();
+    }
+    let made: usize = emu.emulator.copies().iter().map(|d| d.copies_made).sum();
+    assert_eq!(made, 100, "each copy made once");
+    for replica in replicas {
+        replica.kill().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Copies in progress in us-east-1 of the tests' account.
+fn us_east_in_progress(emu: &EmulatorHandle) -> usize {
+    emu.emulator.copies().iter().filter(|c| c.region == "us-east-1").map(|c| c.in_progress).sum()
+}

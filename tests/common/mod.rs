@@ -246,6 +246,7 @@ pub mod gateway {
                 heartbeat_secs: 15,
                 max_streams: 1000,
                 error_budget_secs: 5,
+                ..Default::default()
             },
             admin: snapgate_gateway::config::AdminSettings { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))) },
             auth: AuthSettings {
@@ -444,11 +445,28 @@ pub mod serve {
 
     pub struct Process {
         pub addr: SocketAddr,
+        /// Its admin listener (`/metrics`).
+        pub admin: Option<SocketAddr>,
         child: tokio::process::Child,
         log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     }
 
     impl Process {
+        /// Its metrics, as Prometheus scrapes them.
+        pub async fn metrics(&self) -> String {
+            Process::probe(self.admin).metrics().await
+        }
+
+        /// The value of the metric line that starts with `series` (0 when absent).
+        pub async fn metric(&self, series: &str) -> f64 {
+            Process::probe(self.admin).metric(series).await
+        }
+
+        /// A reader of the metrics of the admin listener `admin`.
+        pub fn probe(admin: Option<SocketAddr>) -> Probe {
+            Probe { admin: admin.expect("an admin listener") }
+        }
+
         /// Whether a line of its log of plan runs so far contains every one of `texts`.
         pub fn logged(&self, texts: &[&str]) -> bool {
             let has = |line: &String| texts.iter().all(|text| line.contains(text));
@@ -458,6 +476,29 @@ pub mod serve {
         /// SIGKILL: no shutdown, no flush, as a crash or an OOM kill would end it.
         pub async fn kill(mut self) {
             let _ = self.child.kill().await;
+        }
+    }
+
+    /// Reads a gateway's metrics from its admin listener.
+    pub struct Probe {
+        admin: SocketAddr,
+    }
+
+    impl Probe {
+        pub async fn metrics(&self) -> String {
+            let admin = self.admin;
+            let request = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+            super::raw_http(admin, request.as_bytes()).await.1
+        }
+
+        /// The value of the metric line that starts with `series` (0 when absent).
+        pub async fn metric(&self, series: &str) -> f64 {
+            let text = self.metrics().await;
+            text.lines()
+                .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+                .and_then(|line| line.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
         }
     }
 
@@ -516,12 +557,17 @@ retry_max_ms = 1000
             .spawn()
             .expect("snapgate serve starts");
         let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let addr = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let (addr, admin) = tokio::time::timeout(std::time::Duration::from_secs(60), async {
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.contains("snapgate listening")
-                    && let Some(addr) = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next())
+                    && let Some(addr) = line.split(" addr=").nth(1).and_then(|a| a.split_whitespace().next())
                 {
-                    return addr.parse::<SocketAddr>().ok();
+                    let admin = line
+                        .split(" admin=Some(")
+                        .nth(1)
+                        .and_then(|a| a.split(')').next())
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                    return addr.parse::<SocketAddr>().ok().map(|addr| (addr, admin));
                 }
             }
             None
@@ -542,6 +588,6 @@ retry_max_ms = 1000
                 }
             }
         });
-        Process { addr, child, log }
+        Process { addr, admin, child, log }
     }
 }

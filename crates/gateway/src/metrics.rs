@@ -86,7 +86,14 @@ struct BudgetLabels {
     region: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabels {
+    region: String,
+}
+
 pub struct Metrics {
+    poll_leader: Family<RegionLabels, Gauge>,
+    fleet_observations: Counter,
     aws_budget_share: Family<BudgetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     plan_runs: Family<PlanRunLabels, Counter>,
     plan_last_success: Family<PlanLabels, Gauge>,
@@ -244,7 +251,21 @@ impl Metrics {
             "This replica's share of the fleet's AWS budget per account and region (tokens it drew over the last 10 s against the pace's; replicas on PostgreSQL)",
             aws_budget_share.clone(),
         );
+        let poll_leader = Family::<RegionLabels, Gauge>::default();
+        registry.register(
+            "poll_leader",
+            "1 where this replica holds the fleet's poll of a region (replicas on PostgreSQL), 0 where another does",
+            poll_leader.clone(),
+        );
+        let fleet_observations = Counter::default();
+        registry.register(
+            "fleet_observations",
+            "Observations of snapshots this replica read from the fleet's poll holder instead of asking AWS",
+            fleet_observations.clone(),
+        );
         Arc::new(Metrics {
+            poll_leader,
+            fleet_observations,
             aws_budget_share,
             plan_runs,
             plan_last_success,
@@ -361,6 +382,14 @@ impl Metrics {
         let labels =
             PlanCopyLabels { plan: plan.to_owned(), cluster: cluster.to_owned(), destination: destination.to_owned() };
         self.plan_copy_age.get_or_create(&labels).set(secs);
+    }
+
+    pub(crate) fn poll_leader(&self, region: &str, holds: bool) {
+        self.poll_leader.get_or_create(&RegionLabels { region: region.to_owned() }).set(i64::from(holds));
+    }
+
+    pub(crate) fn fleet_observations(&self, n: usize) {
+        self.fleet_observations.inc_by(n as u64);
     }
 
     pub(crate) fn aws_budget_share(&self, account: &str, region: &str, share: f64) {

@@ -68,7 +68,17 @@ impl Application {
         let fleet = store.shared().then(|| store.clone() as Arc<dyn crate::aws::FleetBudget>);
         let accounts =
             Arc::new(Accounts::new(sdk, &settings.aws, fleet, metrics.clone()).await.map_err(anyhow::Error::msg)?);
-        let hub = Arc::new(WatchHub::new(accounts.clone(), settings.watch.clone(), tasks.clone(), metrics.clone()));
+        let fleet_polls = store.shared().then(|| {
+            let polls = store.clone() as Arc<dyn crate::watch::FleetPolls>;
+            Arc::new(crate::watch::Fleet { polls, lease: Duration::from_secs(settings.watch.poll_lease_secs) })
+        });
+        let hub = Arc::new(WatchHub::new(
+            accounts.clone(),
+            settings.watch.clone(),
+            tasks.clone(),
+            metrics.clone(),
+            fleet_polls,
+        ));
         let share = Arc::new(AwsShare::new(settings.fair_share.clone(), metrics.clone()));
         let jobs = Dispatcher::new(
             store.clone(),
@@ -89,6 +99,22 @@ impl Application {
         if store.shared() {
             // Another replica's change wakes this one's dispatcher and queued copies' watchers.
             store.listen(&tasks);
+            let mut notices = store.poll_notices();
+            let (noticed, stopping) = (hub.clone(), tasks.stopping());
+            tasks.spawn(async move {
+                loop {
+                    let notice = tokio::select! {
+                        () = stopping.cancelled() => return,
+                        notice = notices.recv() => notice,
+                    };
+                    match notice {
+                        Ok((kind, scope)) => noticed.fleet_notice(&kind, &scope),
+                        // Behind: the pollers' timers serve what was missed.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
             let mut heard = store.remote_changes();
             let (jobs, stopping) = (jobs.clone(), tasks.stopping());
             tasks.spawn(async move {

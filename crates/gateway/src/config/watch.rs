@@ -17,6 +17,9 @@ pub struct WatchSettings {
     pub max_streams: usize,
     /// How long AWS errors may persist before open streams end with UNAVAILABLE.
     pub error_budget_secs: u64,
+    /// Replicas on PostgreSQL: the lease by which one replica polls a region for all of them,
+    /// renewed every round; a holder that dies is replaced within this and one poll interval.
+    pub poll_lease_secs: u64,
 }
 
 impl Default for WatchSettings {
@@ -27,6 +30,7 @@ impl Default for WatchSettings {
             heartbeat_secs: 15,
             max_streams: 10_000,
             error_budget_secs: 60,
+            poll_lease_secs: 10,
         }
     }
 }
@@ -42,5 +46,6 @@ impl WatchSettings {
         v.positive("watch.heartbeat_secs", self.heartbeat_secs);
         v.positive("watch.max_streams", self.max_streams as u64);
         v.positive("watch.error_budget_secs", self.error_budget_secs);
+        v.positive("watch.poll_lease_secs", self.poll_lease_secs);
     }
 }

@@ -10,6 +10,7 @@ mod budget;
 mod jobs;
 mod notify;
 pub(crate) mod plans;
+mod polls;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -32,6 +33,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "plans", include_str!("../../migrations/0002_plans.sql")),
     (3, "plan owners and runners", include_str!("../../migrations/0003_plan_runs.sql")),
     (4, "the fleet's AWS budgets", include_str!("../../migrations/0004_aws_budgets.sql")),
+    (5, "the fleet's pollers", include_str!("../../migrations/0005_fleet_polls.sql")),
 ];
 
 #[derive(Debug)]
@@ -74,6 +76,8 @@ pub(crate) struct Store {
     name: String,
     /// Counts the other replicas' changes heard.
     remote: tokio::sync::watch::Sender<u64>,
+    /// The other replicas' pollers' notices heard.
+    poll_notices: tokio::sync::broadcast::Sender<(String, String)>,
 }
 
 /// How long a job looked up for a read is kept: another replica's change to it shows within
@@ -166,6 +170,7 @@ impl Store {
             url: (dialect == Dialect::Postgres).then_some(url),
             name: uuid::Uuid::new_v4().to_string(),
             remote: tokio::sync::watch::Sender::new(0),
+            poll_notices: tokio::sync::broadcast::Sender::new(1024),
         })
     }
 

@@ -4,7 +4,9 @@
 //! subscribed — the dispatcher and the follower of queued copies — so that a copy admitted,
 //! cancelled or ended on one replica is seen by the others' dispatchers, readers and watchers
 //! without waiting for a timer. The timers stay, as the net under a notification lost while the
-//! listener reconnects (it then tells its subscribers too: something may have changed).
+//! listener reconnects (it then tells its subscribers too: something may have changed). The same
+//! listener hears the fleet's pollers (`store::polls`): a holder asked for a round, a round
+//! recorded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +40,11 @@ impl Store {
         self.remote.subscribe()
     }
 
+    /// The other replicas' pollers' notices: (`ask` or `observed`, scope).
+    pub(crate) fn poll_notices(&self) -> tokio::sync::broadcast::Receiver<(String, String)> {
+        self.poll_notices.subscribe()
+    }
+
     /// Listens to the other replicas' changes as a task of `tasks` (PostgreSQL; nothing to
     /// hear otherwise).
     pub(crate) fn listen(self: &Arc<Self>, tasks: &Tasks) {
@@ -67,7 +74,7 @@ impl Store {
                 return;
             }
         };
-        if let Err(error) = listener.listen(CHANNEL).await {
+        if let Err(error) = listener.listen_all([CHANNEL, super::polls::POLLS]).await {
             tracing::warn!(%error, "cannot listen to the other replicas' job changes; trying again");
             return;
         }
@@ -75,6 +82,15 @@ impl Store {
         self.heard();
         loop {
             match listener.try_recv().await {
+                Ok(Some(notification)) if notification.channel() == super::polls::POLLS => {
+                    let mut parts = notification.payload().splitn(3, ' ');
+                    if let (Some(sender), Some(kind), Some(scope)) = (parts.next(), parts.next(), parts.next())
+                        && sender != self.name
+                    {
+                        // No receiver (no poller yet) or one behind: its timer serves it.
+                        let _ = self.poll_notices.send((kind.to_owned(), scope.to_owned()));
+                    }
+                }
                 Ok(Some(notification)) if notification.payload() == self.name => {}
                 Ok(Some(_)) => self.heard(),
                 // The connection was lost; the next receive connects again.

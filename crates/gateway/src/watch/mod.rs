@@ -4,6 +4,7 @@
 //! Copies still waiting in the gateway's queue are watched through one follower of the store
 //! (`queued`), the same way, and join the hub's streams once AWS copies them.
 
+mod fleet;
 mod poller;
 mod queued;
 mod stream;
@@ -18,6 +19,7 @@ use futures_util::FutureExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use fleet::{Fleet, FleetPolls};
 pub(crate) use queued::{QueueFollower, QueueReader, QueuedLook, QueuedWatch};
 pub(crate) use stream::{Change, WatchEvent, WatchStream};
 
@@ -88,9 +90,18 @@ const LINKS_PER_ROUND: usize = 32;
 /// One region's poller and the snapshots it watches.
 struct Poller {
     region: String,
+    /// `CREDENTIALS/REGION`: the poller's name in the fleet's store.
+    scope: String,
     entries: Mutex<HashMap<String, Entry>>,
     cancelled: Mutex<HashSet<String>>,
     wake: Notify,
+    /// Another replica asked for a round, or recorded one: the next round is not skipped
+    /// for what this replica holds being fresh.
+    asked: std::sync::atomic::AtomicBool,
+    /// Notified when the fleet's holder recorded a round.
+    observed: Notify,
+    /// The set this replica last kept in the fleet's store, and when.
+    registered: Mutex<(Vec<String>, Option<Instant>)>,
     /// (rounds begun, rounds ended, the last round's error): a reader that joined when
     /// `begun` was n has its answer once `ended` passes n.
     rounds: watch::Sender<(u64, u64, Option<AwsError>)>,
@@ -143,6 +154,8 @@ pub struct WatchHub {
     /// callers then cost one batched describe a window, not a round for each that goes stale.
     lingering: moka::sync::Cache<(String, String, String), Arc<Subscription>>,
     metrics: Arc<Metrics>,
+    /// Replicas on PostgreSQL: one poller per region for the fleet (see `fleet`).
+    fleet: Option<Arc<Fleet>>,
 }
 
 /// What a watch is of: snapshot `id` of `account` ("" for the gateway's own) in `region`, as
@@ -197,6 +210,7 @@ impl WatchHub {
         settings: WatchSettings,
         tasks: Tasks,
         metrics: Arc<Metrics>,
+        fleet: Option<Arc<Fleet>>,
     ) -> WatchHub {
         let streams = Arc::new(Semaphore::new(settings.max_streams));
         let shutdown = tasks.stopping();
@@ -218,7 +232,20 @@ impl WatchHub {
             reads,
             lingering,
             metrics,
+            fleet,
         }
+    }
+
+    /// Another replica's poller asked for a round (`ask`) or recorded one (`observed`) of
+    /// `scope`: this replica's poller of it, if it has one, looks now.
+    pub(crate) fn fleet_notice(&self, kind: &str, scope: &str) {
+        let pollers = self.pollers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(poller) = pollers.values().find(|p| p.scope == scope) else { return };
+        poller.asked.store(true, std::sync::atomic::Ordering::Release);
+        if kind == "observed" {
+            poller.observed.notify_waiters();
+        }
+        poller.wake.notify_one();
     }
 
     /// Poll rounds made so far, by every poller (the `watch_poll_rounds` metric).
@@ -250,13 +277,17 @@ impl WatchHub {
         let rds = self.accounts.for_snapshot_account(account);
         let mut pollers = self.pollers.lock().unwrap_or_else(|p| p.into_inner());
         pollers
-            .entry(key)
+            .entry(key.clone())
             .or_insert_with(|| {
                 let poller = Arc::new(Poller {
                     region: region.to_owned(),
+                    scope: format!("{}/{}", key.0, key.1),
                     entries: Mutex::new(HashMap::new()),
                     cancelled: Mutex::new(HashSet::new()),
                     wake: Notify::new(),
+                    asked: std::sync::atomic::AtomicBool::new(false),
+                    observed: Notify::new(),
+                    registered: Mutex::new((Vec::new(), None)),
                     rounds: watch::channel((0, 0, None)).0,
                     #[cfg(test)]
                     crash: std::sync::atomic::AtomicBool::new(false),
@@ -272,9 +303,17 @@ impl WatchHub {
     /// to reconnect) and is started again after a pause, so new watchers are served.
     fn supervise(&self, poller: Arc<Poller>, rds: Arc<Rds>) {
         let (settings, shutdown, metrics) = (self.settings.clone(), self.shutdown.clone(), self.metrics.clone());
+        let fleet = self.fleet.clone();
         self.tasks.spawn(async move {
             loop {
-                let run = poller::run(poller.clone(), rds.clone(), settings.clone(), shutdown.clone(), metrics.clone());
+                let run = poller::run(
+                    poller.clone(),
+                    rds.clone(),
+                    settings.clone(),
+                    shutdown.clone(),
+                    metrics.clone(),
+                    fleet.clone(),
+                );
                 let outcome = AssertUnwindSafe(run).catch_unwind().await;
                 if shutdown.is_cancelled() {
                     break;
@@ -557,7 +596,7 @@ mod tests {
             error_budget_secs: 3600,
             ..WatchSettings::default()
         };
-        WatchHub::new(accounts, settings, Tasks::new(), metrics)
+        WatchHub::new(accounts, settings, Tasks::new(), metrics, None)
     }
 
     async fn rounds_reach(hub: &WatchHub, n: u64) {

@@ -25,6 +25,7 @@ pub(super) async fn run(
     settings: WatchSettings,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
+    fleet: Option<Arc<super::Fleet>>,
 ) {
     let min = Duration::from_millis(settings.min_poll_interval_ms);
     let max = Duration::from_millis(settings.max_poll_interval_ms);
@@ -49,8 +50,10 @@ pub(super) async fn run(
             interval = min;
             tokio::time::sleep(COALESCE).await;
             // Woken during the last round by readers it served (their snapshots were in it):
-            // nothing is stale, so no round of its own.
-            if poller.all_fresh(super::read_freshness(&settings)) {
+            // nothing is stale, so no round of its own — unless another replica asked for one
+            // or recorded one.
+            let asked = poller.asked.swap(false, std::sync::atomic::Ordering::AcqRel);
+            if !asked && poller.all_fresh(super::read_freshness(&settings)) {
                 continue;
             }
         }
@@ -59,7 +62,8 @@ pub(super) async fn run(
         let round = poller.rounds.borrow().0 + 1;
         let mut ids: Vec<String> = poller.lock().keys().cloned().collect();
         poller.rounds.send_modify(|r| r.0 = round);
-        if ids.is_empty() {
+        // A fleet's replica with nothing of its own may still hold the poll for the others.
+        if ids.is_empty() && fleet.is_none() {
             poller.rounds.send_modify(|r| {
                 r.1 = round;
                 r.2 = None;
@@ -85,7 +89,13 @@ pub(super) async fn run(
             panic!("a poller crash the test asked for");
         }
         let started = Instant::now();
-        let outcome = poll(&poller, &rds, &ids).instrument(span.clone()).await;
+        let outcome = match &fleet {
+            None => poll(&poller, &rds, &ids).instrument(span.clone()).await.map(|(changed, _)| changed),
+            Some(fleet) => {
+                let freshness = super::read_freshness(&settings);
+                super::fleet::round(&poller, &rds, fleet, ids, freshness, &metrics).instrument(span.clone()).await
+            }
+        };
         match &outcome {
             Ok(changed) => span.record("changed", changed),
             Err(_) => span.record("otel.status_code", "ERROR"),
@@ -120,8 +130,12 @@ fn jitter(interval: Duration) -> Duration {
     interval.mul_f64(0.9 + rand::random::<f64>() * 0.2)
 }
 
-/// One round: returns whether anything changed.
-async fn poll(poller: &Poller, rds: &Rds, ids: &[String]) -> Result<bool, crate::aws::AwsError> {
+/// One round: returns whether anything changed, and what it saw of each snapshot.
+pub(super) async fn poll(
+    poller: &Poller,
+    rds: &Rds,
+    ids: &[String],
+) -> Result<(bool, Vec<(String, Observation)>), crate::aws::AwsError> {
     let asked = Instant::now();
     let found = rds.describe_cluster_snapshots_by_ids(&poller.region, ids).await?;
     let now = SystemTime::now();
@@ -129,6 +143,7 @@ async fn poll(poller: &Poller, rds: &Rds, ids: &[String]) -> Result<bool, crate:
     let mut by_id: HashMap<String, ClusterSnapshot> =
         found.into_iter().map(|s| (s.id.to_ascii_lowercase(), s)).collect();
     let mut changed = false;
+    let mut seen = Vec::with_capacity(ids.len());
     for id in ids {
         let observation = match by_id.remove(id) {
             Some(snapshot) => Observation::Present { snapshot: Arc::new(snapshot), observed: now, at },
@@ -148,9 +163,10 @@ async fn poll(poller: &Poller, rds: &Rds, ids: &[String]) -> Result<bool, crate:
                 }
             }
         };
+        seen.push((id.clone(), observation.clone()));
         changed |= publish(poller, id, observation, asked);
     }
-    Ok(changed)
+    Ok((changed, seen))
 }
 
 /// Publishes an observation of a round that asked AWS at `asked` if it differs in state or
