@@ -87,6 +87,9 @@ pub(crate) enum BenchCommand {
     Soak(crate::bench::soak::SoakBenchArgs),
     /// A DR plan over a fleet: describes per run, time against the ideal, copies once, expiries.
     Plans(crate::bench::plans::PlansBenchArgs),
+    /// Replicas on one PostgreSQL: describes per round against one replica's, the fleet's AWS
+    /// pace, event lag on the followers, failover of the poll holder.
+    Replicas(crate::bench::replicas::ReplicasBenchArgs),
     /// One attack of `bench flood`, in a child process.
     #[command(hide = true)]
     FloodAttack(crate::bench::flood::FloodAttackArgs),
@@ -180,6 +183,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Plans(args)) => {
             with_telemetry("warn", format, crate::bench::plans::plans(args)).await
+        }
+        Command::Bench(BenchCommand::Replicas(args)) => {
+            with_telemetry("warn", format, crate::bench::replicas::replicas(args)).await
         }
         Command::Bench(BenchCommand::Unary(args)) => {
             with_telemetry("warn", format, crate::bench::reads::unary(args)).await

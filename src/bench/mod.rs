@@ -7,6 +7,7 @@ pub(crate) mod flood;
 pub(crate) mod plans;
 pub(crate) mod queue;
 pub(crate) mod reads;
+pub(crate) mod replicas;
 pub(crate) mod soak;
 pub(crate) mod trace;
 pub(crate) mod watch;
