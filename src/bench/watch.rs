@@ -85,10 +85,21 @@ rate_limit_burst = 10000
 }
 
 pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
+    // The report, printed at the end: its first line says whether the run held its premise.
+    let mut out = String::new();
+    macro_rules! say {
+        ($($t:tt)*) => {{
+            out.push_str(&format!($($t)*));
+            out.push('\n');
+        }};
+    }
     let scratch = ScratchDir::new("bench")?;
-    // A 1000 GiB source copied at 10 GiB/s: every copy moves one percent a second.
+    // A 1000 GiB source, copied slowly enough that every copy is still in progress when the
+    // window ends, whatever the machine: the copies' setup (a call each), the streams'
+    // opening and the window, with room. A copy then moves a percent every few seconds.
+    let copy_secs = args.seconds as f64 * 2.0 + 120.0 + args.copies as f64 / 20.0;
     let emu = loopback_emulator(EmulatorConfig {
-        copy_gib_per_sec: 10.0,
+        copy_gib_per_sec: 1000.0 / copy_secs,
         snapshot_quota: args.copies + 10,
         faults: Faults { throttle: None, ..Faults::default() },
         ..EmulatorConfig::default()
@@ -128,7 +139,7 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
     std::fs::write(&names_file, names.join("\n"))?;
     let set_up_kib = proc_kib(gateway.pid, "VmRSS:");
 
-    println!(
+    say!(
         "snapgate bench watch: {} streams over {} copies for {} s ({} connections); gateway, emulator and load generator in three processes on {} cores",
         args.streams,
         args.copies,
@@ -147,6 +158,7 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
         .context("starting the load generator")?;
     let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
     let (mut opening_peak_kib, mut streaming_peak_kib, mut ready) = (0, 0, false);
+    let (mut opened, mut refused) = (0usize, 0usize);
     // The emulator's counts at the ends of poll rounds while the streams are open: the first
     // and the last such ends bound whole rounds, so a round cut by the window's start or end
     // does not count its calls without the round.
@@ -156,10 +168,16 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             line = lines.next_line() => match line? {
-                Some(l) if l == "ready" => {
+                Some(l) if l.starts_with("ready") => {
                     ready = true;
+                    // `ready OPENED REFUSED SECONDS`
+                    let mut counts = l.split_whitespace().skip(1);
+                    opened = counts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    refused = counts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    let took: f64 = counts.next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+                    say!("  streams opened: {opened} of {} in {took:.1} s, {refused} refused", args.streams);
                     let text = metrics(gateway.admin).await;
-                    println!(
+                    say!(
                         "  streams open: {} (watched snapshots: {})",
                         metric(&text, "snapgate_watch_open_streams"),
                         metric(&text, "snapgate_watch_polled_snapshots")
@@ -184,6 +202,8 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
         }
     }
     child.wait().await?;
+    // The premise, checked at the window's end: every copy still in progress.
+    let in_progress: usize = emu.emulator.copies().iter().map(|c| c.in_progress).sum();
     let calls = emu.emulator.calls();
     let (first_end, last_end) = (first_end.unwrap_or_default(), last_end.unwrap_or_default());
     let describes = last_end.describes - first_end.describes;
@@ -195,15 +215,15 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
     let hwm_kib = proc_kib(gateway.pid, "VmHWM:");
     let _ = gateway.child.kill().await;
     let report = report.context("the load generator printed no report")?;
-    println!("  load generator: {report}");
-    println!(
+    say!("  load generator: {report}");
+    say!(
         "  poll rounds: {rounds}; describes answered: {}, per round: {:.2} (target <= {}); refused by RDS's throttling and retried: {throttled}",
         describes - throttled,
         (describes - throttled) as f64 / rounds.max(1.0),
         args.copies.div_ceil(100),
     );
     let mib = |kib: u64| kib as f64 / 1024.0;
-    println!(
+    say!(
         "  gateway resident memory: peak {:.1} MiB (target <= 100 MiB at 10,000 streams); {:.1} MiB at start, {:.1} MiB with {} copies made, peak {:.1} MiB while the streams opened, {:.1} MiB while they streamed",
         mib(hwm_kib),
         mib(started_kib),
@@ -216,17 +236,28 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
     let describes = calls.get("DescribeDBClusterSnapshots") - first_end.describes;
     let gateway_per_30s = describes as f64 * 30.0 / args.seconds as f64;
     let waiter = waiter_way(&emu.endpoint_url(), &names, args.streams, args.seconds).await;
-    println!(
+    say!(
         "  waiter way ({} watchers each describing every 30 s, as botocore's waiter does), one {} s window: {} calls, {} throttled",
-        args.streams, args.seconds, waiter.0, waiter.1
+        args.streams,
+        args.seconds,
+        waiter.0,
+        waiter.1
     );
-    println!(
+    say!(
         "  AWS calls per 30 s: gateway {:.0}, waiters {:.0}: the gateway makes {:.0}x fewer",
         gateway_per_30s,
         waiter.0 as f64 * 30.0 / args.seconds as f64,
         (waiter.0 as f64) / (describes.max(1) as f64)
     );
     emu.stop().await;
+    let stream_errors = report.rsplit("stream errors ").next().and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0);
+    if opened < args.streams || in_progress < args.copies || stream_errors > 0 {
+        println!(
+            "PREMISE NOT HELD: {opened} of {} streams opened ({refused} refused), {in_progress} of {} copies still in progress at the window's end, {stream_errors} stream errors",
+            args.streams, args.copies
+        );
+    }
+    print!("{out}");
     Ok(())
 }
 
@@ -284,6 +315,7 @@ pub(crate) async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> 
     let errors = Arc::new(AtomicU64::new(0));
     let events = Arc::new(AtomicU64::new(0));
     let stop = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
+    let opening = Instant::now();
     let mut opened = Vec::with_capacity(args.streams);
     for i in 0..args.streams {
         let mut client = SnapshotCopyServiceClient::with_interceptor(channels[i % channels.len()].clone(), bearer);
@@ -293,15 +325,14 @@ pub(crate) async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> 
         ));
     }
     let mut streams = Vec::with_capacity(args.streams);
+    let mut refused = 0;
     for handle in opened {
         match handle.await? {
             Ok(s) => streams.push(s),
-            Err(_) => {
-                errors.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(_) => refused += 1,
         }
     }
-    println!("ready");
+    println!("ready {} {refused} {:.2}", streams.len(), opening.elapsed().as_secs_f64());
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(streams.len());
     for mut stream in streams {
