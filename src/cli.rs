@@ -80,8 +80,9 @@ pub(crate) enum BenchCommand {
     Flood(crate::bench::flood::FloodBenchArgs),
     /// N callers polling GetCopy over M copies: their requests per second against AWS's calls.
     Reads(crate::bench::reads::ReadsBenchArgs),
-    /// GetCopy through the whole gateway against a bare tonic server: CPU per call and rate.
-    Unary(crate::bench::reads::UnaryBenchArgs),
+    /// GetCopy through the whole gateway against a bare tonic server, each in its own process:
+    /// each one's CPU per call, the ratios, calls per second.
+    Unary(crate::bench::unary::UnaryBenchArgs),
     /// A fleet with its watches and readers under throttling, 500s, late and dropped answers:
     /// every accepted copy ends, none is made twice, callers see only documented codes.
     Soak(crate::bench::soak::SoakBenchArgs),
@@ -93,6 +94,9 @@ pub(crate) enum BenchCommand {
     /// One attack of `bench flood`, in a child process.
     #[command(hide = true)]
     FloodAttack(crate::bench::flood::FloodAttackArgs),
+    /// The floor server `bench unary` measures the gateway against, in a child process.
+    #[command(hide = true)]
+    UnaryFloor(crate::bench::unary::UnaryFloorArgs),
     /// The load generator `bench watch` starts in a child process.
     #[command(hide = true)]
     WatchClients(crate::bench::watch::WatchClientsArgs),
@@ -188,7 +192,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             with_telemetry("warn", format, crate::bench::replicas::replicas(args)).await
         }
         Command::Bench(BenchCommand::Unary(args)) => {
-            with_telemetry("warn", format, crate::bench::reads::unary(args)).await
+            with_telemetry("warn", format, crate::bench::unary::unary(args)).await
+        }
+        Command::Bench(BenchCommand::UnaryFloor(args)) => {
+            with_telemetry("warn", format, crate::bench::unary::unary_floor(args)).await
         }
         Command::Bench(BenchCommand::Soak(args)) => {
             with_telemetry("warn", format, crate::bench::soak::soak(args)).await

@@ -32,6 +32,18 @@ impl ChildGateway {
         scratch: &ScratchDir,
         cpus: Option<&str>,
     ) -> anyhow::Result<ChildGateway> {
+        Self::spawn_logging(config, port, admin_port, scratch, cpus, Some("warn,snapgate=info")).await
+    }
+
+    /// [`ChildGateway::spawn`] with the log filter `rust_log` (`None`: `serve`'s default).
+    pub(super) async fn spawn_logging(
+        config: &str,
+        port: u16,
+        admin_port: u16,
+        scratch: &ScratchDir,
+        cpus: Option<&str>,
+        rust_log: Option<&str>,
+    ) -> anyhow::Result<ChildGateway> {
         let path = scratch.path().join("serve.toml");
         std::fs::write(&path, config)?;
         // A profiler to run the gateway under, if asked: SNAPGATE_BENCH_GATEWAY_WRAPPER="heaptrack -o /tmp/gw".
@@ -49,13 +61,16 @@ impl ChildGateway {
         // a call (the audit) from a pipe delayed the calls they measure by milliseconds.
         let log = std::env::var_os("SNAPGATE_BENCH_GATEWAY_LOG")
             .map_or_else(|| scratch.path().join("gateway.log"), std::path::PathBuf::from);
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
         let mut child = command
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&path)
             .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
             .env("AWS_SECRET_ACCESS_KEY", "bench-secret")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "warn,snapgate=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?)
             .kill_on_drop(true)
@@ -140,7 +155,9 @@ pub(super) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        // An empty sum is -0.0.
+        + 0.0
 }
 
 #[cfg(test)]

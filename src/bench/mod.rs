@@ -10,6 +10,7 @@ pub(crate) mod reads;
 pub(crate) mod replicas;
 pub(crate) mod soak;
 pub(crate) mod trace;
+pub(crate) mod unary;
 pub(crate) mod watch;
 
 use std::net::SocketAddr;
