@@ -701,3 +701,49 @@ async fn certificates_reload_without_a_restart() {
     );
     assert!(!works(s.client_cert.clone()).await, "the old CA no longer is");
 }
+
+/// The audit trail of a `serve` process, in the file `[audit] path` names: one JSON record per
+/// decision with who asked (and how), what, on which resource, the decision and the policies
+/// behind it; one per refused authentication; counted in the metrics, none dropped.
+#[tokio::test]
+async fn every_call_leaves_an_audit_record_with_caller_action_resource_decision_and_policies() {
+    let emu = emulator_with(seeded()).await;
+    let dir = scratch_dir("audit-trail");
+    let audit = dir.join("audit.jsonl");
+    let store = format!("data_dir = \"{}\"", dir.join("data").display());
+    let config = common::serve::config(&emu.endpoint_url(), &store)
+        .replace("policies = 'permit(", "policies = '@id(\"testers-read\") permit(");
+    let config = format!("{config}[audit]\npath = \"{}\"\n", audit.display());
+    let gateway = common::serve::spawn(&config, &dir, "audit").await;
+    let mut client = gateway::connect(gateway.addr).await;
+    let copy = client.get_copy(GetCopyRequest { name: "billing-pg-daily".into(), fresh: false }).await.unwrap();
+    let resource = copy.into_inner().name;
+    let channel = Channel::from_shared(format!("http://{}", gateway.addr)).unwrap().connect().await.unwrap();
+    let refused = client_with(channel, Some("not-a-token")).get_copy(GetCopyRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    let records = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every audit line is one JSON object"))
+            .collect()
+    };
+    assert!(eventually(Duration::from_secs(10), || async { records().len() >= 2 }).await, "{:?}", records());
+    let records = records();
+    let decision = records.iter().find(|r| r["event"] == "authorization").expect("a decision record");
+    assert_eq!(decision["target"], "snapgate::audit");
+    assert_eq!(decision["caller"], "tester");
+    assert_eq!(decision["authn"], "static_token");
+    assert_eq!(decision["action"], "GetCopy");
+    assert_eq!(decision["resource"], resource.as_str());
+    assert_eq!(decision["decision"], "allow");
+    assert_eq!(decision["policies"], json!(["testers-read"]));
+    assert!(decision["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let refusal = records.iter().find(|r| r["event"] == "authentication").expect("a refusal record");
+    assert_eq!(refusal["decision"], "unauthenticated");
+    assert_eq!(refusal["method"], "GetCopy");
+    assert!(!std::fs::read_to_string(&audit).unwrap().contains("not-a-token"), "no token in the trail");
+    assert!(gateway.metric("snapgate_audit_records_total").await >= 2.0);
+    assert_eq!(gateway.metric("snapgate_audit_records_dropped_total").await, 0.0);
+}

@@ -44,6 +44,9 @@ pub(crate) struct UnaryBenchArgs {
     /// Runs of the three measurements (floor, static token, JWT); each run's ratios are its own.
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
+    /// The gateway's log filter (`RUST_LOG`), to see what logging costs [default: `serve`'s].
+    #[arg(long)]
+    pub gateway_log: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -222,7 +225,8 @@ pub(crate) async fn unary(args: UnaryBenchArgs) -> anyhow::Result<()> {
     let jwks = issuer.settings.jwks_file.clone().context("the issuer keeps its keys in a file")?;
     let (port, admin_port) = (free_port()?, free_port()?);
     let config = gateway_config(port, admin_port, &emu.endpoint_url(), &scratch, &jwks);
-    let mut gateway = ChildGateway::spawn_logging(&config, port, admin_port, &scratch, None, None).await?;
+    let mut gateway =
+        ChildGateway::spawn_logging(&config, port, admin_port, &scratch, None, args.gateway_log.as_deref()).await?;
 
     // The copy read: made, watched (so the poller keeps its observation fresh), in progress.
     let client = bench_client(&gateway.addr.to_string()).await?;

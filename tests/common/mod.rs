@@ -262,6 +262,12 @@ pub mod gateway {
                 policies: Some(r#"@id("tester-may-do-everything") permit(principal == Snapgate::Caller::"tester", action, resource);"#.into()),
                 ..AuthzSettings::default()
             },
+            // The trail of a test binary's gateways goes to a file of its own, not into the
+            // test output (a process holds one trail: the first gateway built decides).
+            audit: snapgate_gateway::config::AuditSettings {
+                path: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("audit-{}.jsonl", std::process::id()))),
+                ..Default::default()
+            },
             ..Settings::default()
         }
     }

@@ -122,6 +122,8 @@ pub struct Metrics {
     calls_waited: Family<ReasonLabels, Counter>,
     resident_bytes: Gauge,
     log_lines_dropped: Counter,
+    audit_records: Counter,
+    audit_records_dropped: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -205,6 +207,14 @@ impl Metrics {
             "log_lines_dropped",
             "Log lines dropped because the log sink fell behind (lines are never allowed to stall a call)",
             log_lines_dropped.clone(),
+        );
+        let audit_records = Counter::default();
+        registry.register("audit_records", "Audit records written", audit_records.clone());
+        let audit_records_dropped = Counter::default();
+        registry.register(
+            "audit_records_dropped",
+            "Audit records dropped because the audit queue was full or its sink failed (a record never delays a call)",
+            audit_records_dropped.clone(),
         );
         let jobs_queued = Family::<DestinationLabels, Gauge>::default();
         registry.register(
@@ -294,6 +304,8 @@ impl Metrics {
             calls_waited,
             resident_bytes,
             log_lines_dropped,
+            audit_records,
+            audit_records_dropped,
         })
     }
 
@@ -408,6 +420,9 @@ impl Metrics {
         self.watched_snapshots.set(watched_snapshots as i64);
         let dropped = crate::telemetry::log_lines_dropped();
         self.log_lines_dropped.inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
+        let (written, dropped) = (crate::audit::records_written(), crate::audit::records_dropped());
+        self.audit_records.inc_by(written.saturating_sub(self.audit_records.get()));
+        self.audit_records_dropped.inc_by(dropped.saturating_sub(self.audit_records_dropped.get()));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

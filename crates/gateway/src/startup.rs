@@ -58,6 +58,8 @@ impl Application {
     pub async fn build(settings: Settings, sdk: SdkConfig) -> anyhow::Result<Application> {
         settings.validate()?;
         settings.validate_for_serving()?;
+        crate::audit::install(&settings.audit)
+            .map_err(|e| anyhow::anyhow!("audit.path: cannot open {:?}: {e}", settings.audit.path))?;
         let tasks = Tasks::new();
         let metrics = Metrics::new();
         let authenticator = Arc::new(Authenticator::new(&settings.auth, metrics.clone(), &tasks).await?);

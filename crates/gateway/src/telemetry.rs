@@ -60,6 +60,7 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
+        crate::audit::flush(std::time::Duration::from_secs(2));
         if let Some(provider) = self.provider.take()
             && let Err(error) = provider.shutdown()
         {
@@ -146,12 +147,19 @@ impl TelemetryGuard {
 
 /// Log lines by `format` under `RUST_LOG` (else `default_filter`), to `writer` (stderr, or a
 /// writer in front of it); colour only when stderr is a terminal.
+///
+/// Spans reach the log only as context: the call's server span (`rpc`), whose `trace_id` and
+/// `span_id` every line logged inside the call carries. Other spans and the call span's other
+/// fields are the traces' business; formatting them for the log on every call (JSON fields are
+/// re-parsed at each `record`) cost more than the call's own work.
 pub fn log_layer<S, W>(default_filter: &str, format: LogFormat, writer: W) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    use tracing_subscriber::filter::FilterExt;
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter = tracing_subscriber::filter::filter_fn(|meta| meta.is_event() || is_call_span(meta)).and(env);
     match format {
         LogFormat::Human => tracing_subscriber::fmt::layer()
             .with_writer(writer)
@@ -161,10 +169,87 @@ where
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_span_list(true)
+            .with_span_list(false)
+            .fmt_fields(CallIds)
             .with_writer(writer)
             .with_filter(filter)
             .boxed(),
+    }
+}
+
+/// The server span of a call (`stack::observe`).
+fn is_call_span(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.name() == "rpc" && meta.target().starts_with("snapgate")
+}
+
+/// The JSON log's span fields: the call's `trace_id` and `span_id`, nothing else.
+struct CallIds;
+
+#[derive(Default)]
+struct IdsVisitor {
+    trace_id: Option<String>,
+    span_id: Option<String>,
+}
+
+impl tracing::field::Visit for IdsVisitor {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "trace_id" => self.trace_id = Some(value.to_owned()),
+            "span_id" => self.span_id = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, _field: &tracing::field::Field, _value: &dyn std::fmt::Debug) {}
+}
+
+impl IdsVisitor {
+    fn of(fields: impl tracing_subscriber::field::RecordFields) -> IdsVisitor {
+        let mut visitor = IdsVisitor::default();
+        fields.record(&mut visitor);
+        visitor
+    }
+
+    /// `"trace_id":"…","span_id":"…"` (ids are hex, nothing to escape).
+    fn write_pairs(&self, out: &mut impl std::fmt::Write, mut first: bool) -> std::fmt::Result {
+        for (key, value) in [("trace_id", &self.trace_id), ("span_id", &self.span_id)] {
+            if let Some(value) = value {
+                out.write_str(if first { "\"" } else { ",\"" })?;
+                write!(out, "{key}\":\"{value}\"")?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for CallIds {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        writer.write_str("{")?;
+        IdsVisitor::of(fields).write_pairs(&mut writer, true)?;
+        writer.write_str("}")
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let ids = IdsVisitor::of(fields);
+        if ids.trace_id.is_none() && ids.span_id.is_none() {
+            return Ok(());
+        }
+        let held = current.fields.trim_end().trim_end_matches('}').trim_end();
+        let empty = held.trim_start_matches('{').trim().is_empty();
+        let mut fields = if held.is_empty() { "{".to_owned() } else { held.to_owned() };
+        ids.write_pairs(&mut fields, empty)?;
+        fields.push('}');
+        current.fields = fields;
+        Ok(())
     }
 }
 
@@ -282,6 +367,74 @@ pub fn ids_of(span: &tracing::Span) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log sink the test reads back.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    fn logged(format: LogFormat, body: impl FnOnce()) -> String {
+        let sink = Captured::default();
+        let subscriber = Registry::default().with(log_layer("info", format, sink.clone()));
+        tracing::subscriber::with_default(subscriber, body);
+        String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn a_call() {
+        let call = tracing::info_span!(
+            "rpc",
+            otel.name = "x/GetCopy",
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            rpc.grpc.status_code = tracing::field::Empty
+        );
+        call.record("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736");
+        call.record("span_id", "00f067aa0ba902b7");
+        call.record("rpc.grpc.status_code", 0);
+        let _call = call.enter();
+        let inner = tracing::info_span!("authorize", authz.decision = "allow");
+        let _inner = inner.enter();
+        tracing::warn!(detail = "a \"quoted\" thing", "inside the call");
+    }
+
+    #[test]
+    fn a_json_line_inside_a_call_carries_the_calls_ids_and_no_other_span_fields() {
+        let text = logged(LogFormat::Json, a_call);
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["fields"]["message"], "inside the call");
+        assert_eq!(line["fields"]["detail"], "a \"quoted\" thing");
+        assert_eq!(line["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(line["span"]["span_id"], "00f067aa0ba902b7");
+        assert_eq!(line["span"]["name"], "rpc");
+        assert!(line["span"].get("otel.name").is_none() && !text.contains("authz"), "{text}");
+    }
+
+    #[test]
+    fn a_human_line_inside_a_call_names_its_trace() {
+        let text = logged(LogFormat::Human, a_call);
+        assert!(
+            text.contains("trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"")
+                || text.contains("trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{text}"
+        );
+        assert!(text.contains("inside the call") && !text.contains("authz"), "{text}");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -1,5 +1,5 @@
 //! One typed configuration, a section a file: `server`, `aws`, `watch`, `admin` and `http`,
-//! `fair_share`, `auth` and `authz`, `store`, `jobs`, `plans`. Each section owns its defaults (its
+//! `fair_share`, `auth` and `authz`, `audit`, `store`, `jobs`, `plans`. Each section owns its defaults (its
 //! `Default`, the one place a default is written) and its validation, which names every broken
 //! setting as a field violation, in the same style as a request's.
 //!
@@ -7,6 +7,7 @@
 //! environment variables (nested keys joined by `__`, e.g. `SNAPGATE_AWS__REGION`), and are
 //! validated at start, so a bad setting stops the gateway with a message that names it.
 
+mod audit;
 mod auth;
 mod aws;
 mod fair_share;
@@ -25,6 +26,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use crate::error::FieldViolation;
+pub use audit::AuditSettings;
 pub(crate) use auth::check_jwt_algorithm;
 pub use auth::{AuthSettings, AuthzSettings, ClientCertificates, JwtSettings, StaticToken, TlsSettings};
 pub use aws::{AccountRole, AwsSettings};
@@ -49,6 +51,7 @@ pub struct Settings {
     pub fair_share: FairShareSettings,
     pub auth: AuthSettings,
     pub authz: AuthzSettings,
+    pub audit: AuditSettings,
     pub store: StoreSettings,
     pub jobs: JobSettings,
     pub plans: PlanSettings,
@@ -66,6 +69,7 @@ impl Default for Settings {
             fair_share: FairShareSettings::default(),
             auth: AuthSettings::default(),
             authz: AuthzSettings::default(),
+            audit: AuditSettings::default(),
             store: StoreSettings::default(),
             jobs: JobSettings::default(),
             plans: PlanSettings::default(),
@@ -131,8 +135,21 @@ impl Violations {
 }
 
 /// The top-level keys of [`Settings`], which `SNAPGATE_` variables may set.
-const SECTIONS: [&str; 12] =
-    ["listen", "server", "aws", "watch", "admin", "http", "fair_share", "auth", "authz", "store", "jobs", "plans"];
+const SECTIONS: [&str; 13] = [
+    "listen",
+    "server",
+    "aws",
+    "watch",
+    "admin",
+    "http",
+    "fair_share",
+    "auth",
+    "authz",
+    "audit",
+    "store",
+    "jobs",
+    "plans",
+];
 
 impl Settings {
     /// Loads defaults, then `file`, then `SNAPGATE_`-prefixed environment variables (nested
@@ -167,6 +184,7 @@ impl Settings {
         self.fair_share.validate(&mut v);
         self.auth.validate(&mut v);
         self.authz.validate(&mut v);
+        self.audit.validate(&mut v);
         self.store.validate(&mut v);
         self.jobs.validate(&mut v);
         self.plans.validate(&mut v);
