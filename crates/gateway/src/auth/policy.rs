@@ -538,8 +538,10 @@ impl PolicyStore {
         } else {
             decide(&self.current.load(), caller, action, snapshot, copy)
         };
-        span.record("authz.decision", if decision.allowed { "allow" } else { "deny" });
-        span.record("authz.policies", decision.policies.join(",").as_str());
+        if !span.is_disabled() {
+            span.record("authz.decision", if decision.allowed { "allow" } else { "deny" });
+            span.record("authz.policies", decision.policies.join(",").as_str());
+        }
         for error in &decision.errors {
             tracing::warn!(action = action.name(), %error, "a policy could not be evaluated");
         }

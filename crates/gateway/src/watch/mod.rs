@@ -437,8 +437,11 @@ impl WatchHub {
     /// failed, or UNAVAILABLE when none ended in time.
     pub(crate) async fn read(&self, account: &str, region: &str, id: &str) -> Result<Option<ClusterSnapshot>, Error> {
         let key = (self.accounts.credentials_key(account), region.to_owned(), id.to_ascii_lowercase());
-        // Read again within a window: held in the poll set for others' rounds to refresh.
-        self.lingering.get_with(key.clone(), || Arc::new(self.subscribe_as(account, region, id, false, false)));
+        // Read again within a window: held in the poll set for others' rounds to refresh (a
+        // hit refreshes the hold without a second copy of the key).
+        if self.lingering.get(&key).is_none() {
+            self.lingering.get_with(key.clone(), || Arc::new(self.subscribe_as(account, region, id, false, false)));
+        }
         if let Some(snapshot) = self.fresh(account, region, id) {
             return Ok(Some(snapshot));
         }
