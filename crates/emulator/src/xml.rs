@@ -114,6 +114,11 @@ pub(crate) fn snapshot(scope: &mut ScopeWriter<'_, '_>, s: &Snapshot) {
         leaf(&mut el, "StorageThroughput", &throughput.to_string());
     }
     leaf(&mut el, "DbClusterResourceId", &s.resource_id);
+    // RDS's data groups (botocore 1.44.18's model): the emulator's snapshots contain none.
+    // Neptune's and DocumentDB's models have no such member.
+    if !matches!(s.engine, snapgate_domain::Engine::Neptune | snapgate_domain::Engine::Docdb) {
+        leaf(&mut el, "CustomDataGroupPresent", "false");
+    }
     el.finish();
 }
 
