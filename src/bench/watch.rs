@@ -216,6 +216,12 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
     let _ = gateway.child.kill().await;
     let report = report.context("the load generator printed no report")?;
     say!("  load generator: {report}");
+    // One round at RDS's pace: a describe per 100 copies at its 12 calls a second.
+    let round_secs = args.copies.div_ceil(100) as f64 / Throttle::default().per_second;
+    say!(
+        "  lag target: p99 <= 100 ms at 10,000 streams; at 100,000, one round at RDS's pace + 1 s = {:.1} s",
+        round_secs + 1.0
+    );
     say!(
         "  poll rounds: {rounds}; describes answered: {}, per round: {:.2} (target <= {}); refused by RDS's throttling and retried: {throttled}",
         describes - throttled,
@@ -224,13 +230,17 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
     );
     let mib = |kib: u64| kib as f64 / 1024.0;
     say!(
-        "  gateway resident memory: peak {:.1} MiB (target <= 100 MiB at 10,000 streams); {:.1} MiB at start, {:.1} MiB with {} copies made, peak {:.1} MiB while the streams opened, {:.1} MiB while they streamed",
+        "  gateway resident memory: peak {:.1} MiB (target <= 100 MiB at 10,000 streams, <= 400 MiB at 100,000); {:.1} MiB at start, {:.1} MiB with {} copies made, peak {:.1} MiB while the streams opened, {:.1} MiB while they streamed",
         mib(hwm_kib),
         mib(started_kib),
         mib(set_up_kib),
         args.copies,
         mib(opening_peak_kib),
         mib(streaming_peak_kib)
+    );
+    say!(
+        "  per stream beyond the copies' own state: {:.2} KiB at the peak (target <= 4 KiB)",
+        hwm_kib.saturating_sub(set_up_kib) as f64 / args.streams.max(1) as f64
     );
     // Every describe while the streams were open, against the waiters' over the same time.
     let describes = calls.get("DescribeDBClusterSnapshots") - first_end.describes;
@@ -250,7 +260,11 @@ pub(crate) async fn watch(args: WatchBenchArgs) -> anyhow::Result<()> {
         (waiter.0 as f64) / (describes.max(1) as f64)
     );
     emu.stop().await;
-    let stream_errors = report.rsplit("stream errors ").next().and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0);
+    let stream_errors = report
+        .rsplit("stream errors ")
+        .next()
+        .and_then(|n| n.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
     if opened < args.streams || in_progress < args.copies || stream_errors > 0 {
         println!(
             "PREMISE NOT HELD: {opened} of {} streams opened ({refused} refused), {in_progress} of {} copies still in progress at the window's end, {stream_errors} stream errors",
@@ -303,8 +317,10 @@ async fn waiter_way(endpoint: &str, names: &[String], watchers: usize, seconds: 
     (calls.load(Ordering::Relaxed), throttled.load(Ordering::Relaxed))
 }
 
-/// The load generator: opens the streams, records the lag of every change event, prints
-/// `ready` once all streams are open and a one-line report at the end.
+/// The load generator: opens the streams and reads each from the moment it opens (a stream
+/// left unread while the others open would queue stale events in its flow-control window),
+/// records the lag of every change event received once all are open, prints `ready` then and
+/// a one-line report at the end.
 pub(crate) async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> {
     let names: Vec<String> = std::fs::read_to_string(&args.names)?.lines().map(str::to_owned).collect();
     let mut channels = Vec::new();
@@ -312,36 +328,36 @@ pub(crate) async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> 
         channels.push(Channel::from_shared(format!("http://{}", args.addr))?.connect().await?);
     }
     let lags = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
-    let errors = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
     let events = Arc::new(AtomicU64::new(0));
-    let stop = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
+    // Set once every stream is open (or refused): the window whose lag is measured.
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let opening = Instant::now();
-    let mut opened = Vec::with_capacity(args.streams);
+    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    // Becomes true at the window's end: every stream stops reading.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::with_capacity(args.streams);
     for i in 0..args.streams {
         let mut client = SnapshotCopyServiceClient::with_interceptor(channels[i % channels.len()].clone(), bearer);
         let name = names[i % names.len()].clone();
-        opened.push(tokio::spawn(
-            async move { client.watch_copy(WatchCopyRequest { name }).await.map(|r| r.into_inner()) },
-        ));
-    }
-    let mut streams = Vec::with_capacity(args.streams);
-    let mut refused = 0;
-    for handle in opened {
-        match handle.await? {
-            Ok(s) => streams.push(s),
-            Err(_) => refused += 1,
-        }
-    }
-    println!("ready {} {refused} {:.2}", streams.len(), opening.elapsed().as_secs_f64());
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(streams.len());
-    for mut stream in streams {
-        let (lags, errors, events) = (lags.clone(), errors.clone(), events.clone());
+        let (lags, errors, events, measuring) = (lags.clone(), errors.clone(), events.clone(), measuring.clone());
+        let (opened_tx, mut stop) = (opened_tx.clone(), stop_rx.clone());
         tasks.push(tokio::spawn(async move {
+            let mut stream = match client.watch_copy(WatchCopyRequest { name }).await {
+                Ok(response) => {
+                    let _ = opened_tx.send(true);
+                    response.into_inner()
+                }
+                Err(_) => {
+                    let _ = opened_tx.send(false);
+                    return;
+                }
+            };
+            drop(opened_tx);
             loop {
                 let next = tokio::select! {
                     m = stream.message() => m,
-                    () = tokio::time::sleep_until(stop) => return,
+                    _ = stop.wait_for(|stopped| *stopped) => return,
                 };
                 match next {
                     Ok(Some(event)) => {
@@ -352,36 +368,56 @@ pub(crate) async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> 
                                 | pb::copy_event::Change::State
                                 | pb::copy_event::Change::Terminal
                         );
-                        if changed && let Some(observed) = event.observe_time.and_then(|t| SystemTime::try_from(t).ok())
+                        if changed
+                            && measuring.load(Ordering::Relaxed)
+                            && let Some(observed) = event.observe_time.and_then(|t| SystemTime::try_from(t).ok())
                         {
                             let lag = SystemTime::now().duration_since(observed).unwrap_or_default();
                             lags.lock().unwrap_or_else(|p| p.into_inner()).push(lag.as_micros() as u64);
                         }
                     }
                     Ok(None) => return,
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    Err(status) => {
+                        let code = format!("{:?}", status.code());
+                        *errors.lock().unwrap_or_else(|p| p.into_inner()).entry(code).or_default() += 1;
                         return;
                     }
                 }
             }
         }));
     }
+    drop(opened_tx);
+    let (mut open, mut refused) = (0usize, 0usize);
+    while open + refused < args.streams {
+        match opened_rx.recv().await {
+            Some(true) => open += 1,
+            Some(false) => refused += 1,
+            None => break,
+        }
+    }
+    measuring.store(true, Ordering::Relaxed);
+    println!("ready {open} {refused} {:.2}", opening.elapsed().as_secs_f64());
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
     let mut lags = lags.lock().unwrap_or_else(|p| p.into_inner()).clone();
     lags.sort_unstable();
     let pct = |p: f64| lags.get(((lags.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    let errors = errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let by_status: Vec<String> = errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
     println!(
-        "{} events in {:.0} s, {} change events, lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 100 ms); stream errors {}",
+        "{} events in {:.0} s, {} change events, lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; stream errors {}{}",
         events.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64(),
         lags.len(),
         pct(0.5),
         pct(0.99),
         pct(1.0),
-        errors.load(Ordering::Relaxed)
+        errors.values().sum::<u64>(),
+        if by_status.is_empty() { String::new() } else { format!(" ({})", by_status.join(", ")) }
     );
     Ok(())
 }
