@@ -236,6 +236,33 @@ async fn two_hundred_watchers_of_twenty_copies_cost_one_describe_per_round() {
 }
 
 #[tokio::test]
+async fn openings_past_a_connections_waiting_limit_hold_its_reading_and_all_open() {
+    // Two turns for the whole gateway, and 400 openings at once on the tests' one connection:
+    // far more than MAX_WAITING_OPENINGS (64) wait, so the connection is not read further
+    // until some have their turns, and yet every one opens.
+    let (_emu, mut gw) = setup(copying_at(0.001), |s| s.server.max_stream_openings = 2).await;
+    let copy = start_copy(&mut gw, "billing-pg-daily", "held-openings").await;
+    let openings = (0..400).map(|_| {
+        let mut client = gw.client.clone();
+        let name = copy.name.clone();
+        async move { client.watch_copy(WatchCopyRequest { name }).await.map(|r| r.into_inner()) }
+    });
+    let opened = tokio::time::timeout(Duration::from_secs(60), futures_util::future::join_all(openings))
+        .await
+        .expect("every opening is answered within a minute");
+    let streams: Vec<_> = opened.into_iter().collect::<Result<_, _>>().expect("every stream opens");
+    assert_eq!(gw.hub.open_streams(), 400);
+    let admin = gw.admin.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    let (_, metrics) = raw_http(admin, request.as_bytes()).await;
+    assert!(
+        metrics.contains(r#"snapgate_connections_paced_total{listener="grpc",reason="openings"}"#),
+        "the connection was held back for its waiting openings"
+    );
+    drop(streams);
+}
+
+#[tokio::test]
 async fn streams_over_the_cap_are_resource_exhausted() {
     let (_emu, mut gw) = setup(copying_at(0.01), |s| s.watch.max_streams = 2).await;
     let copy = start_copy(&mut gw, "billing-pg-daily", "capped").await;

@@ -1,13 +1,18 @@
 //! What a call carries between the rooms it passes through, owned by none of them: the
 //! connection it came on (`ConnInfo`, put there by `edge`) and its places (`ConnectionCalls`,
-//! made by `edge`, taken by `stack::shed`), a stream opening's turn
+//! made by `edge`, taken by `stack::shed`), its openings waiting for their turns
+//! (`WaitingOpenings`, made by `edge`, counted by `stack::shed`), a stream opening's turn
 //! (`OpeningTurn`, by `stack::shed`), the caller's deadline (`CallerDeadline`, by
 //! `stack::deadline`), and the rules on paths every layer agrees on (which calls are open to
 //! anyone, which open a stream, which are heavy). The edge, the stack and the core all read
 //! these; none imports another for them.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -29,6 +34,62 @@ impl ConnectionCalls {
     /// Half of the gateway's places (at least one).
     pub(crate) fn new(max_in_flight: usize) -> ConnectionCalls {
         ConnectionCalls(Arc::new(Semaphore::new((max_in_flight / 2).max(1))))
+    }
+}
+
+/// How many of one connection's stream openings may wait for their turns before the edge stops
+/// reading the connection.
+pub(crate) const MAX_WAITING_OPENINGS: usize = 64;
+
+/// One connection's stream openings waiting for their turns (see `stack::shed::Openings`), in
+/// its requests' extensions. While `MAX_WAITING_OPENINGS` wait, the edge reads no more of the
+/// connection: further openings stay in the kernel's buffers and the peer's (TCP holds the peer
+/// back), not in the gateway's memory. 100,000 watchers opening at once over 200 connections
+/// then cost at most 200 × 64 requests held here at any moment, not 100,000, each with its
+/// headers, its task and its HTTP/2 state. The waiters need nothing more from the connection
+/// (their messages are read before they wait), and each wait ends within the request timeout.
+#[derive(Clone, Default)]
+pub(crate) struct WaitingOpenings(Arc<Waiting>);
+
+#[derive(Default)]
+struct Waiting {
+    count: AtomicUsize,
+    /// The connection's reader, held back while the count is at the limit.
+    reader: AtomicWaker,
+}
+
+impl WaitingOpenings {
+    /// One more opening waits, until the returned hold is dropped.
+    pub(crate) fn wait(&self) -> WaitingOpening {
+        self.0.count.fetch_add(1, Ordering::AcqRel);
+        WaitingOpening(self.0.clone())
+    }
+
+    /// Openings waiting now.
+    pub(crate) fn count(&self) -> usize {
+        self.0.count.load(Ordering::Acquire)
+    }
+
+    /// Ready while fewer than `MAX_WAITING_OPENINGS` wait; otherwise the reader is woken when
+    /// one stops waiting.
+    pub(crate) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.count() < MAX_WAITING_OPENINGS {
+            return Poll::Ready(());
+        }
+        self.0.reader.register(cx.waker());
+        // An opening may have stopped waiting between the look and the registration.
+        if self.count() < MAX_WAITING_OPENINGS { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
+/// An opening's place among its connection's waiting ones.
+pub(crate) struct WaitingOpening(Arc<Waiting>);
+
+impl Drop for WaitingOpening {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) <= MAX_WAITING_OPENINGS {
+            self.0.reader.wake();
+        }
     }
 }
 

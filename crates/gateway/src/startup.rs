@@ -32,7 +32,7 @@ use crate::plan::Plans;
 use crate::reload::{self, Reload};
 use crate::share::{AwsShare, CallShare};
 use crate::stack::shed::{self, Memory};
-use crate::stack::{self, Parts};
+use crate::stack::{self, Parts, Stack};
 use crate::store::Store;
 use crate::tasks::Tasks;
 use crate::watch::{QueueFollower, WatchHub};
@@ -231,27 +231,36 @@ impl Application {
             max_memory_bytes = ?memory_limit,
             "edge limits"
         );
-        let grpc = stack.clone();
+        // Shared, and cloned (a boxed service: an allocation) only by a call entering it.
+        let grpc = Arc::new(stack.clone());
         let handler: Handler = Arc::new(move |request, info| {
             let mut request = request.map(tonic::body::Body::new);
             request.extensions_mut().insert(info);
-            let (grpc, openings) = (grpc.clone(), openings.clone());
+            let grpc = grpc.clone();
+            let respond = |response: http::Response<tonic::body::Body>| {
+                response.map(|body| body.map_err(|status| Box::new(status) as BoxError).boxed_unsync())
+            };
+            if !crate::call::opens_stream(request.uri().path()) {
+                return Box::pin(async move {
+                    let Ok(response) = Stack::clone(&grpc).oneshot(request).await;
+                    respond(response)
+                });
+            }
+            // A stream's opening waits its turn before it enters the stack (see `Openings`);
+            // the shed layer inside gives the turn back once the stream has opened. While it
+            // waits it holds its request and this small future: the stack's own (its layers'
+            // states, ~1 KiB) is made once it has its turn, so 100,000 openings arriving at
+            // once do not each hold one.
+            let openings = openings.clone();
             Box::pin(async move {
-                // A stream's opening waits its turn before it enters the stack (see `Openings`);
-                // the shed layer inside gives the turn back once the stream has opened.
-                let admitted = if crate::call::opens_stream(request.uri().path()) {
-                    openings.admit(request).await
-                } else {
-                    Ok(request)
-                };
-                let response = match admitted {
+                let response = match openings.admit(request).await {
                     Ok(request) => {
-                        let Ok(response) = grpc.oneshot(request).await;
+                        let Ok(response) = Box::pin(Stack::clone(&grpc).oneshot(request)).await;
                         response
                     }
                     Err(refused) => refused,
                 };
-                response.map(|body| body.map_err(|status| Box::new(status) as BoxError).boxed_unsync())
+                respond(response)
             })
         });
         let incoming = accept::incoming(

@@ -50,6 +50,7 @@ use tokio::time::Sleep;
 
 use super::frames::FrameWatch;
 use super::{EdgeLimits, Listener};
+use crate::call::WaitingOpenings;
 use crate::metrics::Metrics;
 
 /// A connection's budgets.
@@ -58,6 +59,8 @@ pub(crate) struct Pace {
     bytes: TokenBucket,
     /// A header block larger than this (compressed) is a strike of `OVERSIZED_STRIKES`.
     oversized: usize,
+    /// The connection's stream openings waiting for their turns: at the limit, it is not read.
+    waiting: WaitingOpenings,
 }
 
 /// What one oversized header block counts for: with the default budget, a connection sending
@@ -72,7 +75,13 @@ impl Pace {
             strikes: TokenBucket::new(limits.paced_refusals_per_sec, limits.paced_refusals_burst, now),
             bytes: TokenBucket::new(bytes_per_sec as f64, u32::try_from(bytes_per_sec).unwrap_or(u32::MAX), now),
             oversized: usize::try_from(limits.max_header_list_bytes / 2).unwrap_or(usize::MAX),
+            waiting: WaitingOpenings::default(),
         }
+    }
+
+    /// The connection's waiting openings, for its requests' extensions.
+    pub(crate) fn waiting(&self) -> &WaitingOpenings {
+        &self.waiting
     }
 
     /// A call refused, failed or reset by the peer.
@@ -162,6 +171,8 @@ pub(crate) struct Paced<T> {
     unyielded: usize,
     /// Where the peer is in its HTTP/2 frames (on the gRPC listener, which speaks only HTTP/2).
     frames: Option<FrameWatch>,
+    /// Reading is held back for the connection's waiting openings (counted once a hold).
+    held: bool,
 }
 
 /// How much a connection once paced is read at a time: a few calls' worth. Each read is
@@ -200,7 +211,18 @@ fn yield_task(cx: &mut Context<'_>) -> Poll<io::Result<()>> {
 impl<T> Paced<T> {
     pub(crate) fn new(io: T, pace: Arc<Pace>, metrics: Arc<Metrics>, listener: Listener) -> Paced<T> {
         let frames = (listener == Listener::Grpc).then(FrameWatch::new);
-        Paced { io, pace, pause: None, metrics, listener, small: false, yield_next: false, unyielded: 0, frames }
+        Paced {
+            io,
+            pace,
+            pause: None,
+            metrics,
+            listener,
+            small: false,
+            yield_next: false,
+            unyielded: 0,
+            frames,
+            held: false,
+        }
     }
 }
 
@@ -210,6 +232,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Paced<T> {
         if std::mem::take(&mut this.yield_next) {
             return yield_task(cx);
         }
+        // Enough of its openings wait for their turns: the rest wait outside (`WaitingOpenings`).
+        if this.pace.waiting.poll_room(cx).is_pending() {
+            if !std::mem::replace(&mut this.held, true) {
+                this.metrics.connection_paced(this.listener.as_str(), "openings");
+            }
+            return Poll::Pending;
+        }
+        this.held = false;
         loop {
             if let Some(pause) = this.pause.as_mut() {
                 ready!(pause.as_mut().poll(cx));
@@ -386,6 +416,30 @@ mod tests {
         let mut answer = [0u8; 6];
         peer.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"answer");
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_openings_wait_at_the_limit_is_not_read_until_one_has_its_turn() {
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let pace = Arc::new(Pace::new(&settings(100.0, 10, 1 << 30)));
+        let metrics = Metrics::new();
+        let mut paced = Paced::new(io, pace.clone(), metrics.clone(), Listener::Grpc);
+        peer.write_all(b"more openings").await.unwrap();
+        let waiting = pace.waiting().clone();
+        let mut holds: Vec<_> = (0..crate::call::MAX_WAITING_OPENINGS).map(|_| waiting.wait()).collect();
+        let mut chunk = [0u8; 64];
+        let mut read = std::pin::pin!(paced.read(&mut chunk));
+        assert!(futures_util::poll!(read.as_mut()).is_pending(), "held while the limit's worth wait");
+        assert!(
+            metrics.render(0, 0).contains(r#"snapgate_connections_paced_total{listener="grpc",reason="openings"}"#)
+        );
+        // One has its turn (or is refused): the reader is woken and reads on.
+        holds.pop();
+        let got = tokio::time::timeout(Duration::from_secs(5), read).await.expect("woken").unwrap();
+        assert_eq!(&chunk[..got], b"more openings");
+        assert_eq!(waiting.count(), crate::call::MAX_WAITING_OPENINGS - 1);
+        drop(holds);
+        assert_eq!(waiting.count(), 0);
     }
 
     #[tokio::test]

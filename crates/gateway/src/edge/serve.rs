@@ -106,6 +106,7 @@ pub(crate) fn serve(
             let places = ConnectionCalls::new(limits.server.max_in_flight_calls);
             let service = tower::service_fn(move |mut request: http::Request<Incoming>| {
                 request.extensions_mut().insert(places.clone());
+                request.extensions_mut().insert(state.pace.waiting().clone());
                 let call = handler(request, info.clone());
                 let mut guard = CallGuard::begin(state.clone());
                 async move {

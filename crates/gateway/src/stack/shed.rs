@@ -24,7 +24,7 @@ use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
-use crate::call::{self, ConnectionCalls, OpeningTurn};
+use crate::call::{self, ConnectionCalls, OpeningTurn, WaitingOpenings};
 use crate::metrics::Metrics;
 use crate::tasks::Tasks;
 
@@ -114,6 +114,8 @@ impl Openings {
         // connection's receive buffer (a slab that keeps the room of its busiest moment for
         // the connection's life) nor a slice pinning a whole read buffer.
         let body = bytes::Bytes::copy_from_slice(&collect(body, self.max_body, self.timeout).await?);
+        // Counted among its connection's waiting openings until it has its turn or is refused.
+        let _waiting = parts.extensions.get::<WaitingOpenings>().map(WaitingOpenings::wait);
         let Ok(Ok(turn)) = tokio::time::timeout(self.timeout, self.turns.clone().acquire_owned()).await else {
             self.metrics.call_shed("openings");
             return Err(refusal(Code::Unavailable, "too many streams are being opened; retry shortly"));
