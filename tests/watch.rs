@@ -252,9 +252,7 @@ async fn openings_past_a_connections_waiting_limit_hold_its_reading_and_all_open
         .expect("every opening is answered within a minute");
     let streams: Vec<_> = opened.into_iter().collect::<Result<_, _>>().expect("every stream opens");
     assert_eq!(gw.hub.open_streams(), 400);
-    let admin = gw.admin.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-    let (_, metrics) = raw_http(admin, request.as_bytes()).await;
+    let metrics = common::serve::Process::probe(gw.admin).metrics().await;
     assert!(
         metrics.contains(r#"snapgate_connections_paced_total{listener="grpc",reason="openings"}"#),
         "the connection was held back for its waiting openings"
