@@ -328,7 +328,9 @@ pub(crate) async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> 
         channels.push(Channel::from_shared(format!("http://{}", args.addr))?.connect().await?);
     }
     let lags = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
-    let errors = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
+    // By what failed (an opening refused, an open stream failed) and status: how many, and
+    // the first one's message.
+    let errors = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, (u64, String)>::new()));
     let events = Arc::new(AtomicU64::new(0));
     // Set once every stream is open (or refused): the window whose lag is measured.
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -348,7 +350,8 @@ pub(crate) async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> 
                     let _ = opened_tx.send(true);
                     response.into_inner()
                 }
-                Err(_) => {
+                Err(status) => {
+                    count_error(&errors, "refused", &status);
                     let _ = opened_tx.send(false);
                     return;
                 }
@@ -378,8 +381,7 @@ pub(crate) async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> 
                     }
                     Ok(None) => return,
                     Err(status) => {
-                        let code = format!("{:?}", status.code());
-                        *errors.lock().unwrap_or_else(|p| p.into_inner()).entry(code).or_default() += 1;
+                        count_error(&errors, "failed", &status);
                         return;
                     }
                 }
@@ -407,7 +409,8 @@ pub(crate) async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> 
     lags.sort_unstable();
     let pct = |p: f64| lags.get(((lags.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0) as f64 / 1000.0;
     let errors = errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let by_status: Vec<String> = errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
+    let by_status: Vec<String> = errors.iter().map(|(code, (n, first))| format!("{code} {n}: {first:?}")).collect();
+    let failed: u64 = errors.iter().filter(|(code, _)| code.starts_with("failed")).map(|(_, (n, _))| n).sum();
     println!(
         "{} events in {:.0} s, {} change events, lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; stream errors {}{}",
         events.load(Ordering::Relaxed),
@@ -416,8 +419,20 @@ pub(crate) async fn watch_clients(args: WatchClientsArgs) -> anyhow::Result<()> 
         pct(0.5),
         pct(0.99),
         pct(1.0),
-        errors.values().sum::<u64>(),
+        failed,
         if by_status.is_empty() { String::new() } else { format!(" ({})", by_status.join(", ")) }
     );
     Ok(())
+}
+
+type Errors = std::sync::Mutex<std::collections::BTreeMap<String, (u64, String)>>;
+
+/// Counts `status` under `what` (refused, failed) and its code, keeping the first message.
+fn count_error(errors: &Errors, what: &str, status: &tonic::Status) {
+    let mut errors = errors.lock().unwrap_or_else(|p| p.into_inner());
+    let entry = errors.entry(format!("{what} {:?}", status.code())).or_insert_with(|| {
+        let message: String = status.message().chars().take(120).collect();
+        (0, message)
+    });
+    entry.0 += 1;
 }

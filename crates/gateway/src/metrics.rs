@@ -181,7 +181,7 @@ impl Metrics {
         let connections_paced = Family::<RefusalLabels, Counter>::default();
         registry.register(
             "connections_paced",
-            "Pauses in reading a connection over its budget, by listener and reason (refusals, bytes; peer: a connection held before its handshake; accept_rate: the listener waited before taking the next connection)",
+            "Pauses in reading a connection over its budget, by listener and reason (refusals, bytes; openings: 64 of its stream openings wait for their turns; peer: a connection held before its handshake; accept_rate: the listener waited before taking the next connection)",
             connections_paced.clone(),
         );
         let calls_shed = Family::<ReasonLabels, Counter>::default();
