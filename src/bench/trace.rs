@@ -51,7 +51,7 @@ pub(crate) async fn trace(args: TraceBenchArgs, format: LogFormat) -> anyhow::Re
     let gate = dynamic_filter_fn(|_, _| EXPORTING.load(Ordering::Relaxed));
     let traces = telemetry::trace_layer(&provider).with_filter(telemetry::trace_targets().and(gate));
     tracing_subscriber::registry()
-        .with(telemetry::log_layer("warn", format, std::io::stderr))
+        .with(telemetry::log_layer("warn", format, std::io::stderr, telemetry::CallSpans::Logged))
         .with(traces)
         .try_init()?;
     let _guard = TelemetryGuard::new(Some(provider));

@@ -131,7 +131,9 @@ pub fn init_with(
         .finish(std::io::stderr());
     let _ = LOG_DROPS.set(writer.error_counter());
     // A second init (tests) keeps the first subscriber.
-    let _ = Registry::default().with(log_layer(default_filter, format, writer)).with(traces).try_init();
+    // The call's ids exist only in a trace: without export, the log has no span to see.
+    let calls = if provider.is_some() { CallSpans::Logged } else { CallSpans::Unseen };
+    let _ = Registry::default().with(log_layer(default_filter, format, writer, calls)).with(traces).try_init();
     let mut guard = TelemetryGuard::new(provider);
     guard.logs = Some(logs);
     Ok(guard)
@@ -145,21 +147,40 @@ impl TelemetryGuard {
     }
 }
 
+/// Whether log lines carry the ids of the call they were logged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallSpans {
+    /// The log sees each call's server span and prints its `trace_id` and `span_id`.
+    Logged,
+    /// The log sees no span: with no trace exported, a call has no ids to print, and a span
+    /// the log kept would cost every call, and every open WatchCopy stream for its life, its
+    /// span's record and formatted fields (~340 bytes a stream, `bench watch`) for nothing.
+    /// With no layer interested in it, the server span is never made at all.
+    Unseen,
+}
+
 /// Log lines by `format` under `RUST_LOG` (else `default_filter`), to `writer` (stderr, or a
 /// writer in front of it); colour only when stderr is a terminal.
 ///
-/// Spans reach the log only as context: the call's server span (`rpc`), whose `trace_id` and
-/// `span_id` every line logged inside the call carries. Other spans and the call span's other
-/// fields are the traces' business; formatting them for the log on every call (JSON fields are
-/// re-parsed at each `record`) cost more than the call's own work.
-pub fn log_layer<S, W>(default_filter: &str, format: LogFormat, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+/// Spans reach the log only as context (`CallSpans::Logged`): the call's server span (`rpc`),
+/// whose `trace_id` and `span_id` every line logged inside the call carries. Other spans and
+/// the call span's other fields are the traces' business; formatting them for the log on every
+/// call (JSON fields are re-parsed at each `record`) cost more than the call's own work.
+pub fn log_layer<S, W>(
+    default_filter: &str,
+    format: LogFormat,
+    writer: W,
+    calls: CallSpans,
+) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     use tracing_subscriber::filter::FilterExt;
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let filter = tracing_subscriber::filter::filter_fn(|meta| meta.is_event() || is_call_span(meta)).and(env);
+    let seen = calls == CallSpans::Logged;
+    let filter =
+        tracing_subscriber::filter::filter_fn(move |meta| meta.is_event() || (seen && is_call_span(meta))).and(env);
     match format {
         LogFormat::Human => tracing_subscriber::fmt::layer()
             .with_writer(writer)
@@ -390,8 +411,12 @@ mod tests {
     }
 
     fn logged(format: LogFormat, body: impl FnOnce()) -> String {
+        logged_with(format, CallSpans::Logged, body)
+    }
+
+    fn logged_with(format: LogFormat, calls: CallSpans, body: impl FnOnce()) -> String {
         let sink = Captured::default();
-        let subscriber = Registry::default().with(log_layer("info", format, sink.clone()));
+        let subscriber = Registry::default().with(log_layer("info", format, sink.clone(), calls));
         tracing::subscriber::with_default(subscriber, body);
         String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
     }
@@ -434,6 +459,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("inside the call") && !text.contains("authz"), "{text}");
+    }
+
+    #[test]
+    fn without_trace_export_no_span_is_made_and_lines_still_log() {
+        let text = logged_with(LogFormat::Json, CallSpans::Unseen, || {
+            let call = tracing::info_span!("rpc", trace_id = tracing::field::Empty);
+            assert!(call.is_disabled(), "the call span is not made when nothing would see it");
+            let _call = call.enter();
+            tracing::warn!("inside the call");
+        });
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["fields"]["message"], "inside the call");
+        assert!(line.get("span").is_none(), "{text}");
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
