@@ -183,13 +183,15 @@ pub(crate) struct Paced<T> {
 /// small steps while within its budget would flood the gateway with its backlog at once.
 const SMALL_READ: usize = 256;
 
-/// How much any connection reads before it lets the tasks its reads started run: a hundred or
-/// so stream openings. HTTP/2 queues each stream's frames in the connection's receive buffer
+/// How much any connection reads before it lets the tasks its reads started run: a few dozen
+/// stream openings. HTTP/2 queues each stream's frames in the connection's receive buffer
 /// until the stream's task takes them, and that buffer (a slab) keeps the room of its busiest
 /// moment for the connection's life, so a burst of openings read in one go keeps twice the room
-/// it keeps read in turns of this size (the README's `bench watch` figures). The yield also
-/// keeps one connection's burst from holding a worker while other connections wait.
-const READ_BATCH: usize = 16 * 1024;
+/// it keeps read in turns of 16 KiB, and 16 KiB turns kept 0.2–0.4 KiB a stream more than these
+/// (the README's `bench watch` figures; `bench unary` and `bench flood` keep their targets).
+/// The yield also keeps one connection's burst from holding a worker while other connections
+/// wait.
+const READ_BATCH: usize = 4 * 1024;
 
 /// Ends the connection task's turn. A read that returns Pending is not enough on its own:
 /// hyper's accept loop drives the connection again for each stream it accepts, in the same
