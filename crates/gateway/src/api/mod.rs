@@ -108,7 +108,8 @@ impl SnapshotCopyService for Api {
 
     async fn watch_copy(&self, request: Request<pb::WatchCopyRequest>) -> Result<Response<EventStream>, Status> {
         let (_, extensions, message) = request.into_parts();
-        let caller = caller(&extensions)?;
+        // Shared with the stream for its life, not copied.
+        let caller = shared_caller(&extensions)?;
         // The gateway's request timeout does not bound a stream; the caller's deadline does.
         let deadline = extensions.get::<CallerDeadline>().and_then(|d| d.0);
         let authorize = |snapshot: &ClusterSnapshot| self.authorize(&caller, Action::WatchCopy, snapshot);
@@ -254,7 +255,16 @@ fn caller(extensions: &tonic::Extensions) -> Result<Caller, Error> {
 }
 
 fn caller_of(extensions: &tonic::Extensions) -> Result<&Caller, Error> {
-    extensions.get::<Caller>().ok_or_else(|| Error::Internal("a call reached a handler unauthenticated".into()))
+    shared(extensions).map(|caller| &**caller)
+}
+
+/// The caller, shared rather than copied (a stream keeps it for its life).
+fn shared_caller(extensions: &tonic::Extensions) -> Result<Arc<Caller>, Error> {
+    shared(extensions).cloned()
+}
+
+fn shared(extensions: &tonic::Extensions) -> Result<&Arc<Caller>, Error> {
+    extensions.get::<Arc<Caller>>().ok_or_else(|| Error::Internal("a call reached a handler unauthenticated".into()))
 }
 
 fn permitted(action: Action, decision: Decision) -> Result<(), Error> {

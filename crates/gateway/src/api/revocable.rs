@@ -27,7 +27,7 @@ use snapgate_proto as pb;
 pub(super) struct Revocable {
     events: WatchStream,
     policies: Arc<PolicyStore>,
-    caller: Caller,
+    caller: Arc<Caller>,
     /// The policies' generations; none once the store is gone (shutdown: the events end).
     reloads: Option<Changes<u64>>,
     /// For a JWT caller, the key that signed its token and the JWKS's changes.
@@ -44,7 +44,7 @@ impl Revocable {
     pub(super) fn new(
         events: WatchStream,
         policies: Arc<PolicyStore>,
-        caller: Caller,
+        caller: Arc<Caller>,
         key: Option<SigningKeyHold>,
     ) -> Revocable {
         // Changes from now on: the opening was decided under the policies and keys in force.

@@ -66,7 +66,9 @@ impl Around for Authenticate {
             }
             match outcome {
                 Ok((caller, key)) => {
-                    request.extensions_mut().insert(caller);
+                    // Shared: the layers after this one and a stream for its life hold the caller
+                    // without copies of its strings.
+                    request.extensions_mut().insert(std::sync::Arc::new(caller));
                     if let Some(key) = key {
                         request.extensions_mut().insert(key);
                     }

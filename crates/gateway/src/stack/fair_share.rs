@@ -33,7 +33,7 @@ impl Around for FairShare {
     {
         let share = self.share.clone();
         Box::pin(async move {
-            let caller = request.extensions().get::<Caller>().cloned();
+            let caller = request.extensions().get::<std::sync::Arc<Caller>>().cloned();
             let Some(caller) = caller else { return next.call(request).await };
             if let Err(refusal) = share.admit(&caller) {
                 return Ok(tonic::Status::from(refusal).into_http());
@@ -91,7 +91,7 @@ mod tests {
         let mut service = layer.layer(inner);
         let mut call = |who: &str, path: &str| {
             let mut request = http::Request::builder().uri(path).body(()).unwrap();
-            request.extensions_mut().insert(caller(who, &[]));
+            request.extensions_mut().insert(std::sync::Arc::new(caller(who, &[])));
             service.call(request)
         };
         let get = "/snapgate.v1.SnapshotCopyService/GetCopy";
