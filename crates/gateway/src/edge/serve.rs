@@ -6,6 +6,7 @@
 //! against it.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,7 +19,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -101,27 +101,12 @@ pub(crate) fn serve(
             let (open, calls) = watch::channel(0usize);
             let pace = Arc::new(Pace::new(&limits));
             let conn_state = Arc::new(ConnState { open, pace: pace.clone() });
-            let handler = handler.clone();
-            let state = conn_state.clone();
             let places = ConnectionCalls::new(limits.server.max_in_flight_calls);
-            let service = tower::service_fn(move |mut request: http::Request<Incoming>| {
-                request.extensions_mut().insert(places.clone());
-                request.extensions_mut().insert(state.pace.waiting().clone());
-                let call = handler(request, info.clone());
-                let mut guard = CallGuard::begin(state.clone());
-                async move {
-                    let response = call.await;
-                    if pace::is_refusal(&response) {
-                        guard.state.pace.strike();
-                        guard.finished = true;
-                    }
-                    Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))
-                }
-            });
+            let service = EdgeService { handler: handler.clone(), info, state: conn_state, places };
             let (stop, metrics, builder) = (stop.clone(), metrics.clone(), builder.clone());
             connections.spawn(async move {
                 let io = Coalesced::new(Paced::new(conn, pace, metrics.clone(), kind));
-                let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+                let connection = builder.serve_connection(TokioIo::new(io), service);
                 tokio::pin!(connection);
                 let outcome = tokio::select! {
                     served = connection.as_mut() => Ok(served),
@@ -153,6 +138,52 @@ pub(crate) fn serve(
             });
         }
     });
+}
+
+/// A connection's service: each request is handed to the listener's handler at once, and what
+/// hyper keeps for the call (in the task it spawns for each HTTP/2 stream, for the stream's
+/// life) is `Answer`, a few words. A tower service adapted to hyper kept a clone of the service
+/// and the request in that task's state, 360 bytes of each open WatchCopy stream's task.
+struct EdgeService {
+    handler: Handler,
+    info: ConnInfo,
+    state: Arc<ConnState>,
+    places: ConnectionCalls,
+}
+
+impl hyper::service::Service<http::Request<Incoming>> for EdgeService {
+    type Response = http::Response<Tracked>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, mut request: http::Request<Incoming>) -> Answer {
+        request.extensions_mut().insert(self.places.clone());
+        request.extensions_mut().insert(self.state.pace.waiting().clone());
+        let call = (self.handler)(request, self.info.clone());
+        Answer { call, guard: Some(CallGuard::begin(self.state.clone())) }
+    }
+}
+
+/// A call until its response's headers: the handler's future, and the call's guard, which the
+/// response body then carries.
+struct Answer {
+    call: BoxFuture<'static, http::Response<ResponseBody>>,
+    guard: Option<CallGuard>,
+}
+
+impl Future for Answer {
+    type Output = Result<http::Response<Tracked>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = std::task::ready!(self.call.as_mut().poll(cx));
+        // Answered once: hyper does not poll a future that has completed.
+        let Some(mut guard) = self.guard.take() else { return Poll::Pending };
+        if pace::is_refusal(&response) {
+            guard.state.pace.strike();
+            guard.finished = true;
+        }
+        Poll::Ready(Ok(response.map(|body| Tracked { body, guard })))
+    }
 }
 
 /// Resolves once the connection has had no call in progress for `idle`.
