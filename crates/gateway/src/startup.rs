@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::plan::Plans;
 use crate::reload::{self, Reload};
 use crate::share::{AwsShare, CallShare};
+use crate::stack::dispatch::Dispatch;
 use crate::stack::shed::{self, Memory};
 use crate::stack::{self, Parts, Stack};
 use crate::store::Store;
@@ -213,10 +214,12 @@ impl Application {
         let metrics = self.metrics.clone();
         let memory_limit = limits.max_memory_bytes.or_else(shed::default_memory_limit);
         let memory = Memory::watch(memory_limit, metrics.clone(), &tasks);
-        let routes = tonic::service::Routes::new(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(copy_service);
+        let routes = Dispatch::builder()
+            .add(health_service)
+            .add(reflection_v1)
+            .add(reflection_v1alpha)
+            .add(copy_service)
+            .build();
         // One stack serves both listeners: an HTTP/JSON call is a gRPC call made in process.
         let calls =
             Arc::new(CallShare::new(self.settings.fair_share.clone(), limits.request_timeout(), metrics.clone()));

@@ -16,6 +16,7 @@
 pub(crate) mod around;
 pub(crate) mod authenticate;
 pub(crate) mod deadline;
+pub(crate) mod dispatch;
 pub(crate) mod fair_share;
 pub(crate) mod observe;
 pub(crate) mod shed;
@@ -45,11 +46,7 @@ pub(crate) struct Parts {
 
 /// The layers around `routes`, and the openings' turns the gRPC listener takes before a stream's
 /// opening enters them (see `shed::Openings`).
-pub(crate) fn compose(
-    routes: tonic::service::Routes,
-    server: &ServerSettings,
-    parts: Parts,
-) -> (Stack, shed::Openings) {
+pub(crate) fn compose(routes: dispatch::Dispatch, server: &ServerSettings, parts: Parts) -> (Stack, shed::Openings) {
     let timeout = server.request_timeout();
     let shedding = shed::ShedLayer::new(
         server.max_in_flight_calls,
