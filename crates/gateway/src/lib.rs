@@ -20,6 +20,7 @@ mod api;
 mod audit;
 mod auth;
 mod aws;
+mod bell;
 mod call;
 pub mod config;
 mod copy;

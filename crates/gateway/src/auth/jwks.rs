@@ -54,7 +54,7 @@ pub(crate) struct Jwks {
     recent_fetch: moka::future::Cache<(), ()>,
     refresh: Duration,
     /// Bumped whenever new keys are taken: holders of a verified token check their key again.
-    generation: tokio::sync::watch::Sender<u64>,
+    generation: crate::bell::Generation,
 }
 
 impl Jwks {
@@ -71,7 +71,7 @@ impl Jwks {
             keys: ArcSwap::from_pointee(KeySet::default()),
             recent_fetch: moka::future::Cache::builder().max_capacity(1).time_to_live(MIN_REFETCH).build(),
             refresh: Duration::from_secs(settings.jwks_refresh_secs),
-            generation: tokio::sync::watch::channel(0).0,
+            generation: crate::bell::Generation::default(),
         });
         match jwks.fetch().await {
             Ok(set) => jwks.keys.store(Arc::new(set)),
@@ -105,8 +105,8 @@ impl Jwks {
     }
 
     /// Changes whenever new keys are taken.
-    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.generation.subscribe()
+    pub(crate) fn changes(&self) -> &crate::bell::Generation {
+        &self.generation
     }
 
     /// The key in hand for `kid`, without fetching.
@@ -131,7 +131,7 @@ impl Jwks {
             Ok(set) => {
                 tracing::debug!(keys = set.by_id.len() + set.anonymous.len(), "JWKS refreshed");
                 self.keys.store(Arc::new(set));
-                self.generation.send_modify(|g| *g += 1);
+                self.generation.bump();
             }
             Err(error) => tracing::warn!(error = format!("{error:#}"), "JWKS refresh failed; keeping the keys in hand"),
         }

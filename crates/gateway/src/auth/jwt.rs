@@ -64,7 +64,7 @@ impl SigningKeyHold {
     }
 
     /// Changes whenever the JWKS takes new keys.
-    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(crate) fn changes(&self) -> &crate::bell::Generation {
         self.jwks.changes()
     }
 }

@@ -400,7 +400,7 @@ pub(crate) struct PolicyStore {
     interval: Duration,
     metrics: Arc<Metrics>,
     /// Bumped at every reload that changed the policies in force: open streams re-decide.
-    generation: tokio::sync::watch::Sender<u64>,
+    generation: crate::bell::Generation,
     /// Decisions without a context (GetCopy, WatchCopy, CancelCopy), by everything they were
     /// made from: the same caller reading the same snapshot as last observed is decided once.
     decisions: moka::sync::Cache<DecisionKey, Decision>,
@@ -476,7 +476,7 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(policies),
             interval: Duration::from_secs(settings.reload_secs),
             metrics,
-            generation: tokio::sync::watch::channel(0).0,
+            generation: crate::bell::Generation::default(),
             decisions: moka::sync::Cache::builder()
                 .max_capacity(DECISIONS_KEPT)
                 .time_to_live(Duration::from_secs(600))
@@ -487,8 +487,8 @@ impl PolicyStore {
     }
 
     /// Changes whenever a reload puts new policies in force.
-    pub(crate) fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.generation.subscribe()
+    pub(crate) fn reloads(&self) -> &crate::bell::Generation {
+        &self.generation
     }
 
     /// Decides with the policies in force whether a ListCopies call shows a copy, counting
@@ -532,7 +532,7 @@ impl PolicyStore {
         // The generation is read before the policies: a decision made across a reload is
         // filed under the old generation, which no lookup uses again.
         let decision = if copy.is_none() {
-            let key = DecisionKey::new(*self.generation.borrow(), caller, action, snapshot);
+            let key = DecisionKey::new(self.generation.now(), caller, action, snapshot);
             let policies = self.current.load();
             self.decisions.get_with(key, || decide(&policies, caller, action, snapshot, None))
         } else {
@@ -570,7 +570,7 @@ impl Reload for PolicyStore {
                 tracing::info!(policies = policies.num_of_policies(), file = %path.display(), "authorization policies reloaded");
                 self.current.store(Arc::new(policies));
                 self.metrics.policy_reload(true);
-                self.generation.send_modify(|g| *g += 1);
+                self.generation.bump();
             }
             Err(error) => {
                 tracing::error!(%error, file = %path.display(), "policy reload failed; keeping the policies in force");

@@ -24,6 +24,7 @@ pub(crate) use queued::{QueueFollower, QueueReader, QueuedLook, QueuedWatch};
 pub(crate) use stream::{Change, WatchEvent, WatchStream};
 
 use crate::aws::{Accounts, AwsError, Rds};
+use crate::bell::Bell;
 use crate::config::WatchSettings;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -59,7 +60,38 @@ impl Observation {
     }
 }
 
-type Slot = watch::Sender<Option<Arc<Observation>>>;
+/// A snapshot's latest observation: a `watch` channel its readers look at, and a bell its
+/// streams wait on (see `bell`), rung after each change the channel's receivers are told of.
+/// It lives as long as its entry, which outlives every subscription to it (a subscription
+/// holds its poller, and an entry leaves it with its last watcher).
+struct Slot {
+    tx: watch::Sender<Option<Arc<Observation>>>,
+    bell: Bell,
+}
+
+impl Slot {
+    fn new(observation: Option<Arc<Observation>>) -> Slot {
+        Slot { tx: watch::channel(observation).0, bell: Bell::default() }
+    }
+
+    fn borrow(&self) -> watch::Ref<'_, Option<Arc<Observation>>> {
+        self.tx.borrow()
+    }
+
+    fn send_replace(&self, observation: Option<Arc<Observation>>) {
+        self.tx.send_replace(observation);
+        self.bell.ring();
+    }
+
+    /// `modify` says whether the watchers are told of what it did.
+    fn send_if_modified(&self, modify: impl FnOnce(&mut Option<Arc<Observation>>) -> bool) -> bool {
+        let told = self.tx.send_if_modified(modify);
+        if told {
+            self.bell.ring();
+        }
+        told
+    }
+}
 
 struct Entry {
     slot: Slot,
@@ -176,6 +208,8 @@ pub struct Subscription {
     poller: Arc<Poller>,
     id: String,
     rx: watch::Receiver<Option<Arc<Observation>>>,
+    /// Rung after each change `rx` is told of.
+    bell: Bell,
     /// This subscription added the snapshot to the poll set.
     added: bool,
     /// It keeps the poller polling (see `Entry::active`).
@@ -351,16 +385,15 @@ impl WatchHub {
     fn subscribe_as(&self, account: &str, region: &str, id: &str, eager: bool, active: bool) -> Subscription {
         let id = id.to_ascii_lowercase();
         let poller = self.poller(account, region);
-        let (rx, fresh, alone, added) = {
+        let ((rx, bell), fresh, alone, added) = {
             let mut entries = poller.lock();
             // An idle poller sleeps until woken: the first snapshot always wakes it.
             let alone = active && entries.values().all(|entry| entry.active == 0);
             let entry = entries.entry(id.clone()).or_insert_with(|| Entry {
                 // After shutdown (its poller has told its watchers so), a new watcher is told too.
-                slot: watch::channel(
+                slot: Slot::new(
                     self.shutdown.is_cancelled().then(|| Arc::new(Observation::Failing { error: Error::ShuttingDown })),
-                )
-                .0,
+                ),
                 watchers: 0,
                 active: 0,
                 watcher_spans: std::collections::VecDeque::new(),
@@ -378,7 +411,8 @@ impl WatchHub {
                 }
                 entry.watcher_spans.push_back(watcher);
             }
-            (entry.slot.subscribe(), entry.slot.borrow().is_some(), alone, entry.watchers == 1)
+            let changes = (entry.slot.tx.subscribe(), entry.slot.bell.clone());
+            (changes, entry.slot.borrow().is_some(), alone, entry.watchers == 1)
         };
         // The first active subscription wakes an idle poller even when the snapshot's
         // observation is fresh (a lingering read's, or a copy's start just recorded): asleep
@@ -386,7 +420,7 @@ impl WatchHub {
         if active && (alone || (eager && !fresh)) {
             poller.wake.notify_one();
         }
-        Subscription { poller, id, rx, added, active }
+        Subscription { poller, id, rx, bell, added, active }
     }
 
     /// The poller's observation of a snapshot if a read may take it (see `READ_FRESHNESS`).

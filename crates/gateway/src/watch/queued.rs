@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -152,7 +153,7 @@ pub(crate) struct QueuedWatch<'a> {
 
 enum State {
     Queued { following: Following, last: (CopyState, Option<(i64, u32)>) },
-    Hub(WatchStream),
+    Hub(Pin<Box<WatchStream>>),
     Done,
 }
 
@@ -251,7 +252,7 @@ async fn next(
                         WatchTarget { account: &account, region: &region, id: &target, name, arn: None, turn: None };
                     return match hub.watch(target, deadline, |_| Ok(())).await {
                         Ok(events) => {
-                            let mut events = events.map(|item| {
+                            let mut events = Box::pin(events.map(|item| {
                                 item.map(|e| {
                                     if e.change == Change::Initial {
                                         WatchEvent { change: Change::State, ..e }
@@ -259,9 +260,9 @@ async fn next(
                                         e
                                     }
                                 })
-                            });
+                            }));
                             let first = events.next().await?;
-                            Some((first, State::Hub(WatchStream::from_stream(events))))
+                            Some((first, State::Hub(Box::pin(WatchStream::from_stream(events)))))
                         }
                         Err(error) => Some((Err(error), State::Done)),
                     };

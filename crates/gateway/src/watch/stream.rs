@@ -14,6 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_stream::Stream;
 
 use super::{Observation, Subscription, observed_state};
+use crate::bell::Ringing;
 use crate::error::Error;
 use snapgate_domain::{ClusterSnapshot, CopyState};
 
@@ -49,87 +50,100 @@ pub(super) struct StreamTask {
     pub heartbeat: Duration,
 }
 
-/// The events of one watch, as a `Stream`: the hub's, inline (the stream that serves it is
-/// one allocation), or a queued copy's (`queued`), boxed.
-pub(crate) struct WatchStream {
-    inner: Source,
+pin_project_lite::pin_project! {
+    /// The events of one watch, as a `Stream`: the hub's, inline (the stream that serves it is
+    /// one allocation, its waits included), or a queued copy's (`queued`), boxed.
+    pub(crate) struct WatchStream {
+        #[pin]
+        inner: Source,
+    }
 }
 
-enum Source {
-    Hub(HubStream),
-    Boxed(Pin<Box<dyn Stream<Item = Result<WatchEvent, Error>> + Send>>),
+pin_project_lite::pin_project! {
+    #[project = SourceProj]
+    enum Source {
+        Hub { #[pin] hub: HubStream },
+        Boxed { events: Pin<Box<dyn Stream<Item = Result<WatchEvent, Error>> + Send>> },
+    }
 }
 
 impl WatchStream {
     /// Any stream of events (a queued copy's watch).
     pub(crate) fn from_stream(events: impl Stream<Item = Result<WatchEvent, Error>> + Send + 'static) -> WatchStream {
-        WatchStream { inner: Source::Boxed(Box::pin(events)) }
+        WatchStream { inner: Source::Boxed { events: Box::pin(events) } }
     }
 }
 
 impl Stream for WatchStream {
     type Item = Result<WatchEvent, Error>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match &mut self.inner {
-            Source::Hub(hub) => Pin::new(hub).poll_next(cx),
-            Source::Boxed(events) => events.as_mut().poll_next(cx),
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.project().inner.project() {
+            SourceProj::Hub { hub } => hub.poll_next(cx),
+            SourceProj::Boxed { events } => events.as_mut().poll_next(cx),
         }
     }
 }
 
-/// One watcher's stream, polled by hand: its state is a few hundred bytes, where an `unfold`
-/// of async blocks kept the state twice and every timer and wait inline (~820 bytes), which at
-/// 10,000 streams is megabytes.
-struct HubStream {
-    /// Keeps the snapshot in the poll set while the stream lives.
-    _subscription: Subscription,
-    /// The snapshot's observations as they change.
-    changes: tokio_stream::wrappers::WatchStream<Option<Arc<Observation>>>,
-    /// The first observation, until it is sent.
-    first: Option<Arc<Observation>>,
-    /// The last event that was not a heartbeat; none before the first.
-    last: Option<WatchEvent>,
-    /// A terminal event or an error was sent: the stream ends.
-    ended: bool,
-    _permit: OwnedSemaphorePermit,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    heartbeat: Pin<Box<tokio::time::Sleep>>,
-    every: Duration,
+pin_project_lite::pin_project! {
+    /// One watcher's stream, polled by hand, its waits inline: an `unfold` of async blocks kept
+    /// the state twice and every timer and wait inline (~820 bytes), and tokio-stream's
+    /// `WatchStream` boxed its wait for a change (~180 bytes), which at 100,000 streams is
+    /// tens of megabytes.
+    struct HubStream {
+        // Keeps the snapshot in the poll set while the stream lives; its receiver is read
+        // after each ring of its bell.
+        subscription: Subscription,
+        #[pin]
+        changes: Ringing,
+        // The first observation, until it is sent.
+        first: Option<Arc<Observation>>,
+        // The last event that was not a heartbeat; none before the first.
+        last: Option<WatchEvent>,
+        // A terminal event or an error was sent: the stream ends.
+        ended: bool,
+        permit: OwnedSemaphorePermit,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        #[pin]
+        heartbeat: tokio::time::Sleep,
+        every: Duration,
+    }
 }
 
 /// The stream of `task`'s events: the first observation, then each change a watcher can see,
 /// heartbeats while nothing changes, and an error at shutdown or the caller's deadline.
 pub(super) fn stream(task: StreamTask) -> WatchStream {
-    let changes = tokio_stream::wrappers::WatchStream::from_changes(task.subscription.rx.clone());
-    let stream = HubStream {
-        _subscription: task.subscription,
+    // The wait is made before the receiver is first looked at: no change is missed.
+    let changes = task.subscription.bell.ringing();
+    let hub = HubStream {
+        subscription: task.subscription,
         changes,
         first: Some(task.first),
         last: None,
         ended: false,
-        _permit: task.permit,
+        permit: task.permit,
         deadline: task.deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
-        heartbeat: Box::pin(tokio::time::sleep(task.heartbeat)),
+        heartbeat: tokio::time::sleep(task.heartbeat),
         every: task.heartbeat,
     };
-    WatchStream { inner: Source::Hub(stream) }
+    WatchStream { inner: Source::Hub { hub } }
 }
 
 impl HubStream {
     /// Sends `outcome`: the stream ends after a terminal event or an error, and the next
     /// heartbeat is due a full interval from now.
-    fn send(&mut self, outcome: Result<WatchEvent, Error>) -> Poll<Option<Result<WatchEvent, Error>>> {
+    fn send(self: Pin<&mut Self>, outcome: Result<WatchEvent, Error>) -> Poll<Option<Result<WatchEvent, Error>>> {
+        let this = self.project();
         match &outcome {
             Ok(event) => {
-                self.ended = event.terminal;
+                *this.ended = event.terminal;
                 if event.change != Change::Heartbeat {
-                    self.last = Some(event.clone());
+                    *this.last = Some(event.clone());
                 }
             }
-            Err(_) => self.ended = true,
+            Err(_) => *this.ended = true,
         }
-        let next = tokio::time::Instant::now() + self.every;
-        self.heartbeat.as_mut().reset(next);
+        let next = tokio::time::Instant::now() + *this.every;
+        this.heartbeat.reset(next);
         Poll::Ready(Some(outcome))
     }
 }
@@ -138,32 +152,39 @@ impl Stream for HubStream {
     type Item = Result<WatchEvent, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if this.ended {
+        let this = self.as_mut().project();
+        let _ = &this.permit;
+        if *this.ended {
             return Poll::Ready(None);
         }
         if let Some(first) = this.first.take() {
             let outcome = event(&first, None);
-            return this.send(outcome);
+            return self.send(outcome);
         }
         if this.deadline.as_mut().is_some_and(|at| at.as_mut().poll(cx).is_ready()) {
-            return this.send(Err(Error::DeadlineExceeded));
+            return self.send(Err(Error::DeadlineExceeded));
         }
+        let mut changes = this.changes;
         loop {
-            match Pin::new(&mut this.changes).poll_next(cx) {
-                Poll::Ready(None) => return this.send(Err(Error::ShuttingDown)),
-                Poll::Ready(Some(observation)) => match observation.map(|o| event(&o, this.last.as_ref())) {
-                    // Nothing a watcher can see changed (a refreshed observation).
-                    None | Some(Ok(WatchEvent { change: Change::Heartbeat, .. })) => continue,
-                    Some(outcome) => return this.send(outcome),
+            let observation = match this.subscription.rx.has_changed() {
+                // The channel closed, which its entry's life rules out: told as at shutdown.
+                Err(_) => return self.send(Err(Error::ShuttingDown)),
+                Ok(true) => this.subscription.rx.borrow_and_update().clone(),
+                Ok(false) => match changes.as_mut().poll_rung(cx) {
+                    Poll::Ready(()) => continue,
+                    Poll::Pending => break,
                 },
-                Poll::Pending => break,
+            };
+            match observation.map(|o| event(&o, this.last.as_ref())) {
+                // Nothing a watcher can see changed (a refreshed observation).
+                None | Some(Ok(WatchEvent { change: Change::Heartbeat, .. })) => continue,
+                Some(outcome) => return self.send(outcome),
             }
         }
-        if this.heartbeat.as_mut().poll(cx).is_ready() {
+        if this.heartbeat.poll(cx).is_ready() {
             let Some(last) = &this.last else { return Poll::Pending };
             let beat = WatchEvent { change: Change::Heartbeat, observed: SystemTime::now(), ..last.clone() };
-            return this.send(Ok(beat));
+            return self.send(Ok(beat));
         }
         Poll::Pending
     }
