@@ -16,7 +16,7 @@ use tower::ServiceExt;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 use crate::admin;
-use crate::api::Api;
+use crate::api::{Api, WATCH_COPY, WatchCopyRoute};
 use crate::auth::Authenticator;
 use crate::auth::policy::PolicyStore;
 use crate::auth::tls::TlsReloader;
@@ -206,7 +206,14 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let copy_service = SnapshotCopyServiceServer::new(self.api)
+        let api = Arc::new(self.api);
+        let watch_copy = WatchCopyRoute::new(
+            api.clone(),
+            limits.max_request_bytes,
+            limits.max_response_bytes,
+            limits.request_timeout(),
+        );
+        let copy_service = SnapshotCopyServiceServer::from_arc(api)
             .max_decoding_message_size(limits.max_request_bytes)
             .max_encoding_message_size(limits.max_response_bytes);
 
@@ -219,6 +226,7 @@ impl Application {
             .add(reflection_v1)
             .add(reflection_v1alpha)
             .add(copy_service)
+            .method(WATCH_COPY, move |request| watch_copy.answer(request))
             .build();
         // One stack serves both listeners: an HTTP/JSON call is a gRPC call made in process.
         let calls =

@@ -6,6 +6,8 @@
 mod convert;
 pub(crate) use convert::plan_message;
 mod revocable;
+mod wire;
+pub(crate) use wire::{WATCH_COPY, WatchCopyRoute};
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,6 +56,22 @@ impl Api {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::CopyEvent, Status>> + Send>>;
+
+impl Api {
+    /// Opens a WatchCopy stream: its events, authorized again whenever the policies change.
+    async fn open_watch(&self, request: Request<pb::WatchCopyRequest>) -> Result<Revocable, Status> {
+        let (_, extensions, message) = request.into_parts();
+        // Shared with the stream for its life, not copied.
+        let caller = shared_caller(&extensions)?;
+        // The gateway's request timeout does not bound a stream; the caller's deadline does.
+        let deadline = extensions.get::<CallerDeadline>().and_then(|d| d.0);
+        let authorize = |snapshot: &ClusterSnapshot| self.authorize(&caller, Action::WatchCopy, snapshot);
+        let turn = extensions.get::<crate::call::OpeningTurn>();
+        let events = self.copies.watch(&message.name, deadline, turn, authorize).await?;
+        let key = extensions.get::<SigningKeyHold>().cloned();
+        Ok(Revocable::new(events, self.policies.clone(), caller, key))
+    }
+}
 
 #[tonic::async_trait]
 impl SnapshotCopyService for Api {
@@ -107,17 +125,8 @@ impl SnapshotCopyService for Api {
     type WatchCopyStream = EventStream;
 
     async fn watch_copy(&self, request: Request<pb::WatchCopyRequest>) -> Result<Response<EventStream>, Status> {
-        let (_, extensions, message) = request.into_parts();
-        // Shared with the stream for its life, not copied.
-        let caller = shared_caller(&extensions)?;
-        // The gateway's request timeout does not bound a stream; the caller's deadline does.
-        let deadline = extensions.get::<CallerDeadline>().and_then(|d| d.0);
-        let authorize = |snapshot: &ClusterSnapshot| self.authorize(&caller, Action::WatchCopy, snapshot);
-        let turn = extensions.get::<crate::call::OpeningTurn>();
-        let events = self.copies.watch(&message.name, deadline, turn, authorize).await?;
-        let key = extensions.get::<SigningKeyHold>().cloned();
-        let stream = Revocable::new(events, self.policies.clone(), caller, key);
-        Ok(Response::new(Box::pin(stream) as EventStream))
+        // Served by `wire` on the gRPC listener; this is the generated handler's way in.
+        Ok(Response::new(Box::pin(self.open_watch(request).await?) as EventStream))
     }
 
     async fn cancel_copy(&self, request: Request<pb::CancelCopyRequest>) -> Result<Response<pb::Copy>, Status> {

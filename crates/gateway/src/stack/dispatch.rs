@@ -13,7 +13,8 @@ use tonic::server::NamedService;
 
 type Answer = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
 
-/// A gRPC service as tonic generates it: cheap to clone, ready at once, its future boxed.
+/// What answers a path: a gRPC service as tonic generates it (cheap to clone, ready at once,
+/// its future boxed), or one method served by hand (`DispatchBuilder::method`).
 trait Grpc: Send + Sync {
     fn answer(&self, request: http::Request<Body>) -> Answer;
 }
@@ -31,15 +32,30 @@ where
     }
 }
 
-/// The services the gRPC listener serves, by name.
+/// One method served by a function of its request.
+struct Method<F>(F);
+
+impl<F> Grpc for Method<F>
+where
+    F: Fn(http::Request<Body>) -> Answer + Send + Sync,
+{
+    fn answer(&self, request: http::Request<Body>) -> Answer {
+        (self.0)(request)
+    }
+}
+
+/// The services the gRPC listener serves, by name, and the methods served apart from their
+/// service, by path.
 #[derive(Clone)]
 pub(crate) struct Dispatch {
+    methods: Arc<[(&'static str, Box<dyn Grpc>)]>,
     services: Arc<[(&'static str, Box<dyn Grpc>)]>,
 }
 
 /// Gathers the services a `Dispatch` serves.
 #[derive(Default)]
 pub(crate) struct DispatchBuilder {
+    methods: Vec<(&'static str, Box<dyn Grpc>)>,
     services: Vec<(&'static str, Box<dyn Grpc>)>,
 }
 
@@ -59,8 +75,19 @@ impl DispatchBuilder {
         self
     }
 
+    /// Serves the method at `path` (`/package.Service/Method`) with `answer`, rather than with
+    /// its service's handler.
+    pub(crate) fn method<F>(mut self, path: &'static str, answer: F) -> DispatchBuilder
+    where
+        F: Fn(http::Request<Body>) -> Answer + Send + Sync + 'static,
+    {
+        self.methods.retain(|(served, _)| *served != path);
+        self.methods.push((path, Box::new(Method(answer))));
+        self
+    }
+
     pub(crate) fn build(self) -> Dispatch {
-        Dispatch { services: self.services.into() }
+        Dispatch { methods: self.methods.into(), services: self.services.into() }
     }
 }
 
@@ -71,6 +98,9 @@ impl Dispatch {
 
     /// The service a request's path names, if it is served.
     fn service(&self, path: &str) -> Option<&dyn Grpc> {
+        if let Some((_, method)) = self.methods.iter().find(|(served, _)| *served == path) {
+            return Some(&**method);
+        }
         let (name, _method) = path.strip_prefix('/')?.split_once('/')?;
         self.services.iter().find(|(served, _)| *served == name).map(|(_, service)| &**service)
     }
@@ -132,6 +162,21 @@ mod tests {
             let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok());
             assert_eq!(code, Some("12"), "{path}: {response:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_method_served_apart_is_answered_by_its_function_and_the_rest_by_the_service() {
+        let dispatch = Dispatch::builder()
+            .add(tonic_health::server::health_reporter().1)
+            .method("/grpc.health.v1.Health/Watch", |_request| {
+                Box::pin(std::future::ready(Ok(tonic::Status::already_exists("by hand").into_http())))
+            })
+            .build();
+        let Ok(response) = dispatch.clone().oneshot(request("/grpc.health.v1.Health/Watch", b"")).await;
+        let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+        assert_eq!(code, Some("6"), "{response:?}");
+        let Ok(response) = dispatch.oneshot(request("/grpc.health.v1.Health/Check", b"")).await;
+        assert_eq!(response.headers().get("grpc-status"), None, "{response:?}");
     }
 
     #[tokio::test]
