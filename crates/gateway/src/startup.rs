@@ -2,6 +2,7 @@
 //! tests and benchmarks start the real server), wires the services and the layers around
 //! them, and shuts down gracefully within a bounded grace.
 
+use futures_util::FutureExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,6 @@ use aws_config::SdkConfig;
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
-use tower::ServiceExt;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -33,7 +33,7 @@ use crate::reload::{self, Reload};
 use crate::share::{AwsShare, CallShare};
 use crate::stack::dispatch::Dispatch;
 use crate::stack::shed::{self, Memory};
-use crate::stack::{self, Parts, Stack};
+use crate::stack::{self, Parts};
 use crate::store::Store;
 use crate::tasks::Tasks;
 use crate::watch::{QueueFollower, WatchHub};
@@ -251,28 +251,30 @@ impl Application {
             let respond = |response: http::Response<tonic::body::Body>| {
                 response.map(|body| body.map_err(|status| Box::new(status) as BoxError).boxed_unsync())
             };
+            let respond = move |entered: Result<http::Response<tonic::body::Body>, std::convert::Infallible>| {
+                let Ok(response) = entered;
+                respond(response)
+            };
             if !crate::call::opens_stream(request.uri().path()) {
-                return Box::pin(async move {
-                    let Ok(response) = Stack::clone(&grpc).oneshot(request).await;
-                    respond(response)
-                });
+                return Box::pin(stack::enter(&grpc, request).map(respond));
             }
             // A stream's opening waits its turn before it enters the stack (see `Openings`);
-            // the shed layer inside gives the turn back once the stream has opened. While it
-            // waits it holds its request and this small future: the stack's own (its layers'
-            // states, ~1 KiB) is made once it has its turn, so 100,000 openings arriving at
-            // once do not each hold one.
+            // the shed layer inside gives the turn back once the stream has opened. The wait
+            // and what follows are two boxes, one after the other: the wait's state (the
+            // request, its message being read, the timers; ~1.2 KiB) is freed once the opening
+            // has its turn, and an opening that then waits for its snapshot's first poll holds
+            // the stack's future alone. As one async block, 100,000 openings waiting for the
+            // first polls of 10,000 new snapshots each held both.
             let openings = openings.clone();
-            Box::pin(async move {
-                let response = match openings.admit(request).await {
-                    Ok(request) => {
-                        let Ok(response) = Box::pin(Stack::clone(&grpc).oneshot(request)).await;
-                        response
-                    }
-                    Err(refused) => refused,
-                };
-                respond(response)
-            })
+            let admitted = Box::pin(async move { openings.admit(request).await });
+            Box::pin(
+                admitted
+                    .then(move |admitted| match admitted {
+                        Ok(request) => stack::enter(&grpc, request),
+                        Err(refused) => Box::pin(std::future::ready(Ok(refused))),
+                    })
+                    .map(respond),
+            )
         });
         let incoming = accept::incoming(
             self.listener,

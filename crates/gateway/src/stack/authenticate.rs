@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Either};
 use tower::Service;
 use tracing::Instrument;
 
@@ -37,7 +38,12 @@ impl Around for Authenticate {
             return Box::pin(inner.call(request));
         }
         let auth = self.auth.clone();
-        Box::pin(async move {
+        // Two steps: the verification, freed once it has decided, then the inner call alone (a
+        // WatchCopy opening may wait a poll round for its first observation, and held the
+        // request's room and this step's state besides).
+        // It yields the inner call's future, not its answer: that is the point.
+        #[allow(clippy::async_yields_async)]
+        let verified = Box::pin(async move {
             let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
             let authorization = request.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
             let info = request.extensions().get::<ConnInfo>().cloned();
@@ -72,13 +78,15 @@ impl Around for Authenticate {
                     if let Some(key) = key {
                         request.extensions_mut().insert(key);
                     }
-                    inner.call(request).await
+                    Either::Left(inner.call(request))
                 }
                 Err(error) => {
                     crate::audit::unauthenticated(&method, &error, info.as_ref().and_then(|i| i.remote));
-                    Ok(tonic::Status::from(crate::error::Error::from(error)).into_http())
+                    let refused = tonic::Status::from(crate::error::Error::from(error)).into_http();
+                    Either::Right(Box::pin(async move { Ok(refused) }) as BoxFuture<'static, Result<Response, S::Error>>)
                 }
             }
-        })
+        });
+        Box::pin(verified.flatten())
     }
 }

@@ -31,16 +31,19 @@ impl Around for FairShare {
         S::Future: Send + 'static,
         B: Send + 'static,
     {
+        // Decided before the call's future is made: a stream's opening, which may wait a poll
+        // round for its first observation, then holds the next layer's future alone.
+        let caller = request.extensions().get::<std::sync::Arc<Caller>>().cloned();
+        let Some(caller) = caller else { return Box::pin(next.call(request)) };
+        if let Err(refusal) = self.share.admit(&caller) {
+            let refused = tonic::Status::from(refusal).into_http();
+            return Box::pin(async move { Ok(refused) });
+        }
+        if call::opens_stream(request.uri().path()) {
+            return Box::pin(next.call(request));
+        }
         let share = self.share.clone();
         Box::pin(async move {
-            let caller = request.extensions().get::<std::sync::Arc<Caller>>().cloned();
-            let Some(caller) = caller else { return next.call(request).await };
-            if let Err(refusal) = share.admit(&caller) {
-                return Ok(tonic::Status::from(refusal).into_http());
-            }
-            if call::opens_stream(request.uri().path()) {
-                return next.call(request).await;
-            }
             let _turn = match share.turn(&caller).await {
                 Ok(turn) => turn,
                 Err(refusal) => return Ok(tonic::Status::from(refusal).into_http()),

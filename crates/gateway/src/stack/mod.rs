@@ -24,6 +24,7 @@ pub(crate) mod shed;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
@@ -35,6 +36,22 @@ use crate::share::CallShare;
 /// The gRPC service stack, as both listeners serve it.
 pub(crate) type Stack =
     BoxCloneSyncService<http::Request<tonic::body::Body>, http::Response<tonic::body::Body>, Infallible>;
+
+/// A call entering the stack: its future, boxed once by the outermost layer. The stack is
+/// always ready (each layer is as ready as the next, and the dispatch to the services always
+/// is), so the call is made at once rather than through a `Oneshot`, which would keep the
+/// request's room (~280 bytes) in the future for the call's life.
+pub(crate) fn enter(
+    stack: &Stack,
+    request: http::Request<tonic::body::Body>,
+) -> BoxFuture<'static, Result<http::Response<tonic::body::Body>, Infallible>> {
+    let mut service = stack.clone();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match tower::Service::poll_ready(&mut service, &mut cx) {
+        std::task::Poll::Ready(Ok(())) => tower::Service::call(&mut service, request),
+        std::task::Poll::Pending => Box::pin(service.oneshot(request)),
+    }
+}
 
 /// What the layers hold that outlives one call.
 pub(crate) struct Parts {

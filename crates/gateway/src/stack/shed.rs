@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::Semaphore;
@@ -227,16 +228,26 @@ where
         // state of authentication, lookup and first poll at once. The wait is bounded by the
         // request timeout, after which the caller is told to retry.
         if call::opens_stream(path) {
-            return Box::pin(async move {
-                let request = match layer.openings.admit(request).await {
-                    Ok(request) => request,
-                    Err(refused) => return Ok(refused),
-                };
+            // The opening as it then waits (for its snapshot's first poll, it may be) holds the
+            // inner call and its turn, not the request and the admission's state besides.
+            let mut enter = move |request: http::Request<Body>| -> Self::Future {
                 let turn = request.extensions().get::<OpeningTurn>().cloned();
-                let response = inner.call(request).await;
-                turn.inspect(OpeningTurn::give_back);
-                response
-            });
+                let call = inner.call(request);
+                Box::pin(async move {
+                    let response = call.await;
+                    turn.inspect(OpeningTurn::give_back);
+                    response
+                })
+            };
+            // Admitted already (the gRPC listener admits before the stack).
+            if request.extensions().get::<OpeningTurn>().is_some() {
+                return enter(request);
+            }
+            let admitted = Box::pin(async move { layer.openings.admit(request).await });
+            return Box::pin(admitted.then(move |admitted| match admitted {
+                Ok(request) => enter(request),
+                Err(refused) => Box::pin(async move { Ok(refused) }),
+            }));
         }
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
