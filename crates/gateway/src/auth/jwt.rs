@@ -42,7 +42,7 @@ pub(super) struct JwtVerifier {
 /// counts only while that very key is still in the JWKS: a refresh that drops (or replaces) the
 /// key ends it, and the token is verified again.
 struct Verified {
-    caller: Caller,
+    caller: Arc<Caller>,
     expires: SystemTime,
     kid: Option<String>,
     key: Arc<Key>,
@@ -95,7 +95,7 @@ impl JwtVerifier {
 
     /// Verifies `token` and returns, with its caller, what says later whether the key that
     /// signed it is still in the JWKS.
-    pub(super) async fn verify_holding(&self, token: &str) -> Result<(Caller, Option<SigningKeyHold>), AuthError> {
+    pub(super) async fn verify_holding(&self, token: &str) -> Result<(Arc<Caller>, Option<SigningKeyHold>), AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::InvalidToken("too long".into()));
         }
@@ -123,7 +123,7 @@ impl JwtVerifier {
         SigningKeyHold { jwks: self.jwks.clone(), kid: verified.kid.clone(), key: verified.key.clone() }
     }
 
-    async fn verify_signature(&self, token: &str) -> Result<(Caller, Option<Verified>), AuthError> {
+    async fn verify_signature(&self, token: &str) -> Result<(Arc<Caller>, Option<Verified>), AuthError> {
         let invalid = |why: &str| AuthError::InvalidToken(why.to_owned());
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => invalid("unsupported algorithm"),
@@ -162,13 +162,14 @@ impl JwtVerifier {
             Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
             _ => Vec::new(),
         };
-        let caller = Caller {
+        // Shared by every call that brings the token while it is kept (and by their streams).
+        let caller = Arc::new(Caller {
             id: sub.to_owned(),
             method: AuthMethod::Jwt,
             groups,
             team: claims.get(&self.team_claim).and_then(Value::as_str).map(str::to_owned),
             issuer: Some(self.issuer.clone()),
-        };
+        });
         // Kept until the token expires (without the leeway), when its claims say when.
         let expires = claims.get("exp").and_then(Value::as_u64).map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
         let verified =

@@ -90,7 +90,8 @@ impl AuthError {
 
 /// Checks bearer tokens: fixed ones first (a digest lookup), then JWTs.
 pub struct Authenticator {
-    static_tokens: HashMap<[u8; 32], Caller>,
+    /// Each token's caller, shared by all its calls (and their streams).
+    static_tokens: HashMap<[u8; 32], Arc<Caller>>,
     jwt: Option<jwt::JwtVerifier>,
     metrics: Arc<Metrics>,
 }
@@ -109,7 +110,7 @@ impl Authenticator {
                     team: t.team.clone(),
                     issuer: None,
                 };
-                (token_digest(t.token.expose()), caller)
+                (token_digest(t.token.expose()), Arc::new(caller))
             })
             .collect();
         let jwt = match &settings.jwt {
@@ -127,7 +128,7 @@ impl Authenticator {
         authorization: Option<&[u8]>,
         certificate: Option<&Result<String, String>>,
     ) -> Result<Caller, AuthError> {
-        self.authenticate_holding(authorization, certificate).await.map(|(caller, _)| caller)
+        self.authenticate_holding(authorization, certificate).await.map(|(caller, _)| Arc::unwrap_or_clone(caller))
     }
 
     /// As [`Authenticator::authenticate`], with the key that signed the caller's JWT when it
@@ -136,11 +137,17 @@ impl Authenticator {
         &self,
         authorization: Option<&[u8]>,
         certificate: Option<&Result<String, String>>,
-    ) -> Result<(Caller, Option<jwt::SigningKeyHold>), AuthError> {
+    ) -> Result<(Arc<Caller>, Option<jwt::SigningKeyHold>), AuthError> {
         let result = match (authorization, certificate) {
             (Some(header), _) => self.bearer(header).await,
             (None, Some(Ok(id))) => Ok((
-                Caller { id: id.clone(), method: AuthMethod::Mtls, groups: Vec::new(), team: None, issuer: None },
+                Arc::new(Caller {
+                    id: id.clone(),
+                    method: AuthMethod::Mtls,
+                    groups: Vec::new(),
+                    team: None,
+                    issuer: None,
+                }),
                 None,
             )),
             (None, Some(Err(reason))) => Err(AuthError::Certificate(reason.clone())),
@@ -152,7 +159,7 @@ impl Authenticator {
         result
     }
 
-    async fn bearer(&self, header: &[u8]) -> Result<(Caller, Option<jwt::SigningKeyHold>), AuthError> {
+    async fn bearer(&self, header: &[u8]) -> Result<(Arc<Caller>, Option<jwt::SigningKeyHold>), AuthError> {
         let header = std::str::from_utf8(header).map_err(|_| AuthError::Malformed)?;
         let (scheme, token) = header.trim().split_once(' ').ok_or(AuthError::Malformed)?;
         if !scheme.eq_ignore_ascii_case("bearer") {

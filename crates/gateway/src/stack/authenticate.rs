@@ -74,7 +74,7 @@ impl Around for Authenticate {
                 Ok((caller, key)) => {
                     // Shared: the layers after this one and a stream for its life hold the caller
                     // without copies of its strings.
-                    request.extensions_mut().insert(std::sync::Arc::new(caller));
+                    request.extensions_mut().insert(caller);
                     if let Some(key) = key {
                         request.extensions_mut().insert(key);
                     }
