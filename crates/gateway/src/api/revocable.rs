@@ -38,10 +38,15 @@ pin_project_lite::pin_project! {
         // The snapshot as last sent, which a reload decides on again.
         last: Option<Arc<ClusterSnapshot>>,
         ended: bool,
-        // The server span: each change is an event on it.
-        span: tracing::Span,
-        trace_id: String,
+        // The server span, when traces are exported: each change is an event on it.
+        traced: Option<Box<Traced>>,
     }
+}
+
+/// The server span a stream's events are told on, and its trace id, which each event carries.
+struct Traced {
+    span: tracing::Span,
+    trace_id: String,
 }
 
 pin_project_lite::pin_project! {
@@ -65,10 +70,14 @@ impl Revocable {
             let changes = key.changes().since_now();
             Box::pin(KeyHeld { key, changes })
         });
-        // The server span lasts as long as the stream.
+        // The server span lasts as long as the stream; without trace export there is none, and
+        // a stream keeps nothing for it.
         let span = tracing::Span::current();
-        let trace_id = crate::telemetry::trace_id_of(&span).unwrap_or_default();
-        Revocable { events, policies, caller, reloads, key, last: None, ended: false, span, trace_id }
+        let traced = (!span.is_none()).then(|| {
+            let trace_id = crate::telemetry::trace_id_of(&span).unwrap_or_default();
+            Box::new(Traced { span, trace_id })
+        });
+        Revocable { events, policies, caller, reloads, key, last: None, ended: false, traced }
     }
 }
 
@@ -123,10 +132,11 @@ impl Stream for Revocable {
         }
         match this.events.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(event))) => {
+                let traced = this.traced.as_deref();
                 if event.change != Change::Heartbeat {
                     tracing::debug!(
                         target: crate::telemetry::STREAM_EVENTS,
-                        parent: &*this.span,
+                        parent: traced.map(|t| t.span.id()).unwrap_or_default(),
                         change = ?event.change,
                         state = ?event.state,
                         percent = event.snapshot.percent_progress,
@@ -134,7 +144,7 @@ impl Stream for Revocable {
                     );
                 }
                 *this.last = Some(event.snapshot.clone());
-                Poll::Ready(Some(Ok(convert::event(event, this.trace_id))))
+                Poll::Ready(Some(Ok(convert::event(event, traced.map_or("", |t| t.trace_id.as_str())))))
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Status::from(error)))),
             Poll::Ready(None) => Poll::Ready(None),
