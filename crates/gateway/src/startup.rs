@@ -9,11 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use aws_config::SdkConfig;
-use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 use crate::admin;
 use crate::api::{Api, WATCH_COPY, WatchCopyRoute};
@@ -248,12 +245,9 @@ impl Application {
             let mut request = request.map(tonic::body::Body::new);
             request.extensions_mut().insert(info);
             let grpc = grpc.clone();
-            let respond = |response: http::Response<tonic::body::Body>| {
-                response.map(|body| body.map_err(|status| Box::new(status) as BoxError).boxed_unsync())
-            };
-            let respond = move |entered: Result<http::Response<tonic::body::Body>, std::convert::Infallible>| {
+            let respond = |entered: Result<http::Response<tonic::body::Body>, std::convert::Infallible>| {
                 let Ok(response) = entered;
-                respond(response)
+                response
             };
             if !crate::call::opens_stream(request.uri().path()) {
                 return Box::pin(stack::enter(&grpc, request).map(respond));

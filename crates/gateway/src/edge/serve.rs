@@ -15,7 +15,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -32,10 +31,9 @@ use crate::call::ConnectionCalls;
 use crate::config::ServerSettings;
 use crate::metrics::Metrics;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body of every response the edge writes.
-pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The body of every response the edge writes: the stack's own (a gRPC response is then boxed
+/// once, not again for the edge).
+pub(crate) type ResponseBody = tonic::body::Body;
 
 /// What serves a listener's requests.
 pub(crate) type Handler =
@@ -248,9 +246,9 @@ impl Drop for Tracked {
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = tonic::Status;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             self.guard.finished = true;

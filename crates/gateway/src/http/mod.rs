@@ -8,7 +8,6 @@ pub(crate) mod transcode;
 
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tower::{Layer, ServiceExt};
 
@@ -20,8 +19,6 @@ use crate::metrics::Metrics;
 use crate::stack::Stack;
 use crate::tasks::Tasks;
 pub(crate) use transcode::Transcoder;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves `transcoder` on `listener` until the gateway stops, with the edge's limits; the
 /// accept loop and every connection are `tasks`'. At shutdown, connections finish the request
@@ -50,15 +47,13 @@ pub(crate) fn spawn(
             let call = grpc_web.clone().oneshot(request);
             return Box::pin(async move {
                 match call.await {
-                    Ok(response) => {
-                        response.map(|body| body.map_err(|status| Box::new(status) as BoxError).boxed_unsync())
-                    }
+                    Ok(response) => response,
                     Err(never) => match never {},
                 }
             });
         }
         let transcoder = transcoder.clone();
-        Box::pin(async move { transcoder.handle(request, Some(info)).await })
+        Box::pin(async move { transcoder.handle(request, Some(info)).await.map(tonic::body::Body::new) })
     });
     let incoming =
         accept::incoming(listener, Listener::Http, tls, limits, metrics.clone(), tasks.stopping(), tasks.tracker());
