@@ -124,7 +124,8 @@ struct Poller {
     region: String,
     /// `CREDENTIALS/REGION`: the poller's name in the fleet's store.
     scope: String,
-    entries: Mutex<HashMap<String, Entry>>,
+    /// By snapshot id (lowercased); each subscription shares its entry's key.
+    entries: Mutex<HashMap<Arc<str>, Entry>>,
     cancelled: Mutex<HashSet<String>>,
     wake: Notify,
     /// Another replica asked for a round, or recorded one: the next round is not skipped
@@ -143,7 +144,7 @@ struct Poller {
 }
 
 impl Poller {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -206,7 +207,7 @@ pub(crate) struct WatchTarget<'a> {
 /// set once nobody else watches it.
 pub struct Subscription {
     poller: Arc<Poller>,
-    id: String,
+    id: Arc<str>,
     rx: watch::Receiver<Option<Arc<Observation>>>,
     /// Rung after each change `rx` is told of.
     bell: Bell,
@@ -219,12 +220,12 @@ pub struct Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut entries = self.poller.lock();
-        if let Some(entry) = entries.get_mut(&self.id) {
+        if let Some(entry) = entries.get_mut(&*self.id) {
             entry.watchers -= 1;
             entry.active -= usize::from(self.active);
             if entry.watchers == 0 {
-                entries.remove(&self.id);
-                self.poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+                entries.remove(&*self.id);
+                self.poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).remove(&*self.id);
             }
         }
     }
@@ -385,11 +386,16 @@ impl WatchHub {
     fn subscribe_as(&self, account: &str, region: &str, id: &str, eager: bool, active: bool) -> Subscription {
         let id = id.to_ascii_lowercase();
         let poller = self.poller(account, region);
-        let ((rx, bell), fresh, alone, added) = {
+        let ((rx, bell), fresh, alone, added, id) = {
             let mut entries = poller.lock();
             // An idle poller sleeps until woken: the first snapshot always wakes it.
             let alone = active && entries.values().all(|entry| entry.active == 0);
-            let entry = entries.entry(id.clone()).or_insert_with(|| Entry {
+            // The entry's key, shared by its subscriptions.
+            let key = match entries.get_key_value(id.as_str()) {
+                Some((key, _)) => key.clone(),
+                None => Arc::from(id),
+            };
+            let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
                 // After shutdown (its poller has told its watchers so), a new watcher is told too.
                 slot: Slot::new(
                     self.shutdown.is_cancelled().then(|| Arc::new(Observation::Failing { error: Error::ShuttingDown })),
@@ -412,7 +418,7 @@ impl WatchHub {
                 entry.watcher_spans.push_back(watcher);
             }
             let changes = (entry.slot.tx.subscribe(), entry.slot.bell.clone());
-            (changes, entry.slot.borrow().is_some(), alone, entry.watchers == 1)
+            (changes, entry.slot.borrow().is_some(), alone, entry.watchers == 1, key)
         };
         // The first active subscription wakes an idle poller even when the snapshot's
         // observation is fresh (a lingering read's, or a copy's start just recorded): asleep
@@ -428,7 +434,7 @@ impl WatchHub {
         let key = (self.accounts.credentials_key(account), region.to_owned());
         let poller = self.pollers.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()?;
         let entries = poller.lock();
-        let observation = entries.get(&id.to_ascii_lowercase())?.slot.borrow().clone()?;
+        let observation = entries.get(id.to_ascii_lowercase().as_str())?.slot.borrow().clone()?;
         observation.present_within(read_freshness(&self.settings)).map(|snapshot| ClusterSnapshot::clone(snapshot))
     }
 
@@ -438,7 +444,7 @@ impl WatchHub {
         let id = snapshot.id.to_ascii_lowercase();
         let poller = self.poller(&snapshot.account, &snapshot.region);
         poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        if let Some(entry) = poller.lock().get(&id) {
+        if let Some(entry) = poller.lock().get(id.as_str()) {
             entry.slot.send_replace(Some(Arc::new(Observation::Present {
                 snapshot: Arc::new(snapshot.clone()),
                 observed: SystemTime::now(),
@@ -453,7 +459,7 @@ impl WatchHub {
         let poller = self.poller(&snapshot.account, &snapshot.region);
         // Remembered only while someone watches: the poll that finds the snapshot gone then
         // reports it cancelled, not deleted.
-        if let Some(entry) = poller.lock().get(&id) {
+        if let Some(entry) = poller.lock().get(id.as_str()) {
             poller.cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
             entry.slot.send_replace(Some(Arc::new(Observation::Gone {
                 last: Some(Arc::new(snapshot.clone())),

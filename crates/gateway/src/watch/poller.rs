@@ -60,7 +60,7 @@ pub(super) async fn run(
         // The round's number is taken with its ids: a reader waits for a round that began
         // after it joined (see `WatchHub::read`).
         let round = poller.rounds.borrow().0 + 1;
-        let mut ids: Vec<String> = poller.lock().keys().cloned().collect();
+        let mut ids: Vec<String> = poller.lock().keys().map(|id| id.to_string()).collect();
         poller.rounds.send_modify(|r| r.0 = round);
         // A fleet's replica with nothing of its own may still hold the poll for the others.
         if ids.is_empty() && fleet.is_none() {
