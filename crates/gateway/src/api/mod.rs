@@ -59,8 +59,11 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::CopyEvent, Status>> + Se
 
 impl Api {
     /// Opens a WatchCopy stream: its events, authorized again whenever the policies change.
-    async fn open_watch(&self, request: Request<pb::WatchCopyRequest>) -> Result<Revocable, Status> {
-        let (_, extensions, message) = request.into_parts();
+    async fn open_watch(
+        &self,
+        extensions: tonic::Extensions,
+        message: pb::WatchCopyRequest,
+    ) -> Result<Revocable, Status> {
         // Shared with the stream for its life, not copied.
         let caller = shared_caller(&extensions)?;
         // The gateway's request timeout does not bound a stream; the caller's deadline does.
@@ -126,7 +129,8 @@ impl SnapshotCopyService for Api {
 
     async fn watch_copy(&self, request: Request<pb::WatchCopyRequest>) -> Result<Response<EventStream>, Status> {
         // Served by `wire` on the gRPC listener; this is the generated handler's way in.
-        Ok(Response::new(Box::pin(self.open_watch(request).await?) as EventStream))
+        let (_, extensions, message) = request.into_parts();
+        Ok(Response::new(Box::pin(self.open_watch(extensions, message).await?) as EventStream))
     }
 
     async fn cancel_copy(&self, request: Request<pb::CancelCopyRequest>) -> Result<Response<pb::Copy>, Status> {

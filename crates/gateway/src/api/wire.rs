@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
@@ -20,9 +21,9 @@ use prost::Message;
 use tokio_stream::Stream;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::metadata::MetadataMap;
 
 use super::Api;
+use super::revocable::Revocable;
 use snapgate_proto as pb;
 
 /// The method served here.
@@ -52,23 +53,37 @@ impl WatchCopyRoute {
     }
 
     /// The answer to one call: the stream's headers and its events, or a trailers-only error.
+    /// In two steps, each its own box: the message's reading, then the opening, which may
+    /// wait a poll round for the snapshot's first observation holding only what it needs (the
+    /// request's headers were the layers', and are dropped).
     pub(crate) fn answer(
         &self,
         request: http::Request<Body>,
     ) -> BoxFuture<'static, Result<http::Response<Body>, Infallible>> {
         let route = self.clone();
-        Box::pin(async move { Ok(route.serve(request).await.unwrap_or_else(|status| status.into_http())) })
+        let (parts, body) = request.into_parts();
+        let read = Box::pin(read_message::<pb::WatchCopyRequest>(body, self.max_request_bytes, self.read_timeout));
+        let extensions = parts.extensions;
+        Box::pin(read.then(move |message| -> BoxFuture<'static, Result<http::Response<Body>, Infallible>> {
+            let message = match message {
+                Ok(message) => message,
+                Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+            };
+            Box::pin(async move {
+                Ok(match route.api.open_watch(extensions, message).await {
+                    Ok(events) => route.respond(events),
+                    Err(status) => status.into_http(),
+                })
+            })
+        }))
     }
 
-    async fn serve(self, request: http::Request<Body>) -> Result<http::Response<Body>, Status> {
-        let (parts, body) = request.into_parts();
-        let message: pb::WatchCopyRequest = read_message(body, self.max_request_bytes, self.read_timeout).await?;
-        let request = tonic::Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message);
-        let events = self.api.open_watch(request).await?;
+    /// The stream's headers, and its events as the body.
+    fn respond(&self, events: Revocable) -> http::Response<Body> {
         let body = EventBody { events, max_message: self.max_response_bytes, ended: false };
         let mut response = http::Response::new(Body::new(body));
         response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-        Ok(response)
+        response
     }
 }
 
