@@ -106,7 +106,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let handler_span = span.clone();
-        let call = CallRecord { metrics: self.metrics.clone(), method: method.to_owned(), started };
+        let call = CallRecord { metrics: self.metrics.clone(), method: method.into(), started };
         Box::pin(async move {
             let mut response = inner.call(request).instrument(handler_span).await?;
             if let Some(id) = trace_id.and_then(|id| http::HeaderValue::from_str(&id).ok()) {
@@ -122,7 +122,9 @@ where
                     call.finish(code, latency);
                 }
             }
-            Ok(response.map(|body| ObservedBody { inner: body, span: Some(span), pending }))
+            // Without trace export the span is none, and an open stream keeps no room for it.
+            let span = (!span.is_none()).then(|| Box::new(span));
+            Ok(response.map(|body| ObservedBody { inner: body, span, pending }))
         })
     }
 }
@@ -161,7 +163,7 @@ fn screaming_snake(name: &str) -> String {
 /// A call whose status is not known yet.
 struct CallRecord {
     metrics: Arc<Metrics>,
-    method: String,
+    method: Box<str>,
     started: Instant,
 }
 
@@ -175,7 +177,7 @@ impl CallRecord {
 /// away and the body is dropped), and counting the call when its status is known.
 pub(crate) struct ObservedBody<B> {
     inner: B,
-    span: Option<tracing::Span>,
+    span: Option<Box<tracing::Span>>,
     pending: Option<(CallRecord, Duration)>,
 }
 
@@ -197,7 +199,7 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = &mut *self;
-        let _entered = this.span.as_ref().map(tracing::Span::enter);
+        let _entered = this.span.as_deref().map(tracing::Span::enter);
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(frame) = &polled {
             let trailers = match frame {
