@@ -72,8 +72,8 @@ impl Around for Authenticate {
             }
             match outcome {
                 Ok((caller, key)) => {
-                    // Shared: the layers after this one and a stream for its life hold the caller
-                    // without copies of its strings.
+                    // Shared: every call with the same credential, the layers after this one and
+                    // a stream for its life hold one caller, not copies of its strings.
                     request.extensions_mut().insert(caller);
                     if let Some(key) = key {
                         request.extensions_mut().insert(key);

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +20,7 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::stream::Events;
 use super::{Change, WatchEvent, WatchHub, WatchStream, WatchTarget};
 use crate::error::Error;
 use crate::tasks::Tasks;
@@ -153,7 +153,7 @@ pub(crate) struct QueuedWatch<'a> {
 
 enum State {
     Queued { following: Following, last: (CopyState, Option<(i64, u32)>) },
-    Hub(Pin<Box<WatchStream>>),
+    Hub(Events),
     Done,
 }
 
@@ -252,7 +252,7 @@ async fn next(
                         WatchTarget { account: &account, region: &region, id: &target, name, arn: None, turn: None };
                     return match hub.watch(target, deadline, |_| Ok(())).await {
                         Ok(events) => {
-                            let mut events = Box::pin(events.map(|item| {
+                            let mut events: Events = Box::pin(events.map(|item| {
                                 item.map(|e| {
                                     if e.change == Change::Initial {
                                         WatchEvent { change: Change::State, ..e }
@@ -262,7 +262,7 @@ async fn next(
                                 })
                             }));
                             let first = events.next().await?;
-                            Some((first, State::Hub(Box::pin(WatchStream::from_stream(events)))))
+                            Some((first, State::Hub(events)))
                         }
                         Err(error) => Some((Err(error), State::Done)),
                     };

@@ -59,11 +59,14 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// A stream of events, boxed.
+pub(crate) type Events = Pin<Box<dyn Stream<Item = Result<WatchEvent, Error>> + Send>>;
+
 pin_project_lite::pin_project! {
     #[project = SourceProj]
     enum Source {
         Hub { #[pin] hub: HubStream },
-        Boxed { events: Pin<Box<dyn Stream<Item = Result<WatchEvent, Error>> + Send>> },
+        Boxed { events: Events },
     }
 }
 
@@ -101,7 +104,8 @@ pin_project_lite::pin_project! {
         last: Option<WatchEvent>,
         // A terminal event or an error was sent: the stream ends.
         ended: bool,
-        permit: OwnedSemaphorePermit,
+        // Held while the stream lives.
+        _permit: OwnedSemaphorePermit,
         deadline: Option<Pin<Box<tokio::time::Sleep>>>,
         #[pin]
         heartbeat: tokio::time::Sleep,
@@ -120,7 +124,7 @@ pub(super) fn stream(task: StreamTask) -> WatchStream {
         first: Some(task.first),
         last: None,
         ended: false,
-        permit: task.permit,
+        _permit: task.permit,
         deadline: task.deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
         heartbeat: tokio::time::sleep(task.heartbeat),
         every: task.heartbeat,
@@ -153,7 +157,6 @@ impl Stream for HubStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.as_mut().project();
-        let _ = &this.permit;
         if *this.ended {
             return Poll::Ready(None);
         }
