@@ -19,7 +19,7 @@ use crate::config::JobSettings;
 use crate::error::{Error, FieldViolation};
 use crate::metrics::Metrics;
 use crate::share::AwsShare;
-use crate::store::{Admitted, Job, JobState, NewJob, Store};
+use crate::store::{Admitted, Job, JobState, NewJob, Store, StoreError};
 use crate::tasks::Tasks;
 use crate::watch::{Observation, QueueReader, QueuedLook, WatchHub};
 use snapgate_domain::{ClusterSnapshot, CopyState, Engine};
@@ -131,8 +131,19 @@ impl Dispatcher {
         for (account, region) in self.store.destinations_with_work(now).await.map_err(store_error)? {
             self.dispatch(&account, &region).await?;
         }
-        for job in self.store.copying().await.map_err(store_error)? {
-            self.follow(job);
+        // Copies started before a restart or by a replica that went away: each is read whole
+        // only when this gateway does not follow it yet.
+        let copying = self.store.copying_ids().await.map_err(store_error)?;
+        let unfollowed: Vec<String> = {
+            let followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
+            copying.into_iter().filter(|id| !followed.contains(id)).collect()
+        };
+        for id in unfollowed {
+            if let Some(job) = self.store.get(&id).await.map_err(store_error)?
+                && job.state == JobState::Copying
+            {
+                self.follow(job);
+            }
         }
         for (account, region, queued, active) in self.store.depths().await.map_err(store_error)? {
             self.metrics.job_depths(&account, &region, queued, active);
@@ -335,41 +346,48 @@ impl Dispatcher {
     }
 
     /// Follows a copying job to its end through the watch hub (whose pollers batch every
-    /// watched snapshot), then records the end and frees its slot.
+    /// watched snapshot), then records the end and frees its slot. A task a copy in progress:
+    /// while it waits it holds the job's id and destination alone (the whole job is read back
+    /// at the end) and the recording's future is boxed then, so that 10,000 copies in progress
+    /// cost ~0.5 KiB each here rather than ~2 KiB.
     fn follow(self: &Arc<Self>, job: Job) {
         if !self.followed.lock().unwrap_or_else(|p| p.into_inner()).insert(job.new.id.clone()) {
             return;
         }
         let jobs = self.clone();
+        let NewJob { id, account, region, target, .. } = job.new;
         self.tasks.spawn(async move {
-            let j = &job.new;
-            let end = jobs.hub.final_observation(&j.account, &j.region, &j.target).await;
+            let end = jobs.hub.final_observation(&account, &region, &target).await;
             // `_held` keeps the end readable until the store has it.
-            if let Some((end, _held)) = end {
-                let (state, failure) = match &*end {
-                    Observation::Present { snapshot, .. } if snapshot.state() == CopyState::Available => {
-                        (JobState::Available, None)
-                    }
-                    Observation::Present { snapshot, .. } => {
-                        (JobState::Failed, Some(format!("AWS reports the copy {}", snapshot.status)))
-                    }
-                    Observation::Gone { cancelled: true, .. } => (JobState::Cancelled, None),
-                    _ => (JobState::Deleted, Some("the copy was deleted while it was copying".to_owned())),
-                };
-                match jobs.store.finish(&j.id, JobState::Copying, state, failure.as_deref(), now_ms()).await {
-                    Ok(true) => {
-                        jobs.metrics.job_finished(state.as_str());
-                        audit::job_event(state.as_str(), &job, job.aws_request_id.as_deref(), failure.as_deref());
-                        jobs.wake();
-                    }
-                    Ok(false) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, job = %j.id, "recording a job's end failed; it is followed again")
-                    }
-                }
+            if let Some((end, _held)) = end
+                && let Err(error) = Box::pin(jobs.record_end(&id, &end)).await
+            {
+                tracing::warn!(%error, job = %id, "recording a job's end failed; it is followed again");
             }
-            jobs.followed.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.new.id);
+            jobs.followed.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
+    }
+
+    /// Records the end a poll saw of copying job `id`, once: the job's metrics, audit record and
+    /// the dispatcher's wake-up come from the replica whose record took.
+    async fn record_end(&self, id: &str, end: &Observation) -> Result<(), StoreError> {
+        let (state, failure) = match end {
+            Observation::Present { snapshot, .. } if snapshot.state() == CopyState::Available => {
+                (JobState::Available, None)
+            }
+            Observation::Present { snapshot, .. } => {
+                (JobState::Failed, Some(format!("AWS reports the copy {}", snapshot.status)))
+            }
+            Observation::Gone { cancelled: true, .. } => (JobState::Cancelled, None),
+            _ => (JobState::Deleted, Some("the copy was deleted while it was copying".to_owned())),
+        };
+        let Some(job) = self.store.get(id).await? else { return Ok(()) };
+        if self.store.finish(id, JobState::Copying, state, failure.as_deref(), now_ms()).await? {
+            self.metrics.job_finished(state.as_str());
+            audit::job_event(state.as_str(), &job, job.aws_request_id.as_deref(), failure.as_deref());
+            self.wake();
+        }
+        Ok(())
     }
 
     /// A job as the API shows it, with no AWS call.
@@ -465,7 +483,7 @@ fn failure_text(error: &Error) -> String {
     }
 }
 
-pub(crate) fn store_error(error: crate::store::StoreError) -> Error {
+pub(crate) fn store_error(error: StoreError) -> Error {
     Error::Unavailable(error.to_string())
 }
 
