@@ -259,8 +259,7 @@ impl Application {
             // has its turn, and an opening that then waits for its snapshot's first poll holds
             // the stack's future alone. As one async block, 100,000 openings waiting for the
             // first polls of 10,000 new snapshots each held both.
-            let openings = openings.clone();
-            let admitted = Box::pin(async move { openings.admit(request).await });
+            let admitted = Box::pin(openings.admit(request));
             Box::pin(
                 admitted
                     .then(move |admitted| match admitted {
