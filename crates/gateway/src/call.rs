@@ -37,12 +37,13 @@ impl ConnectionCalls {
     }
 }
 
-/// How many of one connection's stream openings may wait for their turns before the edge stops
-/// reading the connection.
+/// How many of one connection's stream openings may wait for their turns (with its calls that
+/// have not begun yet) before the edge stops reading the connection.
 pub(crate) const MAX_WAITING_OPENINGS: usize = 64;
 
 /// One connection's stream openings waiting for their turns (see `stack::shed::Openings`), in
-/// its requests' extensions. While `MAX_WAITING_OPENINGS` wait, the edge reads no more of the
+/// its requests' extensions, and its calls read but not yet begun (see `edge::serve`'s
+/// `Answer`). While `MAX_WAITING_OPENINGS` wait, the edge reads no more of the
 /// connection: further openings stay in the kernel's buffers and the peer's (TCP holds the peer
 /// back), not in the gateway's memory. 100,000 watchers opening at once over 200 connections
 /// then cost at most 200 × 64 requests held here at any moment, not 100,000, each with its
