@@ -307,6 +307,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_counts_among_the_waiting_until_its_task_first_runs() {
+        let conn = state();
+        let waiting = conn.pace.waiting().clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let call: BoxFuture<'static, http::Response<ResponseBody>> = Box::pin(async move {
+            let _ = rx.await;
+            http::Response::new(ResponseBody::empty())
+        });
+        let mut answer = Answer { call, guard: Some(CallGuard::begin(conn.clone())), unstarted: Some(waiting.wait()) };
+        assert_eq!(waiting.count(), 1, "read, not yet begun");
+        // Begun: it no longer holds the connection's reading, though it still waits.
+        assert!(futures_util::poll!(&mut answer).is_pending());
+        assert_eq!(waiting.count(), 0);
+        tx.send(()).unwrap();
+        let answered = answer.await;
+        assert!(answered.is_ok());
+        assert_eq!(waiting.count(), 0);
+    }
+
+    #[tokio::test]
     async fn idle_is_counted_from_the_last_call() {
         let conn = state();
         let calls = conn.open.subscribe();
