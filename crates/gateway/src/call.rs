@@ -37,26 +37,40 @@ impl ConnectionCalls {
     }
 }
 
-/// How many of one connection's stream openings may wait for their turns (with its calls that
-/// have not begun yet) before the edge stops reading the connection.
+/// How many of one connection's stream openings may wait for their turns before the edge stops
+/// reading the connection.
 pub(crate) const MAX_WAITING_OPENINGS: usize = 64;
 
+/// How many of one connection's calls may have been read and not yet begun (hyper has handed
+/// them over; the runtime has not run them yet) before the edge stops reading the connection.
+pub(crate) const MAX_UNSTARTED_CALLS: usize = 16;
+
 /// One connection's stream openings waiting for their turns (see `stack::shed::Openings`), in
-/// its requests' extensions, and its calls read but not yet begun (see `edge::serve`'s
-/// `Answer`). While `MAX_WAITING_OPENINGS` wait, the edge reads no more of the
+/// its requests' extensions, and its calls read and not yet begun (see `edge::serve`'s
+/// `Answer`). While `MAX_WAITING_OPENINGS` wait, or `MAX_UNSTARTED_CALLS` have not begun, the
+/// edge reads no more of the
 /// connection: further openings stay in the kernel's buffers and the peer's (TCP holds the peer
 /// back), not in the gateway's memory. 100,000 watchers opening at once over 200 connections
 /// then cost at most 200 × 64 requests held here at any moment, not 100,000, each with its
 /// headers, its task and its HTTP/2 state. The waiters need nothing more from the connection
-/// (their messages are read before they wait), and each wait ends within the request timeout.
+/// (their messages are read before they wait), and each wait ends within the request timeout;
+/// a call stops counting as not begun at its first poll, before it waits for its body.
 #[derive(Clone, Default)]
 pub(crate) struct WaitingOpenings(Arc<Waiting>);
 
 #[derive(Default)]
 struct Waiting {
     count: AtomicUsize,
-    /// The connection's reader, held back while the count is at the limit.
+    unstarted: AtomicUsize,
+    /// The connection's reader, held back while a count is at its limit.
     reader: AtomicWaker,
+}
+
+impl Waiting {
+    fn full(&self) -> bool {
+        self.count.load(Ordering::Acquire) >= MAX_WAITING_OPENINGS
+            || self.unstarted.load(Ordering::Acquire) >= MAX_UNSTARTED_CALLS
+    }
 }
 
 impl WaitingOpenings {
@@ -66,20 +80,38 @@ impl WaitingOpenings {
         WaitingOpening(self.0.clone())
     }
 
+    /// One more call has been read and not begun, until the returned hold is dropped.
+    pub(crate) fn unstarted(&self) -> UnstartedCall {
+        self.0.unstarted.fetch_add(1, Ordering::AcqRel);
+        UnstartedCall(self.0.clone())
+    }
+
     /// Openings waiting now.
+    #[cfg(test)]
     pub(crate) fn count(&self) -> usize {
         self.0.count.load(Ordering::Acquire)
     }
 
-    /// Ready while fewer than `MAX_WAITING_OPENINGS` wait; otherwise the reader is woken when
-    /// one stops waiting.
+    /// Calls read and not begun now.
+    #[cfg(test)]
+    pub(crate) fn unstarted_count(&self) -> usize {
+        self.0.unstarted.load(Ordering::Acquire)
+    }
+
+    /// Why the connection is held back now: its waiting openings, or its calls not begun.
+    pub(crate) fn reason(&self) -> &'static str {
+        if self.0.count.load(Ordering::Acquire) >= MAX_WAITING_OPENINGS { "openings" } else { "unstarted" }
+    }
+
+    /// Ready while fewer than `MAX_WAITING_OPENINGS` wait and fewer than `MAX_UNSTARTED_CALLS`
+    /// have not begun; otherwise the reader is woken when one stops waiting or begins.
     pub(crate) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.count() < MAX_WAITING_OPENINGS {
+        if !self.0.full() {
             return Poll::Ready(());
         }
         self.0.reader.register(cx.waker());
         // An opening may have stopped waiting between the look and the registration.
-        if self.count() < MAX_WAITING_OPENINGS { Poll::Ready(()) } else { Poll::Pending }
+        if self.0.full() { Poll::Pending } else { Poll::Ready(()) }
     }
 }
 
@@ -89,6 +121,17 @@ pub(crate) struct WaitingOpening(Arc<Waiting>);
 impl Drop for WaitingOpening {
     fn drop(&mut self) {
         if self.0.count.fetch_sub(1, Ordering::AcqRel) <= MAX_WAITING_OPENINGS {
+            self.0.reader.wake();
+        }
+    }
+}
+
+/// A call's place among its connection's calls not yet begun.
+pub(crate) struct UnstartedCall(Arc<Waiting>);
+
+impl Drop for UnstartedCall {
+    fn drop(&mut self) {
+        if self.0.unstarted.fetch_sub(1, Ordering::AcqRel) <= MAX_UNSTARTED_CALLS {
             self.0.reader.wake();
         }
     }

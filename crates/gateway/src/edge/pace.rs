@@ -237,7 +237,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Paced<T> {
         // Enough of its openings wait for their turns: the rest wait outside (`WaitingOpenings`).
         if this.pace.waiting.poll_room(cx).is_pending() {
             if !std::mem::replace(&mut this.held, true) {
-                this.metrics.connection_paced(this.listener.as_str(), "openings");
+                this.metrics.connection_paced(this.listener.as_str(), this.pace.waiting.reason());
             }
             return Poll::Pending;
         }

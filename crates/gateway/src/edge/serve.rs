@@ -28,7 +28,7 @@ use super::pace::{self, Pace, Paced};
 use super::{EdgeLimits, Listener};
 use crate::call::ConnInfo;
 use crate::call::ConnectionCalls;
-use crate::call::WaitingOpening;
+use crate::call::UnstartedCall;
 use crate::config::ServerSettings;
 use crate::metrics::Metrics;
 
@@ -159,7 +159,7 @@ impl hyper::service::Service<http::Request<Incoming>> for EdgeService {
         request.extensions_mut().insert(self.places.clone());
         request.extensions_mut().insert(self.state.pace.waiting().clone());
         // Counted among the connection's waiting calls until hyper's task for it first runs.
-        let unstarted = Some(self.state.pace.waiting().wait());
+        let unstarted = Some(self.state.pace.waiting().unstarted());
         let call = (self.handler)(request, self.info.clone());
         Answer { call, guard: Some(CallGuard::begin(self.state.clone())), unstarted }
     }
@@ -179,7 +179,7 @@ impl hyper::service::Service<http::Request<Incoming>> for EdgeService {
 struct Answer {
     call: BoxFuture<'static, http::Response<ResponseBody>>,
     guard: Option<CallGuard>,
-    unstarted: Option<WaitingOpening>,
+    unstarted: Option<UnstartedCall>,
 }
 
 impl Future for Answer {
@@ -315,15 +315,16 @@ mod tests {
             let _ = rx.await;
             http::Response::new(ResponseBody::empty())
         });
-        let mut answer = Answer { call, guard: Some(CallGuard::begin(conn.clone())), unstarted: Some(waiting.wait()) };
-        assert_eq!(waiting.count(), 1, "read, not yet begun");
+        let mut answer =
+            Answer { call, guard: Some(CallGuard::begin(conn.clone())), unstarted: Some(waiting.unstarted()) };
+        assert_eq!(waiting.unstarted_count(), 1, "read, not yet begun");
         // Begun: it no longer holds the connection's reading, though it still waits.
         assert!(futures_util::poll!(&mut answer).is_pending());
-        assert_eq!(waiting.count(), 0);
+        assert_eq!(waiting.unstarted_count(), 0);
         tx.send(()).unwrap();
         let answered = answer.await;
         assert!(answered.is_ok());
-        assert_eq!(waiting.count(), 0);
+        assert_eq!(waiting.unstarted_count(), 0);
     }
 
     #[tokio::test]
