@@ -32,6 +32,9 @@ use crate::telemetry::AUDIT_TARGET;
 /// writes to a pipe whole, never interleaved with the log writer's lines.
 pub(crate) const BATCH_BYTES: usize = 4096;
 
+/// How long the writer lets records gather after the first of a batch arrives.
+const LINGER: Duration = Duration::from_millis(10);
+
 enum Message {
     Record(Vec<u8>),
     /// Answered once everything queued before it is written.
@@ -124,6 +127,10 @@ fn write_all(records: Receiver<Message>, mut sink: Box<dyn Write + Send>, counts
             Ok(message) => Some(message),
             Err(_) => break,
         };
+        // Lingers before taking what has queued, so that a burst of calls wakes this thread
+        // once rather than once a record: asleep on a timer it is not the queue's waiter, and a
+        // call queuing a record makes no wake-up (nor a switch of the CPU to this thread).
+        std::thread::sleep(LINGER);
         while let Some(message) = next.take() {
             match message {
                 Message::Record(record) => {
