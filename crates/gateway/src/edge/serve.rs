@@ -158,7 +158,7 @@ impl hyper::service::Service<http::Request<Incoming>> for EdgeService {
     fn call(&self, mut request: http::Request<Incoming>) -> Answer {
         request.extensions_mut().insert(self.places.clone());
         request.extensions_mut().insert(self.state.pace.waiting().clone());
-        // Counted among the connection's waiting calls until hyper's task for it first runs.
+        // Counted among the connection's calls not yet begun until hyper's task first polls it.
         let unstarted = Some(self.state.pace.waiting().unstarted());
         let call = (self.handler)(request, self.info.clone());
         Answer { call, guard: Some(CallGuard::begin(self.state.clone())), unstarted }
@@ -169,7 +169,7 @@ impl hyper::service::Service<http::Request<Incoming>> for EdgeService {
 /// response body then carries.
 ///
 /// Until hyper's task for the call first polls it, the call counts among its connection's
-/// waiting ones (`WaitingOpenings`), so that a connection whose calls arrive faster than the
+/// calls not yet begun (`WaitingOpenings::unstarted`, a limit of its own), so that a connection whose calls arrive faster than the
 /// runtime gets to them is not read further meanwhile. Counted only once a stream opening
 /// had its message (in `shed::Openings`), 100,000 openings over 200 connections on 2 busy
 /// cores had ~88,000 requests read and not yet begun at one moment, each with its headers,

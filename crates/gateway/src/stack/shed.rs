@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
@@ -331,11 +331,8 @@ where
 /// The request's body, whole, within the size limit and the request timeout; or the answer
 /// that refuses it.
 async fn collect(body: Body, max_body: usize, timeout: Duration) -> Result<bytes::Bytes, http::Response<Body>> {
-    let arrived = tokio::time::timeout(timeout, Limited::new(body, max_body).collect()).await;
-    match arrived {
-        Ok(Ok(body)) => Ok(body.to_bytes()),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large(max_body)),
-        Ok(Err(_)) => Err(tonic::Status::cancelled("the request's stream ended early").into_http()),
+    match tokio::time::timeout(timeout, read_small(body, max_body)).await {
+        Ok(read) => read,
         Err(_) => Err(body_late()),
     }
 }
