@@ -123,7 +123,6 @@ pub fn init_with(
     export: Option<TraceExport>,
 ) -> Result<TelemetryGuard, String> {
     let provider = export.as_ref().map(tracer_provider).transpose()?;
-    let traces = provider.as_ref().map(|provider| trace_layer(provider).with_filter(trace_targets()));
     let (writer, logs) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .lossy(true)
@@ -133,10 +132,24 @@ pub fn init_with(
     // A second init (tests) keeps the first subscriber.
     // The call's ids exist only in a trace: without export, the log has no span to see.
     let calls = if provider.is_some() { CallSpans::Logged } else { CallSpans::Unseen };
-    let _ = Registry::default().with(log_layer(default_filter, format, writer, calls)).with(traces).try_init();
+    let _ = subscriber(log_layer(default_filter, format, writer, calls), provider.as_ref()).try_init();
     let mut guard = TelemetryGuard::new(provider);
     guard.logs = Some(logs);
     Ok(guard)
+}
+
+/// The log layer, and the trace layer when traces are exported, over the span registry.
+///
+/// Without export the log is the registry's only layer. An absent layer (`None` of an
+/// `Option<Layer>`) counts in tracing-subscriber as one that wants every span: with it, the
+/// registry made every span of every library for nobody to see, h2's TRACE spans around each
+/// frame it reads and writes among them, some 13% of the gateway's CPU in a call flood (`perf`).
+fn subscriber(log: Box<dyn Layer<Registry> + Send + Sync>, provider: Option<&SdkTracerProvider>) -> tracing::Dispatch {
+    let logged = Registry::default().with(log);
+    match provider {
+        Some(provider) => tracing::Dispatch::new(logged.with(trace_layer(provider).with_filter(trace_targets()))),
+        None => tracing::Dispatch::new(logged),
+    }
 }
 
 impl TelemetryGuard {
@@ -472,6 +485,22 @@ mod tests {
         let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(line["fields"]["message"], "inside the call");
         assert!(line.get("span").is_none(), "{text}");
+    }
+
+    #[test]
+    fn without_trace_export_no_library_span_is_made() {
+        let sink = Captured::default();
+        let dispatch = subscriber(log_layer("info", LogFormat::Json, sink.clone(), CallSpans::Unseen), None);
+        tracing::dispatcher::with_default(&dispatch, || {
+            // What h2 makes around every frame, and a span of the gateway's own that only
+            // traces would see.
+            let frame = tracing::trace_span!("pop_frame");
+            let inner = tracing::info_span!("authorize", authz.decision = "allow");
+            assert!(frame.is_disabled() && inner.is_disabled(), "{frame:?} {inner:?}");
+            tracing::warn!("still logged");
+        });
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("still logged"), "{text}");
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
