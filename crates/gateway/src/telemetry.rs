@@ -488,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn without_trace_export_no_library_span_is_made() {
+    fn no_library_span_is_made_with_or_without_trace_export() {
         let sink = Captured::default();
         let dispatch = subscriber(log_layer("info", LogFormat::Json, sink.clone(), CallSpans::Unseen), None);
         tracing::dispatcher::with_default(&dispatch, || {
@@ -501,6 +501,15 @@ mod tests {
         });
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         assert!(text.contains("still logged"), "{text}");
+
+        // With export, the gateway's own spans are made for the traces, and h2's still are not.
+        let provider = SdkTracerProvider::builder().build();
+        let dispatch = subscriber(log_layer("info", LogFormat::Json, sink, CallSpans::Logged), Some(&provider));
+        tracing::dispatcher::with_default(&dispatch, || {
+            let frame = tracing::trace_span!(target: "h2::proto", "pop_frame");
+            let inner = tracing::info_span!(target: "snapgate_gateway::auth", "authorize");
+            assert!(frame.is_disabled() && !inner.is_disabled(), "{frame:?} {inner:?}");
+        });
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
