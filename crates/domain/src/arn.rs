@@ -103,11 +103,12 @@ pub fn partition_for_region(region: &str) -> &'static str {
 }
 
 /// A region name as AWS spells them (`us-east-1`, `us-gov-west-1`, `ap-southeast-4`).
+/// Checked without allocating: every read of a copy by its ARN checks one.
 pub fn is_region_name(region: &str) -> bool {
-    let parts: Vec<&str> = region.split('-').collect();
-    parts.len() >= 3
-        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
-        && parts.last().is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    let part_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    region.split('-').count() >= 3
+        && region.split('-').all(part_ok)
+        && region.rsplit('-').next().is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -151,5 +152,7 @@ mod tests {
         assert!(!is_region_name("us-east"));
         assert!(!is_region_name("US-EAST-1"));
         assert!(!is_region_name(""));
+        assert!(is_region_name("ap-southeast-4"));
+        assert!(!is_region_name("us--east-1") && !is_region_name("us-east-1a") && !is_region_name("-us-east-1"));
     }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 pub(crate) use dispatch::Dispatcher;
 use dispatch::Started;
 pub(crate) use dispatch::{now_ms, store_error};
+use validate::{CopyName, ValidCopy, list_filter, page_token, parse_copy_name, validate};
 pub(crate) use validate::{CopyRequest, ListRequest, Served, check_kms_key, tag_violations};
-use validate::{ValidCopy, list_filter, page_token, parse_copy_name, validate};
 
 use crate::auth::Caller;
 use crate::auth::policy::CopyContext;
@@ -395,9 +395,9 @@ impl CopyWorkflow {
 
     /// Where a copy is, by name.
     pub(crate) fn locate(&self, name: &str) -> Result<Located, Error> {
-        let (region, id, arn) = parse_copy_name(name, self.accounts.default_region(), &Served(&self.regions))
-            .map_err(Error::InvalidArgument)?;
-        let account = arn.as_deref().and_then(Arn::parse).map(|a| a.account).unwrap_or_default();
+        let CopyName { region, id, account, arn } =
+            parse_copy_name(name, self.accounts.default_region(), &Served(&self.regions))
+                .map_err(Error::InvalidArgument)?;
         Ok(Located { rds: self.accounts.for_snapshot_account(&account), account, region, id, arn })
     }
 

@@ -177,13 +177,23 @@ pub(crate) fn tag_violations(prefix: &str, tags: &[(String, String)]) -> Vec<Fie
         .collect()
 }
 
+/// A copy's name as read: where it is, and its ARN when the name was one.
+#[derive(Debug)]
+pub(super) struct CopyName {
+    pub region: String,
+    pub id: String,
+    /// The account the ARN names ("" for a bare identifier: the gateway's own).
+    pub account: String,
+    pub arn: Option<String>,
+}
+
 /// Reads a copy's name: a cluster-snapshot ARN, or a bare identifier in the default region.
-/// Returns (region, identifier, the ARN when given).
+/// The name is parsed once: a read by ARN is the hottest call.
 pub(super) fn parse_copy_name(
     name: &str,
     default_region: &str,
     served: &Served<'_>,
-) -> Result<(String, String, Option<String>), Vec<FieldViolation>> {
+) -> Result<CopyName, Vec<FieldViolation>> {
     match SnapshotRef::parse(name) {
         Ok(SnapshotRef::Arn(arn)) if served.check(&arn.region).is_some() => Err(vec![FieldViolation::new(
             "name",
@@ -191,9 +201,12 @@ pub(super) fn parse_copy_name(
         )]),
         Ok(SnapshotRef::Arn(arn)) => {
             let id = arn.cluster_snapshot_id().unwrap_or_default().to_owned();
-            Ok((arn.region.clone(), id, Some(arn.to_string())))
+            // The ARN's parts joined again are the name itself (its resource is the rest).
+            Ok(CopyName { id, region: arn.region, account: arn.account, arn: Some(name.to_owned()) })
         }
-        Ok(SnapshotRef::Id(id)) => Ok((default_region.to_owned(), id, None)),
+        Ok(SnapshotRef::Id(id)) => {
+            Ok(CopyName { region: default_region.to_owned(), id, account: String::new(), arn: None })
+        }
         Err(rule) => Err(vec![FieldViolation::new(
             "name",
             format!("{rule} (the copy's name is its snapshot ARN, or a snapshot identifier)"),
@@ -359,11 +372,13 @@ mod tests {
 
     #[test]
     fn copy_names_are_arns_or_identifiers() {
-        let (region, id, arn) =
-            parse_copy_name("arn:aws:rds:eu-west-1:123456789012:cluster-snapshot:c1", "us-east-1", &all()).unwrap();
-        assert_eq!((region.as_str(), id.as_str()), ("eu-west-1", "c1"));
-        assert!(arn.is_some());
-        assert_eq!(parse_copy_name("c1", "us-east-1", &all()).unwrap().0, "us-east-1");
+        let arn = "arn:aws:rds:eu-west-1:123456789012:cluster-snapshot:c1";
+        let name = parse_copy_name(arn, "us-east-1", &all()).unwrap();
+        assert_eq!((name.region.as_str(), name.id.as_str()), ("eu-west-1", "c1"));
+        assert_eq!((name.account.as_str(), name.arn.as_deref()), ("123456789012", Some(arn)));
+        assert_eq!(snapgate_domain::Arn::parse(arn).map(|a| a.to_string()).as_deref(), Some(arn));
+        let bare = parse_copy_name("c1", "us-east-1", &all()).unwrap();
+        assert_eq!((bare.region.as_str(), bare.account.as_str(), bare.arn), ("us-east-1", "", None));
         assert_eq!(parse_copy_name("", "us-east-1", &all()).unwrap_err()[0].field, "name");
     }
 
