@@ -105,10 +105,14 @@ pub fn partition_for_region(region: &str) -> &'static str {
 /// A region name as AWS spells them (`us-east-1`, `us-gov-west-1`, `ap-southeast-4`).
 /// Checked without allocating: every read of a copy by its ARN checks one.
 pub fn is_region_name(region: &str) -> bool {
-    let part_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    region.split('-').count() >= 3
-        && region.split('-').all(part_ok)
-        && region.rsplit('-').next().is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    let (mut parts, mut last) = (0, "");
+    for part in region.split('-') {
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            return false;
+        }
+        (parts, last) = (parts + 1, part);
+    }
+    parts >= 3 && last.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]

@@ -429,8 +429,7 @@ mod tests {
 
     fn logged_with(format: LogFormat, calls: CallSpans, body: impl FnOnce()) -> String {
         let sink = Captured::default();
-        let subscriber = Registry::default().with(log_layer("info", format, sink.clone(), calls));
-        tracing::subscriber::with_default(subscriber, body);
+        tracing::dispatcher::with_default(&subscriber(log_layer("info", format, sink.clone(), calls), None), body);
         String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
     }
 
